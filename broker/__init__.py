@@ -1,0 +1,1 @@
+"""NATS plumbing: connection, subjects, provisioning, embedded server, client and CLI."""

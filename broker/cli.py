@@ -1,0 +1,253 @@
+"""The ``promptbus`` command line: up, nats, worker, ingress, mock-upstream, chat."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from broker.embedded import EmbeddedNats
+from broker.serve import http_server, run, serve_until, stop_event
+from broker.settings import ConfigError, load_config
+from schemas.config import Config
+
+log = logging.getLogger("promptbus")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        raise SystemExit(f"promptbus: {exc}") from None
+
+
+def _nats_url(args: argparse.Namespace, config: Config) -> str:
+    return args.nats_url or config.nats.url or f"nats://{config.nats.host}:{config.nats.port}"
+
+
+def _start_embedded(config: Config) -> EmbeddedNats:
+    store = Path(config.nats.store_dir)
+    server = EmbeddedNats(
+        store,
+        host=config.nats.host,
+        port=config.nats.port,
+        log_file=store.parent / "nats-server.log",
+    )
+    try:
+        return server.start()
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        raise SystemExit(f"promptbus: cannot start embedded nats-server: {exc}") from None
+
+
+def _hello_body(model: str) -> str:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    """Embedded nats-server (unless nats.url/--nats-url is set), a worker, the ingress."""
+    config = _config(args)
+    embedded = None if (args.nats_url or config.nats.url) else _start_embedded(config)
+    url = embedded.url if embedded else _nats_url(args, config)
+    try:
+        run(_up(config, url, args.port or config.ingress.port))
+    finally:
+        if embedded:
+            embedded.stop()
+            print("promptbus: stopped", file=sys.stderr)
+
+
+async def _up(config: Config, url: str, port: int) -> None:
+    from ingress.app import create_app
+    from workers.runner import Worker
+
+    stop = stop_event()
+    worker = Worker(config)
+    await worker.start(url)
+    try:
+        server = http_server(create_app(config, nats_url=url), config.ingress.host, port)
+        model = config.model_list[0].model_name
+        base = f"http://{config.ingress.host}:{port}"
+        print(
+            f"promptbus is up: NATS {url}, ingress {base}\n"
+            f"try:\n  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"-d '{_hello_body(model)}'\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        await serve_until(server, stop)
+    finally:
+        await worker.stop(grace=5)
+
+
+def cmd_nats(args: argparse.Namespace) -> None:
+    config = _config(args)
+    server = _start_embedded(config)
+    print(
+        f"nats-server listening on {server.url} (store {config.nats.store_dir}); Ctrl-C stops it",
+        flush=True,
+    )
+
+    async def wait() -> None:
+        await stop_event().wait()
+
+    try:
+        run(wait())
+    finally:
+        server.stop()
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    config = _config(args)
+    run(_worker(config, _nats_url(args, config), args.model))
+
+
+async def _worker(config: Config, url: str, models: list[str] | None) -> None:
+    from workers.runner import Worker
+
+    stop = stop_event()
+    try:
+        worker = Worker(config, models)
+        await worker.start(url)
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"promptbus worker: {exc}") from None
+    print(
+        f"worker {worker.worker_id} serving "
+        f"{', '.join(m.model_name for m in worker.models)} from {url}",
+        flush=True,
+    )
+    await stop.wait()
+    await worker.stop()
+
+
+def cmd_ingress(args: argparse.Namespace) -> None:
+    from ingress.app import create_app
+
+    config = _config(args)
+    url = _nats_url(args, config)
+    port = args.port if args.port is not None else config.ingress.port
+    host = args.host or config.ingress.host
+
+    async def serve() -> None:
+        stop = stop_event()
+        server = http_server(create_app(config, nats_url=url), host, port)
+        print(f"ingress on http://{host}:{port} using NATS {url}", flush=True)
+        await serve_until(server, stop)
+
+    run(serve())
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> None:
+    from workers.mock_upstream import MockSettings, MockUpstream
+
+    settings = MockSettings(
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+        error_status=args.error_status,
+        chunk_delay_ms=args.chunk_delay_ms,
+        api_key=args.api_key,
+    )
+
+    async def serve() -> None:
+        stop = stop_event()
+        server = http_server(MockUpstream(settings), args.host, args.port)
+        print(f"mock upstream on http://{args.host}:{args.port}/v1", flush=True)
+        await serve_until(server, stop)
+
+    run(serve())
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    config = _config(args)
+    model = args.model or config.model_list[0].model_name
+    run(_chat(config, _nats_url(args, config), model, args.prompt, args.stream, args.timeout))
+
+
+async def _chat(
+    config: Config, url: str, model: str, prompt: str, stream: bool, timeout: float
+) -> None:
+    from broker.client import BrokerClient
+    from schemas.errors import BrokerError
+
+    request = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    client = await BrokerClient.connect(config, url, name="promptbus-chat")
+    try:
+        if stream:
+            async for chunk in client.chat_stream(request, timeout=timeout):
+                for choice in chunk.choices:
+                    print(choice.delta.content or "", end="", flush=True)
+            print()
+        else:
+            completion = await client.chat(request, timeout=timeout)
+            print(completion.choices[0].message.content)
+    except BrokerError as exc:
+        raise SystemExit(f"error {exc.status} ({exc.detail.code}): {exc.message}") from None
+    finally:
+        await client.close()
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptbus", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: object, help: str, *, nats: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        sub.add_argument(
+            "--config", "-c", default=None, help="YAML config (default promptbus.yaml)"
+        )
+        if nats:
+            sub.add_argument(
+                "--nats-url", default=None, help="external NATS URL (overrides nats.url)"
+            )
+        return sub
+
+    up = add("up", cmd_up, "all-in-one: embedded nats-server, a worker and the ingress")
+    up.add_argument("--port", type=int, default=None, help="ingress port")
+    add("nats", cmd_nats, "run only the embedded nats-server", nats=False)
+    worker = add("worker", cmd_worker, "run a worker pool")
+    worker.add_argument("--model", action="append", help="serve only this model (repeatable)")
+    ingress = add("ingress", cmd_ingress, "run the HTTP ingress")
+    ingress.add_argument("--host", default=None)
+    ingress.add_argument("--port", type=int, default=None)
+    mock = commands.add_parser("mock-upstream", help="a fake OpenAI-compatible HTTP server")
+    mock.set_defaults(func=cmd_mock_upstream)
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9090)
+    mock.add_argument("--latency-ms", type=float, default=0.0)
+    mock.add_argument("--error-rate", type=float, default=0.0)
+    mock.add_argument("--error-status", type=int, default=500)
+    mock.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    mock.add_argument("--api-key", default=None, help="require this bearer key")
+    chat = add("chat", cmd_chat, "send one chat request over NATS and print the answer")
+    chat.add_argument("prompt")
+    chat.add_argument("--model", "-m", default=None)
+    chat.add_argument("--stream", action="store_true")
+    chat.add_argument("--timeout", type=float, default=60.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("nats").setLevel(logging.WARNING)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

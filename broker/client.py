@@ -1,0 +1,320 @@
+"""The Python request-reply client: OpenAI requests over NATS, no HTTP involved.
+
+    client = await BrokerClient.connect(config)
+    completion = await client.chat({"model": "mock-gpt", "messages": [...]})
+    async for chunk in client.chat_stream({... "stream": True}):
+        ...
+
+The ingress is a thin HTTP skin over this class. One connection, one wildcard inbox
+subscription for every reply (like nats.py's request mux), one JetStream publish per
+request: no per-request subscriptions or connection set-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, NamedTuple
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+from broker.connection import connect
+from broker.presence import WorkerDirectory
+from broker.provision import ensure_workers_bucket, provision
+from broker.subjects import Subjects
+from schemas.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    chunk_decoder,
+    completion_decoder,
+    encoder,
+)
+from schemas.config import Config
+from schemas.envelope import (
+    H_KIND,
+    H_STATUS,
+    ReplyKind,
+    RequestMeta,
+    deadline_after,
+)
+from schemas.errors import (
+    BrokerError,
+    deadline_exceeded,
+    from_validation_error,
+    model_not_found,
+    no_worker,
+)
+
+# Time granted past the deadline for the worker's own, more precise, 504 to arrive.
+DEADLINE_GRACE_S = 0.25
+
+
+class Reply(NamedTuple):
+    """One reply message: HTTP-like status, NATS headers and the OpenAI JSON body."""
+
+    status: int
+    kind: ReplyKind
+    headers: Mapping[str, str]
+    body: bytes
+
+    @classmethod
+    def from_msg(cls, msg: Msg) -> Reply:
+        headers = msg.headers or {}
+        try:
+            kind = ReplyKind(headers.get(H_KIND, "response"))
+        except ValueError:
+            kind = ReplyKind.ERROR
+        status = int(headers.get(H_STATUS, "200"))
+        return cls(status, kind, headers, msg.data)
+
+    def raise_for_error(self) -> None:
+        if self.kind is ReplyKind.ERROR:
+            raise BrokerError.from_json(self.status, self.body)
+
+
+class ReplyStream:
+    """The chunk messages of one streamed request, in order, ending at the end marker."""
+
+    def __init__(self, client: BrokerClient, token: str, timeout: float) -> None:
+        self._client = client
+        self._token = token
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout + DEADLINE_GRACE_S
+        self.queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self._done = False
+
+    def __aiter__(self) -> ReplyStream:
+        return self
+
+    async def __anext__(self) -> Reply:
+        if self._done:
+            raise StopAsyncIteration
+        remaining = self._deadline - time.monotonic()
+        try:
+            reply = await asyncio.wait_for(self.queue.get(), max(remaining, 0.001))
+        except TimeoutError:
+            self.close()
+            raise deadline_exceeded(self._timeout, "while waiting for the stream") from None
+        if reply.kind is ReplyKind.CHUNK:
+            return reply
+        self.close()
+        reply.raise_for_error()
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        self._done = True
+        self._client._pending.pop(self._token, None)
+
+
+_Pending = asyncio.Future[Reply] | ReplyStream
+
+
+class BrokerClient:
+    def __init__(
+        self,
+        nc: NATS,
+        config: Config,
+        directory: WorkerDirectory,
+        *,
+        owns_connection: bool = False,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.config = config
+        self.subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        self.directory = directory
+        self._owns_connection = owns_connection
+        self._pending: dict[str, _Pending] = {}
+        self._tokens = itertools.count()
+        self._prefix = ""
+        self._sub: Subscription | None = None
+
+    @classmethod
+    async def connect(
+        cls, config: Config, url: str | None = None, *, name: str = "promptbus-client"
+    ) -> BrokerClient:
+        """Connect, make sure the stream exists and start following worker presence."""
+        nc = await connect(url or config.nats.url or _embedded_url(config), name)
+        try:
+            return await cls.over(nc, config, owns_connection=True)
+        except BaseException:
+            await nc.close()
+            raise
+
+    @classmethod
+    async def over(cls, nc: NATS, config: Config, *, owns_connection: bool = False) -> BrokerClient:
+        """A client on an existing connection (the all-in-one process shares one)."""
+        js = nc.jetstream()
+        subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        await provision(js, config, subjects)
+        kv = await ensure_workers_bucket(js, config)
+        directory = WorkerDirectory(kv, config.worker.presence_ttl_s)
+        await directory.start()
+        client = cls(nc, config, directory, owns_connection=owns_connection)
+        await client._start()
+        return client
+
+    async def _start(self) -> None:
+        self._prefix = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def close(self) -> None:
+        await self.directory.stop()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for pending in self._pending.values():
+            if isinstance(pending, asyncio.Future) and not pending.done():
+                pending.cancel()
+        self._pending.clear()
+        if self._owns_connection:
+            await self.nc.drain()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        pending = self._pending.get(msg.subject[len(self._prefix) + 1 :])
+        if pending is None:
+            return  # late reply for a request that timed out or was cancelled
+        reply = Reply.from_msg(msg)
+        if isinstance(pending, ReplyStream):
+            pending.queue.put_nowait(reply)
+        elif not pending.done():
+            pending.set_result(reply)
+
+    # ------------------------------------------------------------ admission
+
+    def check_model(self, model: str) -> None:
+        """Raise the error a request for ``model`` gets before it is queued."""
+        if self.config.model(model) is None:
+            raise model_not_found(model)
+        if not self.directory.is_served(model):
+            raise no_worker(model)
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.config.ingress.default_timeout_s
+        return min(timeout, self.config.ingress.max_timeout_s)
+
+    async def _publish(
+        self,
+        model: str,
+        body: bytes,
+        pending: _Pending,
+        token: str,
+        timeout: float,
+        request_id: str | None,
+        traceparent: str | None,
+    ) -> None:
+        self.check_model(model)
+        meta = RequestMeta(
+            request_id=request_id or uuid.uuid4().hex,
+            reply_to=f"{self._prefix}.{token}",
+            deadline_ms=deadline_after(timeout),
+            traceparent=traceparent,
+        )
+        self._pending[token] = pending
+        try:
+            await self.js.publish(
+                self.subjects.chat(model),
+                body,
+                timeout=min(timeout, 5.0),
+                stream=self.subjects.stream,
+                headers=meta.to_headers(),
+            )
+        except (NoRespondersError, NatsTimeoutError, APIError) as exc:
+            self._pending.pop(token, None)
+            raise BrokerError(
+                503,
+                f"The request queue is unavailable ({type(exc).__name__}); try again shortly.",
+                type="service_unavailable_error",
+                code="queue_unavailable",
+            ) from None
+        except BaseException:
+            self._pending.pop(token, None)
+            raise
+
+    # ------------------------------------------------------------ raw bytes API
+
+    async def request(
+        self,
+        model: str,
+        body: bytes,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> Reply:
+        """Queue one non-streamed request and wait for its reply (an error reply included)."""
+        timeout = self._timeout(timeout)
+        token = str(next(self._tokens))
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        await self._publish(model, body, future, token, timeout, request_id, traceparent)
+        try:
+            return await asyncio.wait_for(future, timeout + DEADLINE_GRACE_S)
+        except TimeoutError:
+            raise deadline_exceeded(timeout, "before a worker replied") from None
+        finally:
+            self._pending.pop(token, None)
+
+    async def open_stream(
+        self,
+        model: str,
+        body: bytes,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> ReplyStream:
+        """Queue one streamed request; iterate the result for its chunk replies."""
+        timeout = self._timeout(timeout)
+        token = str(next(self._tokens))
+        stream = ReplyStream(self, token, timeout)
+        await self._publish(model, body, stream, token, timeout, request_id, traceparent)
+        return stream
+
+    # ------------------------------------------------------------ typed API
+
+    async def chat(
+        self, request: ChatCompletionRequest | dict[str, Any], *, timeout: float | None = None
+    ) -> ChatCompletion:
+        chat = _as_request(request, stream=False)
+        reply = await self.request(chat.model, encoder.encode(chat), timeout=timeout)
+        reply.raise_for_error()
+        return completion_decoder.decode(reply.body)
+
+    async def chat_stream(
+        self, request: ChatCompletionRequest | dict[str, Any], *, timeout: float | None = None
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        chat = _as_request(request, stream=True)
+        stream = await self.open_stream(chat.model, encoder.encode(chat), timeout=timeout)
+        try:
+            async for reply in stream:
+                yield chunk_decoder.decode(reply.body)
+        finally:
+            stream.close()
+
+
+def _as_request(
+    request: ChatCompletionRequest | dict[str, Any], *, stream: bool
+) -> ChatCompletionRequest:
+    if isinstance(request, dict):
+        try:
+            request = msgspec.convert(request, ChatCompletionRequest)
+        except msgspec.ValidationError as exc:
+            raise from_validation_error(exc) from None
+    return msgspec.structs.replace(request, stream=stream or None)
+
+
+def _embedded_url(config: Config) -> str:
+    return f"nats://{config.nats.host}:{config.nats.port}"

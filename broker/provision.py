@@ -1,0 +1,108 @@
+"""Create the JetStream stream, consumers and KV buckets promptbus needs, idempotently.
+
+Every component calls this at start-up; creating what exists already is a no-op and a
+changed setting (say a new max_concurrency) updates the existing object in place.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from broker.subjects import WORKERS_BUCKET, Subjects
+from schemas.config import Config, ModelConfig
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_S = 120.0
+
+
+async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """The work-queue stream that holds every request until a worker acks it."""
+    stream = StreamConfig(
+        name=subjects.stream,
+        description="promptbus request queue (work queue: a message lives until acked)",
+        subjects=[subjects.chat_wildcard],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=config.nats.max_queue_age_s,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=config.nats.replicas,
+    )
+    try:
+        await js.stream_info(subjects.stream)
+    except NotFoundError:
+        await js.add_stream(stream)
+        log.info("created stream %s", subjects.stream)
+        return
+    await js.update_stream(stream)
+
+
+def consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> ConsumerConfig:
+    """A model's durable pull consumer.
+
+    ``max_ack_pending`` is the sum of its deployments' concurrency limits: JetStream
+    never hands out more un-acked requests than the pools may run at once, so the
+    excess waits in the stream, not in worker memory.
+    """
+    return ConsumerConfig(
+        durable_name=subjects.chat_consumer(model.model_name),
+        description=f"chat requests for model {model.model_name}",
+        filter_subject=subjects.chat(model.model_name),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=config.worker.ack_wait_s,
+        max_ack_pending=sum(d.max_concurrency for d in model.deployments),
+        max_waiting=1024,
+        num_replicas=config.nats.replicas,
+    )
+
+
+async def ensure_consumer(
+    js: JetStreamContext, model: ModelConfig, config: Config, subjects: Subjects
+) -> str:
+    consumer = consumer_config(model, config, subjects)
+    try:
+        await js.add_consumer(subjects.stream, consumer)
+    except BadRequestError as exc:
+        raise RuntimeError(
+            f"cannot create consumer for model {model.model_name!r}: {exc.description}"
+        ) from exc
+    assert consumer.durable_name is not None
+    return consumer.durable_name
+
+
+async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Presence of live workers: key ``<model-token>.<worker-id>``, expiring on its own."""
+    try:
+        return await js.key_value(WORKERS_BUCKET)
+    except NotFoundError:  # BucketNotFoundError is a NotFoundError
+        pass
+    return await js.create_key_value(
+        KeyValueConfig(
+            bucket=WORKERS_BUCKET,
+            description="promptbus worker presence",
+            history=1,
+            ttl=config.worker.presence_ttl_s,
+            storage=StorageType.MEMORY,
+            replicas=config.nats.replicas,
+        )
+    )
+
+
+async def provision(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """Everything a client needs before publishing: the stream and the presence bucket."""
+    await ensure_stream(js, config, subjects)
+    await ensure_workers_bucket(js, config)

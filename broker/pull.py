@@ -1,0 +1,157 @@
+"""A continuous pull consumer that never holds more messages than its handler may run.
+
+nats-py offers batch ``fetch()``; a worker wants the ``Consume`` model of the newer NATS
+clients instead: keep pull "credit" outstanding for exactly the free handler slots, so a
+message starts the moment both it and a slot exist, and nothing extra sits in memory.
+
+Accounting: ``outstanding`` is credit asked for and not yet delivered. JetStream answers
+an expired or cancelled pull request with a status message carrying
+``Nats-Pending-Messages``, the credit it did not use, which is subtracted. A watchdog
+resets credit that a disconnect silently swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+_STATUS = "Status"
+_PENDING = "Nats-Pending-Messages"
+_encoder = msgspec.json.Encoder()
+
+
+class PullRequest(msgspec.Struct, omit_defaults=True):
+    """Body of ``$JS.API.CONSUMER.MSG.NEXT``: ``expires`` is in nanoseconds."""
+
+    batch: int
+    expires: int
+
+
+class PullConsumer:
+    def __init__(
+        self,
+        nc: NATS,
+        stream: str,
+        consumer: str,
+        capacity: int,
+        handler: Handler,
+        *,
+        expires: float = 5.0,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._nc = nc
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._capacity = capacity
+        self._handler = handler
+        self._expires = expires
+        self._min_refill = max(1, capacity // 4)
+        self._inflight = 0
+        self._outstanding = 0
+        self._last_heard = time.monotonic()
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._running = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def start(self) -> None:
+        self._running = True
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self._watchdog = asyncio.create_task(self._watch())
+        await self._refill()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop pulling, let running handlers finish (up to ``grace`` seconds)."""
+        self._running = False
+        if self._watchdog:
+            self._watchdog.cancel()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_heard = time.monotonic()
+        headers = msg.headers
+        if headers and _STATUS in headers and not msg.data:
+            self._on_status(headers)
+            await self._refill()
+            return
+        self._outstanding = max(0, self._outstanding - 1)
+        if not self._running:
+            return  # unsubscribed; JetStream redelivers it after ack_wait
+        self._inflight += 1
+        self._idle.clear()
+        task = asyncio.create_task(self._run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_status(self, headers: dict[str, str]) -> None:
+        status = headers.get(_STATUS, "")
+        if status == "100":  # idle heartbeat
+            return
+        pending = headers.get(_PENDING)
+        if pending is not None:
+            self._outstanding = max(0, self._outstanding - int(pending))
+        elif status in {"408", "409"}:
+            self._outstanding = 0
+        if status not in {"404", "408"}:
+            log.warning("pull %s: status %s %s", self._api, status, headers.get("Description"))
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            await self._handler(msg)
+        except Exception:
+            log.exception("pull handler failed on %s", msg.subject)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+            await self._refill()
+
+    async def _refill(self) -> None:
+        if not self._running or self._nc.is_closed or not self._nc.is_connected:
+            return
+        free = self._capacity - self._inflight - self._outstanding
+        if free <= 0 or (free < self._min_refill and self._outstanding > 0):
+            return
+        self._outstanding += free
+        request = PullRequest(batch=free, expires=int(self._expires * 1e9))
+        try:
+            await self._nc.publish(self._api, _encoder.encode(request), reply=self._inbox)
+        except Exception as exc:  # disconnected: the watchdog asks again
+            self._outstanding -= free
+            log.debug("pull request failed: %s", exc)
+
+    async def _watch(self) -> None:
+        """Re-arm credit lost to a disconnect (its expiry status never arrived)."""
+        while self._running:
+            await asyncio.sleep(self._expires)
+            if time.monotonic() - self._last_heard > 2 * self._expires + 1:
+                self._outstanding = 0
+                self._last_heard = time.monotonic()
+            await self._refill()

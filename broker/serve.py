@@ -1,0 +1,67 @@
+"""Running long-lived components until SIGINT/SIGTERM, with a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the caller decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def http_server(app: Any, host: str, port: int) -> QuietServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",  # the running loop (uvloop when installed, see run())
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return QuietServer(config)
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by the first SIGINT or SIGTERM."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+async def serve_until(server: QuietServer, stop: asyncio.Event) -> None:
+    """Run ``server`` until ``stop`` is set or it exits on its own (e.g. port in use)."""
+    task = asyncio.create_task(server.serve())
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    waiter.cancel()
+    await task
+    if not server.started:
+        raise SystemExit(
+            f"HTTP server on {server.config.host}:{server.config.port} failed to start"
+        )
+
+
+def run(main: Any) -> None:
+    """asyncio.run with uvloop when available: the loop matters on the hot path."""
+    try:
+        import uvloop
+
+        uvloop.run(main)
+    except ImportError:
+        asyncio.run(main)

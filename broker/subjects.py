@@ -1,0 +1,44 @@
+"""Subject, stream, consumer and bucket names: the whole NATS naming contract in one place.
+
+    <prefix>.chat.<model-token>      chat completion requests (JetStream work queue)
+
+A model alias becomes one subject token: characters NATS gives meaning to ('.', '*',
+'>', whitespace) and '%' itself are percent-encoded, so ``llama3.1:8b`` is served on
+``pb.chat.llama3%2E1:8b``. Consumer names additionally drop '/' and '\\'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_UNSAFE_TOKEN = re.compile(r"[.*>%\s]")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+WORKERS_BUCKET = "pb_workers"
+
+
+def model_token(model: str) -> str:
+    """Encode a model alias as a single NATS subject token."""
+    return _UNSAFE_TOKEN.sub(lambda m: f"%{ord(m.group()):02X}", model)
+
+
+class Subjects:
+    """Names derived from one subject prefix and stream name."""
+
+    def __init__(self, prefix: str = "pb", stream: str = "PB_REQUESTS") -> None:
+        self.prefix = prefix
+        self.stream = stream
+
+    @property
+    def chat_wildcard(self) -> str:
+        return f"{self.prefix}.chat.>"
+
+    def chat(self, model: str) -> str:
+        return f"{self.prefix}.chat.{model_token(model)}"
+
+    def chat_consumer(self, model: str) -> str:
+        """Durable consumer name for a model's queue: readable, unique, NATS-safe."""
+        readable = _UNSAFE_NAME.sub("_", model)[:48]
+        digest = hashlib.sha1(model.encode()).hexdigest()[:8]
+        return f"chat_{readable}_{digest}"

@@ -1,0 +1,1 @@
+"""The thin OpenAI-compatible HTTP layer over the NATS client."""

@@ -1,0 +1,188 @@
+"""The OpenAI-compatible HTTP API.
+
+Starlette because it is the thinnest stack with routing, streaming responses and a
+lifespan hook (encode's style: plain functions, no dependency injection); uvicorn with
+httptools and uvloop under it. The request path does no work the NATS client does not
+already do: check Content-Type, read the body within the limit, validate it once with
+msgspec, then hand the raw bytes to ``BrokerClient``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from broker.client import BrokerClient, Reply, ReplyStream
+from ingress.http_io import error_response, read_body, request_timeout, require_json
+from schemas.chat import Model, ModelList, encoder, request_decoder
+from schemas.config import Config
+from schemas.envelope import H_DEPLOYMENT, H_ERROR_SOURCE
+from schemas.errors import BrokerError, from_validation_error, model_not_found
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _reply_headers(reply: Reply, request_id: str) -> dict[str, str]:
+    headers = {"x-request-id": request_id}
+    deployment = reply.headers.get(H_DEPLOYMENT)
+    if deployment:
+        headers["x-promptbus-deployment"] = deployment
+    if reply.headers.get(H_ERROR_SOURCE):
+        headers["x-promptbus-error-source"] = reply.headers[H_ERROR_SOURCE]
+    return headers
+
+
+def _request_id(request: Request) -> str:
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+def create_app(
+    config: Config, client: BrokerClient | None = None, nats_url: str | None = None
+) -> Starlette:
+    """The ASGI app; it connects its own ``BrokerClient`` at start-up unless given one."""
+    state: dict[str, BrokerClient] = {}
+    if client is not None:
+        state["client"] = client
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = "client" not in state
+        if owned:
+            state["client"] = await BrokerClient.connect(config, nats_url, name="promptbus-ingress")
+        try:
+            yield
+        finally:
+            if owned:
+                await state.pop("client").close()
+
+    async def chat_completions(request: Request) -> Response:
+        require_json(request)
+        body = await read_body(request, config.ingress.max_body_bytes)
+        try:
+            chat = request_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise from_validation_error(exc) from None
+        broker = state["client"]
+        request_id = _request_id(request)
+        options: dict[str, Any] = {
+            "timeout": request_timeout(request),
+            "request_id": request_id,
+            "traceparent": request.headers.get("traceparent"),
+        }
+        if chat.stream:
+            stream = await broker.open_stream(chat.model, body, **options)
+            try:
+                first = await stream.__anext__()  # errors before the first chunk get a status
+            except StopAsyncIteration:
+                first = None
+            except BaseException:
+                stream.close()
+                raise
+            headers = SSE_HEADERS | (
+                {"x-request-id": request_id} if first is None else _reply_headers(first, request_id)
+            )
+            return StreamingResponse(
+                _sse(first, stream), media_type="text/event-stream", headers=headers
+            )
+        reply = await broker.request(chat.model, body, **options)
+        return Response(
+            reply.body,
+            status_code=reply.status,
+            media_type="application/json",
+            headers=_reply_headers(reply, request_id),
+        )
+
+    async def list_models(request: Request) -> Response:
+        models = ModelList(
+            data=[Model(id=m.model_name, created=0, owned_by=m.owned_by) for m in config.model_list]
+        )
+        return Response(encoder.encode(models), media_type="application/json")
+
+    async def retrieve_model(request: Request) -> Response:
+        name = request.path_params["model"]
+        model = config.model(name)
+        if model is None:
+            raise model_not_found(name)
+        return Response(
+            encoder.encode(Model(id=name, created=0, owned_by=model.owned_by)),
+            media_type="application/json",
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        broker = state.get("client")
+        if broker is None or not broker.nc.is_connected:
+            return JSONResponse({"status": "unavailable", "reason": "not connected to NATS"}, 503)
+        try:
+            await broker.js.stream_info(broker.subjects.stream)
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "reason": f"stream: {exc}"}, 503)
+        return JSONResponse({"status": "ready", "stream": broker.subjects.stream})
+
+    async def on_broker_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BrokerError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(
+            BrokerError(
+                exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code
+            )
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(
+            BrokerError(
+                500,
+                f"internal error: {type(exc).__name__}",
+                type="api_error",
+                code="internal_error",
+            )
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={
+            BrokerError: on_broker_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+    )
+
+
+async def _sse(first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
+    """Relay chunk replies as server-sent events; an error mid-stream becomes an error event."""
+    try:
+        if first is not None:
+            yield b"data: " + first.body + b"\n\n"
+            async for reply in stream:
+                yield b"data: " + reply.body + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    except BrokerError as exc:
+        yield b"data: " + exc.to_json() + b"\n\n"
+    finally:
+        stream.close()

@@ -1,0 +1,66 @@
+"""Reading request bodies within a size limit and mapping errors to JSON responses."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from schemas.errors import BrokerError
+
+
+def error_response(error: BrokerError, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        error.to_json(), status_code=error.status, media_type="application/json", headers=headers
+    )
+
+
+def require_json(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise BrokerError(
+            415,
+            f"Content-Type must be application/json, got `{content_type or '(none)'}`.",
+            code="unsupported_media_type",
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing early (413) once it exceeds ``limit`` bytes."""
+    too_large = BrokerError(
+        413,
+        f"Request body exceeds the {limit} byte limit.",
+        code="request_too_large",
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request_timeout(request: Request) -> float | None:
+    """The client's own timeout, if it sent one: ours, or the one the OpenAI SDK sends."""
+    for header in ("x-promptbus-timeout", "x-stainless-timeout"):
+        value = request.headers.get(header)
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+            raise BrokerError(
+                400,
+                f"Header {header} must be a positive number of seconds, got `{value}`.",
+                param=header,
+                code="invalid_header",
+            )
+        return seconds
+    return None

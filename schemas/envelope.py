@@ -1,0 +1,82 @@
+"""The internal envelope: what travels on NATS around an OpenAI body.
+
+The message body is always the plain OpenAI JSON body; everything else rides in NATS
+headers so that a client in any language can speak the contract (see docs/subjects.md).
+``RequestMeta`` is the in-process view of the request headers, ``ReplyKind`` the reply's.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+
+from msgspec import Struct
+
+# Request headers (client -> worker)
+H_REQUEST_ID = "Pb-Request-Id"
+H_REPLY_TO = "Pb-Reply-To"
+H_DEADLINE = "Pb-Deadline"  # absolute deadline, Unix epoch milliseconds
+H_TRACEPARENT = "traceparent"  # W3C trace context, passed through unchanged
+H_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication, set to the request id
+
+# Reply headers (worker -> client)
+H_KIND = "Pb-Kind"
+H_STATUS = "Pb-Status"  # HTTP status the reply maps to
+H_DEPLOYMENT = "Pb-Deployment"  # which deployment answered
+H_ERROR_SOURCE = "Pb-Error-Source"  # "upstream" when the provider caused the error
+
+
+class ReplyKind(StrEnum):
+    """Value of the ``Pb-Kind`` reply header."""
+
+    RESPONSE = "response"  # complete non-streamed response body
+    CHUNK = "chunk"  # one chat.completion.chunk of a stream
+    END = "end"  # end of stream marker, empty body
+    ERROR = "error"  # OpenAI error body; ends the exchange
+
+
+class RequestMeta(Struct, frozen=True):
+    """Routing and lifetime information of one queued request."""
+
+    request_id: str
+    reply_to: str | None
+    deadline_ms: int | None = None
+    traceparent: str | None = None
+
+    def to_headers(self) -> dict[str, str]:
+        headers = {H_REQUEST_ID: self.request_id, H_MSG_ID: self.request_id}
+        if self.reply_to:
+            headers[H_REPLY_TO] = self.reply_to
+        if self.deadline_ms is not None:
+            headers[H_DEADLINE] = str(self.deadline_ms)
+        if self.traceparent:
+            headers[H_TRACEPARENT] = self.traceparent
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | None) -> RequestMeta:
+        headers = headers or {}
+        deadline = headers.get(H_DEADLINE)
+        deadline_ms: int | None
+        try:
+            deadline_ms = int(deadline) if deadline else None
+        except ValueError:
+            deadline_ms = None
+        return cls(
+            request_id=headers.get(H_REQUEST_ID) or headers.get(H_MSG_ID) or "",
+            reply_to=headers.get(H_REPLY_TO),
+            deadline_ms=deadline_ms,
+            traceparent=headers.get(H_TRACEPARENT),
+        )
+
+    def remaining(self, now_ms: int | None = None) -> float | None:
+        """Seconds left before the deadline (negative once passed), None without one."""
+        if self.deadline_ms is None:
+            return None
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        return (self.deadline_ms - now_ms) / 1000.0
+
+
+def deadline_after(seconds: float) -> int:
+    """The absolute ``Pb-Deadline`` value for a timeout starting now."""
+    return int((time.time() + seconds) * 1000)

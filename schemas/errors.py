@@ -1,0 +1,142 @@
+"""OpenAI-style error bodies and the exception that carries one through the broker.
+
+Every failure, whether raised in the ingress, the client or a worker, becomes a
+``BrokerError``: an HTTP status plus the ``{"error": {...}}`` body OpenAI clients parse.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from msgspec import Struct
+
+
+class ErrorDetail(Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(Struct):
+    error: ErrorDetail
+
+
+error_decoder = msgspec.json.Decoder(ErrorResponse)
+_encoder = msgspec.json.Encoder()
+
+
+class BrokerError(Exception):
+    """A failure with the status and OpenAI error body a client should see."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+
+    @property
+    def message(self) -> str:
+        return self.detail.message
+
+    def to_json(self) -> bytes:
+        return _encoder.encode(ErrorResponse(error=self.detail))
+
+    @classmethod
+    def from_json(cls, status: int, body: bytes) -> BrokerError:
+        """Rebuild an error from a reply body; a body that is not one is itself reported."""
+        try:
+            detail = error_decoder.decode(body).error
+        except msgspec.DecodeError:
+            return cls(
+                502,
+                f"malformed error reply (status {status}): {body[:200]!r}",
+                type="api_error",
+                code="bad_reply",
+            )
+        err = cls(status, detail.message, type=detail.type, code=detail.code, param=detail.param)
+        return err
+
+    def __repr__(self) -> str:
+        return f"BrokerError({self.status}, {self.detail.type}/{self.detail.code}: {self.message})"
+
+
+# ---------------------------------------------------------------- constructors
+
+
+def invalid_request(
+    message: str, *, param: str | None = None, code: str | None = None
+) -> BrokerError:
+    return BrokerError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> BrokerError:
+    return BrokerError(
+        404,
+        f"The model `{model}` does not exist or is not served by this broker.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def no_worker(model: str) -> BrokerError:
+    return BrokerError(
+        503,
+        f"No worker is currently serving model `{model}`; start a worker pool for it "
+        "(`promptbus worker`) or try again later.",
+        type="service_unavailable_error",
+        code="no_worker_available",
+    )
+
+
+def deadline_exceeded(seconds: float, where: str) -> BrokerError:
+    return BrokerError(
+        504,
+        f"Request deadline of {seconds:.3g}s passed {where}.",
+        type="timeout_error",
+        code="deadline_exceeded",
+    )
+
+
+def upstream_error(
+    status: int, deployment: str, message: str, *, code: str | None = None
+) -> BrokerError:
+    """An error the provider returned or caused; the message names the deployment."""
+    return BrokerError(
+        status,
+        f"Upstream deployment `{deployment}` failed: {message}",
+        type="upstream_error",
+        code=code or f"upstream_{status}",
+    )
+
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def from_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> BrokerError:
+    """Turn a msgspec error into a 400 whose ``param`` names the offending field.
+
+    msgspec reports e.g. ``Expected `float` <= 2.0, got 3.0 - at `$.temperature```;
+    the path becomes ``param="temperature"`` as OpenAI would report it.
+    """
+    text = str(exc)
+    match = _PATH.search(text)
+    if isinstance(exc, msgspec.ValidationError):
+        param = None
+        if match:
+            param = match.group("path").lstrip(".") or None
+            text = text[: match.start()]
+        return invalid_request(
+            f"Invalid request: {text}" + (f" (at `{param}`)" if param else ""),
+            param=param,
+            code="invalid_value" if param else "invalid_request",
+        )
+    return invalid_request(f"Request body is not valid JSON: {text}", code="invalid_json")

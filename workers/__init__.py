@@ -1,0 +1,1 @@
+"""Per-provider worker pools: pull requests from NATS, call the provider, reply, ack."""

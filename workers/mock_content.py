@@ -1,0 +1,101 @@
+"""Deterministic fake completions, shared by the in-process mock provider and mock-upstream.
+
+The answer echoes the last user text, so tests can check that the right request arrived;
+token counts are word counts, so usage is predictable.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from schemas.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ResponseMessage,
+    TextPart,
+    Usage,
+    UserMessage,
+)
+
+
+def last_user_text(request: ChatCompletionRequest) -> str:
+    for message in reversed(request.messages):
+        if isinstance(message, UserMessage):
+            if isinstance(message.content, str):
+                return message.content
+            return " ".join(p.text for p in message.content if isinstance(p, TextPart))
+    return ""
+
+
+def answer_text(request: ChatCompletionRequest) -> str:
+    text = f"mock reply to: {last_user_text(request)}"
+    limit = request.max_completion_tokens or request.max_tokens
+    if limit is not None:
+        text = " ".join(text.split(" ")[:limit])
+    return text
+
+
+def _usage(request: ChatCompletionRequest, completion: str) -> Usage:
+    prompt_tokens = 0
+    for message in request.messages:
+        content = message.content
+        prompt_tokens += len(content.split()) if isinstance(content, str) else 1
+    completion_tokens = len(completion.split())
+    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+
+def _finish_reason(request: ChatCompletionRequest, text: str) -> str:
+    limit = request.max_completion_tokens or request.max_tokens
+    return "length" if limit is not None and len(text.split()) >= limit else "stop"
+
+
+def completion(request: ChatCompletionRequest, model: str) -> ChatCompletion:
+    text = answer_text(request)
+    choices = [
+        Choice(
+            index=i,
+            message=ResponseMessage(content=text),
+            finish_reason=_finish_reason(request, text),
+        )
+        for i in range(request.n or 1)
+    ]
+    return ChatCompletion(
+        id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        created=int(time.time()),
+        model=model,
+        choices=choices,
+        usage=_usage(request, text),
+        system_fingerprint="fp_promptbus_mock",
+    )
+
+
+def chunks(request: ChatCompletionRequest, model: str) -> list[ChatCompletionChunk]:
+    """One role chunk, one chunk per word, a finish chunk and, if asked, a usage chunk."""
+    text = answer_text(request)
+    ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+
+    def chunk(delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=ident,
+            created=created,
+            model=model,
+            choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)],
+        )
+
+    words = text.split(" ")
+    out = [chunk(Delta(role="assistant", content=""))]
+    out += [chunk(Delta(content=w if i == 0 else f" {w}")) for i, w in enumerate(words)]
+    out.append(chunk(Delta(), _finish_reason(request, text)))
+    if request.stream_options is not None and request.stream_options.include_usage:
+        out.append(
+            ChatCompletionChunk(
+                id=ident, created=created, model=model, choices=[], usage=_usage(request, text)
+            )
+        )
+    return out

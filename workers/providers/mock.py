@@ -1,0 +1,31 @@
+"""The built-in mock provider: answers in-process, for `make run`, demos and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from schemas.chat import ChatCompletionRequest, encoder
+from schemas.config import DeploymentConfig
+from workers import mock_content
+
+
+class MockProvider:
+    def __init__(self, deployment: DeploymentConfig) -> None:
+        self.name = deployment.name
+        self._model = deployment.model or deployment.name
+        self._latency = deployment.mock_latency_ms / 1000.0
+
+    async def complete(self, request: ChatCompletionRequest) -> bytes:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        return encoder.encode(mock_content.completion(request, self._model))
+
+    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        for chunk in mock_content.chunks(request, self._model):
+            yield encoder.encode(chunk)
+
+    async def aclose(self) -> None:
+        return None
