@@ -1,0 +1,145 @@
+"""The official openai SDK against the ingress: it must just work."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Stack
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def test_chat_non_stream_mock(openai_client: openai.OpenAI) -> None:
+    raw = openai_client.chat.completions.with_raw_response.create(model="mock-gpt", messages=HELLO)
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content == "mock reply to: hello there"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.total_tokens == 2 + 5
+    assert raw.headers["x-promptbus-deployment"] == "mock-gpt/0"
+    assert raw.headers["x-request-id"]
+
+
+def test_request_id_is_echoed(openai_client: openai.OpenAI) -> None:
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model="mock-gpt", messages=HELLO, extra_headers={"x-request-id": "req-abc-123"}
+    )
+    assert raw.headers["x-request-id"] == "req-abc-123"
+
+
+def test_chat_stream_mock(openai_client: openai.OpenAI) -> None:
+    stream = openai_client.chat.completions.create(
+        model="mock-gpt", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "mock reply to: hello there"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finishes == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_chat_through_http_upstream(openai_client: openai.OpenAI, stack: Stack) -> None:
+    before = stack.upstream_requests()
+    completion = openai_client.chat.completions.create(
+        model="upstream-gpt", messages=HELLO, temperature=0, max_tokens=50
+    )
+    assert completion.choices[0].message.content == "mock reply to: hello there"
+    assert completion.model == "gpt-4o-mini"  # the upstream model name, as the upstream said
+    assert stack.upstream_requests() == before + 1
+
+
+def test_stream_through_http_upstream(openai_client: openai.OpenAI) -> None:
+    with openai_client.chat.completions.create(
+        model="upstream-gpt", messages=[{"role": "user", "content": "one two three"}], stream=True
+    ) as stream:
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == "mock reply to: one two three"
+    assert len(pieces) >= 5  # relayed chunk by chunk, not buffered into one
+
+
+def test_rich_request_is_forwarded(openai_client: openai.OpenAI) -> None:
+    """Images, tools, response_format, seeds and stops pass validation and the upstream's."""
+    completion = openai_client.chat.completions.create(
+        model="upstream-gpt",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "describe"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"},
+                    },
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        ],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        tool_choice="auto",
+        response_format={"type": "json_object"},
+        seed=7,
+        stop=["\n\n"],
+        n=2,
+        top_p=0.5,
+        max_completion_tokens=100,
+        user="u-1",
+        metadata={"purpose": "test"},
+    )
+    assert len(completion.choices) == 2
+
+
+def test_models_list_and_retrieve(openai_client: openai.OpenAI) -> None:
+    ids = {m.id for m in openai_client.models.list()}
+    assert {"mock-gpt", "upstream-gpt", "orphan"} <= ids
+    assert openai_client.models.retrieve("mock-gpt").id == "mock-gpt"
+    with pytest.raises(openai.NotFoundError) as err:
+        openai_client.models.retrieve("no-such-model")
+    assert err.value.code == "model_not_found"
+
+
+def test_async_client_concurrent_requests(stack: Stack) -> None:
+    async def run() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=f"{stack.ingress}/v1", api_key="x", max_retries=0)
+        try:
+            results = await asyncio.gather(
+                *(
+                    client.chat.completions.create(
+                        model="mock-gpt", messages=[{"role": "user", "content": f"n{i}"}]
+                    )
+                    for i in range(50)
+                )
+            )
+        finally:
+            await client.close()
+        return [r.choices[0].message.content or "" for r in results]
+
+    answers = asyncio.run(run())
+    assert answers == [f"mock reply to: n{i}" for i in range(50)]  # each reply to its own request
+
+
+def test_health_and_readiness(stack: Stack) -> None:
+    assert httpx.get(f"{stack.ingress}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{stack.ingress}/readyz")
+    assert ready.status_code == 200 and ready.json()["stream"] == "PB_REQUESTS"
