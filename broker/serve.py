@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Coroutine, Generator
+from typing import Any, TypeVar
 
 import uvicorn
+
+T = TypeVar("T")
 
 
 class QuietServer(uvicorn.Server):
@@ -57,11 +59,10 @@ async def serve_until(server: QuietServer, stop: asyncio.Event) -> None:
         )
 
 
-def run(main: Any) -> None:
+def run(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run with uvloop when available: the loop matters on the hot path."""
     try:
         import uvloop
-
-        uvloop.run(main)
     except ImportError:
-        asyncio.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)

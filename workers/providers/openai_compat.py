@@ -1,87 +1,97 @@
 """OpenAI-compatible upstreams (OpenAI, vLLM, Ollama, Groq, OpenRouter, mock-upstream...).
 
-One ``httpx.AsyncClient`` per deployment: a keep-alive connection pool sized to the
-deployment's concurrency, so no request pays for connection set-up. Responses are
-validated against the schema and relayed as the upstream sent them.
+One ``aiohttp.ClientSession`` per deployment: a keep-alive connection pool sized to the
+deployment's concurrency, so no request pays for connection set-up. aiohttp rather
+than httpx because the upstream call is the worker's hot path and, measured here with
+the same server, aiohttp spends 0.2-0.3 ms of CPU per request against httpx's 1.2 ms
+(and httpx's pool loses most of its rate past a few dozen concurrent requests).
+Responses are validated against the schema and relayed as the upstream sent them.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import msgspec
 
 from schemas.chat import ChatCompletionRequest, chunk_decoder, completion_decoder, encoder
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
 
+MAX_LINE_BYTES = 4 * 1024 * 1024  # one SSE line holds one chunk, tool arguments included
+
 
 class OpenAICompatProvider:
-    def __init__(
-        self,
-        deployment: DeploymentConfig,
-        api_key: str | None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, deployment: DeploymentConfig, api_key: str | None) -> None:
+        assert deployment.base_url is not None
         self.name = deployment.name
         self._model = deployment.model or deployment.name
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        assert deployment.base_url is not None
-        self._client = httpx.AsyncClient(
-            base_url=deployment.base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=deployment.connect_timeout_s,
-                read=deployment.read_timeout_s,
-                write=deployment.read_timeout_s,
-                pool=deployment.read_timeout_s,
-            ),
-            limits=httpx.Limits(
-                max_connections=deployment.max_concurrency,
-                max_keepalive_connections=deployment.max_concurrency,
-            ),
-            transport=transport,
-        )
+        self._base_url = deployment.base_url.rstrip("/")
+        self._url = f"{self._base_url}/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._stream_headers = self._headers | {"Accept": "text/event-stream"}
+        self._deployment = deployment
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The pooled session, created on first use inside the running event loop."""
+        if self._session is None:
+            deployment = self._deployment
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=deployment.max_concurrency,
+                    keepalive_timeout=60,
+                    enable_cleanup_closed=True,
+                ),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=deployment.connect_timeout_s,
+                    sock_read=deployment.read_timeout_s,
+                ),
+                read_bufsize=MAX_LINE_BYTES,
+                max_line_size=MAX_LINE_BYTES,
+                max_field_size=64 * 1024,
+            )
+        return self._session
 
     def _body(self, request: ChatCompletionRequest) -> bytes:
         return encoder.encode(msgspec.structs.replace(request, model=self._model))
 
     async def complete(self, request: ChatCompletionRequest) -> bytes:
         try:
-            response = await self._client.post(
-                "/chat/completions",
-                content=self._body(request),
-                headers={"Content-Type": "application/json"},
-            )
-        except httpx.HTTPError as exc:
+            async with self._client().post(
+                self._url, data=self._body(request), headers=self._headers
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from None
-        if response.status_code >= 400:
-            raise self._status_error(response.status_code, response.content)
+        if status >= 400:
+            raise self._status_error(status, body)
         try:
-            completion_decoder.decode(response.content)
+            completion_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise upstream_error(502, self.name, f"invalid response body: {exc}") from None
-        return response.content
+        return body
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
         try:
-            async with self._client.stream(
-                "POST",
-                "/chat/completions",
-                content=self._body(request),
-                headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+            async with self._client().post(
+                self._url, data=self._body(request), headers=self._stream_headers
             ) as response:
-                if response.status_code >= 400:
-                    raise self._status_error(response.status_code, await response.aread())
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+                if response.status >= 400:
+                    raise self._status_error(response.status, await response.read())
+                async for line in response.content:
+                    if not line.startswith(b"data:"):
                         continue  # blank separators, comments, event: lines
-                    data = line[5:].strip().encode()
+                    data = line[5:].strip()
                     if data == b"[DONE]":
                         return
                     yield self._checked_chunk(data)
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from None
 
     def _checked_chunk(self, data: bytes) -> bytes:
@@ -102,25 +112,28 @@ class OpenAICompatProvider:
     def _status_error(self, status: int, body: bytes) -> BrokerError:
         try:
             detail = error_decoder.decode(body).error
-            return upstream_error(
-                status, self.name, f"HTTP {status}: {detail.message}", code=detail.code
-            )
         except (msgspec.ValidationError, msgspec.DecodeError):
             text = body[:300].decode(errors="replace").strip() or "(empty body)"
             return upstream_error(status, self.name, f"HTTP {status}: {text}")
+        return upstream_error(
+            status, self.name, f"HTTP {status}: {detail.message}", code=detail.code
+        )
 
-    def _transport_error(self, exc: httpx.HTTPError) -> BrokerError:
-        url = str(self._client.base_url)
-        if isinstance(exc, httpx.TimeoutException):
+    def _transport_error(self, exc: BaseException) -> BrokerError:
+        url = self._base_url
+        if isinstance(exc, TimeoutError):
             return upstream_error(
                 504,
                 self.name,
                 f"timed out talking to {url} ({type(exc).__name__})",
                 code="upstream_timeout",
             )
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, aiohttp.ClientConnectorError):
             return upstream_error(
-                502, self.name, f"cannot connect to {url}: {exc}", code="upstream_unreachable"
+                502,
+                self.name,
+                f"cannot connect to {url}: {exc.os_error.strerror or exc}",
+                code="upstream_unreachable",
             )
         return upstream_error(
             502,
@@ -130,4 +143,5 @@ class OpenAICompatProvider:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
