@@ -58,9 +58,9 @@ class Result:
     def rate(self) -> float:
         return len(self.latencies) / self.elapsed
 
-    def row(self) -> str:
+    def row(self, width: int = 44) -> str:
         return (
-            f"{self.name:<44} {self.rate:>9.0f} {self.pct(50):>8.2f} {self.pct(95):>8.2f} "
+            f"{self.name:<{width}} {self.rate:>9.0f} {self.pct(50):>8.2f} {self.pct(95):>8.2f} "
             f"{self.pct(99):>8.2f} {self.errors:>6}"
         )
 

@@ -24,10 +24,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
 
 from broker.connection import connect
 from broker.presence import WorkerDirectory
@@ -59,6 +56,8 @@ from schemas.errors import (
 
 # Time granted past the deadline for the worker's own, more precise, 504 to arrive.
 DEADLINE_GRACE_S = 0.25
+# How long JetStream may take to confirm it stored a request.
+PUBLISH_ACK_TIMEOUT_S = 5.0
 
 
 class Reply(NamedTuple):
@@ -168,7 +167,8 @@ class BrokerClient:
 
     async def _start(self) -> None:
         self._prefix = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+        self._prefix_len = len(self._prefix) + 1
+        self._sub = await self.nc.subscribe(f"{self._prefix}.>", cb=self._on_reply)
 
     async def close(self) -> None:
         await self.directory.stop()
@@ -183,14 +183,15 @@ class BrokerClient:
             await self.nc.drain()
 
     async def _on_reply(self, msg: Msg) -> None:
-        pending = self._pending.get(msg.subject[len(self._prefix) + 1 :])
+        """Route a message on our inbox: ``<prefix>.<token>`` replies, ``.<token>.a`` acks."""
+        key = msg.subject[self._prefix_len :]
+        pending = self._pending.get(key)
         if pending is None:
             return  # late reply for a request that timed out or was cancelled
-        reply = Reply.from_msg(msg)
         if isinstance(pending, ReplyStream):
-            pending.queue.put_nowait(reply)
+            pending.queue.put_nowait(Reply.from_msg(msg))
         elif not pending.done():
-            pending.set_result(reply)
+            pending.set_result(Reply.from_msg(msg))
 
     # ------------------------------------------------------------ admission
 
@@ -216,6 +217,11 @@ class BrokerClient:
         request_id: str | None,
         traceparent: str | None,
     ) -> None:
+        """Queue the request in JetStream and wait for the stream's publish ack.
+
+        The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
+        a request costs one subscription-free round trip before the worker's answer.
+        """
         self.check_model(model)
         meta = RequestMeta(
             request_id=request_id or uuid.uuid4().hex,
@@ -223,26 +229,27 @@ class BrokerClient:
             deadline_ms=deadline_after(timeout),
             traceparent=traceparent,
         )
+        ack_key = f"{token}.a"
+        ack: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[token] = pending
+        self._pending[ack_key] = ack
         try:
-            await self.js.publish(
+            await self.nc.publish(
                 self.subjects.chat(model),
                 body,
-                timeout=min(timeout, 5.0),
-                stream=self.subjects.stream,
+                reply=f"{self._prefix}.{ack_key}",
                 headers=meta.to_headers(),
             )
-        except (NoRespondersError, NatsTimeoutError, APIError) as exc:
+            async with asyncio.timeout(min(timeout, PUBLISH_ACK_TIMEOUT_S)):
+                _check_publish_ack(await ack)
+        except TimeoutError:
             self._pending.pop(token, None)
-            raise BrokerError(
-                503,
-                f"The request queue is unavailable ({type(exc).__name__}); try again shortly.",
-                type="service_unavailable_error",
-                code="queue_unavailable",
-            ) from None
+            raise _queue_unavailable("no publish acknowledgement from JetStream") from None
         except BaseException:
             self._pending.pop(token, None)
             raise
+        finally:
+            self._pending.pop(ack_key, None)
 
     # ------------------------------------------------------------ raw bytes API
 
@@ -314,6 +321,27 @@ def _as_request(
         except msgspec.ValidationError as exc:
             raise from_validation_error(exc) from None
     return msgspec.structs.replace(request, stream=stream or None)
+
+
+def _check_publish_ack(ack: Reply) -> None:
+    """A JetStream publish ack is ``{"stream":..., "seq":...}``; anything else is a failure."""
+    if ack.headers.get("Status") == "503":
+        raise _queue_unavailable("no stream listens on the request subject")
+    if b'"error"' in ack.body:
+        try:
+            reason = msgspec.json.decode(ack.body)["error"]["description"]
+        except (msgspec.DecodeError, KeyError, TypeError):
+            reason = ack.body[:200].decode(errors="replace")
+        raise _queue_unavailable(f"JetStream refused the request: {reason}")
+
+
+def _queue_unavailable(reason: str) -> BrokerError:
+    return BrokerError(
+        503,
+        f"The request queue is unavailable ({reason}); try again shortly.",
+        type="service_unavailable_error",
+        code="queue_unavailable",
+    )
 
 
 def _embedded_url(config: Config) -> str:

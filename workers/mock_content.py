@@ -6,8 +6,9 @@ token counts are word counts, so usage is predictable.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 
 from schemas.chat import (
     ChatCompletion,
@@ -21,6 +22,15 @@ from schemas.chat import (
     Usage,
     UserMessage,
 )
+
+
+_ID_PREFIX = f"chatcmpl-{os.urandom(6).hex()}"
+_ids = itertools.count()
+
+
+def _completion_id() -> str:
+    """Unique per process and cheap: a random process prefix and a counter."""
+    return f"{_ID_PREFIX}{next(_ids):012x}"
 
 
 def last_user_text(request: ChatCompletionRequest) -> str:
@@ -65,7 +75,7 @@ def completion(request: ChatCompletionRequest, model: str) -> ChatCompletion:
         for i in range(request.n or 1)
     ]
     return ChatCompletion(
-        id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        id=_completion_id(),
         created=int(time.time()),
         model=model,
         choices=choices,
@@ -77,7 +87,7 @@ def completion(request: ChatCompletionRequest, model: str) -> ChatCompletion:
 def chunks(request: ChatCompletionRequest, model: str) -> list[ChatCompletionChunk]:
     """One role chunk, one chunk per word, a finish chunk and, if asked, a usage chunk."""
     text = answer_text(request)
-    ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    ident = _completion_id()
     created = int(time.time())
 
     def chunk(delta: Delta, finish: str | None = None) -> ChatCompletionChunk:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -35,10 +36,20 @@ class DeploymentPool:
         self._nc = nc
         self.provider = provider
         self._progress_every = max(ack_wait / 3, 0.5)
+        self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, started)
+        self._sweeper: asyncio.Task[None] | None = None
         name = provider.name
         self._ok = {H_KIND: ReplyKind.RESPONSE.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: name}
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._keep_alive())
+
+    async def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        await self.provider.aclose()
 
     async def handle(self, msg: Msg) -> None:
         meta = RequestMeta.from_headers(msg.headers)
@@ -46,11 +57,12 @@ class DeploymentPool:
             log.warning("request %s has no Pb-Reply-To header; dropped", meta.request_id)
             await msg.term()
             return
-        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        key = id(msg)
+        self._working[key] = (msg, time.monotonic())
         try:
             await self._serve(msg, meta)
         finally:
-            keep_alive.cancel()
+            del self._working[key]
             await msg.ack()
 
     async def _serve(self, msg: Msg, meta: RequestMeta) -> None:
@@ -108,9 +120,13 @@ class DeploymentPool:
         with contextlib.suppress(Exception):
             await self._nc.publish(reply_to, error.to_json(), headers=headers)
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream a long request is still being worked on, so it is not redelivered."""
+    async def _keep_alive(self) -> None:
+        """Tell JetStream that long requests are still being worked on, so that they are not
+        redelivered: one sweep for the whole pool instead of a timer per request."""
         while True:
             await asyncio.sleep(self._progress_every)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            due = time.monotonic() - self._progress_every
+            for msg, started in list(self._working.values()):
+                if started < due:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()

@@ -59,6 +59,7 @@ class Worker:
                     log.warning("not serving %s: %s", model.model_name, exc)
                     continue
                 pool = DeploymentPool(nc, provider, self.config.worker.ack_wait_s)
+                pool.start()
                 consumer = PullConsumer(
                     nc, subjects.stream, durable, deployment.max_concurrency, pool.handle
                 )
@@ -79,6 +80,6 @@ class Worker:
         if self._presence:
             await self._presence.stop()
         await asyncio.gather(*(c.stop(grace) for c in self._consumers))
-        await asyncio.gather(*(p.provider.aclose() for p in self._pools))
+        await asyncio.gather(*(p.stop() for p in self._pools))
         if self._nc is not None and self._owns_connection:
             await self._nc.drain()
