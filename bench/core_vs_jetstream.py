@@ -14,7 +14,6 @@ Run: .venv/bin/python bench/core_vs_jetstream.py [--duration 5]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time

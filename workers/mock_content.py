@@ -23,7 +23,6 @@ from schemas.chat import (
     UserMessage,
 )
 
-
 _ID_PREFIX = f"chatcmpl-{os.urandom(6).hex()}"
 _ids = itertools.count()
 
