@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 from nats.js.kv import KeyValue
@@ -40,11 +41,15 @@ class PresencePublisher:
         self._kv = kv
         self._worker_id = worker_id
         self._period = period
-        self._beats: dict[str, WorkerBeat] = {}
+        self._beats: dict[str, tuple[WorkerBeat, Callable[[], int]]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def serve(self, model: str, deployments: list[str], capacity: int) -> None:
-        self._beats[model] = WorkerBeat(self._worker_id, model, deployments, capacity, 0, 0.0)
+    def serve(
+        self, model: str, deployments: list[str], capacity: int, inflight: Callable[[], int]
+    ) -> None:
+        """Announce ``model``; ``inflight`` reports the requests running at each beat."""
+        beat = WorkerBeat(self._worker_id, model, deployments, capacity, 0, 0.0)
+        self._beats[model] = (beat, inflight)
 
     def _key(self, model: str) -> str:
         return f"{model_token(model)}.{self._worker_id}"
@@ -54,8 +59,9 @@ class PresencePublisher:
         self._task = asyncio.create_task(self._loop())
 
     async def beat(self) -> None:
-        for model, beat in self._beats.items():
+        for model, (beat, inflight) in self._beats.items():
             beat.ts = time.time()
+            beat.inflight = inflight()
             await self._kv.put(self._key(model), _encoder.encode(beat))
 
     async def _loop(self) -> None:

@@ -96,7 +96,7 @@ async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValu
             description="promptbus worker presence",
             history=1,
             ttl=config.worker.presence_ttl_s,
-            storage=StorageType.MEMORY,
+            storage=StorageType.FILE,  # survives a nats-server restart like the queue does
             replicas=config.nats.replicas,
         )
     )

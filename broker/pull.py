@@ -31,6 +31,8 @@ _STATUS = "Status"
 _PENDING = "Nats-Pending-Messages"
 _encoder = msgspec.json.Encoder()
 
+WATCH_PERIOD_S = 1.0
+
 
 class PullRequest(msgspec.Struct, omit_defaults=True):
     """Body of ``$JS.API.CONSUMER.MSG.NEXT``: ``expires`` is in nanoseconds."""
@@ -148,10 +150,14 @@ class PullConsumer:
             log.debug("pull request failed: %s", exc)
 
     async def _watch(self) -> None:
-        """Re-arm credit lost to a disconnect (its expiry status never arrived)."""
+        """Re-arm credit lost to a disconnect: at once after a reconnect (the server forgot
+        our pull requests), or when nothing was heard for two pull expiries."""
+        reconnects = self._nc.stats["reconnects"]
         while self._running:
-            await asyncio.sleep(self._expires)
-            if time.monotonic() - self._last_heard > 2 * self._expires + 1:
+            await asyncio.sleep(WATCH_PERIOD_S)
+            silent = time.monotonic() - self._last_heard > 2 * self._expires + 1
+            if self._nc.stats["reconnects"] != reconnects or silent:
+                reconnects = self._nc.stats["reconnects"]
                 self._outstanding = 0
                 self._last_heard = time.monotonic()
             await self._refill()

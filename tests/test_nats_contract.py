@@ -125,6 +125,11 @@ async def test_concurrency_limit_holds_excess_in_the_queue(nc: Client) -> None:
     info = await js.consumer_info("PB_REQUESTS", consumer.name)
     assert info.num_ack_pending == 2
     assert info.num_pending == 4
+    await asyncio.sleep(0.6)  # one presence heartbeat (0.5 s in the test config)
+    kv = await js.key_value("pb_workers")
+    [key] = [k for k in await kv.keys() if k.startswith("mock-slow.")]
+    beat = json.loads((await kv.get(key)).value)
+    assert beat["capacity"] == 2 and beat["inflight"] == 2 and beat["model"] == "mock-slow"
     results = await asyncio.gather(*tasks)
     texts = sorted(json.loads(r[-1].data)["choices"][0]["message"]["content"] for r in results)
     assert texts == sorted(f"mock reply to: r{i}" for i in range(6))

@@ -136,3 +136,57 @@ def test_testcontainers_nats_when_docker_answers() -> None:
 
     with NatsContainer(jetstream=True) as container:
         assert asyncio.run(roundtrip(container.nats_uri())) == b"hello"
+
+
+def test_nats_server_restart_is_survived(tmp_path: Path) -> None:
+    """Worker and ingress reconnect to a restarted nats-server (same store) and serve again
+    within seconds: pull credit is re-armed on reconnect, presence and stream are on disk."""
+    from broker.embedded import EmbeddedNats
+
+    port = free_port()
+    store = tmp_path / "nats"
+    server = EmbeddedNats(store, port=port).start()
+    ingress_port = free_port()
+    config = tmp_path / "restart.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "nats": {"url": server.url},
+                "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
+                "model_list": [{"model_name": "mock-gpt", "deployments": [{"provider": "mock"}]}],
+            }
+        )
+    )
+    worker = Proc([*PROMPTBUS, "worker", "-c", str(config)], tmp_path / "worker.log")
+    ingress = Proc(
+        [*PROMPTBUS, "ingress", "-c", str(config), "--port", str(ingress_port)],
+        tmp_path / "ingress.log",
+    )
+    url = f"http://127.0.0.1:{ingress_port}/v1/chat/completions"
+    request = {"model": "mock-gpt", "messages": [{"role": "user", "content": "again"}]}
+
+    def answer() -> httpx.Response:
+        return httpx.post(url, json=request, headers={"x-promptbus-timeout": "5"}, timeout=10)
+
+    try:
+        wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress)
+        deadline = time.monotonic() + 20
+        while answer().status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answer().status_code == 200
+        server.stop()
+        server = EmbeddedNats(store, port=port).start()
+        restarted = time.monotonic()
+        deadline = restarted + 30
+        response = answer()
+        while response.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            response = answer()
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == "mock reply to: again"
+        assert time.monotonic() - restarted < 10  # reconnect wait and re-armed credit
+        assert worker.alive() and ingress.alive()
+    finally:
+        ingress.stop()
+        worker.stop()
+        server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -20,6 +21,10 @@ from workers.pool import DeploymentPool
 from workers.providers import ProviderUnavailable, make_provider
 
 log = logging.getLogger(__name__)
+
+
+def _inflight(consumers: list[PullConsumer]) -> int:
+    return sum(consumer.inflight for consumer in consumers)
 
 
 class Worker:
@@ -50,6 +55,7 @@ class Worker:
         self._presence = PresencePublisher(kv, self.worker_id, self.config.worker.heartbeat_s)
         for model in self.models:
             served: list[str] = []
+            consumers: list[PullConsumer] = []
             capacity = 0
             durable = await ensure_consumer(js, model, self.config, subjects)
             for deployment in model.deployments:
@@ -66,10 +72,16 @@ class Worker:
                 await consumer.start()
                 self._pools.append(pool)
                 self._consumers.append(consumer)
+                consumers.append(consumer)
                 served.append(deployment.name)
                 capacity += deployment.max_concurrency
             if served:
-                self._presence.serve(model.model_name, served, capacity)
+                self._presence.serve(
+                    model.model_name,
+                    served,
+                    capacity,
+                    functools.partial(_inflight, consumers),
+                )
                 log.info("serving %s via %s", model.model_name, ", ".join(served))
         if not self._pools:
             raise RuntimeError("this worker can serve none of its models (see warnings above)")
