@@ -41,6 +41,8 @@ from schemas.chat import (
 from schemas.config import Config
 from schemas.envelope import (
     H_KIND,
+    H_RETRY_AFTER,
+    H_SHOULD_RETRY,
     H_STATUS,
     ReplyKind,
     RequestMeta,
@@ -80,7 +82,13 @@ class Reply(NamedTuple):
 
     def raise_for_error(self) -> None:
         if self.kind is ReplyKind.ERROR:
-            raise BrokerError.from_json(self.status, self.body)
+            retry_after = self.headers.get(H_RETRY_AFTER)
+            raise BrokerError.from_json(
+                self.status,
+                self.body,
+                retryable=self.headers.get(H_SHOULD_RETRY) == "true",
+                retry_after=float(retry_after) if retry_after else None,
+            )
 
 
 class ReplyStream:

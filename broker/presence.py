@@ -21,16 +21,31 @@ from broker.subjects import model_token
 log = logging.getLogger(__name__)
 
 
-class WorkerBeat(msgspec.Struct):
-    worker_id: str
-    model: str
-    deployments: list[str]
+class DeploymentStats(msgspec.Struct, kw_only=True):
+    """One worker's view of one deployment, as of its last heartbeat."""
+
+    name: str
     capacity: int
     inflight: int
-    ts: float
+    requests: int = 0  # provider attempts since the worker started
+    failures: int = 0
+    retries: int = 0
+    failovers: int = 0
+    error_rate: float = 0.0  # over the breaker window
+    latency_ewma_ms: float | None = None
+    breaker: str = "closed"
 
 
-_beat_decoder = msgspec.json.Decoder(WorkerBeat)
+class WorkerBeat(msgspec.Struct, kw_only=True):
+    worker_id: str
+    model: str
+    deployments: list[DeploymentStats]
+    capacity: int = 0
+    inflight: int = 0
+    ts: float = 0.0
+
+
+beat_decoder = msgspec.json.Decoder(WorkerBeat)
 _encoder = msgspec.json.Encoder()
 
 
@@ -41,15 +56,12 @@ class PresencePublisher:
         self._kv = kv
         self._worker_id = worker_id
         self._period = period
-        self._beats: dict[str, tuple[WorkerBeat, Callable[[], int]]] = {}
+        self._models: dict[str, Callable[[], list[DeploymentStats]]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def serve(
-        self, model: str, deployments: list[str], capacity: int, inflight: Callable[[], int]
-    ) -> None:
-        """Announce ``model``; ``inflight`` reports the requests running at each beat."""
-        beat = WorkerBeat(self._worker_id, model, deployments, capacity, 0, 0.0)
-        self._beats[model] = (beat, inflight)
+    def serve(self, model: str, stats: Callable[[], list[DeploymentStats]]) -> None:
+        """Announce ``model``; ``stats`` describes its deployments at each beat."""
+        self._models[model] = stats
 
     def _key(self, model: str) -> str:
         return f"{model_token(model)}.{self._worker_id}"
@@ -59,9 +71,16 @@ class PresencePublisher:
         self._task = asyncio.create_task(self._loop())
 
     async def beat(self) -> None:
-        for model, (beat, inflight) in self._beats.items():
-            beat.ts = time.time()
-            beat.inflight = inflight()
+        for model, stats in self._models.items():
+            deployments = stats()
+            beat = WorkerBeat(
+                worker_id=self._worker_id,
+                model=model,
+                deployments=deployments,
+                capacity=sum(d.capacity for d in deployments),
+                inflight=sum(d.inflight for d in deployments),
+                ts=time.time(),
+            )
             await self._kv.put(self._key(model), _encoder.encode(beat))
 
     async def _loop(self) -> None:
@@ -75,7 +94,7 @@ class PresencePublisher:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-        for model in self._beats:
+        for model in self._models:
             with contextlib.suppress(Exception):
                 await self._kv.delete(self._key(model))
 
@@ -109,7 +128,7 @@ class WorkerDirectory:
             self._seen.get(token, {}).pop(worker_id, None)
             return
         try:
-            beat = _beat_decoder.decode(entry.value)
+            beat = beat_decoder.decode(entry.value)
         except msgspec.DecodeError:
             return
         age = max(0.0, time.time() - beat.ts)

@@ -21,7 +21,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from broker.subjects import WORKERS_BUCKET, Subjects
+from broker.subjects import BREAKERS_BUCKET, WORKERS_BUCKET, Subjects
 from schemas.config import Config, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,17 @@ async def ensure_consumer(
     return consumer.durable_name
 
 
+async def _ensure_bucket(js: JetStreamContext, bucket: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.key_value(bucket.bucket)
+    except NotFoundError:  # BucketNotFoundError is a NotFoundError
+        return await js.create_key_value(bucket)
+
+
 async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
     """Presence of live workers: key ``<model-token>.<worker-id>``, expiring on its own."""
-    try:
-        return await js.key_value(WORKERS_BUCKET)
-    except NotFoundError:  # BucketNotFoundError is a NotFoundError
-        pass
-    return await js.create_key_value(
+    return await _ensure_bucket(
+        js,
         KeyValueConfig(
             bucket=WORKERS_BUCKET,
             description="promptbus worker presence",
@@ -98,7 +102,21 @@ async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValu
             ttl=config.worker.presence_ttl_s,
             storage=StorageType.FILE,  # survives a nats-server restart like the queue does
             replicas=config.nats.replicas,
-        )
+        ),
+    )
+
+
+async def ensure_breakers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Circuit breaker state shared by every worker: key = deployment token."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=BREAKERS_BUCKET,
+            description="promptbus circuit breakers",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
     )
 
 

@@ -52,8 +52,8 @@ class PullConsumer:
         *,
         expires: float = 5.0,
     ) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
+        if capacity < 0:
+            raise ValueError("capacity must be >= 0")
         self._nc = nc
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._capacity = capacity
@@ -74,6 +74,22 @@ class PullConsumer:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def set_capacity(self, capacity: int) -> None:
+        """Change how many messages may be in hand (0 pauses pulling, e.g. breaker open).
+
+        Credit already outstanding is not recalled; it expires within ``expires``.
+        """
+        self._capacity = max(0, capacity)
+        self._min_refill = max(1, self._capacity // 4)
+        if self._running:
+            task = asyncio.ensure_future(self._refill())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         self._running = True

@@ -16,6 +16,7 @@ _UNSAFE_TOKEN = re.compile(r"[.*>%\s]")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 WORKERS_BUCKET = "pb_workers"
+BREAKERS_BUCKET = "pb_breakers"
 
 
 def model_token(model: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,7 +27,13 @@ from broker.client import BrokerClient, Reply, ReplyStream
 from ingress.http_io import error_response, read_body, request_timeout, require_json
 from schemas.chat import Model, ModelList, encoder, request_decoder
 from schemas.config import Config
-from schemas.envelope import H_DEPLOYMENT, H_ERROR_SOURCE
+from schemas.envelope import (
+    H_DEPLOYMENT,
+    H_ERROR_SOURCE,
+    H_FAILOVER_FROM,
+    H_RETRY_AFTER,
+    H_SHOULD_RETRY,
+)
 from schemas.errors import BrokerError, from_validation_error, model_not_found
 
 log = logging.getLogger(__name__)
@@ -35,13 +42,24 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _reply_headers(reply: Reply, request_id: str) -> dict[str, str]:
+    """NATS reply headers as HTTP response headers (the openai SDK reads the retry ones)."""
     headers = {"x-request-id": request_id}
-    deployment = reply.headers.get(H_DEPLOYMENT)
-    if deployment:
-        headers["x-promptbus-deployment"] = deployment
-    if reply.headers.get(H_ERROR_SOURCE):
-        headers["x-promptbus-error-source"] = reply.headers[H_ERROR_SOURCE]
+    for nats_name, http_name in _RELAYED:
+        value = reply.headers.get(nats_name)
+        if value:
+            headers[http_name] = value
+    retry_after = reply.headers.get(H_RETRY_AFTER)
+    if retry_after:
+        headers["retry-after"] = str(math.ceil(float(retry_after)))
     return headers
+
+
+_RELAYED = (
+    (H_DEPLOYMENT, "x-promptbus-deployment"),
+    (H_FAILOVER_FROM, "x-promptbus-failover-from"),
+    (H_ERROR_SOURCE, "x-promptbus-error-source"),
+    (H_SHOULD_RETRY, "x-should-retry"),
+)
 
 
 def _request_id(request: Request) -> str:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from schemas.errors import BrokerError
 
 
-def error_response(error: BrokerError, headers: dict[str, str] | None = None) -> Response:
+def error_response(error: BrokerError) -> Response:
+    """The OpenAI error body, with the retry verdict as headers the openai SDK honours."""
+    headers = {"x-should-retry": "true" if error.retryable else "false"}
+    if error.retry_after is not None:
+        headers["retry-after"] = str(math.ceil(error.retry_after))
     return Response(
         error.to_json(), status_code=error.status, media_type="application/json", headers=headers
     )

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct, field
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
+Routing = Literal["least-busy", "weighted", "round-robin", "lowest-latency", "lowest-cost"]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
 
@@ -18,17 +19,44 @@ class _Config(Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class RetryConfig(_Config):
+    """Retries of one deployment: exponential backoff with full jitter, capped twice."""
+
+    max_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
+    initial_backoff_s: PositiveFloat = 0.2
+    max_backoff_s: PositiveFloat = 10.0
+    max_time_s: PositiveFloat = 60.0  # all attempts and waits together, within the deadline
+
+
+class BreakerConfig(_Config):
+    """When a deployment is taken out of service, and how it comes back."""
+
+    failure_threshold: Annotated[int, Meta(ge=1)] = 5  # consecutive failures that open it
+    error_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5  # ...or this failure rate
+    window_s: PositiveFloat = 30.0  # over this window
+    min_requests: Annotated[int, Meta(ge=1)] = 20  # with at least this many requests
+    cooldown_s: PositiveFloat = 10.0  # open -> half-open after this long
+    half_open_probes: Annotated[int, Meta(ge=1)] = 1  # requests let through while half-open
+    success_threshold: Annotated[int, Meta(ge=1)] = 2  # probe successes that close it
+
+
 class DeploymentConfig(_Config):
     """One place a model alias can be served from."""
 
     provider: Literal["openai", "mock"]
-    name: str = ""  # defaults to "<alias>/<index>"
+    name: Annotated[str, Meta(pattern=r"^[^,\s]*$")] = ""  # defaults to "<alias>/<index>"
     base_url: str | None = None  # required for provider "openai"
     api_key_env: str | None = None  # name of the env var holding the key, never the key
     model: str | None = None  # upstream model name; defaults to the alias
     max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 16
     connect_timeout_s: PositiveFloat = 10.0
-    read_timeout_s: PositiveFloat = 600.0
+    read_timeout_s: PositiveFloat = 600.0  # between two bytes of the response
+    timeout_s: PositiveFloat = 600.0  # one whole attempt
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    weight: Annotated[float, Meta(gt=0)] = 1.0  # routing: weighted
+    input_cost_per_mtok: Annotated[float, Meta(ge=0)] = 0.0  # routing: lowest-cost
+    output_cost_per_mtok: Annotated[float, Meta(ge=0)] = 0.0
     mock_latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # provider "mock" only
 
     def __post_init__(self) -> None:
@@ -42,6 +70,9 @@ class ModelConfig(_Config):
     model_name: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\s*>]+$")]
     deployments: Annotated[list[DeploymentConfig], Meta(min_length=1)]
     owned_by: str = "promptbus"
+    fallbacks: list[str] = []  # aliases tried in order when every deployment failed
+    context_window_fallbacks: list[str] = []  # aliases for prompts too long for this one
+    routing: Routing = "least-busy"
 
     def __post_init__(self) -> None:
         for index, deployment in enumerate(self.deployments):
@@ -84,10 +115,23 @@ class Config(_Config):
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
+        deployments: set[str] = set()
         for model in self.model_list:
             if model.model_name in seen:
                 raise ValueError(f"duplicate model_name `{model.model_name}`")
             seen.add(model.model_name)
+            for deployment in model.deployments:
+                if deployment.name in deployments:
+                    raise ValueError(f"duplicate deployment name `{deployment.name}`")
+                deployments.add(deployment.name)
+        for model in self.model_list:
+            for other in model.fallbacks + model.context_window_fallbacks:
+                if other not in seen:
+                    raise ValueError(
+                        f"model `{model.model_name}` falls back to unknown model `{other}`"
+                    )
+                if other == model.model_name:
+                    raise ValueError(f"model `{model.model_name}` falls back to itself")
 
     def model(self, name: str) -> ModelConfig | None:
         for model in self.model_list:

@@ -18,12 +18,16 @@ H_REPLY_TO = "Pb-Reply-To"
 H_DEADLINE = "Pb-Deadline"  # absolute deadline, Unix epoch milliseconds
 H_TRACEPARENT = "traceparent"  # W3C trace context, passed through unchanged
 H_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication, set to the request id
+H_FAILED = "Pb-Failed"  # deployments that already failed this request (failover)
 
 # Reply headers (worker -> client)
 H_KIND = "Pb-Kind"
 H_STATUS = "Pb-Status"  # HTTP status the reply maps to
 H_DEPLOYMENT = "Pb-Deployment"  # which deployment answered
 H_ERROR_SOURCE = "Pb-Error-Source"  # "upstream" when the provider caused the error
+H_FAILOVER_FROM = "Pb-Failover-From"  # deployments that failed before this one answered
+H_SHOULD_RETRY = "Pb-Should-Retry"  # errors: "true" if the same request may succeed later
+H_RETRY_AFTER = "Pb-Retry-After"  # errors: seconds to wait before retrying, when known
 
 
 class ReplyKind(StrEnum):
@@ -42,15 +46,19 @@ class RequestMeta(Struct, frozen=True):
     reply_to: str | None
     deadline_ms: int | None = None
     traceparent: str | None = None
+    failed: tuple[str, ...] = ()
 
     def to_headers(self) -> dict[str, str]:
-        headers = {H_REQUEST_ID: self.request_id, H_MSG_ID: self.request_id}
+        msg_id = self.request_id + (f":{len(self.failed)}" if self.failed else "")
+        headers = {H_REQUEST_ID: self.request_id, H_MSG_ID: msg_id}
         if self.reply_to:
             headers[H_REPLY_TO] = self.reply_to
         if self.deadline_ms is not None:
             headers[H_DEADLINE] = str(self.deadline_ms)
         if self.traceparent:
             headers[H_TRACEPARENT] = self.traceparent
+        if self.failed:
+            headers[H_FAILED] = ",".join(self.failed)
         return headers
 
     @classmethod
@@ -62,11 +70,13 @@ class RequestMeta(Struct, frozen=True):
             deadline_ms = int(deadline) if deadline else None
         except ValueError:
             deadline_ms = None
+        failed = headers.get(H_FAILED)
         return cls(
             request_id=headers.get(H_REQUEST_ID) or headers.get(H_MSG_ID) or "",
             reply_to=headers.get(H_REPLY_TO),
             deadline_ms=deadline_ms,
             traceparent=headers.get(H_TRACEPARENT),
+            failed=tuple(failed.split(",")) if failed else (),
         )
 
     def remaining(self, now_ms: int | None = None) -> float | None:

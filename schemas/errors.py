@@ -38,10 +38,14 @@ class BrokerError(Exception):
         type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+        self.retryable = retryable  # would the same request succeed later?
+        self.retry_after = retry_after  # seconds to wait first, when known
 
     @property
     def message(self) -> str:
@@ -51,7 +55,9 @@ class BrokerError(Exception):
         return _encoder.encode(ErrorResponse(error=self.detail))
 
     @classmethod
-    def from_json(cls, status: int, body: bytes) -> BrokerError:
+    def from_json(
+        cls, status: int, body: bytes, *, retryable: bool = False, retry_after: float | None = None
+    ) -> BrokerError:
         """Rebuild an error from a reply body; a body that is not one is itself reported."""
         try:
             detail = error_decoder.decode(body).error
@@ -62,8 +68,15 @@ class BrokerError(Exception):
                 type="api_error",
                 code="bad_reply",
             )
-        err = cls(status, detail.message, type=detail.type, code=detail.code, param=detail.param)
-        return err
+        return cls(
+            status,
+            detail.message,
+            type=detail.type,
+            code=detail.code,
+            param=detail.param,
+            retryable=retryable,
+            retry_after=retry_after,
+        )
 
     def __repr__(self) -> str:
         return f"BrokerError({self.status}, {self.detail.type}/{self.detail.code}: {self.message})"
@@ -94,28 +107,60 @@ def no_worker(model: str) -> BrokerError:
         "(`promptbus worker`) or try again later.",
         type="service_unavailable_error",
         code="no_worker_available",
+        retryable=True,
     )
 
 
 def deadline_exceeded(seconds: float, where: str) -> BrokerError:
     return BrokerError(
         504,
-        f"Request deadline of {seconds:.3g}s passed {where}.",
+        f"Request deadline of {seconds:.3g}s passed {where}; retry with a longer timeout "
+        "or when the service is less busy.",
         type="timeout_error",
         code="deadline_exceeded",
+        retryable=True,
+    )
+
+
+def circuit_open(deployment: str, retry_after: float) -> BrokerError:
+    return BrokerError(
+        503,
+        f"Deployment `{deployment}` is failing and its circuit breaker is open; "
+        f"it will be probed again in {retry_after:.0f}s.",
+        type="service_unavailable_error",
+        code="circuit_open",
+        retryable=True,
+        retry_after=retry_after,
     )
 
 
 def upstream_error(
-    status: int, deployment: str, message: str, *, code: str | None = None
+    status: int,
+    deployment: str,
+    message: str,
+    *,
+    code: str | None = None,
+    retryable: bool | None = None,
+    retry_after: float | None = None,
 ) -> BrokerError:
-    """An error the provider returned or caused; the message names the deployment."""
+    """An error the provider returned or caused; the message names the deployment.
+
+    Unless told otherwise, timeouts, conflicts, rate limits and 5xx are retryable
+    and other 4xx (the request itself is at fault) are not.
+    """
+    if retryable is None:
+        retryable = status in RETRYABLE_STATUSES or status >= 500
     return BrokerError(
         status,
         f"Upstream deployment `{deployment}` failed: {message}",
         type="upstream_error",
         code=code or f"upstream_{status}",
+        retryable=retryable,
+        retry_after=retry_after,
     )
+
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -90,6 +90,9 @@ def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Pa
                         "api_key_env": "PB_TEST_UPSTREAM_KEY",
                         "model": "gpt-4o-mini",
                         "max_concurrency": 32,
+                        # errors here are requested per test: relay them, don't react
+                        "retry": {"max_attempts": 1},
+                        "breaker": {"failure_threshold": 1000, "min_requests": 1000},
                     }
                 ],
             },
@@ -100,6 +103,8 @@ def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Pa
                         "provider": "openai",
                         "base_url": f"http://127.0.0.1:{dead_port}/v1",
                         "connect_timeout_s": 2,
+                        "retry": {"max_attempts": 1},
+                        "breaker": {"failure_threshold": 1000, "min_requests": 1000},
                     }
                 ],
             },

@@ -167,7 +167,8 @@ def test_upstream_429_is_a_rate_limit_error_for_the_sdk(openai_client: openai.Op
             messages=[{"role": "user", "content": "x"}],
             metadata={"mock_status": "429"},
         )
-    assert err.value.code == "rate_limit_exceeded"
+    assert err.value.code == "upstream_rate_limited"
+    assert "rate_limit_exceeded" in err.value.message  # the upstream's own code, kept
 
 
 def test_upstream_error_before_stream_starts_keeps_its_status(http: httpx.Client) -> None:

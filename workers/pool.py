@@ -1,44 +1,100 @@
 """One deployment's share of a model's queue: validate, call the provider, reply, ack.
 
-The pool never acks before the reply is published. Both go out on the same connection,
-in that order, so NATS delivers the reply before it processes the ack; a worker that dies
-in between leaves the request un-acked and JetStream redelivers it after ``ack_wait``.
+Per request: refuse it if its deadline passed in the queue; hand it back if this
+deployment already failed it; if the breaker is open, move it on (failover) or leave it
+queued; otherwise call the provider with retries, and on a final failure move it on or
+reply the error.
+
+The pool never acks before the reply is published (or the request re-queued). Both go
+out on the same connection, in that order, so NATS delivers the reply before it
+processes the ack; a worker that dies in between leaves the request un-acked and
+JetStream redelivers it after ``ack_wait``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from schemas.chat import ChatCompletionRequest, request_decoder
+from schemas.config import DeploymentConfig, ModelConfig
 from schemas.envelope import (
     H_DEPLOYMENT,
     H_ERROR_SOURCE,
+    H_FAILOVER_FROM,
     H_KIND,
+    H_RETRY_AFTER,
+    H_SHOULD_RETRY,
     H_STATUS,
     ReplyKind,
     RequestMeta,
 )
-from schemas.errors import BrokerError, deadline_exceeded, from_validation_error
+from schemas.errors import (
+    BrokerError,
+    circuit_open,
+    deadline_exceeded,
+    from_validation_error,
+    upstream_error,
+)
+from workers.breaker import CircuitBreaker
+from workers.failover import Failover
 from workers.providers.base import Provider
+from workers.retry import call_with_retries
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+# Failures that are the deployment's, not the request's: they count against its breaker
+# and move the request to another deployment. Credentials and quota are per deployment.
+_DEPLOYMENT_FAULT_CODES = frozenset({"upstream_auth_failed", "upstream_quota_exceeded"})
+
+
+def is_deployment_fault(error: BrokerError) -> bool:
+    return error.detail.code != "circuit_open" and (
+        (error.retryable and error.detail.type == "upstream_error")
+        or error.detail.code in _DEPLOYMENT_FAULT_CODES
+    )
+
+
+HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back this long
+LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
+
 
 class DeploymentPool:
-    def __init__(self, nc: NATS, provider: Provider, ack_wait: float) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        provider: Provider,
+        deployment: DeploymentConfig,
+        model: ModelConfig,
+        breaker: CircuitBreaker,
+        failover: Failover,
+        ack_wait: float,
+    ) -> None:
         self._nc = nc
         self.provider = provider
+        self.deployment = deployment
+        self.model = model
+        self.breaker = breaker
+        self._failover = failover
+        self.name = deployment.name
         self._progress_every = max(ack_wait / 3, 0.5)
         self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, started)
         self._sweeper: asyncio.Task[None] | None = None
-        name = provider.name
+        self.latency_ewma_s: float | None = None
+        self.retries = 0
+        self.failovers = 0
+        name = deployment.name
         self._ok = {H_KIND: ReplyKind.RESPONSE.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: name}
@@ -51,51 +107,73 @@ class DeploymentPool:
             self._sweeper.cancel()
         await self.provider.aclose()
 
+    # ------------------------------------------------------------ one request
+
     async def handle(self, msg: Msg) -> None:
         meta = RequestMeta.from_headers(msg.headers)
         if not meta.reply_to:
             log.warning("request %s has no Pb-Reply-To header; dropped", meta.request_id)
             await msg.term()
             return
+        if self.name in meta.failed:
+            await msg.nak(delay=HAND_BACK_DELAY_S)  # for another deployment of the alias
+            return
         key = id(msg)
         self._working[key] = (msg, time.monotonic())
+        settled = True
         try:
-            await self._serve(msg, meta)
+            settled = await self._serve(msg, meta)
         finally:
             del self._working[key]
-            await msg.ack()
+            if settled:
+                await msg.ack()
 
-    async def _serve(self, msg: Msg, meta: RequestMeta) -> None:
+    async def _serve(self, msg: Msg, meta: RequestMeta) -> bool:
+        """Answer or move the request on; False when it was left in the queue (nak)."""
         reply_to = meta.reply_to
         assert reply_to is not None
         remaining = meta.remaining()
         if remaining is not None and remaining <= 0:
-            await self._error(
-                reply_to, deadline_exceeded(0, "while the request waited in the queue")
-            )
-            return
+            await self._error(meta, deadline_exceeded(0, "while the request waited in the queue"))
+            return True
         try:
             request = request_decoder.decode(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            await self._error(reply_to, from_validation_error(exc))
-            return
+            await self._error(meta, from_validation_error(exc))
+            return True
+        if not self.breaker.allows():
+            if await self._move_on(msg, meta, context=False):
+                return True
+            # No alternative: leave it queued until the breaker lets requests through.
+            wait = self.breaker.retry_after()
+            await msg.nak(delay=min(wait, remaining) if remaining is not None else wait)
+            return False
         try:
             async with asyncio.timeout(remaining):
                 if request.stream:
-                    await self._stream(reply_to, request)
+                    await self._stream(meta, request, remaining)
                 else:
-                    body = await self.provider.complete(request)
-                    await self._nc.publish(reply_to, body, headers=self._ok)
+                    body = await call_with_retries(
+                        lambda: self._attempt(self.provider.complete(request)),
+                        self.deployment.retry,
+                        remaining,
+                        self._on_retry,
+                    )
+                    await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
         except BrokerError as exc:
-            await self._error(reply_to, exc)
+            context = exc.detail.code == "context_length_exceeded"
+            movable = context or is_deployment_fault(exc) or exc.detail.code == "circuit_open"
+            if movable and await self._move_on(msg, meta, context=context):
+                return True
+            await self._error(meta, exc)
         except TimeoutError:
             await self._error(
-                reply_to, deadline_exceeded(remaining or 0, "while the provider was answering")
+                meta, deadline_exceeded(remaining or 0, "while the provider was answering")
             )
         except Exception as exc:
-            log.exception("request %s failed in %s", meta.request_id, self.provider.name)
+            log.exception("request %s failed in %s", meta.request_id, self.name)
             await self._error(
-                reply_to,
+                meta,
                 BrokerError(
                     500,
                     f"internal error in worker: {type(exc).__name__}",
@@ -103,22 +181,120 @@ class DeploymentPool:
                     code="internal_error",
                 ),
             )
+        return True
 
-    async def _stream(self, reply_to: str, request: ChatCompletionRequest) -> None:
-        async for chunk in self.provider.stream(request):
-            await self._nc.publish(reply_to, chunk, headers=self._chunk)
-        await self._nc.publish(reply_to, b"", headers=self._end)
+    async def _move_on(self, msg: Msg, meta: RequestMeta, *, context: bool) -> bool:
+        """Re-queue the request for the next deployment or fallback model, if any."""
+        failed = (*meta.failed, self.name)
+        target = self._failover.next_model(self.model, set(failed), context=context)
+        if target is None:
+            return False
+        await self._failover.forward(msg.data, meta, target, failed)
+        self.failovers += 1
+        log.info("request %s: %s failed, moved to %s", meta.request_id, self.name, target)
+        return True
 
-    async def _error(self, reply_to: str, error: BrokerError) -> None:
+    # ------------------------------------------------------------ provider calls
+
+    async def _attempt(self, call: Awaitable[T]) -> T:
+        """One provider call under the per-attempt timeout, counted by the breaker."""
+        if not self.breaker.allows():
+            if inspect.iscoroutine(call):
+                call.close()
+            raise circuit_open(self.name, self.breaker.retry_after())
+        self.breaker.begin()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.deployment.timeout_s):
+                result = await call
+        except TimeoutError:
+            error = upstream_error(
+                504,
+                self.name,
+                f"no answer within the deployment's timeout_s ({self.deployment.timeout_s:g}s)",
+                code="upstream_timeout",
+            )
+            await self.breaker.record_failure(error.detail.code or "timeout")
+            raise error from None
+        except BrokerError as exc:
+            if is_deployment_fault(exc):
+                await self.breaker.record_failure(exc.detail.code or "error")
+            else:  # the deployment answered; the request itself was at fault
+                await self.breaker.record_success()
+            raise
+        except StopAsyncIteration:
+            await self.breaker.record_success()
+            raise
+        await self.breaker.record_success()
+        self._observe_latency(time.monotonic() - started)
+        return result
+
+    async def _stream(
+        self, meta: RequestMeta, request: ChatCompletionRequest, remaining: float | None
+    ) -> None:
+        """Retries happen only until the first chunk: after that, bytes reached the client."""
+        reply_to = meta.reply_to
+        assert reply_to is not None
+
+        async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
+            chunks = self.provider.stream(request).__aiter__()
+            try:
+                first = await self._attempt(anext(chunks))
+            except StopAsyncIteration:
+                return None, chunks
+            return first, chunks
+
+        first, chunks = await call_with_retries(
+            open_stream, self.deployment.retry, remaining, self._on_retry
+        )
+        headers = self._ok_headers(meta, kind=self._chunk)
+        if first is not None:
+            await self._nc.publish(reply_to, first, headers=headers)
+            try:
+                async for chunk in chunks:
+                    await self._nc.publish(reply_to, chunk, headers=headers)
+            except BrokerError as exc:
+                await self.breaker.record_failure(exc.detail.code or "stream broken")
+                exc.retryable = False  # part of the answer was delivered: no failover
+                raise
+        await self._nc.publish(reply_to, b"", headers=self._ok_headers(meta, kind=self._end))
+
+    def _on_retry(self, error: BrokerError, wait: float) -> None:
+        self.retries += 1
+        log.info("%s: retrying in %.2fs after %s", self.name, wait, error.detail.code)
+
+    def _observe_latency(self, seconds: float) -> None:
+        previous = self.latency_ewma_s
+        self.latency_ewma_s = (
+            seconds
+            if previous is None
+            else (LATENCY_ALPHA * seconds + (1 - LATENCY_ALPHA) * previous)
+        )
+
+    # ------------------------------------------------------------ replies
+
+    def _ok_headers(self, meta: RequestMeta, kind: dict[str, str] | None = None) -> dict[str, str]:
+        headers = kind or self._ok
+        if meta.failed:
+            headers = headers | {H_FAILOVER_FROM: ",".join(meta.failed)}
+        return headers
+
+    async def _error(self, meta: RequestMeta, error: BrokerError) -> None:
+        assert meta.reply_to is not None
         headers = {
             H_KIND: ReplyKind.ERROR.value,
             H_STATUS: str(error.status),
-            H_DEPLOYMENT: self.provider.name,
+            H_DEPLOYMENT: self.name,
+            H_SHOULD_RETRY: "true" if error.retryable else "false",
         }
+        if error.retry_after is not None:
+            headers[H_RETRY_AFTER] = f"{error.retry_after:.3f}"
         if error.detail.type == "upstream_error":
             headers[H_ERROR_SOURCE] = "upstream"
+        if meta.failed:
+            headers[H_FAILOVER_FROM] = ",".join(meta.failed)
         with contextlib.suppress(Exception):
-            await self._nc.publish(reply_to, error.to_json(), headers=headers)
+            await self._nc.publish(meta.reply_to, error.to_json(), headers=headers)
 
     async def _keep_alive(self) -> None:
         """Tell JetStream that long requests are still being worked on, so that they are not

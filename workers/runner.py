@@ -12,19 +12,44 @@ import uuid
 from nats.aio.client import Client as NATS
 
 from broker.connection import connect
-from broker.presence import PresencePublisher
-from broker.provision import ensure_consumer, ensure_workers_bucket, provision
+from broker.presence import DeploymentStats, PresencePublisher
+from broker.provision import (
+    ensure_breakers_bucket,
+    ensure_consumer,
+    ensure_workers_bucket,
+    provision,
+)
 from broker.pull import PullConsumer
 from broker.subjects import Subjects
-from schemas.config import Config
+from schemas.config import Config, DeploymentConfig, ModelConfig
+from workers.breaker import BreakerBoard
+from workers.failover import Failover
 from workers.pool import DeploymentPool
-from workers.providers import ProviderUnavailable, make_provider
+from workers.providers import Provider, ProviderUnavailable, make_provider
 
 log = logging.getLogger(__name__)
 
 
-def _inflight(consumers: list[PullConsumer]) -> int:
-    return sum(consumer.inflight for consumer in consumers)
+def _stats(served: list[tuple[DeploymentPool, PullConsumer]]) -> list[DeploymentStats]:
+    stats = []
+    for pool, consumer in served:
+        breaker = pool.breaker
+        latency = pool.latency_ewma_s
+        stats.append(
+            DeploymentStats(
+                name=pool.name,
+                capacity=pool.deployment.max_concurrency,
+                inflight=consumer.inflight,
+                requests=breaker.requests,
+                failures=breaker.failures,
+                retries=pool.retries,
+                failovers=pool.failovers,
+                error_rate=round(breaker.error_rate(), 4),
+                latency_ewma_ms=None if latency is None else round(latency * 1000, 3),
+                breaker=breaker.state.value,
+            )
+        )
+    return stats
 
 
 class Worker:
@@ -40,6 +65,7 @@ class Worker:
         self._consumers: list[PullConsumer] = []
         self._pools: list[DeploymentPool] = []
         self._presence: PresencePublisher | None = None
+        self._breakers: BreakerBoard | None = None
         self._nc: NATS | None = None
         self._owns_connection = False
 
@@ -53,10 +79,10 @@ class Worker:
         await provision(js, self.config, subjects)
         kv = await ensure_workers_bucket(js, self.config)
         self._presence = PresencePublisher(kv, self.worker_id, self.config.worker.heartbeat_s)
+        self._breakers = BreakerBoard(await ensure_breakers_bucket(js, self.config), self.worker_id)
+        failover = Failover(self.config, subjects, js)
         for model in self.models:
-            served: list[str] = []
-            consumers: list[PullConsumer] = []
-            capacity = 0
+            served: list[tuple[DeploymentPool, PullConsumer]] = []
             durable = await ensure_consumer(js, model, self.config, subjects)
             for deployment in model.deployments:
                 try:
@@ -64,33 +90,57 @@ class Worker:
                 except ProviderUnavailable as exc:
                     log.warning("not serving %s: %s", model.model_name, exc)
                     continue
-                pool = DeploymentPool(nc, provider, self.config.worker.ack_wait_s)
-                pool.start()
-                consumer = PullConsumer(
-                    nc, subjects.stream, durable, deployment.max_concurrency, pool.handle
+                served.append(
+                    self._pool(nc, subjects, durable, provider, deployment, model, failover)
                 )
-                await consumer.start()
-                self._pools.append(pool)
-                self._consumers.append(consumer)
-                consumers.append(consumer)
-                served.append(deployment.name)
-                capacity += deployment.max_concurrency
             if served:
-                self._presence.serve(
-                    model.model_name,
-                    served,
-                    capacity,
-                    functools.partial(_inflight, consumers),
-                )
-                log.info("serving %s via %s", model.model_name, ", ".join(served))
+                self._presence.serve(model.model_name, functools.partial(_stats, served))
+                names = ", ".join(pool.name for pool, _ in served)
+                log.info("serving %s via %s", model.model_name, names)
         if not self._pools:
             raise RuntimeError("this worker can serve none of its models (see warnings above)")
+        await self._breakers.start()
+        for consumer in self._consumers:
+            await consumer.start()
         await self._presence.start()
+
+    def _pool(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        durable: str,
+        provider: Provider,
+        deployment: DeploymentConfig,
+        model: ModelConfig,
+        failover: Failover,
+    ) -> tuple[DeploymentPool, PullConsumer]:
+        """A deployment's pool and its pull loop, paced by the deployment's breaker."""
+        assert self._breakers is not None
+        consumer_ref: list[PullConsumer] = []
+
+        def breaker_changed() -> None:
+            if consumer_ref:
+                consumer_ref[0].set_capacity(breaker.slots(deployment.max_concurrency))
+
+        breaker = self._breakers.add(deployment.name, deployment.breaker, breaker_changed)
+        pool = DeploymentPool(
+            nc, provider, deployment, model, breaker, failover, self.config.worker.ack_wait_s
+        )
+        pool.start()
+        consumer = PullConsumer(
+            nc, subjects.stream, durable, deployment.max_concurrency, pool.handle
+        )
+        consumer_ref.append(consumer)
+        self._pools.append(pool)
+        self._consumers.append(consumer)
+        return pool, consumer
 
     async def stop(self, grace: float = 30.0) -> None:
         """Leave the directory first so no new work is routed here, then drain."""
         if self._presence:
             await self._presence.stop()
+        if self._breakers:
+            await self._breakers.stop()
         await asyncio.gather(*(c.stop(grace) for c in self._consumers))
         await asyncio.gather(*(p.stop() for p in self._pools))
         if self._nc is not None and self._owns_connection:

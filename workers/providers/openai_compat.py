@@ -18,6 +18,7 @@ import msgspec
 from schemas.chat import ChatCompletionRequest, chunk_decoder, completion_decoder, encoder
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
+from workers.upstream_errors import classify
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # one SSE line holds one chunk, tool arguments included
 
@@ -66,11 +67,10 @@ class OpenAICompatProvider:
                 self._url, data=self._body(request), headers=self._headers
             ) as response:
                 body = await response.read()
-                status = response.status
+                if response.status >= 400:
+                    raise classify(self.name, response.status, body, response.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from None
-        if status >= 400:
-            raise self._status_error(status, body)
         try:
             completion_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -83,7 +83,8 @@ class OpenAICompatProvider:
                 self._url, data=self._body(request), headers=self._stream_headers
             ) as response:
                 if response.status >= 400:
-                    raise self._status_error(response.status, await response.read())
+                    body = await response.read()
+                    raise classify(self.name, response.status, body, response.headers)
                 async for line in response.content:
                     if not line.startswith(b"data:"):
                         continue  # blank separators, comments, event: lines
@@ -108,16 +109,6 @@ class OpenAICompatProvider:
                 502, self.name, f"error mid-stream: {detail.message}", code=detail.code
             ) from None
         return data
-
-    def _status_error(self, status: int, body: bytes) -> BrokerError:
-        try:
-            detail = error_decoder.decode(body).error
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            text = body[:300].decode(errors="replace").strip() or "(empty body)"
-            return upstream_error(status, self.name, f"HTTP {status}: {text}")
-        return upstream_error(
-            status, self.name, f"HTTP {status}: {detail.message}", code=detail.code
-        )
 
     def _transport_error(self, exc: BaseException) -> BrokerError:
         url = self._base_url

@@ -1,0 +1,292 @@
+"""Per-deployment circuit breakers whose state every worker process shares.
+
+Counting is local: each process counts its own consecutive failures and its failure
+rate over a sliding window. State is shared: a transition is written to the JetStream
+KV bucket ``pb_breakers`` and every process follows the bucket, so a breaker opened by
+one process is open for all. Transitions that must happen once (open -> half-open,
+half-open -> closed) use the KV's compare-and-set; the process that moves a breaker to
+half-open owns it and runs the probes, the others keep not pulling.
+
+    closed --(N consecutive failures, or error rate over the window)--> open
+    open --(cool-down elapsed)--> half_open   (owner lets `half_open_probes` through)
+    half_open --(M successes)--> closed;  half_open --(a failure)--> open
+
+An operator can force a breaker open (it stays open until forced closed) or reset it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+
+import msgspec
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from broker.subjects import model_token
+from schemas.config import BreakerConfig
+
+log = logging.getLogger(__name__)
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class BreakerRecord(msgspec.Struct, kw_only=True):
+    """The shared part of a breaker, as stored in ``pb_breakers``."""
+
+    deployment: str
+    state: BreakerState = BreakerState.CLOSED
+    since: float = 0.0  # Unix time of the last transition
+    reason: str = ""
+    owner: str = ""  # half-open: the worker running the probes
+    forced: bool = False  # set by an operator; cleared only by an operator
+
+
+record_decoder = msgspec.json.Decoder(BreakerRecord)
+_encoder = msgspec.json.Encoder()
+
+
+def breaker_key(deployment: str) -> str:
+    return model_token(deployment).replace("/", "%2F")
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        deployment: str,
+        config: BreakerConfig,
+        owner_id: str,
+        kv: KeyValue | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.config = config
+        self.record = BreakerRecord(deployment=deployment)
+        self._owner_id = owner_id
+        self._kv = kv
+        self._key = breaker_key(deployment)
+        self._revision: int | None = None
+        self._on_change = on_change
+        self._window: deque[tuple[float, bool]] = deque()
+        self.consecutive_failures = 0
+        self.requests = 0
+        self.failures = 0
+        self._probe_successes = 0
+        self._probes_running = 0
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ reading
+
+    @property
+    def state(self) -> BreakerState:
+        return self.record.state
+
+    def slots(self, capacity: int) -> int:
+        """How many requests this process may run at once for the deployment now."""
+        record = self.record
+        if record.state is BreakerState.CLOSED:
+            return capacity
+        if record.state is BreakerState.HALF_OPEN and record.owner == self._owner_id:
+            return min(capacity, self.config.half_open_probes)
+        return 0
+
+    def allows(self) -> bool:
+        """May one more request go to the provider (checked per request)?"""
+        record = self.record
+        if record.state is BreakerState.CLOSED:
+            return True
+        if record.state is BreakerState.HALF_OPEN and record.owner == self._owner_id:
+            return self._probes_running < self.config.half_open_probes
+        return False
+
+    def retry_after(self) -> float:
+        """Seconds until the breaker will be probed again (0 when it lets requests through)."""
+        if self.record.state is BreakerState.CLOSED:
+            return 0.0
+        return max(1.0, self.record.since + self.config.cooldown_s - time.time())
+
+    def error_rate(self) -> float:
+        self._trim(time.monotonic())
+        if not self._window:
+            return 0.0
+        return sum(failed for _, failed in self._window) / len(self._window)
+
+    # ------------------------------------------------------------ recording
+
+    def begin(self) -> None:
+        if self.record.state is BreakerState.HALF_OPEN:
+            self._probes_running += 1
+
+    async def record_success(self) -> None:
+        self._count(failed=False)
+        self.consecutive_failures = 0
+        if self.record.state is BreakerState.HALF_OPEN and self.record.owner == self._owner_id:
+            self._probes_running = max(0, self._probes_running - 1)
+            self._probe_successes += 1
+            if self._probe_successes >= self.config.success_threshold:
+                await self._transition(BreakerState.CLOSED, "probes succeeded", cas=True)
+
+    async def record_failure(self, reason: str) -> None:
+        self._count(failed=True)
+        self.failures += 1
+        self.consecutive_failures += 1
+        state = self.record.state
+        if state is BreakerState.HALF_OPEN:
+            self._probes_running = max(0, self._probes_running - 1)
+            if self.record.owner == self._owner_id:
+                await self._transition(BreakerState.OPEN, f"probe failed: {reason}")
+            return
+        if state is BreakerState.OPEN:
+            return
+        cfg = self.config
+        if self.consecutive_failures >= cfg.failure_threshold:
+            await self._transition(
+                BreakerState.OPEN, f"{self.consecutive_failures} consecutive failures: {reason}"
+            )
+        elif len(self._window) >= cfg.min_requests and self.error_rate() >= cfg.error_rate:
+            await self._transition(
+                BreakerState.OPEN,
+                f"error rate {self.error_rate():.0%} over {cfg.window_s:.0f}s: {reason}",
+            )
+
+    def _count(self, *, failed: bool) -> None:
+        now = time.monotonic()
+        self.requests += 1
+        self._window.append((now, failed))
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.config.window_s
+        while self._window and self._window[0][0] < horizon:
+            self._window.popleft()
+
+    # ------------------------------------------------------------ transitions
+
+    async def tick(self) -> None:
+        """Time-driven transitions: open -> half-open after the cool-down, and taking over
+        a half-open breaker whose owner went silent."""
+        record = self.record
+        if record.forced:
+            return
+        elapsed = time.time() - record.since
+        if record.state is BreakerState.OPEN and elapsed >= self.config.cooldown_s:
+            await self._transition(BreakerState.HALF_OPEN, "cool-down elapsed", cas=True)
+        elif (
+            record.state is BreakerState.HALF_OPEN
+            and record.owner != self._owner_id
+            and elapsed >= 3 * self.config.cooldown_s
+        ):
+            await self._transition(BreakerState.HALF_OPEN, "probe owner went silent", cas=True)
+
+    async def _transition(self, state: BreakerState, reason: str, *, cas: bool = False) -> None:
+        async with self._lock:
+            if self.record.forced:
+                return
+            record = BreakerRecord(
+                deployment=self.deployment,
+                state=state,
+                since=time.time(),
+                reason=reason,
+                owner=self._owner_id if state is BreakerState.HALF_OPEN else "",
+            )
+            if self._kv is not None:
+                try:
+                    if cas and self._revision is not None:
+                        revision = await self._kv.update(
+                            self._key, _encoder.encode(record), last=self._revision
+                        )
+                    else:
+                        revision = await self._kv.put(self._key, _encoder.encode(record))
+                except KeyWrongLastSequenceError:
+                    return  # another process moved it first; its record arrives by the watch
+                self._revision = revision
+            log.warning(
+                "breaker %s: %s -> %s (%s)", self.deployment, self.record.state, state, reason
+            )
+            self._apply(record)
+
+    def adopt(self, record: BreakerRecord, revision: int | None) -> None:
+        """A record seen in the shared bucket (ours or another process's)."""
+        if self._revision is not None and revision is not None and revision < self._revision:
+            return
+        self._revision = revision
+        if (record.state, record.since, record.owner) != (
+            self.record.state,
+            self.record.since,
+            self.record.owner,
+        ):
+            self._apply(record)
+
+    def _apply(self, record: BreakerRecord) -> None:
+        changed = record.state is not self.record.state
+        self.record = record
+        if changed:
+            self._probe_successes = 0
+            self._probes_running = 0
+            if record.state is BreakerState.CLOSED:
+                self.consecutive_failures = 0
+                self._window.clear()
+        if self._on_change is not None:
+            self._on_change()
+
+
+class BreakerBoard:
+    """The breakers of one worker process, kept in step with ``pb_breakers``."""
+
+    def __init__(self, kv: KeyValue | None, owner_id: str) -> None:
+        self._kv = kv
+        self._owner_id = owner_id
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add(
+        self, deployment: str, config: BreakerConfig, on_change: Callable[[], None] | None = None
+    ) -> CircuitBreaker:
+        breaker = CircuitBreaker(deployment, config, self._owner_id, self._kv, on_change)
+        self.breakers[breaker_key(deployment)] = breaker
+        return breaker
+
+    async def start(self) -> None:
+        if self._kv is not None:
+            watcher = await self._kv.watchall()
+            ready = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._follow(watcher, ready)))
+            await asyncio.wait_for(ready.wait(), 10)
+        self._tasks.append(asyncio.create_task(self._tick()))
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Event) -> None:
+        async for entry in watcher:
+            if entry is None:
+                ready.set()
+                continue
+            breaker = self.breakers.get(entry.key)
+            if breaker is None:
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                breaker.adopt(BreakerRecord(deployment=breaker.deployment), entry.revision)
+                continue
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                breaker.adopt(record_decoder.decode(entry.value), entry.revision)
+            ready.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            for breaker in self.breakers.values():
+                try:
+                    await breaker.tick()
+                except Exception as exc:  # NATS away: try again next tick
+                    log.debug("breaker tick failed: %s", exc)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()

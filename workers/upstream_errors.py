@@ -1,0 +1,114 @@
+"""Map what a provider answered onto the broker's error categories.
+
+Every category has one OpenAI-style ``code``, a message that tells the caller what to do,
+and a retry verdict. The table is documented in docs/errors.md.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+
+import msgspec
+
+from schemas.errors import BrokerError, error_decoder, upstream_error
+
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
+_CONTEXT_WORDS = (
+    "maximum context length",
+    "context window",
+    "too many tokens",
+    "prompt is too long",
+)
+_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
+_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def classify(
+    deployment: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> BrokerError:
+    """The categorized error for an upstream HTTP error response."""
+    headers = headers or {}
+    retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
+    upstream_code: str | None = None
+    try:
+        detail = error_decoder.decode(body).error
+        text, upstream_code = detail.message, detail.code or None
+        upstream_type = detail.type
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        text = body[:300].decode(errors="replace").strip() or "(empty body)"
+        upstream_type = ""
+    said = f"HTTP {status}" + (f" {upstream_code}" if upstream_code else "") + f": {text}"
+    lowered = text.lower()
+
+    def error(code: str, advice: str, retryable: bool) -> BrokerError:
+        return upstream_error(
+            status,
+            deployment,
+            f"{said}. {advice}",
+            code=code,
+            retryable=retryable,
+            retry_after=retry_after if retryable else None,
+        )
+
+    if status in (401, 403):
+        return error(
+            "upstream_auth_failed",
+            "The broker's credentials for this provider were refused; an operator must fix "
+            "the deployment's API key. Retrying will not help.",
+            False,
+        )
+    if status == 402 or upstream_code in _QUOTA_CODES or upstream_type == "insufficient_quota":
+        return error(
+            "upstream_quota_exceeded",
+            "The provider account is out of quota or credits; retrying will not help "
+            "until an operator tops it up.",
+            False,
+        )
+    if status == 429:
+        wait = f"in {retry_after:.0f}s" if retry_after is not None else "after a short wait"
+        return error("upstream_rate_limited", f"The provider is rate limiting; retry {wait}.", True)
+    if upstream_code in _CONTEXT_CODES or any(w in lowered for w in _CONTEXT_WORDS):
+        return error(
+            "context_length_exceeded",
+            "The prompt does not fit the model's context window; shorten it or use a "
+            "larger-context model.",
+            False,
+        )
+    if upstream_code in _FILTER_CODES or "content management policy" in lowered:
+        return error(
+            "content_filtered",
+            "The provider's content filter refused the request; rephrase it. Retrying "
+            "the same request will not help.",
+            False,
+        )
+    if status in (408, 409):
+        return error("upstream_conflict", "A transient provider condition; retry.", True)
+    if status == 504:
+        return error("upstream_timeout", "The provider timed out; retry later.", True)
+    if status >= 500:
+        return error(
+            "upstream_server_error", "The provider failed; retry after a short wait.", True
+        )
+    return error(
+        "upstream_bad_request",
+        "The provider rejected the request as invalid; fix the request before retrying.",
+        False,
+    )
