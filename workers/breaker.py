@@ -245,15 +245,32 @@ class BreakerBoard:
     def __init__(self, kv: KeyValue | None, owner_id: str) -> None:
         self._kv = kv
         self._owner_id = owner_id
-        self.breakers: dict[str, CircuitBreaker] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}  # the deployments served here
+        self.others: dict[str, BreakerRecord] = {}  # every other deployment's last record
+        self._listeners: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add(
-        self, deployment: str, config: BreakerConfig, on_change: Callable[[], None] | None = None
-    ) -> CircuitBreaker:
-        breaker = CircuitBreaker(deployment, config, self._owner_id, self._kv, on_change)
+    def add(self, deployment: str, config: BreakerConfig) -> CircuitBreaker:
+        breaker = CircuitBreaker(deployment, config, self._owner_id, self._kv, self._changed)
         self.breakers[breaker_key(deployment)] = breaker
         return breaker
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after any breaker, here or elsewhere, changed state."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def is_open(self, deployment: str) -> bool:
+        """Known not to take requests now (open, or half-open and probed elsewhere)."""
+        key = breaker_key(deployment)
+        breaker = self.breakers.get(key)
+        if breaker is not None:
+            return breaker.state is not BreakerState.CLOSED
+        record = self.others.get(key)
+        return record is not None and record.state is not BreakerState.CLOSED
 
     async def start(self) -> None:
         if self._kv is not None:
@@ -268,15 +285,21 @@ class BreakerBoard:
             if entry is None:
                 ready.set()
                 continue
+            deleted = entry.operation in ("DEL", "PURGE") or not entry.value
             breaker = self.breakers.get(entry.key)
-            if breaker is None:
+            if breaker is not None:
+                if deleted:
+                    breaker.adopt(BreakerRecord(deployment=breaker.deployment), entry.revision)
+                    continue
+                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                    breaker.adopt(record_decoder.decode(entry.value), entry.revision)
                 continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                breaker.adopt(BreakerRecord(deployment=breaker.deployment), entry.revision)
-                continue
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                breaker.adopt(record_decoder.decode(entry.value), entry.revision)
-            ready.set()
+            if deleted:
+                self.others.pop(entry.key, None)
+            else:
+                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                    self.others[entry.key] = record_decoder.decode(entry.value)
+            self._changed()
 
     async def _tick(self) -> None:
         while True:

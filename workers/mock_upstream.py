@@ -4,9 +4,11 @@ It speaks the real wire format (JSON and SSE, OpenAI error bodies), validates re
 with the same schema as the broker, and misbehaves on command, for tests and benchmarks:
 
 - start-up flags / ``POST /_control`` JSON: ``latency_ms``, ``error_rate`` (0..1),
-  ``error_status``, ``chunk_delay_ms``, ``api_key`` (require ``Authorization: Bearer``);
+  ``error_status``, ``retry_after_s`` (sent with errors), ``fail_next`` (the next N
+  requests fail), ``hang`` (accept and never answer), ``drop_after_chunks`` (cut the
+  connection mid-stream), ``chunk_delay_ms``, ``api_key`` (require a bearer key);
 - per request, through the OpenAI ``metadata`` field: ``mock_status`` (answer with that
-  HTTP error), ``mock_latency_ms``;
+  HTTP error), ``mock_latency_ms``, ``mock_retry_after``;
 - ``GET /_stats`` returns how many chat requests arrived (``POST /_reset`` zeroes it).
 
 Plain ASGI, no framework, so that as a benchmark baseline it costs next to nothing.
@@ -22,7 +24,7 @@ from typing import Any
 import msgspec
 
 from schemas.chat import ChatCompletionRequest, Model, ModelList, encoder, request_decoder
-from schemas.errors import BrokerError, from_validation_error
+from schemas.errors import BrokerError, from_validation_error, invalid_request
 from workers import mock_content
 
 Scope = MutableMapping[str, Any]
@@ -38,6 +40,10 @@ class MockSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     latency_ms: float = 0.0
     error_rate: float = 0.0
     error_status: int = 500
+    retry_after_s: float | None = None
+    fail_next: int = 0
+    hang: bool = False
+    drop_after_chunks: int | None = None
     chunk_delay_ms: float = 0.0
     api_key: str | None = None
 
@@ -48,51 +54,76 @@ class Stats(msgspec.Struct):
     errors: int = 0
 
 
+class _Upstream:
+    """One virtual upstream: its own settings and counters."""
+
+    def __init__(self, settings: MockSettings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+
+
 class MockUpstream:
-    """The ASGI application; one instance holds the settings and counters."""
+    """The ASGI application.
+
+    ``/v1/...`` is the default upstream; ``/u/<name>/v1/...`` are independent virtual
+    upstreams (each with its own ``/_control``, ``/_stats``, ``/_reset``), so one process
+    can play every provider a test needs.
+    """
 
     def __init__(self, settings: MockSettings | None = None) -> None:
-        self.settings = settings or MockSettings()
-        self.stats = Stats()
+        self._defaults = settings or MockSettings()
+        self._upstreams: dict[str, _Upstream] = {}
+
+    def upstream(self, name: str = "") -> _Upstream:
+        if name not in self._upstreams:
+            self._upstreams[name] = _Upstream(msgspec.structs.replace(self._defaults))
+        return self._upstreams[name]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
         path, method = scope["path"], scope["method"]
+        name = ""
+        if path.startswith("/u/"):
+            name, _, rest = path[3:].partition("/")
+            path = "/" + rest
+        upstream = self.upstream(name)
         if path in ("/v1/chat/completions", "/chat/completions") and method == "POST":
-            await self._chat(scope, receive, send)
+            await self._chat(upstream, scope, receive, send)
         elif path in ("/v1/models", "/models") and method == "GET":
             body = ModelList(data=[Model(id="mock", created=0, owned_by="mock-upstream")])
             await _respond(send, 200, encoder.encode(body))
         elif path == "/_stats":
-            await _respond(send, 200, encoder.encode(self.stats))
+            await _respond(send, 200, encoder.encode(upstream.stats))
         elif path == "/_reset" and method == "POST":
-            self.stats = Stats()
+            upstream.stats = Stats()
+            upstream.settings = msgspec.structs.replace(self._defaults)
             await _respond(send, 200, b"{}")
         elif path == "/_control" and method == "POST":
-            await self._control(receive, send)
+            await self._control(upstream, receive, send)
         else:
             await _error(send, BrokerError(404, f"no route {method} {path}", code="not_found"))
 
-    async def _control(self, receive: Receive, send: Send) -> None:
-        changes = msgspec.json.decode(await _read(receive))
-        merged = msgspec.structs.asdict(self.settings) | changes
+    async def _control(self, upstream: _Upstream, receive: Receive, send: Send) -> None:
         try:
-            self.settings = msgspec.convert(merged, MockSettings)
-        except msgspec.ValidationError as exc:
-            await _error(send, from_validation_error(exc))
+            changes = msgspec.json.decode(await _read(receive))
+            merged = msgspec.structs.asdict(upstream.settings) | changes
+            upstream.settings = msgspec.convert(merged, MockSettings)
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
+            await _error(send, invalid_request(f"bad control body: {exc}"))
             return
-        await _respond(send, 200, encoder.encode(self.settings))
+        await _respond(send, 200, encoder.encode(upstream.settings))
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.stats.requests += 1
+    async def _chat(self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send) -> None:
+        stats = upstream.stats
+        stats.requests += 1
         body = await _read(receive)
-        settings = self.settings
+        settings = upstream.settings
         if settings.api_key is not None:
             auth = dict(scope["headers"]).get(b"authorization", b"").decode()
             if auth != f"Bearer {settings.api_key}":
-                self.stats.errors += 1
+                stats.errors += 1
                 await _error(
                     send, BrokerError(401, "Incorrect API key provided.", code="invalid_api_key")
                 )
@@ -100,32 +131,44 @@ class MockUpstream:
         try:
             request = request_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            self.stats.errors += 1
+            stats.errors += 1
             await _error(send, from_validation_error(exc))
             return
         directives = request.metadata or {}
+        if settings.hang:
+            await asyncio.sleep(3600)
         latency = float(directives.get("mock_latency_ms", settings.latency_ms))
         if latency:
             await asyncio.sleep(latency / 1000)
         status = int(directives.get("mock_status", 0))
+        if not status and settings.fail_next > 0:
+            settings.fail_next -= 1
+            status = settings.error_status
         if not status and settings.error_rate and random.random() < settings.error_rate:
             status = settings.error_status
         if status:
-            self.stats.errors += 1
-            await _error(send, _simulated_error(status))
+            stats.errors += 1
+            retry_after = directives.get("mock_retry_after", settings.retry_after_s)
+            error = _simulated_error(status, directives.get("mock_error_code"))
+            await _error(send, error, retry_after)
             return
         if request.stream:
-            self.stats.streamed += 1
-            await self._stream(request, send)
+            stats.streamed += 1
+            await self._stream(settings, request, send)
         else:
             await _respond(
                 send, 200, encoder.encode(mock_content.completion(request, request.model))
             )
 
-    async def _stream(self, request: ChatCompletionRequest, send: Send) -> None:
+    async def _stream(
+        self, settings: MockSettings, request: ChatCompletionRequest, send: Send
+    ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        delay = self.settings.chunk_delay_ms / 1000
-        for chunk in mock_content.chunks(request, request.model):
+        delay = settings.chunk_delay_ms / 1000
+        drop_after = settings.drop_after_chunks
+        for sent, chunk in enumerate(mock_content.chunks(request, request.model)):
+            if drop_after is not None and sent >= drop_after:
+                raise ConnectionAbortedError("mock upstream drops the connection mid-stream")
             payload = b"data: " + encoder.encode(chunk) + b"\n\n"
             await send({"type": "http.response.body", "body": payload, "more_body": True})
             if delay:
@@ -133,15 +176,17 @@ class MockUpstream:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
-def _simulated_error(status: int) -> BrokerError:
+def _simulated_error(status: int, code: str | None = None) -> BrokerError:
     kinds = {
         400: ("invalid_request_error", "invalid_request"),
         401: ("invalid_request_error", "invalid_api_key"),
         404: ("invalid_request_error", "model_not_found"),
         429: ("rate_limit_error", "rate_limit_exceeded"),
     }
-    type_, code = kinds.get(status, ("server_error", "server_error"))
-    return BrokerError(status, f"mock upstream simulated HTTP {status}", type=type_, code=code)
+    type_, default_code = kinds.get(status, ("server_error", "server_error"))
+    return BrokerError(
+        status, f"mock upstream simulated HTTP {status}", type=type_, code=code or default_code
+    )
 
 
 async def _read(receive: Receive) -> bytes:
@@ -153,14 +198,17 @@ async def _read(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, body: bytes) -> None:
-    headers = [*_JSON, (b"content-length", str(len(body)).encode())]
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [*_JSON, (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send: Send, error: BrokerError) -> None:
-    await _respond(send, error.status, error.to_json())
+async def _error(send: Send, error: BrokerError, retry_after: object = None) -> None:
+    extra = [(b"retry-after", str(retry_after).encode())] if retry_after is not None else []
+    await _respond(send, error.status, error.to_json(), extra)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -102,6 +102,15 @@ class DeploymentPool:
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._keep_alive())
 
+    def pull_capacity(self) -> int:
+        """Requests to hold at once: the breaker's allowance, or, while it is open and
+        nothing else would take this model's requests, enough to pass them on."""
+        capacity = self.deployment.max_concurrency
+        slots = self.breaker.slots(capacity)
+        if slots == 0 and self._failover.can_bypass(self.model):
+            return capacity
+        return slots
+
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()

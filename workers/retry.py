@@ -9,9 +9,13 @@ connect errors, 408/409/429 and 5xx; a 4xx caused by the request is final.
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import msgspec
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -54,8 +58,34 @@ async def call_with_retries(
     budget_s: float | None,
     on_retry: Callable[[BrokerError, float], None] | None = None,
 ) -> T:
-    """Run ``attempt`` until it succeeds, fails for good, or retries run out."""
+    """Run ``attempt`` until it succeeds, fails for good, or retries run out.
+
+    The first attempt runs bare: most calls succeed, and tenacity's bookkeeping costs a
+    quarter of a worker's throughput when paid on every request.
+    """
+    started = time.monotonic()
+    try:
+        return await attempt()
+    except BrokerError as exc:
+        if policy.max_attempts == 1 or not is_retryable(exc):
+            raise
+        first_error = exc
     budget = policy.max_time_s if budget_s is None else min(policy.max_time_s, budget_s)
+    wait = random.uniform(0, policy.initial_backoff_s)
+    if first_error.retry_after is not None:
+        wait = max(wait, first_error.retry_after)
+    elapsed = time.monotonic() - started
+    if elapsed + wait >= budget:
+        raise first_error
+    if on_retry is not None:
+        on_retry(first_error, wait)
+    await asyncio.sleep(wait)
+    budget -= time.monotonic() - started
+    policy = msgspec.structs.replace(
+        policy,
+        max_attempts=policy.max_attempts - 1,
+        initial_backoff_s=min(policy.initial_backoff_s * 2, policy.max_backoff_s),
+    )
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

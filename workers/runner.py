@@ -79,8 +79,10 @@ class Worker:
         await provision(js, self.config, subjects)
         kv = await ensure_workers_bucket(js, self.config)
         self._presence = PresencePublisher(kv, self.worker_id, self.config.worker.heartbeat_s)
-        self._breakers = BreakerBoard(await ensure_breakers_bucket(js, self.config), self.worker_id)
-        failover = Failover(self.config, subjects, js)
+        board = BreakerBoard(await ensure_breakers_bucket(js, self.config), self.worker_id)
+        self._breakers = board
+        failover = Failover(self.config, subjects, js, board.is_open)
+        board.on_change(self._repace)
         for model in self.models:
             served: list[tuple[DeploymentPool, PullConsumer]] = []
             durable = await ensure_consumer(js, model, self.config, subjects)
@@ -116,13 +118,7 @@ class Worker:
     ) -> tuple[DeploymentPool, PullConsumer]:
         """A deployment's pool and its pull loop, paced by the deployment's breaker."""
         assert self._breakers is not None
-        consumer_ref: list[PullConsumer] = []
-
-        def breaker_changed() -> None:
-            if consumer_ref:
-                consumer_ref[0].set_capacity(breaker.slots(deployment.max_concurrency))
-
-        breaker = self._breakers.add(deployment.name, deployment.breaker, breaker_changed)
+        breaker = self._breakers.add(deployment.name, deployment.breaker)
         pool = DeploymentPool(
             nc, provider, deployment, model, breaker, failover, self.config.worker.ack_wait_s
         )
@@ -130,10 +126,14 @@ class Worker:
         consumer = PullConsumer(
             nc, subjects.stream, durable, deployment.max_concurrency, pool.handle
         )
-        consumer_ref.append(consumer)
         self._pools.append(pool)
         self._consumers.append(consumer)
         return pool, consumer
+
+    def _repace(self) -> None:
+        """A breaker changed somewhere: let each pull loop take what its pool may run."""
+        for pool, consumer in zip(self._pools, self._consumers, strict=True):
+            consumer.set_capacity(pool.pull_capacity())
 
     async def stop(self, grace: float = 30.0) -> None:
         """Leave the directory first so no new work is routed here, then drain."""

@@ -1,0 +1,345 @@
+"""Resilience against a real fake upstream misbehaving on command: retries, Retry-After,
+deadlines, circuit breakers shared through NATS, failover and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import yaml
+
+from broker.embedded import free_port
+from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
+
+FAST_RETRY = {"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.05}
+CALM_BREAKER = {"failure_threshold": 1000, "min_requests": 1000}
+
+
+class Env:
+    def __init__(self, ingress: str, upstream: str, nats_url: str) -> None:
+        self.ingress = ingress
+        self.upstream = upstream
+        self.nats_url = nats_url
+        self.http = httpx.Client(base_url=ingress, timeout=30)
+
+    def control(self, name: str, **settings: Any) -> None:
+        httpx.post(f"{self.upstream}/u/{name}/_control", json=settings).raise_for_status()
+
+    def reset(self, name: str) -> None:
+        httpx.post(f"{self.upstream}/u/{name}/_reset").raise_for_status()
+
+    def received(self, name: str) -> int:
+        return int(httpx.get(f"{self.upstream}/u/{name}/_stats").json()["requests"])
+
+    def chat(
+        self, model: str, text: str = "hi", timeout: float | None = None, **extra: Any
+    ) -> httpx.Response:
+        headers = {"x-promptbus-timeout": str(timeout)} if timeout else {}
+        body = {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+        return self.http.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def deployment(name: str, upstream: str, **extra: Any) -> dict[str, Any]:
+    return {"provider": "openai", "name": name, "base_url": f"{upstream}/u/{name}/v1", **extra}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("resilience")
+    upstream_port, ingress_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    models = [
+        {
+            "model_name": "flaky",
+            "deployments": [
+                deployment(
+                    "flaky-dep",
+                    upstream,
+                    retry={"max_attempts": 8, "initial_backoff_s": 0.005, "max_backoff_s": 0.02},
+                    breaker=CALM_BREAKER,
+                    max_concurrency=32,
+                )
+            ],
+        },
+        {
+            "model_name": "retrying",
+            "deployments": [
+                deployment("retry-dep", upstream, retry=FAST_RETRY, breaker=CALM_BREAKER)
+            ],
+        },
+        {
+            "model_name": "hanging",
+            "deployments": [
+                deployment(
+                    "hang-dep",
+                    upstream,
+                    timeout_s=0.3,
+                    retry=FAST_RETRY | {"max_attempts": 2},
+                    breaker=CALM_BREAKER,
+                )
+            ],
+        },
+        {
+            "model_name": "narrow",
+            "deployments": [
+                deployment(
+                    "narrow-dep",
+                    upstream,
+                    max_concurrency=1,
+                    retry={"max_attempts": 1},
+                    breaker=CALM_BREAKER,
+                )
+            ],
+        },
+        {
+            "model_name": "primary-model",
+            "fallbacks": ["backup-model"],
+            "deployments": [
+                deployment(
+                    "primary-dep",
+                    upstream,
+                    retry={"max_attempts": 2, "initial_backoff_s": 0.01, "max_backoff_s": 0.02},
+                    breaker={"failure_threshold": 3, "cooldown_s": 1.5, "success_threshold": 1},
+                )
+            ],
+        },
+        {
+            "model_name": "backup-model",
+            "deployments": [deployment("backup-dep", upstream, breaker=CALM_BREAKER)],
+        },
+        {
+            "model_name": "twins",
+            "deployments": [
+                deployment("twin-a", upstream, retry={"max_attempts": 1}, breaker=CALM_BREAKER),
+                deployment("twin-b", upstream, retry={"max_attempts": 1}, breaker=CALM_BREAKER),
+            ],
+        },
+        {
+            "model_name": "small-context",
+            "context_window_fallbacks": ["large-context"],
+            "deployments": [deployment("small-dep", upstream, breaker=CALM_BREAKER)],
+        },
+        {"model_name": "large-context", "deployments": [{"provider": "mock", "name": "large-dep"}]},
+    ]
+    config = work / "resilience.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "nats": {"url": nats_url},
+                "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
+                "model_list": models,
+            }
+        )
+    )
+    procs: list[Proc] = []
+    try:
+        mock = Proc(
+            [*PROMPTBUS, "mock-upstream", "--port", str(upstream_port)], work / "upstream.log"
+        )
+        procs.append(mock)
+        wait_port("127.0.0.1", upstream_port, mock)
+        procs.append(Proc([*PROMPTBUS, "worker", "-c", str(config)], work / "worker.log"))
+        ingress = Proc(
+            [*PROMPTBUS, "ingress", "-c", str(config), "--port", str(ingress_port)],
+            work / "ingress.log",
+        )
+        procs.append(ingress)
+        wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress)
+        result = Env(f"http://127.0.0.1:{ingress_port}", upstream, nats_url)
+        deadline = time.monotonic() + 20
+        while result.chat("large-context").status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield result
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def test_30_percent_upstream_5xx_still_gives_100_percent_success(env: Env) -> None:
+    env.control("flaky-dep", error_rate=0.3, error_status=503)
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda i: env.chat("flaky", f"n{i}"), range(200)))
+    assert [r.status_code for r in responses] == [200] * 200
+    assert [r.json()["choices"][0]["message"]["content"] for r in responses] == [
+        f"mock reply to: n{i}" for i in range(200)
+    ]
+    assert env.received("flaky-dep") > 230  # the failures were really retried
+
+
+def test_retry_after_seconds_is_honoured(env: Env) -> None:
+    env.reset("retry-dep")
+    env.control("retry-dep", fail_next=1, error_status=429, retry_after_s=1)
+    started = time.monotonic()
+    response = env.chat("retrying")
+    assert response.status_code == 200
+    assert time.monotonic() - started >= 1.0
+    assert env.received("retry-dep") == 2
+
+
+def test_retry_after_http_date_is_honoured(env: Env) -> None:
+    env.reset("retry-dep")
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 2))
+    env.control("retry-dep", fail_next=1, error_status=503)
+    started = time.monotonic()
+    response = env.chat("retrying", metadata={"mock_retry_after": when})
+    assert response.status_code == 200
+    assert time.monotonic() - started >= 0.9  # HTTP-dates have one-second resolution
+    assert env.received("retry-dep") == 2
+
+
+def test_caller_errors_are_not_retried(env: Env) -> None:
+    env.reset("retry-dep")
+    response = env.chat("retrying", metadata={"mock_status": "400"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "upstream_bad_request"
+    assert response.headers["x-should-retry"] == "false"
+    assert env.received("retry-dep") == 1
+
+
+def test_retries_are_capped_by_attempts(env: Env) -> None:
+    env.reset("retry-dep")
+    response = env.chat("retrying", metadata={"mock_status": "502"})
+    assert response.status_code == 502
+    body = response.json()["error"]
+    assert body["code"] == "upstream_server_error" and body["type"] == "upstream_error"
+    assert response.headers["x-should-retry"] == "true"
+    assert env.received("retry-dep") == 3
+
+
+def test_retries_never_run_past_the_deadline(env: Env) -> None:
+    env.reset("retry-dep")
+    env.control("retry-dep", fail_next=10, error_status=503, retry_after_s=5)
+    started = time.monotonic()
+    response = env.chat("retrying", timeout=1.5)
+    assert time.monotonic() - started < 1.5
+    assert response.status_code == 503  # the provider's answer, not a wait past the deadline
+    assert response.headers["retry-after"] == "5"
+    assert env.received("retry-dep") == 1
+
+
+def test_hanging_upstream_is_cut_by_the_attempt_timeout(env: Env) -> None:
+    env.control("hang-dep", hang=True)
+    started = time.monotonic()
+    response = env.chat("hanging")
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    assert 0.6 <= time.monotonic() - started < 3  # two attempts of 0.3 s
+    assert env.received("hang-dep") == 2
+
+
+def test_queued_request_past_its_deadline_never_reaches_upstream(env: Env) -> None:
+    env.reset("narrow-dep")
+    env.control("narrow-dep", latency_ms=800)
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(env.chat, "narrow", "first", 5)
+        time.sleep(0.2)  # the first holds the only slot
+        late = pool.submit(env.chat, "narrow", "second", 0.3)
+        assert late.result().status_code == 504
+        assert slow.result().status_code == 200
+    time.sleep(1.0)  # the worker gets to the expired request and drops it
+    assert env.received("narrow-dep") == 1
+
+
+def test_stream_dropped_before_first_chunk_is_retried(env: Env) -> None:
+    env.reset("retry-dep")
+    env.control("retry-dep", fail_next=1, error_status=503)
+    with httpx.stream(
+        "POST",
+        f"{env.ingress}/v1/chat/completions",
+        json={"model": "retrying", "stream": True, "messages": [{"role": "user", "content": "s"}]},
+    ) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert env.received("retry-dep") == 2
+
+
+def test_stream_dropped_mid_way_is_not_retried(env: Env) -> None:
+    env.reset("retry-dep")
+    env.control("retry-dep", drop_after_chunks=2)
+    with httpx.stream(
+        "POST",
+        f"{env.ingress}/v1/chat/completions",
+        json={
+            "model": "retrying",
+            "stream": True,
+            "messages": [{"role": "user", "content": "a b c d"}],
+        },
+    ) as response:
+        assert response.status_code == 200
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert len(events) == 3  # two chunks, then the error event
+    error = json.loads(events[-1])["error"]
+    assert error["type"] == "upstream_error"
+    assert env.received("retry-dep") == 1  # bytes reached the client: no second attempt
+    env.reset("retry-dep")
+
+
+def test_failover_within_an_alias(env: Env) -> None:
+    env.control("twin-a", error_rate=1.0, error_status=500)
+    env.control("twin-b", error_rate=1.0, error_status=500)
+    results = [env.chat("twins", f"t{i}") for i in range(6)]
+    env.reset("twin-b")
+    ok = [env.chat("twins", f"u{i}") for i in range(6)]
+    assert all(r.status_code == 500 for r in results)  # both deployments failed each one
+    assert all(r.status_code == 200 for r in ok)
+    for response in ok:
+        assert response.headers["x-promptbus-deployment"] == "twin-b"
+    moved = [r for r in ok if r.headers.get("x-promptbus-failover-from") == "twin-a"]
+    assert moved  # requests first pulled by twin-a were passed to twin-b
+    env.reset("twin-a")
+
+
+def test_context_window_fallback(env: Env) -> None:
+    response = env.chat(
+        "small-context",
+        "long prompt",
+        metadata={"mock_status": "400", "mock_error_code": "context_length_exceeded"},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-promptbus-deployment"] == "large-dep"
+    assert response.headers["x-promptbus-failover-from"] == "small-dep"
+
+
+async def breaker_state(nats_url: str, deployment: str) -> str:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value("pb_breakers")
+        try:
+            entry = await kv.get(deployment)
+        except nats.js.errors.KeyNotFoundError:
+            return "closed"
+        return str(json.loads(entry.value or b"{}").get("state", "closed"))
+    finally:
+        await nc.close()
+
+
+async def test_dead_primary_opens_breaker_fails_over_and_recovers(env: Env) -> None:
+    assert env.chat("primary-model").headers["x-promptbus-deployment"] == "primary-dep"
+    env.control("primary-dep", error_rate=1.0, error_status=503)
+    answers = [await asyncio.to_thread(env.chat, "primary-model", f"d{i}") for i in range(8)]
+    assert [a.status_code for a in answers] == [200] * 8  # nothing lost
+    assert {a.headers["x-promptbus-deployment"] for a in answers} == {"backup-dep"}
+    assert all(a.headers["x-promptbus-failover-from"] == "primary-dep" for a in answers)
+    assert await breaker_state(env.nats_url, "primary-dep") == "open"
+    received = env.received("primary-dep")
+    more = [await asyncio.to_thread(env.chat, "primary-model", f"e{i}") for i in range(5)]
+    assert all(a.status_code == 200 for a in more)
+    assert env.received("primary-dep") == received  # open: no request reaches it
+    env.reset("primary-dep")  # the upstream recovers
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answer = await asyncio.to_thread(env.chat, "primary-model", "probe")
+        assert answer.status_code == 200
+        if answer.headers["x-promptbus-deployment"] == "primary-dep":
+            break
+        await asyncio.sleep(0.2)
+    assert answer.headers["x-promptbus-deployment"] == "primary-dep"  # half-open probe passed
+    assert await breaker_state(env.nats_url, "primary-dep") == "closed"
