@@ -17,35 +17,11 @@ import msgspec
 from nats.js.kv import KeyValue
 
 from broker.subjects import model_token
+from schemas.state import DeploymentStats, WorkerBeat, beat_decoder
 
 log = logging.getLogger(__name__)
 
 
-class DeploymentStats(msgspec.Struct, kw_only=True):
-    """One worker's view of one deployment, as of its last heartbeat."""
-
-    name: str
-    capacity: int
-    inflight: int
-    requests: int = 0  # provider attempts since the worker started
-    failures: int = 0
-    retries: int = 0
-    failovers: int = 0
-    error_rate: float = 0.0  # over the breaker window
-    latency_ewma_ms: float | None = None
-    breaker: str = "closed"
-
-
-class WorkerBeat(msgspec.Struct, kw_only=True):
-    worker_id: str
-    model: str
-    deployments: list[DeploymentStats]
-    capacity: int = 0
-    inflight: int = 0
-    ts: float = 0.0
-
-
-beat_decoder = msgspec.json.Decoder(WorkerBeat)
 _encoder = msgspec.json.Encoder()
 
 

@@ -24,6 +24,11 @@ def model_token(model: str) -> str:
     return _UNSAFE_TOKEN.sub(lambda m: f"%{ord(m.group()):02X}", model)
 
 
+def breaker_key(deployment: str) -> str:
+    """KV key of a deployment's breaker (KV keys also exclude '/')."""
+    return model_token(deployment).replace("/", "%2F")
+
+
 class Subjects:
     """Names derived from one subject prefix and stream name."""
 

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from broker.client import BrokerClient, Reply, ReplyStream
+from ingress.admin import admin_routes
 from ingress.http_io import error_response, read_body, request_timeout, require_json
 from schemas.chat import Model, ModelList, encoder, request_decoder
 from schemas.config import Config
@@ -182,6 +183,7 @@ def create_app(
             Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *admin_routes(config, lambda: state["client"]),
         ],
         lifespan=lifespan,
         exception_handlers={

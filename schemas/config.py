@@ -101,6 +101,10 @@ class IngressConfig(_Config):
     max_timeout_s: PositiveFloat = 3600.0
 
 
+class AdminConfig(_Config):
+    api_key_env: str = "PROMPTBUS_ADMIN_KEY"  # the admin API is off while it is unset
+
+
 class WorkerConfig(_Config):
     ack_wait_s: PositiveFloat = 30.0  # redelivery delay if a worker dies holding a request
     heartbeat_s: PositiveFloat = 2.0  # presence heartbeat period
@@ -112,6 +116,7 @@ class Config(_Config):
     nats: NatsConfig = field(default_factory=NatsConfig)
     ingress: IngressConfig = field(default_factory=IngressConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -18,6 +18,8 @@ import yaml
 from broker.embedded import free_port
 from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
 
+ADMIN_KEY = "admin-test-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FAST_RETRY = {"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.05}
 CALM_BREAKER = {"failure_threshold": 1000, "min_requests": 1000}
 
@@ -149,6 +151,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
         ingress = Proc(
             [*PROMPTBUS, "ingress", "-c", str(config), "--port", str(ingress_port)],
             work / "ingress.log",
+            {"PROMPTBUS_ADMIN_KEY": ADMIN_KEY},
         )
         procs.append(ingress)
         wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress)
@@ -343,3 +346,53 @@ async def test_dead_primary_opens_breaker_fails_over_and_recovers(env: Env) -> N
         await asyncio.sleep(0.2)
     assert answer.headers["x-promptbus-deployment"] == "primary-dep"  # half-open probe passed
     assert await breaker_state(env.nats_url, "primary-dep") == "closed"
+
+
+def test_admin_api_requires_the_key(env: Env) -> None:
+    assert env.http.get("/admin/breakers").status_code == 401
+    wrong = env.http.get("/admin/breakers", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_admin_key"
+    assert ADMIN_KEY not in wrong.text
+
+
+def test_admin_disabled_without_key(http: httpx.Client) -> None:
+    response = http.get("/admin/deployments", headers=ADMIN)
+    assert response.status_code == 403
+    assert "PROMPTBUS_ADMIN_KEY" in response.json()["error"]["message"]
+
+
+def test_admin_force_open_and_close(env: Env) -> None:
+    env.reset("retry-dep")
+    opened = env.http.post("/admin/breakers/retry-dep/open", headers=ADMIN)
+    assert opened.status_code == 200 and opened.json()["forced"] is True
+    time.sleep(0.3)  # workers follow the KV bucket
+    listed = {
+        b["deployment"]: b for b in env.http.get("/admin/breakers", headers=ADMIN).json()["data"]
+    }
+    assert listed["retry-dep"]["state"] == "open" and listed["retry-dep"]["forced"] is True
+    blocked = env.chat("retrying", timeout=1)
+    assert blocked.status_code == 504  # no fallback: it waited in the queue, untouched
+    assert env.received("retry-dep") == 0
+    closed = env.http.post("/admin/breakers/retry-dep/close", headers=ADMIN)
+    assert closed.json()["state"] == "closed"
+    time.sleep(0.3)
+    assert env.chat("retrying").status_code == 200
+    unknown = env.http.post("/admin/breakers/nope/open", headers=ADMIN)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "deployment_not_found"
+
+
+def test_admin_deployments_report_traffic(env: Env) -> None:
+    env.reset("retry-dep")
+    for _ in range(3):
+        assert env.chat("retrying").status_code == 200
+    time.sleep(1.2)  # two presence heartbeats
+    rows = {
+        d["deployment"]: d for d in env.http.get("/admin/deployments", headers=ADMIN).json()["data"]
+    }
+    row = rows["retry-dep"]
+    assert row["model"] == "retrying" and row["workers"] == 1 and row["max_concurrency"] == 16
+    assert (
+        row["requests"] >= 3 and row["latency_ewma_ms"] is not None and row["latency_ewma_ms"] > 0
+    )
+    assert row["queued"] == 0 and row["inflight"] == 0 and row["breaker"] == "closed"
+    assert rows["flaky-dep"]["retries"] > 0 and rows["flaky-dep"]["failures"] > 0

@@ -22,41 +22,19 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from enum import StrEnum
 
 import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from broker.subjects import model_token
+from broker.subjects import breaker_key
 from schemas.config import BreakerConfig
+from schemas.state import BreakerRecord, BreakerState, record_decoder
 
 log = logging.getLogger(__name__)
 
 
-class BreakerState(StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class BreakerRecord(msgspec.Struct, kw_only=True):
-    """The shared part of a breaker, as stored in ``pb_breakers``."""
-
-    deployment: str
-    state: BreakerState = BreakerState.CLOSED
-    since: float = 0.0  # Unix time of the last transition
-    reason: str = ""
-    owner: str = ""  # half-open: the worker running the probes
-    forced: bool = False  # set by an operator; cleared only by an operator
-
-
-record_decoder = msgspec.json.Decoder(BreakerRecord)
 _encoder = msgspec.json.Encoder()
-
-
-def breaker_key(deployment: str) -> str:
-    return model_token(deployment).replace("/", "%2F")
 
 
 class CircuitBreaker:

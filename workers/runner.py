@@ -12,7 +12,7 @@ import uuid
 from nats.aio.client import Client as NATS
 
 from broker.connection import connect
-from broker.presence import DeploymentStats, PresencePublisher
+from broker.presence import PresencePublisher
 from broker.provision import (
     ensure_breakers_bucket,
     ensure_consumer,
@@ -22,6 +22,7 @@ from broker.provision import (
 from broker.pull import PullConsumer
 from broker.subjects import Subjects
 from schemas.config import Config, DeploymentConfig, ModelConfig
+from schemas.state import DeploymentStats
 from workers.breaker import BreakerBoard
 from workers.failover import Failover
 from workers.pool import DeploymentPool
