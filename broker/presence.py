@@ -16,6 +16,7 @@ from collections.abc import Callable
 import msgspec
 from nats.js.kv import KeyValue
 
+from broker.kvwatch import KVFollower
 from broker.subjects import model_token
 from schemas.state import DeploymentStats, WorkerBeat, beat_decoder
 
@@ -76,39 +77,30 @@ class PresencePublisher:
 
 
 class WorkerDirectory:
-    """A client's live view of which models are served."""
+    """A client's live view of which models and deployments are served, and how."""
 
     def __init__(self, kv: KeyValue, ttl: float) -> None:
-        self._kv = kv
         self._ttl = ttl
         self._seen: dict[str, dict[str, float]] = {}  # token -> worker_id -> monotonic ts
-        self._task: asyncio.Task[None] | None = None
+        self._beats: dict[str, WorkerBeat] = {}  # "<token>.<worker_id>" -> last beat
+        self._follower = KVFollower(kv, self._apply)
 
     async def start(self) -> None:
-        watcher = await self._kv.watchall()
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(self._follow(watcher, ready))
-        await asyncio.wait_for(ready.wait(), 10)
+        await self._follower.start()
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Event) -> None:
-        async for entry in watcher:
-            if entry is None:  # end of the initial values
-                ready.set()
-                continue
-            self._apply(entry)
-            ready.set()
-
-    def _apply(self, entry: KeyValue.Entry) -> None:
-        token, _, worker_id = entry.key.rpartition(".")
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
+    def _apply(self, key: str, value: bytes | None, revision: int | None) -> None:
+        token, _, worker_id = key.rpartition(".")
+        if value is None:
             self._seen.get(token, {}).pop(worker_id, None)
+            self._beats.pop(key, None)
             return
         try:
-            beat = beat_decoder.decode(entry.value)
+            beat = beat_decoder.decode(value)
         except msgspec.DecodeError:
             return
         age = max(0.0, time.time() - beat.ts)
         self._seen.setdefault(token, {})[worker_id] = time.monotonic() - age
+        self._beats[key] = beat
 
     def is_served(self, model: str) -> bool:
         workers = self._seen.get(model_token(model))
@@ -117,6 +109,18 @@ class WorkerDirectory:
         horizon = time.monotonic() - self._ttl
         return any(ts > horizon for ts in workers.values())
 
+    def deployment_stats(self, model: str) -> dict[str, list[DeploymentStats]]:
+        """The live workers' latest stats of each deployment of ``model``."""
+        token = model_token(model)
+        horizon = time.time() - self._ttl
+        stats: dict[str, list[DeploymentStats]] = {}
+        for worker_id, _ in self._seen.get(token, {}).items():
+            beat = self._beats.get(f"{token}.{worker_id}")
+            if beat is None or beat.ts < horizon:
+                continue
+            for deployment in beat.deployments:
+                stats.setdefault(deployment.name, []).append(deployment)
+        return stats
+
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        await self._follower.stop()

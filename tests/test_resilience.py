@@ -64,7 +64,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
                 deployment(
                     "flaky-dep",
                     upstream,
-                    retry={"max_attempts": 8, "initial_backoff_s": 0.005, "max_backoff_s": 0.02},
+                    retry={"max_attempts": 12, "initial_backoff_s": 0.005, "max_backoff_s": 0.02},
                     breaker=CALM_BREAKER,
                     max_concurrency=32,
                 )
@@ -169,10 +169,12 @@ def test_30_percent_upstream_5xx_still_gives_100_percent_success(env: Env) -> No
     env.control("flaky-dep", error_rate=0.3, error_status=503)
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda i: env.chat("flaky", f"n{i}"), range(200)))
-    assert [r.status_code for r in responses] == [200] * 200
+    failed = [r.text for r in responses if r.status_code != 200]
+    assert not failed
     assert [r.json()["choices"][0]["message"]["content"] for r in responses] == [
         f"mock reply to: n{i}" for i in range(200)
     ]
+    # 12 attempts each: all failing has odds 0.3^12, 1e-4 over the 200 requests
     assert env.received("flaky-dep") > 230  # the failures were really retried
 
 

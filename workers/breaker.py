@@ -17,7 +17,6 @@ An operator can force a breaker open (it stays open until forced closed) or rese
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -27,9 +26,10 @@ import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from broker.breakers import BreakerRecords
 from broker.subjects import breaker_key
 from schemas.config import BreakerConfig
-from schemas.state import BreakerRecord, BreakerState, record_decoder
+from schemas.state import BreakerRecord, BreakerState
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +224,11 @@ class BreakerBoard:
         self._kv = kv
         self._owner_id = owner_id
         self.breakers: dict[str, CircuitBreaker] = {}  # the deployments served here
-        self.others: dict[str, BreakerRecord] = {}  # every other deployment's last record
+        self.shared = BreakerRecords(kv) if kv is not None else None
         self._listeners: list[Callable[[], None]] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
+        if self.shared is not None:
+            self.shared.listen(self._on_record)
 
     def add(self, deployment: str, config: BreakerConfig) -> CircuitBreaker:
         breaker = CircuitBreaker(deployment, config, self._owner_id, self._kv, self._changed)
@@ -241,43 +243,24 @@ class BreakerBoard:
         for listener in self._listeners:
             listener()
 
+    def _on_record(self, key: str, record: BreakerRecord | None, revision: int | None) -> None:
+        breaker = self.breakers.get(key)
+        if breaker is None:
+            self._changed()  # another deployment: failover and bypass decisions may change
+            return
+        breaker.adopt(record or BreakerRecord(deployment=breaker.deployment), revision)
+
     def is_open(self, deployment: str) -> bool:
         """Known not to take requests now (open, or half-open and probed elsewhere)."""
-        key = breaker_key(deployment)
-        breaker = self.breakers.get(key)
+        breaker = self.breakers.get(breaker_key(deployment))
         if breaker is not None:
             return breaker.state is not BreakerState.CLOSED
-        record = self.others.get(key)
-        return record is not None and record.state is not BreakerState.CLOSED
+        return self.shared is not None and self.shared.is_open(deployment)
 
     async def start(self) -> None:
-        if self._kv is not None:
-            watcher = await self._kv.watchall()
-            ready = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._follow(watcher, ready)))
-            await asyncio.wait_for(ready.wait(), 10)
-        self._tasks.append(asyncio.create_task(self._tick()))
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Event) -> None:
-        async for entry in watcher:
-            if entry is None:
-                ready.set()
-                continue
-            deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-            breaker = self.breakers.get(entry.key)
-            if breaker is not None:
-                if deleted:
-                    breaker.adopt(BreakerRecord(deployment=breaker.deployment), entry.revision)
-                    continue
-                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                    breaker.adopt(record_decoder.decode(entry.value), entry.revision)
-                continue
-            if deleted:
-                self.others.pop(entry.key, None)
-            else:
-                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                    self.others[entry.key] = record_decoder.decode(entry.value)
-            self._changed()
+        if self.shared is not None:
+            await self.shared.start()
+        self._task = asyncio.create_task(self._tick())
 
     async def _tick(self) -> None:
         while True:
@@ -289,5 +272,7 @@ class BreakerBoard:
                     log.debug("breaker tick failed: %s", exc)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        if self.shared is not None:
+            await self.shared.stop()
+        if self._task:
+            self._task.cancel()
