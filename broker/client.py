@@ -26,9 +26,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from broker.breakers import BreakerRecords
 from broker.connection import connect
 from broker.presence import WorkerDirectory
-from broker.provision import ensure_workers_bucket, provision
+from broker.provision import ensure_breakers_bucket, ensure_workers_bucket, provision
+from broker.routing import Router
 from broker.subjects import Subjects
 from schemas.chat import (
     ChatCompletion,
@@ -134,6 +136,7 @@ class BrokerClient:
         nc: NATS,
         config: Config,
         directory: WorkerDirectory,
+        breakers: BreakerRecords,
         *,
         owns_connection: bool = False,
     ) -> None:
@@ -142,6 +145,8 @@ class BrokerClient:
         self.config = config
         self.subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
         self.directory = directory
+        self.breakers = breakers
+        self.router = Router(directory, breakers.is_open)
         self._owns_connection = owns_connection
         self._pending: dict[str, _Pending] = {}
         self._tokens = itertools.count()
@@ -166,10 +171,13 @@ class BrokerClient:
         js = nc.jetstream()
         subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
         await provision(js, config, subjects)
-        kv = await ensure_workers_bucket(js, config)
-        directory = WorkerDirectory(kv, config.worker.presence_ttl_s)
+        directory = WorkerDirectory(
+            await ensure_workers_bucket(js, config), config.worker.presence_ttl_s
+        )
+        breakers = BreakerRecords(await ensure_breakers_bucket(js, config))
         await directory.start()
-        client = cls(nc, config, directory, owns_connection=owns_connection)
+        await breakers.start()
+        client = cls(nc, config, directory, breakers, owns_connection=owns_connection)
         await client._start()
         return client
 
@@ -180,6 +188,7 @@ class BrokerClient:
 
     async def close(self) -> None:
         await self.directory.stop()
+        await self.breakers.stop()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -203,12 +212,22 @@ class BrokerClient:
 
     # ------------------------------------------------------------ admission
 
-    def check_model(self, model: str) -> None:
-        """Raise the error a request for ``model`` gets before it is queued."""
-        if self.config.model(model) is None:
+    def check_model(self, model: str) -> str:
+        """The subject to queue a request for ``model`` on, or the error it gets instead.
+
+        A routed model's request goes straight to the queue of the deployment its
+        strategy picks; when none can be picked now, to the model's intake.
+        """
+        config = self.config.model(model)
+        if config is None:
             raise model_not_found(model)
         if not self.directory.is_served(model):
             raise no_worker(model)
+        if config.routing != "least-busy":
+            target = self.router.choose(config)
+            if target is not None:
+                return self.subjects.dep(target.name)
+        return self.subjects.chat(model)
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -230,7 +249,7 @@ class BrokerClient:
         The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
         a request costs one subscription-free round trip before the worker's answer.
         """
-        self.check_model(model)
+        subject = self.check_model(model)
         meta = RequestMeta(
             request_id=request_id or uuid.uuid4().hex,
             reply_to=f"{self._prefix}.{token}",
@@ -243,7 +262,7 @@ class BrokerClient:
         self._pending[ack_key] = ack
         try:
             await self.nc.publish(
-                self.subjects.chat(model),
+                subject,
                 body,
                 reply=f"{self._prefix}.{ack_key}",
                 headers=meta.to_headers(),

@@ -22,11 +22,12 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from broker.subjects import BREAKERS_BUCKET, WORKERS_BUCKET, Subjects
-from schemas.config import Config, ModelConfig
+from schemas.config import Config, DeploymentConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S = 120.0
+INTAKE_MAX_ACK_PENDING = 1024
 
 
 async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
@@ -34,7 +35,7 @@ async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects
     stream = StreamConfig(
         name=subjects.stream,
         description="promptbus request queue (work queue: a message lives until acked)",
-        subjects=[subjects.chat_wildcard],
+        subjects=[subjects.chat_wildcard, subjects.dep_wildcard],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=config.nats.max_queue_age_s,
@@ -70,15 +71,42 @@ def consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> C
     )
 
 
-async def ensure_consumer(
-    js: JetStreamContext, model: ModelConfig, config: Config, subjects: Subjects
-) -> str:
+def intake_consumer_config(
+    model: ModelConfig, config: Config, subjects: Subjects
+) -> ConsumerConfig:
+    """A routed model's intake: requests published to the alias wait here until a worker
+    routes them to a deployment's queue. Routing is cheap, so no concurrency cap."""
     consumer = consumer_config(model, config, subjects)
+    consumer.description = f"intake for routed model {model.model_name} ({model.routing})"
+    consumer.max_ack_pending = INTAKE_MAX_ACK_PENDING
+    return consumer
+
+
+def deployment_consumer_config(
+    deployment: DeploymentConfig, config: Config, subjects: Subjects
+) -> ConsumerConfig:
+    """One deployment's own queue (routed models): ``max_ack_pending`` = its concurrency."""
+    return ConsumerConfig(
+        durable_name=subjects.dep_consumer(deployment.name),
+        description=f"requests routed to deployment {deployment.name}",
+        filter_subject=subjects.dep(deployment.name),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=config.worker.ack_wait_s,
+        max_ack_pending=deployment.max_concurrency,
+        max_waiting=1024,
+        num_replicas=config.nats.replicas,
+    )
+
+
+async def ensure_consumer(
+    js: JetStreamContext, consumer: ConsumerConfig, subjects: Subjects
+) -> str:
     try:
         await js.add_consumer(subjects.stream, consumer)
     except BadRequestError as exc:
         raise RuntimeError(
-            f"cannot create consumer for model {model.model_name!r}: {exc.description}"
+            f"cannot create consumer {consumer.durable_name!r}: {exc.description}"
         ) from exc
     assert consumer.durable_name is not None
     return consumer.durable_name

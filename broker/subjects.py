@@ -1,6 +1,7 @@
 """Subject, stream, consumer and bucket names: the whole NATS naming contract in one place.
 
-    <prefix>.chat.<model-token>      chat completion requests (JetStream work queue)
+    <prefix>.chat.<model-token>      chat completion requests for a model alias
+    <prefix>.dep.<deployment-token>  requests routed to one deployment (routed aliases)
 
 A model alias becomes one subject token: characters NATS gives meaning to ('.', '*',
 '>', whitespace) and '%' itself are percent-encoded, so ``llama3.1:8b`` is served on
@@ -43,8 +44,22 @@ class Subjects:
     def chat(self, model: str) -> str:
         return f"{self.prefix}.chat.{model_token(model)}"
 
+    @property
+    def dep_wildcard(self) -> str:
+        return f"{self.prefix}.dep.>"
+
+    def dep(self, deployment: str) -> str:
+        return f"{self.prefix}.dep.{model_token(deployment)}"
+
     def chat_consumer(self, model: str) -> str:
         """Durable consumer name for a model's queue: readable, unique, NATS-safe."""
-        readable = _UNSAFE_NAME.sub("_", model)[:48]
-        digest = hashlib.sha1(model.encode()).hexdigest()[:8]
-        return f"chat_{readable}_{digest}"
+        return _consumer_name("chat", model)
+
+    def dep_consumer(self, deployment: str) -> str:
+        return _consumer_name("dep", deployment)
+
+
+def _consumer_name(kind: str, name: str) -> str:
+    readable = _UNSAFE_NAME.sub("_", name)[:48]
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{kind}_{readable}_{digest}"

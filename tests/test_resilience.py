@@ -129,6 +129,35 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
             "deployments": [deployment("small-dep", upstream, breaker=CALM_BREAKER)],
         },
         {"model_name": "large-context", "deployments": [{"provider": "mock", "name": "large-dep"}]},
+        {
+            "model_name": "weighted-model",
+            "routing": "weighted",
+            "deployments": [
+                deployment("w-heavy", upstream, weight=3, breaker=CALM_BREAKER),
+                deployment("w-light", upstream, weight=1, breaker=CALM_BREAKER),
+            ],
+        },
+        {
+            "model_name": "rr-model",
+            "routing": "round-robin",
+            "deployments": [deployment(f"rr-{x}", upstream, breaker=CALM_BREAKER) for x in "abc"],
+        },
+        {
+            "model_name": "cost-model",
+            "routing": "lowest-cost",
+            "deployments": [
+                deployment("pricey", upstream, input_cost_per_mtok=5, output_cost_per_mtok=15),
+                deployment("cheap", upstream, input_cost_per_mtok=0.1, output_cost_per_mtok=0.4),
+            ],
+        },
+        {
+            "model_name": "latency-model",
+            "routing": "lowest-latency",
+            "deployments": [
+                deployment("slow-dep", upstream, breaker=CALM_BREAKER),
+                deployment("fast-dep", upstream, breaker=CALM_BREAKER),
+            ],
+        },
     ]
     config = work / "resilience.yaml"
     config.write_text(
@@ -398,3 +427,71 @@ def test_admin_deployments_report_traffic(env: Env) -> None:
     )
     assert row["queued"] == 0 and row["inflight"] == 0 and row["breaker"] == "closed"
     assert rows["flaky-dep"]["retries"] > 0 and rows["flaky-dep"]["failures"] > 0
+
+
+def test_weighted_routing(env: Env) -> None:
+    for name in ("w-heavy", "w-light"):
+        env.reset(name)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(lambda i: env.chat("weighted-model", f"w{i}").status_code, range(200))
+        )
+    assert codes == [200] * 200
+    heavy, light = env.received("w-heavy"), env.received("w-light")
+    assert heavy + light == 200
+    assert 120 <= heavy <= 180  # 3:1 -> 150 expected; binomial sd ~6
+
+
+def test_round_robin_routing(env: Env) -> None:
+    for x in "abc":
+        env.reset(f"rr-{x}")
+    for i in range(30):
+        assert env.chat("rr-model", f"r{i}").status_code == 200
+    assert [env.received(f"rr-{x}") for x in "abc"] == [10, 10, 10]
+
+
+def test_lowest_cost_routing_and_its_fallback(env: Env) -> None:
+    for name in ("cheap", "pricey"):
+        env.reset(name)
+    for i in range(10):
+        assert env.chat("cost-model", f"c{i}").headers["x-promptbus-deployment"] == "cheap"
+    assert env.received("pricey") == 0
+    assert env.http.post("/admin/breakers/cheap/open", headers=ADMIN).status_code == 200
+    try:
+        time.sleep(0.3)
+        answers = [env.chat("cost-model", f"p{i}") for i in range(5)]
+        assert {a.headers["x-promptbus-deployment"] for a in answers} == {"pricey"}
+    finally:
+        env.http.post("/admin/breakers/cheap/close", headers=ADMIN)
+
+
+def test_lowest_latency_routing(env: Env) -> None:
+    env.reset("fast-dep")
+    env.reset("slow-dep")
+    env.control("slow-dep", latency_ms=150)
+    for i in range(4):  # unmeasured deployments are tried first
+        assert env.chat("latency-model", f"warm{i}").status_code == 200
+        time.sleep(0.6)  # a presence heartbeat carries the new latency estimate
+    assert env.received("slow-dep") >= 1 and env.received("fast-dep") >= 1
+    before = env.received("slow-dep")
+    for i in range(40):
+        assert env.chat("latency-model", f"l{i}").status_code == 200
+    assert env.received("slow-dep") - before <= 6  # only exploration (5%) goes there
+    env.reset("slow-dep")
+
+
+async def test_raw_nats_request_to_a_routed_model_goes_through_the_intake(env: Env) -> None:
+    for x in "abc":
+        env.reset(f"rr-{x}")
+    nc = await nats.connect(env.nats_url)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        body = json.dumps({"model": "rr-model", "messages": [{"role": "user", "content": "raw"}]})
+        await nc.publish("pb.chat.rr-model", body.encode(), headers={"Pb-Reply-To": inbox})
+        reply = await sub.next_msg(timeout=10)
+        assert reply.headers is not None and reply.headers["Pb-Status"] == "200"
+        assert reply.headers["Pb-Deployment"] in {"rr-a", "rr-b", "rr-c"}
+        assert json.loads(reply.data)["choices"][0]["message"]["content"] == "mock reply to: raw"
+    finally:
+        await nc.close()

@@ -1,10 +1,11 @@
 """Where a request goes when the deployment holding it cannot answer.
 
 Order: another deployment of the same alias that has not failed this request and whose
-breaker is closed; then the alias's ``fallbacks`` in order (``context_window_fallbacks``
+breaker is closed (for a routed alias, the one its strategy picks, straight to that
+deployment's queue); then the alias's ``fallbacks`` in order (``context_window_fallbacks``
 for a prompt too long for the model), skipping aliases with no usable deployment. The
-request is re-published with its remaining deadline and the list of failed deployments
-in ``Pb-Failed``; a pool that finds its own deployment there hands the message back.
+request is re-published with its remaining deadline and the failed deployments in
+``Pb-Failed``; a least-busy pool that finds its own deployment there hands it back.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 
+from broker.routing import Router
 from broker.subjects import Subjects
 from schemas.config import Config, ModelConfig
 from schemas.envelope import RequestMeta
-
-
-def _never_open(deployment: str) -> bool:
-    return False
 
 
 class Failover:
@@ -28,43 +26,54 @@ class Failover:
         config: Config,
         subjects: Subjects,
         js: JetStreamContext,
-        is_open: Callable[[str], bool] = _never_open,
+        is_open: Callable[[str], bool],
+        router: Router,
     ) -> None:
         self._config = config
         self._subjects = subjects
         self._js = js
         self._is_open = is_open  # deployment -> its breaker refuses requests now
+        self._router = router
 
     def _usable(self, model: ModelConfig, failed: set[str]) -> bool:
         return any(d.name not in failed and not self._is_open(d.name) for d in model.deployments)
 
-    def next_model(
+    def next_subject(
         self, model: ModelConfig, failed: set[str], *, context: bool = False
     ) -> str | None:
-        """The alias to try next, or None when every option has failed this request."""
-        if not context and self._usable(model, failed):
-            return model.model_name
+        """Where to queue the request next, or None when every option has failed it."""
+        if not context:
+            if model.routing == "least-busy":
+                if self._usable(model, failed):
+                    return self._subjects.chat(model.model_name)
+            else:
+                target = self._router.choose(model, exclude=failed)
+                if target is not None:
+                    return self._subjects.dep(target.name)
         for alias in model.context_window_fallbacks if context else model.fallbacks:
             other = self._config.model(alias)
             if other is not None and self._usable(other, failed):
-                return alias
+                return self._subjects.chat(alias)
         return None
 
-    def can_bypass(self, model: ModelConfig) -> bool:
-        """Should an open deployment of ``model`` keep pulling, to pass requests on?
+    def can_bypass(self, model: ModelConfig, deployment: str) -> bool:
+        """Should ``deployment``, its breaker open, keep pulling to pass requests on?
 
-        Only when nothing else would take them: all its sibling deployments are open too
-        and a fallback model is usable. Otherwise it stops pulling and leaves the queue
-        to its siblings, or to itself once half-open.
+        For a least-busy alias only when nothing else would take them (every sibling is
+        open too and a fallback is usable); otherwise it stops pulling and leaves the
+        queue to its siblings, or to itself once half-open. A routed deployment's own
+        queue is passed on whenever there is somewhere to send it.
         """
-        if any(not self._is_open(d.name) for d in model.deployments):
+        if model.routing == "least-busy" and any(
+            not self._is_open(d.name) for d in model.deployments
+        ):
             return False
-        return self.next_model(model, set()) is not None
+        return self.next_subject(model, {deployment}) is not None
 
     async def forward(
-        self, body: bytes, meta: RequestMeta, model: str, failed: tuple[str, ...]
+        self, body: bytes, meta: RequestMeta, subject: str, failed: tuple[str, ...]
     ) -> None:
-        """Queue the request again for ``model``; JetStream confirms before we ack the old one."""
+        """Queue the request again; JetStream confirms before the caller acks the old one."""
         moved = RequestMeta(
             request_id=meta.request_id,
             reply_to=meta.reply_to,
@@ -72,9 +81,6 @@ class Failover:
             traceparent=meta.traceparent,
             failed=failed,
         )
-        await self._js.publish(
-            self._subjects.chat(model),
-            body,
-            headers=moved.to_headers(),
-            stream=self._subjects.stream,
-        )
+        headers = moved.to_headers()
+        headers["Nats-Msg-Id"] = f"{meta.request_id}:{len(failed)}:{subject}"
+        await self._js.publish(subject, body, headers=headers, stream=self._subjects.stream)

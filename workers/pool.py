@@ -29,11 +29,8 @@ from schemas.chat import ChatCompletionRequest, request_decoder
 from schemas.config import DeploymentConfig, ModelConfig
 from schemas.envelope import (
     H_DEPLOYMENT,
-    H_ERROR_SOURCE,
     H_FAILOVER_FROM,
     H_KIND,
-    H_RETRY_AFTER,
-    H_SHOULD_RETRY,
     H_STATUS,
     ReplyKind,
     RequestMeta,
@@ -48,6 +45,7 @@ from schemas.errors import (
 from workers.breaker import CircuitBreaker
 from workers.failover import Failover
 from workers.providers.base import Provider
+from workers.replies import reply_error
 from workers.retry import call_with_retries
 
 log = logging.getLogger(__name__)
@@ -107,7 +105,7 @@ class DeploymentPool:
         nothing else would take this model's requests, enough to pass them on."""
         capacity = self.deployment.max_concurrency
         slots = self.breaker.slots(capacity)
-        if slots == 0 and self._failover.can_bypass(self.model):
+        if slots == 0 and self._failover.can_bypass(self.model, self.name):
             return capacity
         return slots
 
@@ -195,7 +193,7 @@ class DeploymentPool:
     async def _move_on(self, msg: Msg, meta: RequestMeta, *, context: bool) -> bool:
         """Re-queue the request for the next deployment or fallback model, if any."""
         failed = (*meta.failed, self.name)
-        target = self._failover.next_model(self.model, set(failed), context=context)
+        target = self._failover.next_subject(self.model, set(failed), context=context)
         if target is None:
             return False
         await self._failover.forward(msg.data, meta, target, failed)
@@ -289,21 +287,7 @@ class DeploymentPool:
         return headers
 
     async def _error(self, meta: RequestMeta, error: BrokerError) -> None:
-        assert meta.reply_to is not None
-        headers = {
-            H_KIND: ReplyKind.ERROR.value,
-            H_STATUS: str(error.status),
-            H_DEPLOYMENT: self.name,
-            H_SHOULD_RETRY: "true" if error.retryable else "false",
-        }
-        if error.retry_after is not None:
-            headers[H_RETRY_AFTER] = f"{error.retry_after:.3f}"
-        if error.detail.type == "upstream_error":
-            headers[H_ERROR_SOURCE] = "upstream"
-        if meta.failed:
-            headers[H_FAILOVER_FROM] = ",".join(meta.failed)
-        with contextlib.suppress(Exception):
-            await self._nc.publish(meta.reply_to, error.to_json(), headers=headers)
+        await reply_error(self._nc, meta, error, self.name)
 
     async def _keep_alive(self) -> None:
         """Tell JetStream that long requests are still being worked on, so that they are not

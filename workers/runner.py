@@ -12,23 +12,31 @@ import uuid
 from nats.aio.client import Client as NATS
 
 from broker.connection import connect
-from broker.presence import PresencePublisher
+from broker.presence import PresencePublisher, WorkerDirectory
 from broker.provision import (
+    consumer_config,
+    deployment_consumer_config,
     ensure_breakers_bucket,
     ensure_consumer,
     ensure_workers_bucket,
+    intake_consumer_config,
     provision,
 )
 from broker.pull import PullConsumer
+from broker.routing import Router
 from broker.subjects import Subjects
 from schemas.config import Config, DeploymentConfig, ModelConfig
 from schemas.state import DeploymentStats
 from workers.breaker import BreakerBoard
 from workers.failover import Failover
+from workers.intake import Intake
 from workers.pool import DeploymentPool
 from workers.providers import Provider, ProviderUnavailable, make_provider
 
 log = logging.getLogger(__name__)
+
+
+INTAKE_CAPACITY = 64  # routing requests on is cheap: a worker may hold this many at once
 
 
 def _stats(served: list[tuple[DeploymentPool, PullConsumer]]) -> list[DeploymentStats]:
@@ -63,7 +71,9 @@ class Worker:
         self.config = config
         self.models = [m for m in config.model_list if not models or m.model_name in models]
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._consumers: list[PullConsumer] = []
+        self._consumers: list[PullConsumer] = []  # one per pool, in the order of _pools
+        self._intakes: list[PullConsumer] = []
+        self._directory: WorkerDirectory | None = None
         self._pools: list[DeploymentPool] = []
         self._presence: PresencePublisher | None = None
         self._breakers: BreakerBoard | None = None
@@ -76,42 +86,62 @@ class Worker:
             self._owns_connection = True
         self._nc = nc
         js = nc.jetstream()
-        subjects = Subjects(self.config.nats.subject_prefix, self.config.nats.stream)
-        await provision(js, self.config, subjects)
-        kv = await ensure_workers_bucket(js, self.config)
-        self._presence = PresencePublisher(kv, self.worker_id, self.config.worker.heartbeat_s)
-        board = BreakerBoard(await ensure_breakers_bucket(js, self.config), self.worker_id)
+        config = self.config
+        subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        await provision(js, config, subjects)
+        kv = await ensure_workers_bucket(js, config)
+        self._presence = PresencePublisher(kv, self.worker_id, config.worker.heartbeat_s)
+        self._directory = WorkerDirectory(kv, config.worker.presence_ttl_s)
+        board = BreakerBoard(await ensure_breakers_bucket(js, config), self.worker_id)
         self._breakers = board
-        failover = Failover(self.config, subjects, js, board.is_open)
+        router = Router(self._directory, board.is_open)
+        failover = Failover(config, subjects, js, board.is_open, router)
         board.on_change(self._repace)
         for model in self.models:
+            routed = model.routing != "least-busy"
+            if routed:
+                consumer = intake_consumer_config(model, config, subjects)
+            else:
+                consumer = consumer_config(model, config, subjects)
+            queue = await ensure_consumer(js, consumer, subjects)
             served: list[tuple[DeploymentPool, PullConsumer]] = []
-            durable = await ensure_consumer(js, model, self.config, subjects)
             for deployment in model.deployments:
                 try:
                     provider = make_provider(deployment)
                 except ProviderUnavailable as exc:
                     log.warning("not serving %s: %s", model.model_name, exc)
                     continue
+                if routed:  # each deployment pulls from its own queue
+                    own = deployment_consumer_config(deployment, config, subjects)
+                    pool_queue = await ensure_consumer(js, own, subjects)
+                else:  # every deployment pulls from the model's queue: least-busy
+                    pool_queue = queue
                 served.append(
-                    self._pool(nc, subjects, durable, provider, deployment, model, failover)
+                    self._pool(nc, subjects, pool_queue, provider, deployment, model, failover)
                 )
-            if served:
-                self._presence.serve(model.model_name, functools.partial(_stats, served))
-                names = ", ".join(pool.name for pool, _ in served)
-                log.info("serving %s via %s", model.model_name, names)
+            if not served:
+                continue
+            if routed:
+                intake = Intake(nc, model, failover)
+                self._intakes.append(
+                    PullConsumer(nc, subjects.stream, queue, INTAKE_CAPACITY, intake.handle)
+                )
+            self._presence.serve(model.model_name, functools.partial(_stats, served))
+            names = ", ".join(pool.name for pool, _ in served)
+            log.info("serving %s via %s (%s)", model.model_name, names, model.routing)
         if not self._pools:
             raise RuntimeError("this worker can serve none of its models (see warnings above)")
-        await self._breakers.start()
-        for consumer in self._consumers:
-            await consumer.start()
+        await self._directory.start()
+        await board.start()
+        for pull in self._consumers + self._intakes:
+            await pull.start()
         await self._presence.start()
 
     def _pool(
         self,
         nc: NATS,
         subjects: Subjects,
-        durable: str,
+        queue: str,
         provider: Provider,
         deployment: DeploymentConfig,
         model: ModelConfig,
@@ -124,9 +154,7 @@ class Worker:
             nc, provider, deployment, model, breaker, failover, self.config.worker.ack_wait_s
         )
         pool.start()
-        consumer = PullConsumer(
-            nc, subjects.stream, durable, deployment.max_concurrency, pool.handle
-        )
+        consumer = PullConsumer(nc, subjects.stream, queue, deployment.max_concurrency, pool.handle)
         self._pools.append(pool)
         self._consumers.append(consumer)
         return pool, consumer
@@ -142,7 +170,9 @@ class Worker:
             await self._presence.stop()
         if self._breakers:
             await self._breakers.stop()
-        await asyncio.gather(*(c.stop(grace) for c in self._consumers))
+        await asyncio.gather(*(c.stop(grace) for c in self._consumers + self._intakes))
+        if self._directory:
+            await self._directory.stop()
         await asyncio.gather(*(p.stop() for p in self._pools))
         if self._nc is not None and self._owns_connection:
             await self._nc.drain()
