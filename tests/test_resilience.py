@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,8 @@ CALM_BREAKER = {"failure_threshold": 1000, "min_requests": 1000}
 
 
 class Env:
-    def __init__(self, ingress: str, upstream: str, nats_url: str) -> None:
+    def __init__(self, ingress: str, upstream: str, nats_url: str, config: Path) -> None:
+        self.config = config
         self.ingress = ingress
         self.upstream = upstream
         self.nats_url = nats_url
@@ -130,6 +132,17 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
         },
         {"model_name": "large-context", "deployments": [{"provider": "mock", "name": "large-dep"}]},
         {
+            "model_name": "shared-model",
+            "deployments": [
+                deployment(
+                    "shared-dep",
+                    upstream,
+                    retry={"max_attempts": 1},
+                    breaker={"failure_threshold": 3, "cooldown_s": 60, "min_requests": 1000},
+                )
+            ],
+        },
+        {
             "model_name": "weighted-model",
             "routing": "weighted",
             "deployments": [
@@ -184,7 +197,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
         )
         procs.append(ingress)
         wait_http(f"http://127.0.0.1:{ingress_port}/readyz", ingress)
-        result = Env(f"http://127.0.0.1:{ingress_port}", upstream, nats_url)
+        result = Env(f"http://127.0.0.1:{ingress_port}", upstream, nats_url, config)
         deadline = time.monotonic() + 20
         while result.chat("large-context").status_code == 503 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -357,6 +370,7 @@ async def breaker_state(nats_url: str, deployment: str) -> str:
 
 async def test_dead_primary_opens_breaker_fails_over_and_recovers(env: Env) -> None:
     assert env.chat("primary-model").headers["x-promptbus-deployment"] == "primary-dep"
+    alive = env.received("primary-dep")
     env.control("primary-dep", error_rate=1.0, error_status=503)
     answers = [await asyncio.to_thread(env.chat, "primary-model", f"d{i}") for i in range(8)]
     assert [a.status_code for a in answers] == [200] * 8  # nothing lost
@@ -364,6 +378,7 @@ async def test_dead_primary_opens_breaker_fails_over_and_recovers(env: Env) -> N
     assert all(a.headers["x-promptbus-failover-from"] == "primary-dep" for a in answers)
     assert await breaker_state(env.nats_url, "primary-dep") == "open"
     received = env.received("primary-dep")
+    assert received - alive == 3  # failure_threshold: 2 attempts of one request, 1 of the next
     more = [await asyncio.to_thread(env.chat, "primary-model", f"e{i}") for i in range(5)]
     assert all(a.status_code == 200 for a in more)
     assert env.received("primary-dep") == received  # open: no request reaches it
@@ -495,3 +510,48 @@ async def test_raw_nats_request_to_a_routed_model_goes_through_the_intake(env: E
         assert json.loads(reply.data)["choices"][0]["message"]["content"] == "mock reply to: raw"
     finally:
         await nc.close()
+
+
+async def worker_beats(nats_url: str, model: str) -> list[dict[str, Any]]:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value("pb_workers")
+        keys = [k for k in await kv.keys() if k.startswith(f"{model}.")]
+        return [json.loads((await kv.get(k)).value or b"{}") for k in keys]
+    finally:
+        await nc.close()
+
+
+async def test_breaker_opened_by_one_process_is_open_for_all(env: Env, tmp_path: Path) -> None:
+    second = Proc(
+        [*PROMPTBUS, "worker", "-c", str(env.config), "--model", "shared-model"],
+        tmp_path / "w2.log",
+    )
+    try:
+        for _ in range(100):  # up to 20 s for the second worker's first heartbeat
+            if len(await worker_beats(env.nats_url, "shared-model")) >= 2:
+                break
+            await asyncio.sleep(0.2)
+        assert len(await worker_beats(env.nats_url, "shared-model")) == 2
+        env.reset("shared-dep")
+        env.control("shared-dep", error_rate=1.0, error_status=500)
+        for i in range(12):
+            response = await asyncio.to_thread(env.chat, "shared-model", f"s{i}", 0.5)
+            assert response.status_code in (500, 504)
+            if await breaker_state(env.nats_url, "shared-dep") == "open":
+                break
+        assert await breaker_state(env.nats_url, "shared-dep") == "open"
+        # each process counts its own failures: at most 2 * (3 - 1) + 1 before one opens it
+        reached = env.received("shared-dep")
+        assert 3 <= reached <= 5
+        await asyncio.sleep(1.2)  # heartbeats
+        beats = await worker_beats(env.nats_url, "shared-model")
+        assert [b["deployments"][0]["breaker"] for b in beats] == ["open", "open"]
+        for i in range(4):  # neither process sends it anything while open
+            assert (
+                await asyncio.to_thread(env.chat, "shared-model", f"q{i}", 0.3)
+            ).status_code == 504
+        assert env.received("shared-dep") == reached
+    finally:
+        env.http.post("/admin/breakers/shared-dep/close", headers=ADMIN)
+        second.stop()
