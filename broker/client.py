@@ -356,10 +356,25 @@ def _check_publish_ack(ack: Reply) -> None:
         raise _queue_unavailable("no stream listens on the request subject")
     if b'"error"' in ack.body:
         try:
-            reason = msgspec.json.decode(ack.body)["error"]["description"]
-        except (msgspec.DecodeError, KeyError, TypeError):
-            reason = ack.body[:200].decode(errors="replace")
+            error = msgspec.json.decode(ack.body)["error"]
+            reason, err_code = str(error["description"]), int(error.get("err_code", 0))
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+            reason, err_code = ack.body[:200].decode(errors="replace"), 0
+        if err_code in _QUEUE_FULL_CODES or "maximum messages" in reason:
+            raise BrokerError(
+                503,
+                "The broker's request queue is full (nats.max_queued_requests); "
+                "retry after a short wait.",
+                type="service_unavailable_error",
+                code="no_capacity",
+                retryable=True,
+                retry_after=1.0,
+            )
         raise _queue_unavailable(f"JetStream refused the request: {reason}")
+
+
+# JetStream "maximum messages (per subject) exceeded" and "maximum bytes exceeded"
+_QUEUE_FULL_CODES = frozenset({10077, 10078, 10047})
 
 
 def _queue_unavailable(reason: str) -> BrokerError:
@@ -368,6 +383,7 @@ def _queue_unavailable(reason: str) -> BrokerError:
         f"The request queue is unavailable ({reason}); try again shortly.",
         type="service_unavailable_error",
         code="queue_unavailable",
+        retryable=True,
     )
 
 

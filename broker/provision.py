@@ -11,6 +11,7 @@ import logging
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
+    DiscardPolicy,
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
@@ -39,6 +40,8 @@ async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=config.nats.max_queue_age_s,
+        max_msgs=config.nats.max_queued_requests,
+        discard=DiscardPolicy.NEW,  # a full queue refuses new requests, never drops queued ones
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=config.nats.replicas,
     )

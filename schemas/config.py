@@ -91,6 +91,7 @@ class NatsConfig(_Config):
     subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "pb"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     max_queue_age_s: PositiveFloat = 3600.0  # requests older than this are discarded
+    max_queued_requests: Annotated[int, Meta(ge=1)] = 1_000_000  # beyond: 503 no_capacity
 
 
 class IngressConfig(_Config):

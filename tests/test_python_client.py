@@ -74,3 +74,40 @@ async def test_stream_error_mid_request(client: BrokerClient) -> None:
         ):
             pass
     assert err.value.status == 503 and err.value.detail.type == "upstream_error"
+
+
+async def test_full_queue_is_503_no_capacity(stack: Stack) -> None:
+    """A stream at nats.max_queued_requests refuses new requests: nothing queued is lost."""
+    import msgspec
+
+    from broker.presence import PresencePublisher
+    from broker.provision import ensure_workers_bucket
+    from schemas.state import DeploymentStats
+
+    config = load_config(stack.config_path)
+    config = msgspec.structs.replace(
+        config,
+        nats=msgspec.structs.replace(
+            config.nats, stream="PB_TINY", subject_prefix="tiny", max_queued_requests=2
+        ),
+    )
+    broker = await BrokerClient.connect(config, stack.nats_url)
+    # Announce "mock-gpt" on this stream's prefix without consuming: requests stay queued.
+    presence = PresencePublisher(await ensure_workers_bucket(broker.js, config), "idle", 60)
+    presence.serve("mock-gpt", lambda: [DeploymentStats(name="idle", capacity=1, inflight=0)])
+    await presence.start()
+    try:
+        body = b'{"model": "mock-gpt", "messages": [{"role": "user", "content": "q"}]}'
+        for _ in range(2):
+            with pytest.raises(BrokerError) as waited:
+                await broker.request("mock-gpt", body, timeout=0.2)
+            assert waited.value.status == 504  # queued, nobody consumes
+        with pytest.raises(BrokerError) as full:
+            await broker.request("mock-gpt", body, timeout=0.2)
+        assert full.value.status == 503 and full.value.detail.code == "no_capacity"
+        info = await broker.js.stream_info("PB_TINY")
+        assert info.state.messages == 2
+    finally:
+        await presence.stop()
+        await broker.js.delete_stream("PB_TINY")
+        await broker.close()
