@@ -11,9 +11,9 @@ import logging
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
-    DiscardPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
