@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint install clean
+.PHONY: run test bench bench-failover lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+
+bench-failover: $(STAMP)
+	$(BIN)/python bench/failover.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check schemas broker workers ingress tests bench
