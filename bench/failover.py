@@ -104,18 +104,15 @@ async def load(args: argparse.Namespace, config: Path, nats_url: str, primary: P
     window = [
         o.done - o.sent for o in outcomes if killed_at - 1 <= o.sent <= killed_at + 2 and o.done
     ]
-    print(
-        f"\nrequests sent: {len(outcomes)} at {args.rate:.0f}/s, primary killed at {args.kill_at:.1f}s"
-    )
+    print(f"\nrequests sent: {len(outcomes)} at {args.rate:.0f}/s", end=", ")
+    print(f"primary killed at {args.kill_at:.1f}s")
     print(f"requests lost (no answer): {len(lost)}")
     print(f"errors seen by clients:    {len(errors)} {sorted({o.status for o in errors})}")
     print(f"answered by deployment:    {by_deployment}")
     print(
         f"kill -> breaker open:      {to_open * 1000:.0f} ms" if to_open else "breaker never opened"
     )
-    print(
-        f"kill -> first backup answer to a request sent after the kill: {first_backup * 1000:.0f} ms"
-    )
+    print(f"kill -> first backup answer (request sent after the kill): {first_backup * 1e3:.0f} ms")
     if window:
         window.sort()
         print(
