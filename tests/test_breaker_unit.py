@@ -18,7 +18,7 @@ async def test_opens_after_consecutive_failures_only() -> None:
     b = breaker(failure_threshold=3, min_requests=1000)
     await b.record_failure("x")
     await b.record_failure("x")
-    await b.record_success()  # resets the run
+    b.record_success()  # resets the run
     await b.record_failure("x")
     await b.record_failure("x")
     assert b.state is BreakerState.CLOSED
@@ -31,7 +31,7 @@ async def test_opens_after_consecutive_failures_only() -> None:
 async def test_opens_on_error_rate_over_the_window() -> None:
     b = breaker(failure_threshold=100, min_requests=10, error_rate=0.5, window_s=30)
     for _ in range(5):
-        await b.record_success()
+        b.record_success()
         await b.record_failure("x")
     assert b.state is BreakerState.OPEN  # 5 of 10 failed, never 2 in a row
     assert "error rate 50%" in b.record.reason
@@ -41,7 +41,7 @@ async def test_needs_min_requests_for_the_rate() -> None:
     b = breaker(failure_threshold=100, min_requests=10, error_rate=0.5)
     for _ in range(4):
         await b.record_failure("x")
-        await b.record_success()
+        b.record_success()
     assert b.state is BreakerState.CLOSED
 
 
@@ -58,9 +58,10 @@ async def test_half_open_after_cooldown_probes_bounded_and_closes() -> None:
     b.begin()
     b.begin()
     assert not b.allows()  # two probes running: no third
-    await b.record_success()
+    b.record_success()
     assert b.state is BreakerState.HALF_OPEN
-    await b.record_success()
+    b.record_success()
+    await asyncio.sleep(0.01)  # the closing transition runs as its own task
     assert b.state is BreakerState.CLOSED and b.slots(10) == 10
 
 
@@ -104,3 +105,17 @@ async def test_retry_after_reports_the_cooldown_left() -> None:
     assert b.retry_after() == 0.0
     await b.record_failure("x")
     assert 9 <= b.retry_after() <= 10
+
+
+def test_outcome_window_forgets_old_buckets() -> None:
+    from workers.window import OutcomeWindow
+
+    window = OutcomeWindow(window_s=3)
+    window.add(failed=True, now=100.2)
+    window.add(failed=False, now=101.5)
+    window.add(failed=False, now=102.9)
+    assert window.counts(now=102.9) == (3, 1)
+    assert window.counts(now=103.1) == (2, 0)  # the bucket of second 100 left the window
+    assert window.rate(now=200.0) == 0.0
+    window.add(failed=True, now=200.0)
+    assert window.counts(now=200.5) == (1, 1)  # a reused slot starts from zero

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 
 import msgspec
@@ -30,6 +29,7 @@ from broker.breakers import BreakerRecords
 from broker.subjects import breaker_key
 from schemas.config import BreakerConfig
 from schemas.state import BreakerRecord, BreakerState
+from workers.window import OutcomeWindow
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,14 @@ class CircuitBreaker:
         self._key = breaker_key(deployment)
         self._revision: int | None = None
         self._on_change = on_change
-        self._window: deque[tuple[float, bool]] = deque()
+        self._window = OutcomeWindow(config.window_s)
         self.consecutive_failures = 0
         self.requests = 0
         self.failures = 0
         self._probe_successes = 0
         self._probes_running = 0
         self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------ reading
 
@@ -93,10 +94,7 @@ class CircuitBreaker:
         return max(1.0, self.record.since + self.config.cooldown_s - time.time())
 
     def error_rate(self) -> float:
-        self._trim(time.monotonic())
-        if not self._window:
-            return 0.0
-        return sum(failed for _, failed in self._window) / len(self._window)
+        return self._window.rate()
 
     # ------------------------------------------------------------ recording
 
@@ -104,17 +102,24 @@ class CircuitBreaker:
         if self.record.state is BreakerState.HALF_OPEN:
             self._probes_running += 1
 
-    async def record_success(self) -> None:
-        self._count(failed=False)
+    def record_success(self) -> None:
+        """Count a success; synchronous, as it is on every request's path."""
+        self.requests += 1
+        self._window.add(failed=False)
         self.consecutive_failures = 0
         if self.record.state is BreakerState.HALF_OPEN and self.record.owner == self._owner_id:
             self._probes_running = max(0, self._probes_running - 1)
             self._probe_successes += 1
             if self._probe_successes >= self.config.success_threshold:
-                await self._transition(BreakerState.CLOSED, "probes succeeded", cas=True)
+                task = asyncio.ensure_future(
+                    self._transition(BreakerState.CLOSED, "probes succeeded", cas=True)
+                )
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
 
     async def record_failure(self, reason: str) -> None:
-        self._count(failed=True)
+        self.requests += 1
+        self._window.add(failed=True)
         self.failures += 1
         self.consecutive_failures += 1
         state = self.record.state
@@ -130,22 +135,13 @@ class CircuitBreaker:
             await self._transition(
                 BreakerState.OPEN, f"{self.consecutive_failures} consecutive failures: {reason}"
             )
-        elif len(self._window) >= cfg.min_requests and self.error_rate() >= cfg.error_rate:
-            await self._transition(
-                BreakerState.OPEN,
-                f"error rate {self.error_rate():.0%} over {cfg.window_s:.0f}s: {reason}",
-            )
-
-    def _count(self, *, failed: bool) -> None:
-        now = time.monotonic()
-        self.requests += 1
-        self._window.append((now, failed))
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        horizon = now - self.config.window_s
-        while self._window and self._window[0][0] < horizon:
-            self._window.popleft()
+        else:
+            total, failed = self._window.counts()
+            if total >= cfg.min_requests and failed / total >= cfg.error_rate:
+                await self._transition(
+                    BreakerState.OPEN,
+                    f"error rate {failed / total:.0%} over {cfg.window_s:.0f}s: {reason}",
+                )
 
     # ------------------------------------------------------------ transitions
 

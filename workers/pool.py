@@ -155,13 +155,14 @@ class DeploymentPool:
             wait = self.breaker.retry_after()
             await msg.nak(delay=min(wait, remaining) if remaining is not None else wait)
             return False
+        attempt_timeout = self._attempt_timeout(remaining)
         try:
             async with asyncio.timeout(remaining):
                 if request.stream:
-                    await self._stream(meta, request, remaining)
+                    await self._stream(meta, request, remaining, attempt_timeout)
                 else:
                     body = await call_with_retries(
-                        lambda: self._attempt(self.provider.complete(request)),
+                        lambda: self._attempt(self.provider.complete(request), attempt_timeout),
                         self.deployment.retry,
                         remaining,
                         self._on_retry,
@@ -203,7 +204,12 @@ class DeploymentPool:
 
     # ------------------------------------------------------------ provider calls
 
-    async def _attempt(self, call: Awaitable[T]) -> T:
+    def _attempt_timeout(self, remaining: float | None) -> float | None:
+        """None when the request's deadline, already enforced, comes first: one timer less."""
+        timeout = self.deployment.timeout_s
+        return timeout if remaining is None or timeout < remaining else None
+
+    async def _attempt(self, call: Awaitable[T], timeout: float | None) -> T:
         """One provider call under the per-attempt timeout, counted by the breaker."""
         if not self.breaker.allows():
             if inspect.iscoroutine(call):
@@ -212,7 +218,7 @@ class DeploymentPool:
         self.breaker.begin()
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.deployment.timeout_s):
+            async with asyncio.timeout(timeout):
                 result = await call
         except TimeoutError:
             error = upstream_error(
@@ -227,17 +233,21 @@ class DeploymentPool:
             if is_deployment_fault(exc):
                 await self.breaker.record_failure(exc.detail.code or "error")
             else:  # the deployment answered; the request itself was at fault
-                await self.breaker.record_success()
+                self.breaker.record_success()
             raise
         except StopAsyncIteration:
-            await self.breaker.record_success()
+            self.breaker.record_success()
             raise
-        await self.breaker.record_success()
+        self.breaker.record_success()
         self._observe_latency(time.monotonic() - started)
         return result
 
     async def _stream(
-        self, meta: RequestMeta, request: ChatCompletionRequest, remaining: float | None
+        self,
+        meta: RequestMeta,
+        request: ChatCompletionRequest,
+        remaining: float | None,
+        attempt_timeout: float | None,
     ) -> None:
         """Retries happen only until the first chunk: after that, bytes reached the client."""
         reply_to = meta.reply_to
@@ -246,7 +256,7 @@ class DeploymentPool:
         async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
             chunks = self.provider.stream(request).__aiter__()
             try:
-                first = await self._attempt(anext(chunks))
+                first = await self._attempt(anext(chunks), attempt_timeout)
             except StopAsyncIteration:
                 return None, chunks
             return first, chunks
