@@ -23,6 +23,8 @@ def test_chat_non_stream_mock(openai_client: openai.OpenAI) -> None:
     assert completion.usage is not None and completion.usage.total_tokens == 2 + 5
     assert raw.headers["x-promptbus-deployment"] == "mock-gpt/0"
     assert raw.headers["x-request-id"]
+    stamp = {"deployment": "mock-gpt/0", "failover_from": []}
+    assert completion.model_extra is not None and completion.model_extra["x_promptbus"] == stamp
 
 
 def test_request_id_is_echoed(openai_client: openai.OpenAI) -> None:
@@ -46,6 +48,8 @@ def test_chat_stream_mock(openai_client: openai.OpenAI) -> None:
     assert finishes == ["stop"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     assert len({c.id for c in chunks}) == 1
+    assert chunks[0].model_extra is not None
+    assert chunks[0].model_extra["x_promptbus"]["deployment"] == "mock-gpt/0"
 
 
 def test_chat_through_http_upstream(openai_client: openai.OpenAI, stack: Stack) -> None:

@@ -376,6 +376,10 @@ async def test_dead_primary_opens_breaker_fails_over_and_recovers(env: Env) -> N
     assert [a.status_code for a in answers] == [200] * 8  # nothing lost
     assert {a.headers["x-promptbus-deployment"] for a in answers} == {"backup-dep"}
     assert all(a.headers["x-promptbus-failover-from"] == "primary-dep" for a in answers)
+    assert answers[0].json()["x_promptbus"] == {
+        "deployment": "backup-dep",
+        "failover_from": ["primary-dep"],
+    }
     assert await breaker_state(env.nats_url, "primary-dep") == "open"
     received = env.received("primary-dep")
     assert received - alive == 3  # failure_threshold: 2 attempts of one request, 1 of the next

@@ -64,6 +64,11 @@ def is_deployment_fault(error: BrokerError) -> bool:
     )
 
 
+def _stamp_json(deployment: str, failed: tuple[str, ...]) -> bytes:
+    info = {"deployment": deployment, "failover_from": list(failed)}
+    return b'"x_promptbus":' + msgspec.json.encode(info) + b","
+
+
 HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back this long
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
 
@@ -96,6 +101,7 @@ class DeploymentPool:
         self._ok = {H_KIND: ReplyKind.RESPONSE.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: name}
+        self._stamp_plain = _stamp_json(name, ())
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._keep_alive())
@@ -167,6 +173,7 @@ class DeploymentPool:
                         remaining,
                         self._on_retry,
                     )
+                    body = self._stamp(body, meta)
                     await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
         except BrokerError as exc:
             context = exc.detail.code == "context_length_exceeded"
@@ -266,7 +273,7 @@ class DeploymentPool:
         )
         headers = self._ok_headers(meta, kind=self._chunk)
         if first is not None:
-            await self._nc.publish(reply_to, first, headers=headers)
+            await self._nc.publish(reply_to, self._stamp(first, meta), headers=headers)
             try:
                 async for chunk in chunks:
                     await self._nc.publish(reply_to, chunk, headers=headers)
@@ -289,6 +296,16 @@ class DeploymentPool:
         )
 
     # ------------------------------------------------------------ replies
+
+    def _stamp(self, body: bytes, meta: RequestMeta) -> bytes:
+        """Name the answering deployment inside the JSON object too (response, or first
+        chunk): ``"x_promptbus": {"deployment": ..., "failover_from": [...]}``. The body
+        was validated as a non-empty JSON object, so splicing after its ``{`` is safe."""
+        start = body.find(b"{")
+        if start < 0:
+            return body
+        stamp = self._stamp_plain if not meta.failed else _stamp_json(self.name, meta.failed)
+        return body[: start + 1] + stamp + body[start + 1 :]
 
     def _ok_headers(self, meta: RequestMeta, kind: dict[str, str] | None = None) -> dict[str, str]:
         headers = kind or self._ok
