@@ -212,7 +212,7 @@ class BrokerClient:
 
     # ------------------------------------------------------------ admission
 
-    def check_model(self, model: str) -> str:
+    def route(self, model: str) -> str:
         """The subject to queue a request for ``model`` on, or the error it gets instead.
 
         A routed model's request goes straight to the queue of the deployment its
@@ -249,7 +249,7 @@ class BrokerClient:
         The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
         a request costs one subscription-free round trip before the worker's answer.
         """
-        subject = self.check_model(model)
+        subject = self.route(model)
         meta = RequestMeta(
             request_id=request_id or uuid.uuid4().hex,
             reply_to=f"{self._prefix}.{token}",

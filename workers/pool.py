@@ -206,7 +206,7 @@ class DeploymentPool:
             return False
         await self._failover.forward(msg.data, meta, target, failed)
         self.failovers += 1
-        log.info("request %s: %s failed, moved to %s", meta.request_id, self.name, target)
+        log.debug("request %s: %s failed, moved to %s", meta.request_id, self.name, target)
         return True
 
     # ------------------------------------------------------------ provider calls
@@ -278,14 +278,16 @@ class DeploymentPool:
                 async for chunk in chunks:
                     await self._nc.publish(reply_to, chunk, headers=headers)
             except BrokerError as exc:
+                # Part of the answer was delivered: end the stream with the error, no
+                # retry and no failover (the caller would see the start twice).
                 await self.breaker.record_failure(exc.detail.code or "stream broken")
-                exc.retryable = False  # part of the answer was delivered: no failover
-                raise
+                await self._error(meta, exc)
+                return
         await self._nc.publish(reply_to, b"", headers=self._ok_headers(meta, kind=self._end))
 
     def _on_retry(self, error: BrokerError, wait: float) -> None:
         self.retries += 1
-        log.info("%s: retrying in %.2fs after %s", self.name, wait, error.detail.code)
+        log.debug("%s: retrying in %.2fs after %s", self.name, wait, error.detail.code)
 
     def _observe_latency(self, seconds: float) -> None:
         previous = self.latency_ewma_s
