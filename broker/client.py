@@ -212,22 +212,28 @@ class BrokerClient:
 
     # ------------------------------------------------------------ admission
 
-    def route(self, model: str) -> str:
-        """The subject to queue a request for ``model`` on, or the error it gets instead.
+    def route(self, model: str) -> tuple[str, tuple[str, ...]]:
+        """Where to queue a request for ``model``, and the deployments already passed over;
+        or the error the request gets instead.
 
         A routed model's request goes straight to the queue of the deployment its
-        strategy picks; when none can be picked now, to the model's intake.
+        strategy picks; when none can be picked now, to the model's intake. A model that
+        no live worker serves hands its requests to its first served fallback.
         """
         config = self.config.model(model)
         if config is None:
             raise model_not_found(model)
         if not self.directory.is_served(model):
+            skipped = tuple(d.name for d in config.deployments)
+            for fallback in config.fallbacks:
+                if self.directory.is_served(fallback):
+                    return self.subjects.chat(fallback), skipped
             raise no_worker(model)
         if config.routing != "least-busy":
             target = self.router.choose(config)
             if target is not None:
-                return self.subjects.dep(target.name)
-        return self.subjects.chat(model)
+                return self.subjects.dep(target.name), ()
+        return self.subjects.chat(model), ()
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -249,12 +255,13 @@ class BrokerClient:
         The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
         a request costs one subscription-free round trip before the worker's answer.
         """
-        subject = self.route(model)
+        subject, failed = self.route(model)
         meta = RequestMeta(
             request_id=request_id or uuid.uuid4().hex,
             reply_to=f"{self._prefix}.{token}",
             deadline_ms=deadline_after(timeout),
             traceparent=traceparent,
+            failed=failed,
         )
         ack_key = f"{token}.a"
         ack: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
