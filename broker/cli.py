@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from broker import logs
 from broker.embedded import EmbeddedNats
 from broker.serve import http_server, run, serve_until, stop_event
 from broker.settings import ConfigError, load_config
@@ -103,6 +104,8 @@ def cmd_nats(args: argparse.Namespace) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     config = _config(args)
+    if args.metrics_port is not None:
+        config.worker.metrics_port = args.metrics_port
     run(_worker(config, _nats_url(args, config), args.model))
 
 
@@ -196,6 +199,9 @@ async def _chat(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptbus", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    parser.add_argument(
+        "--log-format", choices=["json", "text"], default="json", help="log lines (default json)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: object, help: str, *, nats: bool = True) -> argparse.ArgumentParser:
@@ -215,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("nats", cmd_nats, "run only the embedded nats-server", nats=False)
     worker = add("worker", cmd_worker, "run a worker pool")
     worker.add_argument("--model", action="append", help="serve only this model (repeatable)")
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     ingress = add("ingress", cmd_ingress, "run the HTTP ingress")
     ingress.add_argument("--host", default=None)
     ingress.add_argument("--port", type=int, default=None)
@@ -237,12 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    logs.configure(args.log_level, args.log_format)
     try:
         args.func(args)
     except KeyboardInterrupt:

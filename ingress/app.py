@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from broker import metrics, tracing
 from broker.client import BrokerClient, Reply, ReplyStream
 from ingress.admin import admin_routes
 from ingress.http_io import error_response, read_body, request_timeout, require_json
@@ -42,9 +44,9 @@ log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _reply_headers(reply: Reply, request_id: str) -> dict[str, str]:
+def _reply_headers(reply: Reply) -> dict[str, str]:
     """NATS reply headers as HTTP response headers (the openai SDK reads the retry ones)."""
-    headers = {"x-request-id": request_id}
+    headers: dict[str, str] = {}
     for nats_name, http_name in _RELAYED:
         value = reply.headers.get(nats_name)
         if value:
@@ -87,18 +89,54 @@ def create_app(
                 await state.pop("client").close()
 
     async def chat_completions(request: Request) -> Response:
+        """Metrics, trace context and the request log around the actual work."""
+        started = time.perf_counter()
+        trace = tracing.accept(request.headers.get("traceparent"))
+        context = {"request_id": _request_id(request), "model": "", "stream": False}
+        metrics.INGRESS_INFLIGHT.inc()
+        try:
+            response = await _chat(request, trace, context)
+        except BrokerError as exc:
+            response = error_response(exc)
+            context["error"] = exc.detail.code
+        finally:
+            metrics.INGRESS_INFLIGHT.dec()
+        response.headers["x-request-id"] = str(context["request_id"])
+        response.headers["traceparent"] = trace
+        elapsed = time.perf_counter() - started
+        model = str(context["model"]) if config.model(str(context["model"])) else "-"
+        stream = "true" if context["stream"] else "false"
+        metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), stream).inc()
+        metrics.INGRESS_DURATION.labels(model, stream).observe(elapsed)
+        level = logging.WARNING if response.status_code >= 400 else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "chat completion",
+                extra=context
+                | {
+                    "trace_id": tracing.trace_id(trace),
+                    "status": response.status_code,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "deployment": response.headers.get("x-promptbus-deployment"),
+                },
+            )
+        return response
+
+    async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Response:
         require_json(request)
         body = await read_body(request, config.ingress.max_body_bytes)
         try:
             chat = request_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise from_validation_error(exc) from None
+        context["model"], context["stream"] = chat.model, bool(chat.stream)
         broker = state["client"]
-        request_id = _request_id(request)
+        request_id = str(context["request_id"])
         options: dict[str, Any] = {
             "timeout": request_timeout(request),
             "request_id": request_id,
-            "traceparent": request.headers.get("traceparent"),
+            "traceparent": tracing.child(trace),
         }
         if chat.stream:
             stream = await broker.open_stream(chat.model, body, **options)
@@ -109,9 +147,7 @@ def create_app(
             except BaseException:
                 stream.close()
                 raise
-            headers = SSE_HEADERS | (
-                {"x-request-id": request_id} if first is None else _reply_headers(first, request_id)
-            )
+            headers = SSE_HEADERS | ({} if first is None else _reply_headers(first))
             return StreamingResponse(
                 _sse(first, stream), media_type="text/event-stream", headers=headers
             )
@@ -120,8 +156,12 @@ def create_app(
             reply.body,
             status_code=reply.status,
             media_type="application/json",
-            headers=_reply_headers(reply, request_id),
+            headers=_reply_headers(reply),
         )
+
+    async def metrics_endpoint(request: Request) -> Response:
+        payload, content_type = metrics.exposition()
+        return Response(payload, headers={"Content-Type": content_type})
 
     async def list_models(request: Request) -> Response:
         models = ModelList(
@@ -183,6 +223,7 @@ def create_app(
             Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin_routes(config, lambda: state["client"]),
         ],
         lifespan=lifespan,

@@ -36,7 +36,11 @@ def docker_engine_available() -> bool:
 class Stack:
     """Addresses of the running test stack."""
 
-    def __init__(self, nats_url: str, upstream: str, ingress: str, config_path: Path) -> None:
+    def __init__(
+        self, nats_url: str, upstream: str, ingress: str, config_path: Path, workdir: Path
+    ) -> None:
+        self.workdir = workdir  # the processes' logs are here
+        self.worker_metrics = ""  # http://127.0.0.1:PORT/metrics of the worker
         self.nats_url = nats_url
         self.upstream = upstream  # http://127.0.0.1:PORT (no /v1)
         self.ingress = ingress  # http://127.0.0.1:PORT
@@ -44,6 +48,10 @@ class Stack:
 
     def upstream_requests(self) -> int:
         return int(httpx.get(f"{self.upstream}/_stats").json()["requests"])
+
+    def upstream_traceparent(self) -> str | None:
+        value = httpx.get(f"{self.upstream}/_stats").json()["last_traceparent"]
+        return str(value) if value else None
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +126,7 @@ def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Pa
 @pytest.fixture(scope="session")
 def stack(workdir: Path, nats_url: str) -> Iterator[Stack]:
     upstream_port, ingress_port, dead_port = free_port(), free_port(), free_port()
+    metrics_port = free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}"
     config = write_config(workdir / "promptbus.yaml", nats_url, upstream_url, dead_port)
     env = {"PB_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
@@ -131,7 +140,15 @@ def stack(workdir: Path, nats_url: str) -> Iterator[Stack]:
         wait_port("127.0.0.1", upstream_port, upstream)
         served = ["mock-gpt", "mock-slow", "upstream-gpt", "dead-upstream"]
         worker = Proc(
-            [*PROMPTBUS, "worker", "-c", str(config), *(a for m in served for a in ("--model", m))],
+            [
+                *PROMPTBUS,
+                "worker",
+                "-c",
+                str(config),
+                "--metrics-port",
+                str(metrics_port),
+                *(a for m in served for a in ("--model", m)),
+            ],
             workdir / "worker.log",
             env,
         )
@@ -144,7 +161,9 @@ def stack(workdir: Path, nats_url: str) -> Iterator[Stack]:
         base = f"http://127.0.0.1:{ingress_port}"
         wait_http(f"{base}/readyz", ingress)
         _wait_served(base, served, worker)
-        yield Stack(nats_url, upstream_url, base, config)
+        result = Stack(nats_url, upstream_url, base, config, workdir)
+        result.worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        yield result
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -52,6 +52,7 @@ class Stats(msgspec.Struct):
     requests: int = 0
     streamed: int = 0
     errors: int = 0
+    last_traceparent: str | None = None
 
 
 class _Upstream:
@@ -118,6 +119,7 @@ class MockUpstream:
     async def _chat(self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send) -> None:
         stats = upstream.stats
         stats.requests += 1
+        stats.last_traceparent = dict(scope["headers"]).get(b"traceparent", b"").decode() or None
         body = await _read(receive)
         settings = upstream.settings
         if settings.api_key is not None:

@@ -25,7 +25,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from schemas.chat import ChatCompletionRequest, request_decoder
+from broker import metrics, tracing
+from schemas.chat import ChatCompletionRequest, Usage, request_decoder
 from schemas.config import DeploymentConfig, ModelConfig
 from schemas.envelope import (
     H_DEPLOYMENT,
@@ -69,6 +70,18 @@ def _stamp_json(deployment: str, failed: tuple[str, ...]) -> bytes:
     return b'"x_promptbus":' + msgspec.json.encode(info) + b","
 
 
+def _next_hop(meta: RequestMeta) -> str | None:
+    """The trace context for the upstream call: same trace, a span of its own."""
+    return tracing.child(meta.traceparent) if meta.traceparent else None
+
+
+class _UsageOnly(msgspec.Struct):
+    usage: Usage | None = None
+
+
+_usage_decoder = msgspec.json.Decoder(_UsageOnly)
+
+
 HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back this long
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
 
@@ -102,6 +115,16 @@ class DeploymentPool:
         self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._stamp_plain = _stamp_json(name, ())
+        model_name = model.model_name
+        self._m_ok = metrics.WORKER_REQUESTS.labels(model_name, name, "200")
+        self._m_queue_wait = metrics.QUEUE_WAIT.labels(model_name)
+        self._m_upstream = metrics.UPSTREAM_DURATION.labels(name, "false")
+        self._m_upstream_stream = metrics.UPSTREAM_DURATION.labels(name, "true")
+        self._m_tokens_in = metrics.TOKENS.labels(name, "input")
+        self._m_tokens_out = metrics.TOKENS.labels(name, "output")
+        self._m_retries = metrics.RETRIES.labels(name)
+        self._m_failovers = metrics.FAILOVERS.labels(name)
+        self._m_inflight = metrics.WORKER_INFLIGHT.labels(name)
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._keep_alive())
@@ -131,13 +154,18 @@ class DeploymentPool:
         if self.name in meta.failed:
             await msg.nak(delay=HAND_BACK_DELAY_S)  # for another deployment of the alias
             return
+        waited = metrics.queued_seconds(msg.reply, time.time_ns())
+        if waited is not None:
+            self._m_queue_wait.observe(waited)
         key = id(msg)
         self._working[key] = (msg, time.monotonic())
+        self._m_inflight.inc()
         settled = True
         try:
             settled = await self._serve(msg, meta)
         finally:
             del self._working[key]
+            self._m_inflight.dec()
             if settled:
                 await msg.ack()
 
@@ -168,13 +196,17 @@ class DeploymentPool:
                     await self._stream(meta, request, remaining, attempt_timeout)
                 else:
                     body = await call_with_retries(
-                        lambda: self._attempt(self.provider.complete(request), attempt_timeout),
+                        lambda: self._attempt(
+                            self.provider.complete(request, _next_hop(meta)), attempt_timeout
+                        ),
                         self.deployment.retry,
                         remaining,
                         self._on_retry,
                     )
+                    self._count_tokens(body)
                     body = self._stamp(body, meta)
                     await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
+                    self._m_ok.inc()
         except BrokerError as exc:
             context = exc.detail.code == "context_length_exceeded"
             movable = context or is_deployment_fault(exc) or exc.detail.code == "circuit_open"
@@ -206,6 +238,7 @@ class DeploymentPool:
             return False
         await self._failover.forward(msg.data, meta, target, failed)
         self.failovers += 1
+        self._m_failovers.inc()
         log.debug("request %s: %s failed, moved to %s", meta.request_id, self.name, target)
         return True
 
@@ -216,7 +249,9 @@ class DeploymentPool:
         timeout = self.deployment.timeout_s
         return timeout if remaining is None or timeout < remaining else None
 
-    async def _attempt(self, call: Awaitable[T], timeout: float | None) -> T:
+    async def _attempt(
+        self, call: Awaitable[T], timeout: float | None, *, stream: bool = False
+    ) -> T:
         """One provider call under the per-attempt timeout, counted by the breaker."""
         if not self.breaker.allows():
             if inspect.iscoroutine(call):
@@ -235,8 +270,10 @@ class DeploymentPool:
                 code="upstream_timeout",
             )
             await self.breaker.record_failure(error.detail.code or "timeout")
+            metrics.ERRORS.labels(self.name, "upstream_timeout").inc()
             raise error from None
         except BrokerError as exc:
+            metrics.ERRORS.labels(self.name, exc.detail.code or "error").inc()
             if is_deployment_fault(exc):
                 await self.breaker.record_failure(exc.detail.code or "error")
             else:  # the deployment answered; the request itself was at fault
@@ -246,7 +283,9 @@ class DeploymentPool:
             self.breaker.record_success()
             raise
         self.breaker.record_success()
-        self._observe_latency(time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        self._observe_latency(elapsed)
+        (self._m_upstream_stream if stream else self._m_upstream).observe(elapsed)
         return result
 
     async def _stream(
@@ -261,9 +300,9 @@ class DeploymentPool:
         assert reply_to is not None
 
         async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
-            chunks = self.provider.stream(request).__aiter__()
+            chunks = self.provider.stream(request, _next_hop(meta)).__aiter__()
             try:
-                first = await self._attempt(anext(chunks), attempt_timeout)
+                first = await self._attempt(anext(chunks), attempt_timeout, stream=True)
             except StopAsyncIteration:
                 return None, chunks
             return first, chunks
@@ -277,6 +316,7 @@ class DeploymentPool:
             try:
                 async for chunk in chunks:
                     await self._nc.publish(reply_to, chunk, headers=headers)
+                    self._count_tokens(chunk)
             except BrokerError as exc:
                 # Part of the answer was delivered: end the stream with the error, no
                 # retry and no failover (the caller would see the start twice).
@@ -284,9 +324,20 @@ class DeploymentPool:
                 await self._error(meta, exc)
                 return
         await self._nc.publish(reply_to, b"", headers=self._ok_headers(meta, kind=self._end))
+        self._m_ok.inc()
+
+    def _count_tokens(self, body: bytes) -> None:
+        """Usage from a response or the usage chunk of a stream; most chunks have none."""
+        if b'"usage":{' not in body:
+            return
+        usage = _usage_decoder.decode(body).usage
+        if usage is not None:
+            self._m_tokens_in.inc(usage.prompt_tokens)
+            self._m_tokens_out.inc(usage.completion_tokens)
 
     def _on_retry(self, error: BrokerError, wait: float) -> None:
         self.retries += 1
+        self._m_retries.inc()
         log.debug("%s: retrying in %.2fs after %s", self.name, wait, error.detail.code)
 
     def _observe_latency(self, seconds: float) -> None:
@@ -316,6 +367,8 @@ class DeploymentPool:
         return headers
 
     async def _error(self, meta: RequestMeta, error: BrokerError) -> None:
+        model = self.model.model_name
+        metrics.WORKER_REQUESTS.labels(model, self.name, str(error.status)).inc()
         await reply_error(self._nc, meta, error, self.name)
 
     async def _keep_alive(self) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import socket
 import uuid
 
+import prometheus_client
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
+from broker import metrics
 from broker.connection import connect
 from broker.presence import PresencePublisher, WorkerDirectory
 from broker.provision import (
@@ -26,7 +30,7 @@ from broker.pull import PullConsumer
 from broker.routing import Router
 from broker.subjects import Subjects
 from schemas.config import Config, DeploymentConfig, ModelConfig
-from schemas.state import DeploymentStats
+from schemas.state import BreakerState, DeploymentStats
 from workers.breaker import BreakerBoard
 from workers.failover import Failover
 from workers.intake import Intake
@@ -36,6 +40,8 @@ from workers.providers import Provider, ProviderUnavailable, make_provider
 log = logging.getLogger(__name__)
 
 
+QUEUE_POLL_S = 5.0
+_BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 INTAKE_CAPACITY = 64  # routing requests on is cheap: a worker may hold this many at once
 
 
@@ -74,6 +80,8 @@ class Worker:
         self._consumers: list[PullConsumer] = []  # one per pool, in the order of _pools
         self._intakes: list[PullConsumer] = []
         self._directory: WorkerDirectory | None = None
+        self._queues: set[str] = set()
+        self._queue_watch: asyncio.Task[None] | None = None
         self._pools: list[DeploymentPool] = []
         self._presence: PresencePublisher | None = None
         self._breakers: BreakerBoard | None = None
@@ -104,6 +112,7 @@ class Worker:
             else:
                 consumer = consumer_config(model, config, subjects)
             queue = await ensure_consumer(js, consumer, subjects)
+            self._queues.add(queue)
             served: list[tuple[DeploymentPool, PullConsumer]] = []
             for deployment in model.deployments:
                 try:
@@ -114,6 +123,7 @@ class Worker:
                 if routed:  # each deployment pulls from its own queue
                     own = deployment_consumer_config(deployment, config, subjects)
                     pool_queue = await ensure_consumer(js, own, subjects)
+                    self._queues.add(pool_queue)
                 else:  # every deployment pulls from the model's queue: least-busy
                     pool_queue = queue
                 served.append(
@@ -133,9 +143,15 @@ class Worker:
             raise RuntimeError("this worker can serve none of its models (see warnings above)")
         await self._directory.start()
         await board.start()
+        self._repace()
         for pull in self._consumers + self._intakes:
             await pull.start()
         await self._presence.start()
+        self._queue_watch = asyncio.create_task(
+            self._watch_queues(js, subjects.stream, sorted(self._queues))
+        )
+        if config.worker.metrics_port is not None:
+            prometheus_client.start_http_server(config.worker.metrics_port, addr="127.0.0.1")
 
     def _pool(
         self,
@@ -163,9 +179,22 @@ class Worker:
         """A breaker changed somewhere: let each pull loop take what its pool may run."""
         for pool, consumer in zip(self._pools, self._consumers, strict=True):
             consumer.set_capacity(pool.pull_capacity())
+            state = _BREAKER_GAUGE[pool.breaker.state]
+            metrics.BREAKER_STATE.labels(pool.name).set(state)
+
+    async def _watch_queues(self, js: JetStreamContext, stream: str, queues: list[str]) -> None:
+        """Queue depths from JetStream for the metrics, every few seconds."""
+        while True:
+            for queue in queues:
+                with contextlib.suppress(Exception):
+                    info = await js.consumer_info(stream, queue)
+                    metrics.QUEUED.labels(queue).set(info.num_pending)
+            await asyncio.sleep(QUEUE_POLL_S)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Leave the directory first so no new work is routed here, then drain."""
+        if self._queue_watch:
+            self._queue_watch.cancel()
         if self._presence:
             await self._presence.stop()
         if self._breakers:

@@ -13,11 +13,18 @@ class Provider(Protocol):
 
     name: str
 
-    async def complete(self, request: ChatCompletionRequest) -> bytes:
-        """The ``chat.completion`` body for a non-streamed request."""
+    async def complete(
+        self, request: ChatCompletionRequest, traceparent: str | None = None
+    ) -> bytes:
+        """The ``chat.completion`` body for a non-streamed request.
+
+        ``traceparent`` is the W3C trace context to send along, when the request has one.
+        """
         ...
 
-    def stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    def stream(
+        self, request: ChatCompletionRequest, traceparent: str | None = None
+    ) -> AsyncIterator[bytes]:
         """The ``chat.completion.chunk`` bodies of a streamed request, in order."""
         ...
 

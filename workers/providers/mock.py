@@ -16,12 +16,16 @@ class MockProvider:
         self._model = deployment.model or deployment.name
         self._latency = deployment.mock_latency_ms / 1000.0
 
-    async def complete(self, request: ChatCompletionRequest) -> bytes:
+    async def complete(
+        self, request: ChatCompletionRequest, traceparent: str | None = None
+    ) -> bytes:
         if self._latency:
             await asyncio.sleep(self._latency)
         return encoder.encode(mock_content.completion(request, self._model))
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def stream(
+        self, request: ChatCompletionRequest, traceparent: str | None = None
+    ) -> AsyncIterator[bytes]:
         if self._latency:
             await asyncio.sleep(self._latency)
         for chunk in mock_content.chunks(request, self._model):

@@ -61,10 +61,15 @@ class OpenAICompatProvider:
     def _body(self, request: ChatCompletionRequest) -> bytes:
         return encoder.encode(msgspec.structs.replace(request, model=self._model))
 
-    async def complete(self, request: ChatCompletionRequest) -> bytes:
+    async def complete(
+        self, request: ChatCompletionRequest, traceparent: str | None = None
+    ) -> bytes:
+        headers = (
+            self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
+        )
         try:
             async with self._client().post(
-                self._url, data=self._body(request), headers=self._headers
+                self._url, data=self._body(request), headers=headers
             ) as response:
                 body = await response.read()
                 if response.status >= 400:
@@ -77,10 +82,15 @@ class OpenAICompatProvider:
             raise upstream_error(502, self.name, f"invalid response body: {exc}") from None
         return body
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def stream(
+        self, request: ChatCompletionRequest, traceparent: str | None = None
+    ) -> AsyncIterator[bytes]:
+        headers = self._stream_headers
+        if traceparent is not None:
+            headers = headers | {"traceparent": traceparent}
         try:
             async with self._client().post(
-                self._url, data=self._body(request), headers=self._stream_headers
+                self._url, data=self._body(request), headers=headers
             ) as response:
                 if response.status >= 400:
                     body = await response.read()

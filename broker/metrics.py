@@ -1,0 +1,125 @@
+"""Prometheus metrics of the ingress and the workers: one definition for both.
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms, base
+units). Each process serves its own registry (the ingress at ``/metrics``, a worker on
+``worker.metrics_port``); with ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client's
+multi-process mode aggregates every process that shares the directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Latencies of LLM calls span milliseconds to minutes.
+LATENCY_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+# ---------------------------------------------------------------- ingress
+
+INGRESS_REQUESTS = Counter(
+    "promptbus_ingress_requests_total",
+    "HTTP requests answered by the ingress",
+    ["model", "status", "stream"],
+)
+INGRESS_DURATION = Histogram(
+    "promptbus_ingress_request_duration_seconds",
+    "Time from the request's arrival to its full response (streams: to the first chunk)",
+    ["model", "stream"],
+    buckets=LATENCY_BUCKETS,
+)
+INGRESS_INFLIGHT = Gauge(
+    "promptbus_ingress_inflight_requests",
+    "Requests the ingress is waiting on",
+    multiprocess_mode="livesum",
+)
+
+# ---------------------------------------------------------------- workers
+
+WORKER_REQUESTS = Counter(
+    "promptbus_worker_requests_total",
+    "Requests a worker finished, by the status of the answer",
+    ["model", "deployment", "status"],
+)
+QUEUE_WAIT = Histogram(
+    "promptbus_queue_wait_seconds",
+    "Time a request waited in JetStream before a worker took it",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "promptbus_upstream_request_duration_seconds",
+    "Duration of successful provider calls (streams: to the first chunk)",
+    ["deployment", "stream"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENS = Counter(
+    "promptbus_tokens_total",
+    "Tokens reported by providers",
+    ["deployment", "direction"],
+)
+ERRORS = Counter(
+    "promptbus_errors_total",
+    "Failed provider attempts and refused requests, by error code",
+    ["deployment", "code"],
+)
+RETRIES = Counter("promptbus_retries_total", "Provider calls retried", ["deployment"])
+FAILOVERS = Counter(
+    "promptbus_failovers_total", "Requests moved on to another deployment or model", ["deployment"]
+)
+WORKER_INFLIGHT = Gauge(
+    "promptbus_worker_inflight_requests",
+    "Requests a worker is running",
+    ["deployment"],
+    multiprocess_mode="livesum",
+)
+BREAKER_STATE = Gauge(
+    "promptbus_breaker_state",
+    "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+    ["deployment"],
+    multiprocess_mode="max",
+)
+QUEUED = Gauge(
+    "promptbus_queued_requests",
+    "Requests waiting in a model's (or routed deployment's) JetStream queue",
+    ["queue"],
+    multiprocess_mode="max",
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text and its content type, aggregated across processes if configured."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def queued_seconds(ack_subject: str | None, now_ns: int) -> float | None:
+    """How long a JetStream message waited, from its ack subject's timestamp token.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` (v1) or the
+    v2 form with domain and account hash in front; cheaper than ``Msg.metadata``.
+    """
+    if not ack_subject:
+        return None
+    tokens = ack_subject.split(".")
+    index = 7 if len(tokens) == 9 else 9 if len(tokens) >= 11 else -1
+    if index < 0:
+        return None
+    try:
+        return max(0.0, (now_ns - int(tokens[index])) / 1e9)
+    except ValueError:
+        return None
