@@ -193,6 +193,13 @@ async def _chat(
         await client.close()
 
 
+def cmd_status(args: argparse.Namespace) -> None:
+    from broker.status import show
+
+    config = _config(args)
+    run(show(config, _nats_url(args, config), args.watch))
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -239,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", "-m", default=None)
     chat.add_argument("--stream", action="store_true")
     chat.add_argument("--timeout", type=float, default=60.0)
+    status = add("status", cmd_status, "deployments, breakers and queues as a table")
+    status.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh")
     return parser
 
 

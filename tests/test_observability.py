@@ -136,3 +136,24 @@ def test_logs_are_json_and_never_carry_prompts_or_keys(stack: Stack) -> None:
     assert logged["status"] == 500 and logged["model"] == "upstream-gpt"
     assert logged["trace_id"] == tracing.trace_id(failed.headers["traceparent"])
     assert logged["level"] == "warning" and logged["latency_ms"] > 0
+
+
+def test_status_command_prints_every_deployment(stack: Stack) -> None:
+    import subprocess
+
+    from tests.procs import PROMPTBUS, ROOT
+
+    done = subprocess.run(
+        [*PROMPTBUS, "status", "-c", str(stack.config_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:3] == ["MODEL", "DEPLOYMENT", "WORKERS"]
+    rows = {line.split()[1]: line.split() for line in lines[1:]}
+    assert rows["mock-gpt/0"][0] == "mock-gpt" and rows["mock-gpt/0"][2] == "1"
+    assert rows["mock-gpt/0"][-1] == "closed"
+    assert rows["orphan/0"][2] == "0"  # configured, but no worker serves it
