@@ -54,23 +54,32 @@ async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects
     await js.update_stream(stream)
 
 
-def consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> ConsumerConfig:
-    """A model's durable pull consumer.
-
-    ``max_ack_pending`` is the sum of its deployments' concurrency limits: JetStream
-    never hands out more un-acked requests than the pools may run at once, so the
-    excess waits in the stream, not in worker memory.
-    """
+def _work_consumer(
+    name: str, description: str, subject: str, max_ack_pending: int, config: Config
+) -> ConsumerConfig:
+    """A durable pull consumer of the work queue: explicit acks, nothing in hand beyond
+    ``max_ack_pending`` (the excess waits in the stream, not in worker memory)."""
     return ConsumerConfig(
-        durable_name=subjects.chat_consumer(model.model_name),
-        description=f"chat requests for model {model.model_name}",
-        filter_subject=subjects.chat(model.model_name),
+        durable_name=name,
+        description=description,
+        filter_subject=subject,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=config.worker.ack_wait_s,
-        max_ack_pending=sum(d.max_concurrency for d in model.deployments),
+        max_ack_pending=max_ack_pending,
         max_waiting=1024,
         num_replicas=config.nats.replicas,
+    )
+
+
+def consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> ConsumerConfig:
+    """A model's queue: ``max_ack_pending`` is the sum of its deployments' concurrency."""
+    return _work_consumer(
+        subjects.chat_consumer(model.model_name),
+        f"chat requests for model {model.model_name}",
+        subjects.chat(model.model_name),
+        sum(d.max_concurrency for d in model.deployments),
+        config,
     )
 
 
@@ -78,27 +87,26 @@ def intake_consumer_config(
     model: ModelConfig, config: Config, subjects: Subjects
 ) -> ConsumerConfig:
     """A routed model's intake: requests published to the alias wait here until a worker
-    routes them to a deployment's queue. Routing is cheap, so no concurrency cap."""
-    consumer = consumer_config(model, config, subjects)
-    consumer.description = f"intake for routed model {model.model_name} ({model.routing})"
-    consumer.max_ack_pending = INTAKE_MAX_ACK_PENDING
-    return consumer
+    routes them to a deployment's queue. Routing is cheap, so the cap is generous."""
+    return _work_consumer(
+        subjects.chat_consumer(model.model_name),
+        f"intake for routed model {model.model_name} ({model.routing})",
+        subjects.chat(model.model_name),
+        INTAKE_MAX_ACK_PENDING,
+        config,
+    )
 
 
 def deployment_consumer_config(
     deployment: DeploymentConfig, config: Config, subjects: Subjects
 ) -> ConsumerConfig:
     """One deployment's own queue (routed models): ``max_ack_pending`` = its concurrency."""
-    return ConsumerConfig(
-        durable_name=subjects.dep_consumer(deployment.name),
-        description=f"requests routed to deployment {deployment.name}",
-        filter_subject=subjects.dep(deployment.name),
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=config.worker.ack_wait_s,
-        max_ack_pending=deployment.max_concurrency,
-        max_waiting=1024,
-        num_replicas=config.nats.replicas,
+    return _work_consumer(
+        subjects.dep_consumer(deployment.name),
+        f"requests routed to deployment {deployment.name}",
+        subjects.dep(deployment.name),
+        deployment.max_concurrency,
+        config,
     )
 
 
