@@ -27,9 +27,15 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from broker.breakers import BreakerRecords
+from broker.cache import BoundedMemoryCache, CachePolicy, NatsKVCache, ResponseCache
 from broker.connection import connect
 from broker.presence import WorkerDirectory
-from broker.provision import ensure_breakers_bucket, ensure_workers_bucket, provision
+from broker.provision import (
+    ensure_breakers_bucket,
+    ensure_cache_bucket,
+    ensure_workers_bucket,
+    provision,
+)
 from broker.routing import Router
 from broker.subjects import Subjects
 from schemas.chat import (
@@ -42,6 +48,9 @@ from schemas.chat import (
 )
 from schemas.config import Config
 from schemas.envelope import (
+    H_AGE,
+    H_CACHE,
+    H_DEPLOYMENT,
     H_KIND,
     H_RETRY_AFTER,
     H_SHOULD_RETRY,
@@ -138,8 +147,10 @@ class BrokerClient:
         directory: WorkerDirectory,
         breakers: BreakerRecords,
         *,
+        cache: ResponseCache | None = None,
         owns_connection: bool = False,
     ) -> None:
+        self.cache = cache
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.config = config
@@ -177,7 +188,8 @@ class BrokerClient:
         breakers = BreakerRecords(await ensure_breakers_bucket(js, config))
         await directory.start()
         await breakers.start()
-        client = cls(nc, config, directory, breakers, owns_connection=owns_connection)
+        cache = await _response_cache(js, config)
+        client = cls(nc, config, directory, breakers, cache=cache, owns_connection=owns_connection)
         await client._start()
         return client
 
@@ -295,8 +307,48 @@ class BrokerClient:
         timeout: float | None = None,
         request_id: str | None = None,
         traceparent: str | None = None,
+        parsed: ChatCompletionRequest | None = None,
+        cache_control: str | None = None,
     ) -> Reply:
-        """Queue one non-streamed request and wait for its reply (an error reply included)."""
+        """Queue one non-streamed request and wait for its reply (an error reply included).
+
+        With ``parsed`` (the decoded ``body``), the response cache may answer instead;
+        ``cache_control`` is the caller's ``Cache-Control`` header. The reply's ``Pb-Cache``
+        header says ``hit`` or ``miss`` whenever the request was cacheable.
+        """
+        key = self._cache_key(model, parsed)
+        if key is None:
+            return await self._request(model, body, timeout, request_id, traceparent)
+        assert self.cache is not None
+        policy = CachePolicy.parse(cache_control)
+        if policy.lookup:
+            hit = await self.cache.get(key, policy.max_age)
+            if hit is not None:
+                age = str(int(time.time() - hit.stored_at))
+                headers = {H_DEPLOYMENT: hit.deployment, H_CACHE: "hit", H_AGE: age}
+                return Reply(200, ReplyKind.RESPONSE, headers, hit.body)
+        reply = await self._request(model, body, timeout, request_id, traceparent)
+        if policy.store and reply.status == 200 and reply.kind is ReplyKind.RESPONSE:
+            model_config = self.config.model(model)
+            assert model_config is not None
+            deployment = reply.headers.get(H_DEPLOYMENT, "")
+            await self.cache.put(key, reply.body, deployment, self.cache.ttl(model_config))
+        return reply._replace(headers={**reply.headers, H_CACHE: "miss"})
+
+    def _cache_key(self, model: str, parsed: ChatCompletionRequest | None) -> str | None:
+        if self.cache is None or parsed is None:
+            return None
+        model_config = self.config.model(model)
+        return None if model_config is None else self.cache.key(parsed, model_config)
+
+    async def _request(
+        self,
+        model: str,
+        body: bytes,
+        timeout: float | None,
+        request_id: str | None,
+        traceparent: str | None,
+    ) -> Reply:
         timeout = self._timeout(timeout)
         token = str(next(self._tokens))
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -330,7 +382,7 @@ class BrokerClient:
         self, request: ChatCompletionRequest | dict[str, Any], *, timeout: float | None = None
     ) -> ChatCompletion:
         chat = _as_request(request, stream=False)
-        reply = await self.request(chat.model, encoder.encode(chat), timeout=timeout)
+        reply = await self.request(chat.model, encoder.encode(chat), timeout=timeout, parsed=chat)
         reply.raise_for_error()
         return completion_decoder.decode(reply.body)
 
@@ -355,6 +407,15 @@ def _as_request(
         except msgspec.ValidationError as exc:
             raise from_validation_error(exc) from None
     return msgspec.structs.replace(request, stream=stream or None)
+
+
+async def _response_cache(js: JetStreamContext, config: Config) -> ResponseCache | None:
+    settings = config.cache
+    if not settings.enabled:
+        return None
+    if settings.backend == "nats":
+        return ResponseCache(settings, NatsKVCache(await ensure_cache_bucket(js, config)))
+    return ResponseCache(settings, BoundedMemoryCache(settings.max_entries, settings.max_bytes))
 
 
 def _check_publish_ack(ack: Reply) -> None:

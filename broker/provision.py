@@ -22,7 +22,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from broker.subjects import BREAKERS_BUCKET, WORKERS_BUCKET, Subjects
+from broker.subjects import BREAKERS_BUCKET, CACHE_BUCKET, WORKERS_BUCKET, Subjects
 from schemas.config import Config, DeploymentConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,22 @@ async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValu
             history=1,
             ttl=config.worker.presence_ttl_s,
             storage=StorageType.FILE,  # survives a nats-server restart like the queue does
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+async def ensure_cache_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """The shared response cache (cache.backend: nats); entries outlive no model's TTL."""
+    ttls = [config.cache.ttl_s, *(m.cache_ttl_s or 0 for m in config.model_list)]
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=CACHE_BUCKET,
+            description="promptbus response cache",
+            history=1,
+            ttl=max(ttls) or None,
+            storage=StorageType.FILE,
             replicas=config.nats.replicas,
         ),
     )

@@ -18,6 +18,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 WORKERS_BUCKET = "pb_workers"
 BREAKERS_BUCKET = "pb_breakers"
+CACHE_BUCKET = "pb_cache"
 
 
 def model_token(model: str) -> str:

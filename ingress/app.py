@@ -31,6 +31,8 @@ from ingress.http_io import error_response, read_body, request_timeout, require_
 from schemas.chat import Model, ModelList, encoder, request_decoder
 from schemas.config import Config
 from schemas.envelope import (
+    H_AGE,
+    H_CACHE,
     H_DEPLOYMENT,
     H_ERROR_SOURCE,
     H_FAILOVER_FROM,
@@ -62,6 +64,8 @@ _RELAYED = (
     (H_FAILOVER_FROM, "x-promptbus-failover-from"),
     (H_ERROR_SOURCE, "x-promptbus-error-source"),
     (H_SHOULD_RETRY, "x-should-retry"),
+    (H_CACHE, "x-promptbus-cache"),
+    (H_AGE, "age"),
 )
 
 
@@ -151,7 +155,10 @@ def create_app(
             return StreamingResponse(
                 _sse(first, stream), media_type="text/event-stream", headers=headers
             )
-        reply = await broker.request(chat.model, body, **options)
+        cache_control = request.headers.get("cache-control")
+        reply = await broker.request(
+            chat.model, body, parsed=chat, cache_control=cache_control, **options
+        )
         return Response(
             reply.body,
             status_code=reply.status,

@@ -73,6 +73,7 @@ class ModelConfig(_Config):
     fallbacks: list[str] = []  # aliases tried in order when every deployment failed
     context_window_fallbacks: list[str] = []  # aliases for prompts too long for this one
     routing: Routing = "least-busy"
+    cache_ttl_s: Annotated[float, Meta(ge=0)] | None = None  # None: cache.ttl_s; 0: off
 
     def __post_init__(self) -> None:
         for index, deployment in enumerate(self.deployments):
@@ -102,6 +103,17 @@ class IngressConfig(_Config):
     max_timeout_s: PositiveFloat = 3600.0
 
 
+class CacheConfig(_Config):
+    """The exact response cache (broker/cache.py)."""
+
+    enabled: bool = True
+    backend: Literal["memory", "nats"] = "memory"  # nats: one cache for every process
+    ttl_s: Annotated[float, Meta(ge=0)] = 300.0
+    deterministic_only: bool = True  # cache only temperature-0 or seeded requests
+    max_entries: Annotated[int, Meta(ge=1)] = 10_000  # memory backend
+    max_bytes: Annotated[int, Meta(ge=1024)] = 100 * 1024 * 1024  # memory backend
+
+
 class AdminConfig(_Config):
     api_key_env: str = "PROMPTBUS_ADMIN_KEY"  # the admin API is off while it is unset
 
@@ -119,6 +131,7 @@ class Config(_Config):
     ingress: IngressConfig = field(default_factory=IngressConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -28,6 +28,8 @@ H_ERROR_SOURCE = "Pb-Error-Source"  # "upstream" when the provider caused the er
 H_FAILOVER_FROM = "Pb-Failover-From"  # deployments that failed before this one answered
 H_SHOULD_RETRY = "Pb-Should-Retry"  # errors: "true" if the same request may succeed later
 H_RETRY_AFTER = "Pb-Retry-After"  # errors: seconds to wait before retrying, when known
+H_CACHE = "Pb-Cache"  # set by the client: "hit" or "miss" for cacheable requests
+H_AGE = "Age"  # set by the client on cache hits: seconds since the answer was stored
 
 
 class ReplyKind(StrEnum):

@@ -117,6 +117,18 @@ def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Pa
                 ],
             },
             {"model_name": "orphan", "deployments": [{"provider": "mock"}]},
+            {
+                "model_name": "short-cache",
+                "cache_ttl_s": 1,
+                "deployments": [
+                    {
+                        "provider": "openai",
+                        "name": "short-cache-dep",
+                        "base_url": f"{upstream}/v1",
+                        "api_key_env": "PB_TEST_UPSTREAM_KEY",
+                    }
+                ],
+            },
         ],
     }
     path.write_text(yaml.safe_dump(config))
@@ -138,7 +150,7 @@ def stack(workdir: Path, nats_url: str) -> Iterator[Stack]:
         )
         procs.append(upstream)
         wait_port("127.0.0.1", upstream_port, upstream)
-        served = ["mock-gpt", "mock-slow", "upstream-gpt", "dead-upstream"]
+        served = ["mock-gpt", "mock-slow", "upstream-gpt", "dead-upstream", "short-cache"]
         worker = Proc(
             [
                 *PROMPTBUS,

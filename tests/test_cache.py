@@ -1,0 +1,153 @@
+"""The exact response cache: hits, misses, what is never cached, TTL, Cache-Control, and
+a NATS-backed cache shared by two processes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from broker.client import BrokerClient
+from broker.settings import load_config
+from tests.conftest import Stack
+
+
+def ask(
+    stack: Stack, text: str, headers: dict[str, str] | None = None, **extra: Any
+) -> httpx.Response:
+    body = {"model": "upstream-gpt", "messages": [{"role": "user", "content": text}], **extra}
+    return httpx.post(
+        f"{stack.ingress}/v1/chat/completions", json=body, headers=headers or {}, timeout=20
+    )
+
+
+def fresh() -> str:
+    return f"cache test {uuid.uuid4().hex}"
+
+
+def test_deterministic_request_is_answered_from_cache(stack: Stack) -> None:
+    text = fresh()
+    before = stack.upstream_requests()
+    first = ask(stack, text, temperature=0)
+    second = ask(stack, text, temperature=0)
+    assert first.headers["x-promptbus-cache"] == "miss"
+    assert second.headers["x-promptbus-cache"] == "hit"
+    assert second.json() == first.json()  # same id, same everything
+    assert second.headers["x-promptbus-deployment"] == "fake-openai"
+    assert int(second.headers["age"]) >= 0
+    assert stack.upstream_requests() == before + 1
+
+
+def test_seeded_request_is_cached_and_parameters_matter(stack: Stack) -> None:
+    text = fresh()
+    before = stack.upstream_requests()
+    assert ask(stack, text, seed=1).headers["x-promptbus-cache"] == "miss"
+    assert ask(stack, text, seed=1).headers["x-promptbus-cache"] == "hit"
+    assert ask(stack, text, seed=2).headers["x-promptbus-cache"] == "miss"
+    assert ask(stack, text, seed=1, max_tokens=3).headers["x-promptbus-cache"] == "miss"
+    # fields that do not change the output do not split the cache
+    assert ask(stack, text, seed=1, user="someone").headers["x-promptbus-cache"] == "hit"
+    assert stack.upstream_requests() == before + 3
+
+
+def test_non_deterministic_and_streamed_requests_are_not_cached(stack: Stack) -> None:
+    text = fresh()
+    before = stack.upstream_requests()
+    for _ in range(2):
+        response = ask(stack, text, temperature=0.7)
+        assert "x-promptbus-cache" not in response.headers
+    for _ in range(2):
+        with httpx.stream(
+            "POST",
+            f"{stack.ingress}/v1/chat/completions",
+            json={
+                "model": "upstream-gpt",
+                "stream": True,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": text}],
+            },
+        ) as response:
+            assert response.status_code == 200 and "x-promptbus-cache" not in response.headers
+            response.read()
+    assert stack.upstream_requests() == before + 4
+
+
+def test_errors_are_not_cached(stack: Stack) -> None:
+    text = fresh()
+    assert ask(stack, text, temperature=0, metadata={"mock_status": "503"}).status_code == 503
+    assert ask(stack, text, temperature=0).headers["x-promptbus-cache"] == "miss"
+
+
+def test_cache_control_is_honoured(stack: Stack) -> None:
+    text = fresh()
+    before = stack.upstream_requests()
+    assert ask(stack, text, temperature=0).headers["x-promptbus-cache"] == "miss"
+    no_cache = ask(stack, text, {"cache-control": "no-cache"}, temperature=0)
+    assert no_cache.headers["x-promptbus-cache"] == "miss"  # looked past the cache
+    assert (
+        ask(stack, text, {"cache-control": "max-age=60"}, temperature=0).headers[
+            "x-promptbus-cache"
+        ]
+        == "hit"
+    )
+    time.sleep(1.1)
+    assert (
+        ask(stack, text, {"cache-control": "max-age=1"}, temperature=0).headers["x-promptbus-cache"]
+        == "miss"
+    )
+    stored_not = fresh()
+    assert (
+        ask(stack, stored_not, {"cache-control": "no-store"}, temperature=0).headers[
+            "x-promptbus-cache"
+        ]
+        == "miss"
+    )
+    assert ask(stack, stored_not, temperature=0).headers["x-promptbus-cache"] == "miss"
+    assert stack.upstream_requests() == before + 5
+
+
+def test_per_model_ttl(stack: Stack) -> None:
+    body = {
+        "model": "short-cache",
+        "temperature": 0,
+        "messages": [{"role": "user", "content": fresh()}],
+    }
+    url = f"{stack.ingress}/v1/chat/completions"
+    assert httpx.post(url, json=body).headers["x-promptbus-cache"] == "miss"
+    assert httpx.post(url, json=body).headers["x-promptbus-cache"] == "hit"
+    time.sleep(1.2)  # cache_ttl_s: 1
+    assert httpx.post(url, json=body).headers["x-promptbus-cache"] == "miss"
+
+
+@pytest.fixture
+async def nats_cache_clients(stack: Stack) -> AsyncIterator[tuple[BrokerClient, BrokerClient]]:
+    config = load_config(stack.config_path)
+    config = msgspec.structs.replace(
+        config, cache=msgspec.structs.replace(config.cache, backend="nats")
+    )
+    first = await BrokerClient.connect(config, stack.nats_url, name="cache-a")
+    second = await BrokerClient.connect(config, stack.nats_url, name="cache-b")
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+async def test_nats_backend_is_shared_between_processes(
+    stack: Stack, nats_cache_clients: tuple[BrokerClient, BrokerClient]
+) -> None:
+    first, second = nats_cache_clients
+    request = {
+        "model": "upstream-gpt",
+        "temperature": 0,
+        "messages": [{"role": "user", "content": fresh()}],
+    }
+    before = stack.upstream_requests()
+    answer = await first.chat(request)
+    again = await second.chat(request)  # another client, another in-memory state: same answer
+    assert again.id == answer.id
+    assert stack.upstream_requests() == before + 1
