@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import msgspec
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -123,3 +124,29 @@ def queued_seconds(ack_subject: str | None, now_ns: int) -> float | None:
         return max(0.0, (now_ns - int(tokens[index])) / 1e9)
     except ValueError:
         return None
+
+
+class IngressSummary(msgspec.Struct):
+    """This ingress process's totals since start, for the dashboard to difference."""
+
+    requests: int
+    errors: int  # answered with a 5xx
+    latency_buckets: list[tuple[float, int]]  # cumulative (upper bound s, count); +Inf = 1e9
+
+
+def ingress_summary() -> IngressSummary:
+    requests = errors = 0
+    for family in INGRESS_REQUESTS.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                requests += int(sample.value)
+                if sample.labels.get("status", "").startswith("5"):
+                    errors += int(sample.value)
+    buckets: dict[float, int] = {}
+    for family in INGRESS_DURATION.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                bound = 1e9 if bound == float("inf") else bound
+                buckets[bound] = buckets.get(bound, 0) + int(sample.value)
+    return IngressSummary(requests, errors, sorted(buckets.items()))

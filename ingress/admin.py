@@ -4,6 +4,8 @@
     POST /admin/breakers/{deployment}/open        force open (until closed by an operator)
     POST /admin/breakers/{deployment}/close       close / reset
     GET  /admin/deployments                       in-flight, queued, latency, error rate...
+    GET  /admin/overview                          the dashboard's data in one call
+    GET  /admin/dashboard                         the live dashboard page (asks for the key)
 
 Authentication: ``Authorization: Bearer <key>``, the key being the value of the
 environment variable named by ``admin.api_key_env``. Unset: the admin API is off (403).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,12 +24,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from broker import admin
+from broker import admin, metrics
 from broker.client import BrokerClient
 from schemas.config import Config
 from schemas.errors import BrokerError
 
 _encoder = msgspec.json.Encoder()
+DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
 
 
 def _json(value: Any) -> Response:
@@ -76,8 +80,20 @@ def admin_routes(config: Config, broker: Callable[[], BrokerClient]) -> list[Rou
         views = await admin.deployments_view(client.js, config, client.subjects)
         return _json({"object": "list", "data": views})
 
+    async def overview(request: Request) -> Response:
+        """Everything the dashboard shows. Cost stays null until a price table exists."""
+        client = authorize(request)
+        views = await admin.deployments_view(client.js, config, client.subjects)
+        return _json({"deployments": views, "ingress": metrics.ingress_summary(), "cost": None})
+
+    async def dashboard(request: Request) -> Response:
+        """The page itself holds no data: it asks for the key and polls /admin/overview."""
+        return Response(DASHBOARD_HTML, media_type="text/html")
+
     return [
         Route("/admin/breakers", list_breakers, methods=["GET"]),
         Route("/admin/breakers/{deployment:path}/{action}", change_breaker, methods=["POST"]),
         Route("/admin/deployments", list_deployments, methods=["GET"]),
+        Route("/admin/overview", overview, methods=["GET"]),
+        Route("/admin/dashboard", dashboard, methods=["GET"]),
     ]

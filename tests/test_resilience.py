@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ import yaml
 from broker.embedded import free_port
 from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / ".promptbus" / "artifacts"
 ADMIN_KEY = "admin-test-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FAST_RETRY = {"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.05}
@@ -574,3 +577,61 @@ def test_model_without_worker_falls_back(env: Env) -> None:
     assert response.headers["x-promptbus-deployment"] == "backup-dep"
     assert response.headers["x-promptbus-failover-from"] == "unserved-dep"
     assert env.received("unserved-dep") == 0
+
+
+def chromium_command(profile: Path) -> list[str] | None:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        return None
+    return [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=7000",  # two refreshes of the page, with their fetches
+    ]
+
+
+def test_dashboard_in_headless_chromium(env: Env, tmp_path: Path) -> None:
+    command = chromium_command(tmp_path / "profile")
+    if command is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    env.reset("retry-dep")
+    for i in range(5):
+        assert env.chat("retrying", f"dash{i}").status_code == 200
+    time.sleep(1.2)  # a presence heartbeat with the new counters
+    url = f"{env.ingress}/admin/dashboard#key={ADMIN_KEY}"
+    dom = subprocess.run(
+        [*command, "--dump-dom", url], capture_output=True, text=True, timeout=90
+    ).stdout
+    assert "promptbus" in dom
+    row = dom.split('data-deployment="retry-dep"', 1)[1].split("</tr>", 1)[0]
+    assert "<td>retrying</td>" in dom and 'class="closed">closed' in row
+    assert "updated " in dom  # the page fetched /admin/overview with the key
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run(
+        [*command, f"--screenshot={shot}", "--window-size=1400,1100", url],
+        capture_output=True,
+        timeout=90,
+    )
+    assert shot.exists() and shot.stat().st_size > 10_000
+    print(f"dashboard screenshot: {shot}")
+
+
+def test_dashboard_without_key_asks_for_it(env: Env) -> None:
+    page = env.http.get("/admin/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "admin key" in page.text and ADMIN_KEY not in page.text
+    overview = env.http.get("/admin/overview")
+    assert overview.status_code == 401
+    data = env.http.get("/admin/overview", headers=ADMIN).json()
+    assert {"deployments", "ingress", "cost"} <= set(data)
+    assert data["ingress"]["requests"] > 0 and data["ingress"]["latency_buckets"]
