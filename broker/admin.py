@@ -57,6 +57,7 @@ class DeploymentView(msgspec.Struct, kw_only=True):
     retries: int
     failovers: int
     breaker: str
+    cost_usd: float  # summed over live workers, since each started
 
 
 async def _entries(kv: KeyValue) -> list[bytes]:
@@ -165,6 +166,7 @@ async def deployments_view(
                     retries=sum(s.retries for s in seen),
                     failovers=sum(s.failovers for s in seen),
                     breaker=record.state.value if record else BreakerState.CLOSED.value,
+                    cost_usd=round(sum(s.cost_usd for s in seen), 6),
                 )
             )
     return views

@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from broker import metrics
 from broker.breakers import BreakerRecords
 from broker.cache import BoundedMemoryCache, CachePolicy, NatsKVCache, ResponseCache
 from broker.connection import connect
@@ -323,6 +324,7 @@ class BrokerClient:
         policy = CachePolicy.parse(cache_control)
         if policy.lookup:
             hit = await self.cache.get(key, policy.max_age)
+            metrics.CACHE.labels(model, "hit" if hit else "miss").inc()
             if hit is not None:
                 age = str(int(time.time() - hit.stored_at))
                 headers = {H_DEPLOYMENT: hit.deployment, H_CACHE: "hit", H_AGE: age}

@@ -70,6 +70,16 @@ TOKENS = Counter(
     "Tokens reported by providers",
     ["deployment", "direction"],
 )
+COST = Counter(
+    "promptbus_cost_usd_total",
+    "Spend from reported usage and the deployments' prices (input/output per million tokens)",
+    ["model", "deployment"],
+)
+CACHE = Counter(
+    "promptbus_cache_requests_total",
+    "Cacheable requests by outcome of the response cache lookup",
+    ["model", "result"],
+)
 ERRORS = Counter(
     "promptbus_errors_total",
     "Failed provider attempts and refused requests, by error code",

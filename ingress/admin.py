@@ -81,10 +81,11 @@ def admin_routes(config: Config, broker: Callable[[], BrokerClient]) -> list[Rou
         return _json({"object": "list", "data": views})
 
     async def overview(request: Request) -> Response:
-        """Everything the dashboard shows. Cost stays null until a price table exists."""
+        """Everything the dashboard shows in one call."""
         client = authorize(request)
         views = await admin.deployments_view(client.js, config, client.subjects)
-        return _json({"deployments": views, "ingress": metrics.ingress_summary(), "cost": None})
+        cost = round(sum(view.cost_usd for view in views), 6)
+        return _json({"deployments": views, "ingress": metrics.ingress_summary(), "cost": cost})
 
     async def dashboard(request: Request) -> Response:
         """The page itself holds no data: it asks for the key and polls /admin/overview."""

@@ -24,6 +24,7 @@ class DeploymentStats(msgspec.Struct, kw_only=True):
     error_rate: float = 0.0  # over the breaker window
     latency_ewma_ms: float | None = None
     breaker: str = "closed"
+    cost_usd: float = 0.0  # spend through this worker since it started
 
 
 class WorkerBeat(msgspec.Struct, kw_only=True):

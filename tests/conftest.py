@@ -98,6 +98,9 @@ def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Pa
                         "api_key_env": "PB_TEST_UPSTREAM_KEY",
                         "model": "gpt-4o-mini",
                         "max_concurrency": 32,
+                        # one dollar per prompt token, two per completion token: checkable
+                        "input_cost_per_mtok": 1_000_000,
+                        "output_cost_per_mtok": 2_000_000,
                         # errors here are requested per test: relay them, don't react
                         "retry": {"max_attempts": 1},
                         "breaker": {"failure_threshold": 1000, "min_requests": 1000},

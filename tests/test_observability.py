@@ -157,3 +157,24 @@ def test_status_command_prints_every_deployment(stack: Stack) -> None:
     assert rows["mock-gpt/0"][0] == "mock-gpt" and rows["mock-gpt/0"][2] == "1"
     assert rows["mock-gpt/0"][-1] == "closed"
     assert rows["orphan/0"][2] == "0"  # configured, but no worker serves it
+
+
+def test_cost_and_cache_metrics(stack: Stack) -> None:
+    ingress_before = samples(f"{stack.ingress}/metrics")
+    worker_before = samples(stack.worker_metrics)
+    text = f"hello there {time.time_ns()}"  # 3 prompt tokens, 6 completion tokens
+    for _ in range(2):
+        assert chat(stack, "upstream-gpt", text, temperature=0).status_code == 200
+    ingress = samples(f"{stack.ingress}/metrics")
+    worker = samples(stack.worker_metrics)
+    cost = {"model": "upstream-gpt", "deployment": "fake-openai"}
+    spent = value(worker, "promptbus_cost_usd_total", **cost) - value(
+        worker_before, "promptbus_cost_usd_total", **cost
+    )
+    assert spent == 3 * 1 + 6 * 2  # one upstream call: the second was a cache hit
+    for result in ("hit", "miss"):
+        labels = {"model": "upstream-gpt", "result": result}
+        grown = value(ingress, "promptbus_cache_requests_total", **labels) - value(
+            ingress_before, "promptbus_cache_requests_total", **labels
+        )
+        assert grown == 1

@@ -110,6 +110,7 @@ class DeploymentPool:
         self.latency_ewma_s: float | None = None
         self.retries = 0
         self.failovers = 0
+        self.cost_usd = 0.0  # from reported usage and the deployment's prices
         name = deployment.name
         self._ok = {H_KIND: ReplyKind.RESPONSE.value, H_STATUS: "200", H_DEPLOYMENT: name}
         self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: name}
@@ -125,6 +126,7 @@ class DeploymentPool:
         self._m_retries = metrics.RETRIES.labels(name)
         self._m_failovers = metrics.FAILOVERS.labels(name)
         self._m_inflight = metrics.WORKER_INFLIGHT.labels(name)
+        self._m_cost = metrics.COST.labels(model_name, name)
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._keep_alive())
@@ -334,6 +336,14 @@ class DeploymentPool:
         if usage is not None:
             self._m_tokens_in.inc(usage.prompt_tokens)
             self._m_tokens_out.inc(usage.completion_tokens)
+            deployment = self.deployment
+            cost = (
+                usage.prompt_tokens * deployment.input_cost_per_mtok
+                + usage.completion_tokens * deployment.output_cost_per_mtok
+            ) / 1e6
+            if cost:
+                self.cost_usd += cost
+                self._m_cost.inc(cost)
 
     def _on_retry(self, error: BrokerError, wait: float) -> None:
         self.retries += 1

@@ -62,6 +62,7 @@ def _stats(served: list[tuple[DeploymentPool, PullConsumer]]) -> list[Deployment
                 error_rate=round(breaker.error_rate(), 4),
                 latency_ewma_ms=None if latency is None else round(latency * 1000, 3),
                 breaker=breaker.state.value,
+                cost_usd=round(pool.cost_usd, 6),
             )
         )
     return stats
