@@ -184,6 +184,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=500.0, help="paced request rate")
     parser.add_argument("--concurrency", type=int, default=64, help="closed-loop concurrency")
+    parser.add_argument(
+        "--metrics", choices=["on", "off"], default="on", help="Prometheus metrics in the broker"
+    )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="broker log level (DEBUG: a log line per request)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="promptbus-bench-"))
@@ -221,23 +227,14 @@ def main() -> None:
             )
             procs.append(up)
             wait_port("127.0.0.1", upstream_port, up)
-            worker = Proc(
-                [*PROMPTBUS, "--log-level", "WARNING", "worker", "-c", str(config)],
-                work / "worker.log",
-            )
+            broker = [*PROMPTBUS, "--log-level", args.log_level]
+            env = {"PROMPTBUS_METRICS": args.metrics}
+            worker = Proc([*broker, "worker", "-c", str(config)], work / "worker.log", env)
             procs.append(worker)
             ingress = Proc(
-                [
-                    *PROMPTBUS,
-                    "--log-level",
-                    "WARNING",
-                    "ingress",
-                    "-c",
-                    str(config),
-                    "--port",
-                    str(ingress_port),
-                ],
+                [*broker, "ingress", "-c", str(config), "--port", str(ingress_port)],
                 work / "ingress.log",
+                env,
             )
             procs.append(ingress)
             base = f"http://127.0.0.1:{ingress_port}"
@@ -248,7 +245,8 @@ def main() -> None:
             for proc in procs:
                 proc.stop()
 
-    print(f"\n{'target':<44} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"\nmetrics {args.metrics}, broker log level {args.log_level}")
+    print(f"{'target':<44} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for result in results:
         print(result.row())
     direct, through = results[0], results[1]

@@ -9,17 +9,44 @@ multi-process mode aggregates every process that shares the directory.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import msgspec
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+import prometheus_client
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+# PROMPTBUS_METRICS=off replaces every metric with a no-op, to measure what they cost.
+ENABLED = os.environ.get("PROMPTBUS_METRICS", "on").lower() not in ("off", "0", "false")
+
+
+class _Off:
+    """A metric that records nothing (PROMPTBUS_METRICS=off)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def labels(self, *args: Any, **kwargs: Any) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def collect(self) -> list[Any]:
+        return []
+
+
+Counter: Any = prometheus_client.Counter if ENABLED else _Off
+Gauge: Any = prometheus_client.Gauge if ENABLED else _Off
+Histogram: Any = prometheus_client.Histogram if ENABLED else _Off
 
 # Latencies of LLM calls span milliseconds to minutes.
 LATENCY_BUCKETS = (
