@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -70,6 +72,8 @@ async def _up(config: Config, url: str, port: int) -> None:
     worker = Worker(config)
     await worker.start(url)
     try:
+        # A local all-in-one gets an admin key of its own unless one is set.
+        admin_key = os.environ.setdefault(config.admin.api_key_env, secrets.token_urlsafe(18))
         server = http_server(create_app(config, nats_url=url), config.ingress.host, port)
         model = config.model_list[0].model_name
         base = f"http://{config.ingress.host}:{port}"
@@ -77,6 +81,7 @@ async def _up(config: Config, url: str, port: int) -> None:
             f"promptbus is up: NATS {url}, ingress {base}\n"
             f"try:\n  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "
             f"-d '{_hello_body(model)}'\n"
+            f"dashboard: {base}/admin/dashboard#key={admin_key}\n"
             "Ctrl-C stops everything.",
             flush=True,
         )

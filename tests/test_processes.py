@@ -57,6 +57,12 @@ def test_up_serves_and_stops_without_orphans(tmp_path: Path) -> None:
         )
         assert response.json()["choices"][0]["message"]["content"] == "mock reply to: up"
         assert "curl -s" in up.output()  # the line to try
+        key = up.output().split("/admin/dashboard#key=", 1)[1].split()[0]
+        overview = httpx.get(
+            f"http://127.0.0.1:{port}/admin/overview", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert overview.status_code == 200
+        assert [d["deployment"] for d in overview.json()["deployments"]] == ["mock-gpt/0"]
         up.signal(signal.SIGINT)  # Ctrl-C
         assert up.popen.wait(20) == 0
     finally:
