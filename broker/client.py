@@ -53,6 +53,7 @@ from schemas.envelope import (
     H_CACHE,
     H_DEPLOYMENT,
     H_KIND,
+    H_MSG_ID,
     H_RETRY_AFTER,
     H_SHOULD_RETRY,
     H_STATUS,
@@ -281,12 +282,11 @@ class BrokerClient:
         self._pending[token] = pending
         self._pending[ack_key] = ack
         try:
-            await self.nc.publish(
-                subject,
-                body,
-                reply=f"{self._prefix}.{ack_key}",
-                headers=meta.to_headers(),
-            )
+            headers = meta.to_headers()
+            # De-duplicate our own publish only: a caller's request id may repeat (the
+            # x-request-id of two HTTP requests), and each must be answered.
+            headers[H_MSG_ID] = f"{self._prefix}.{token}"
+            await self.nc.publish(subject, body, reply=f"{self._prefix}.{ack_key}", headers=headers)
             async with asyncio.timeout(min(timeout, PUBLISH_ACK_TIMEOUT_S)):
                 _check_publish_ack(await ack)
         except TimeoutError:

@@ -32,6 +32,10 @@ def test_request_id_is_echoed(openai_client: openai.OpenAI) -> None:
         model="mock-gpt", messages=HELLO, extra_headers={"x-request-id": "req-abc-123"}
     )
     assert raw.headers["x-request-id"] == "req-abc-123"
+    again = openai_client.chat.completions.with_raw_response.create(
+        model="mock-gpt", messages=HELLO, extra_headers={"x-request-id": "req-abc-123"}
+    )  # a repeated request id is a new request, not a duplicate to drop
+    assert again.headers["x-request-id"] == "req-abc-123" and again.parse().choices
 
 
 def test_chat_stream_mock(openai_client: openai.OpenAI) -> None:
