@@ -145,24 +145,6 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def queued_seconds(ack_subject: str | None, now_ns: int) -> float | None:
-    """How long a JetStream message waited, from its ack subject's timestamp token.
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` (v1) or the
-    v2 form with domain and account hash in front; cheaper than ``Msg.metadata``.
-    """
-    if not ack_subject:
-        return None
-    tokens = ack_subject.split(".")
-    index = 7 if len(tokens) == 9 else 9 if len(tokens) >= 11 else -1
-    if index < 0:
-        return None
-    try:
-        return max(0.0, (now_ns - int(tokens[index])) / 1e9)
-    except ValueError:
-        return None
-
-
 class IngressSummary(msgspec.Struct):
     """This ingress process's totals since start, for the dashboard to difference."""
 

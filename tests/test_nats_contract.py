@@ -63,9 +63,12 @@ async def ask(
 
 
 async def test_request_reply(nc: Client) -> None:
-    [reply] = await ask(nc, "pb.chat.mock-gpt", chat(text="over nats"))
+    [reply] = await ask(
+        nc, "pb.chat.mock-gpt", chat(text="over nats"), extra_headers={"Pb-Request-Id": "mine-1"}
+    )
     assert reply.headers is not None
     assert reply.headers["Pb-Status"] == "200"
+    assert reply.headers["Pb-Request-Id"] == "mine-1"
     assert reply.headers["Pb-Deployment"] == "mock-gpt/0"
     body = json.loads(reply.data)
     assert body["object"] == "chat.completion"

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from broker import jsack
 from broker.routing import Router
 from broker.subjects import Subjects
 from schemas.config import Config, ModelConfig
-from schemas.envelope import RequestMeta
+from schemas.envelope import H_MSG_ID, RequestMeta
 
 
 class Failover:
@@ -71,9 +73,14 @@ class Failover:
         return self.next_subject(model, {deployment}) is not None
 
     async def forward(
-        self, body: bytes, meta: RequestMeta, subject: str, failed: tuple[str, ...]
+        self, msg: Msg, meta: RequestMeta, subject: str, failed: tuple[str, ...]
     ) -> None:
-        """Queue the request again; JetStream confirms before the caller acks the old one."""
+        """Queue the request again; JetStream confirms before the caller acks the old one.
+
+        The de-duplication id is the original's stream sequence and the target: a
+        redelivered original forwarded twice is stored once, while two requests that
+        happen to share a caller's request id stay two requests.
+        """
         moved = RequestMeta(
             request_id=meta.request_id,
             reply_to=meta.reply_to,
@@ -82,5 +89,8 @@ class Failover:
             failed=failed,
         )
         headers = moved.to_headers()
-        headers["Nats-Msg-Id"] = f"{meta.request_id}:{len(failed)}:{subject}"
-        await self._js.publish(subject, body, headers=headers, stream=self._subjects.stream)
+        origin = jsack.stream_sequence(msg.reply)
+        headers[H_MSG_ID] = f"fwd:{self._subjects.stream}:{origin}:{subject}"
+        if origin is None:  # not from JetStream (cannot happen for pulled requests)
+            del headers[H_MSG_ID]
+        await self._js.publish(subject, msg.data, headers=headers, stream=self._subjects.stream)

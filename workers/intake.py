@@ -40,5 +40,5 @@ class Intake:
             wait = UNROUTABLE_RETRY_S if remaining is None else min(UNROUTABLE_RETRY_S, remaining)
             await msg.nak(delay=wait)
             return
-        await self._failover.forward(msg.data, meta, subject, meta.failed)
+        await self._failover.forward(msg, meta, subject, meta.failed)
         await msg.ack()

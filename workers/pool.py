@@ -25,13 +25,14 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from broker import metrics, tracing
+from broker import jsack, metrics, tracing
 from schemas.chat import ChatCompletionRequest, Usage, request_decoder
 from schemas.config import DeploymentConfig, ModelConfig
 from schemas.envelope import (
     H_DEPLOYMENT,
     H_FAILOVER_FROM,
     H_KIND,
+    H_REQUEST_ID,
     H_STATUS,
     ReplyKind,
     RequestMeta,
@@ -156,7 +157,7 @@ class DeploymentPool:
         if self.name in meta.failed:
             await msg.nak(delay=HAND_BACK_DELAY_S)  # for another deployment of the alias
             return
-        waited = metrics.queued_seconds(msg.reply, time.time_ns())
+        waited = jsack.queued_seconds(msg.reply, time.time_ns())
         if waited is not None:
             self._m_queue_wait.observe(waited)
         key = id(msg)
@@ -238,7 +239,7 @@ class DeploymentPool:
         target = self._failover.next_subject(self.model, set(failed), context=context)
         if target is None:
             return False
-        await self._failover.forward(msg.data, meta, target, failed)
+        await self._failover.forward(msg, meta, target, failed)
         self.failovers += 1
         self._m_failovers.inc()
         log.debug("request %s: %s failed, moved to %s", meta.request_id, self.name, target)
@@ -371,9 +372,9 @@ class DeploymentPool:
         return body[: start + 1] + stamp + body[start + 1 :]
 
     def _ok_headers(self, meta: RequestMeta, kind: dict[str, str] | None = None) -> dict[str, str]:
-        headers = kind or self._ok
+        headers = (kind or self._ok) | {H_REQUEST_ID: meta.request_id}
         if meta.failed:
-            headers = headers | {H_FAILOVER_FROM: ",".join(meta.failed)}
+            headers[H_FAILOVER_FROM] = ",".join(meta.failed)
         return headers
 
     async def _error(self, meta: RequestMeta, error: BrokerError) -> None:

@@ -11,6 +11,7 @@ from schemas.envelope import (
     H_ERROR_SOURCE,
     H_FAILOVER_FROM,
     H_KIND,
+    H_REQUEST_ID,
     H_RETRY_AFTER,
     H_SHOULD_RETRY,
     H_STATUS,
@@ -29,6 +30,7 @@ async def reply_error(nc: NATS, meta: RequestMeta, error: BrokerError, deploymen
         H_STATUS: str(error.status),
         H_DEPLOYMENT: deployment,
         H_SHOULD_RETRY: "true" if error.retryable else "false",
+        H_REQUEST_ID: meta.request_id,
     }
     if error.retry_after is not None:
         headers[H_RETRY_AFTER] = f"{error.retry_after:.3f}"
