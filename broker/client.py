@@ -38,6 +38,7 @@ from broker.provision import (
     provision,
 )
 from broker.routing import Router
+from broker.semantic_cache import SemanticCache
 from broker.subjects import Subjects
 from schemas.chat import (
     ChatCompletion,
@@ -153,6 +154,8 @@ class BrokerClient:
         owns_connection: bool = False,
     ) -> None:
         self.cache = cache
+        semantic = config.cache.semantic
+        self.semantic = SemanticCache(semantic) if cache and semantic.enabled else None
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.config = config
@@ -201,6 +204,8 @@ class BrokerClient:
         self._sub = await self.nc.subscribe(f"{self._prefix}.>", cb=self._on_reply)
 
     async def close(self) -> None:
+        if self.semantic is not None:
+            await self.semantic.close()
         await self.directory.stop()
         await self.breakers.stop()
         if self._sub is not None:
@@ -320,21 +325,28 @@ class BrokerClient:
         key = self._cache_key(model, parsed)
         if key is None:
             return await self._request(model, body, timeout, request_id, traceparent)
-        assert self.cache is not None
+        assert self.cache is not None and parsed is not None
         policy = CachePolicy.parse(cache_control)
+        remembered = None  # what the semantic cache needs to store this answer
         if policy.lookup:
-            hit = await self.cache.get(key, policy.max_age)
-            metrics.CACHE.labels(model, "hit" if hit else "miss").inc()
+            verdict, hit = "hit", await self.cache.get(key, policy.max_age)
+            if hit is None and self.semantic is not None:
+                verdict = "semantic-hit"
+                hit, _, remembered = await self.semantic.lookup(parsed, model, policy.max_age)
+            metrics.CACHE.labels(model, verdict if hit else "miss").inc()
             if hit is not None:
                 age = str(int(time.time() - hit.stored_at))
-                headers = {H_DEPLOYMENT: hit.deployment, H_CACHE: "hit", H_AGE: age}
+                headers = {H_DEPLOYMENT: hit.deployment, H_CACHE: verdict, H_AGE: age}
                 return Reply(200, ReplyKind.RESPONSE, headers, hit.body)
         reply = await self._request(model, body, timeout, request_id, traceparent)
         if policy.store and reply.status == 200 and reply.kind is ReplyKind.RESPONSE:
             model_config = self.config.model(model)
             assert model_config is not None
             deployment = reply.headers.get(H_DEPLOYMENT, "")
-            await self.cache.put(key, reply.body, deployment, self.cache.ttl(model_config))
+            ttl = self.cache.ttl(model_config)
+            await self.cache.put(key, reply.body, deployment, ttl)
+            if self.semantic is not None and remembered is not None:
+                self.semantic.store(remembered, reply.body, deployment, ttl)
         return reply._replace(headers={**reply.headers, H_CACHE: "miss"})
 
     def _cache_key(self, model: str, parsed: ChatCompletionRequest | None) -> str | None:

@@ -337,6 +337,35 @@ class ModelList(_Reply):
     object: Literal["list"] = "list"
 
 
+# ---------------------------------------------------------------- embeddings
+
+
+class EmbeddingRequest(_Wire):
+    model: NonEmptyStr
+    input: str | Annotated[list[str], Meta(min_length=1)]
+    encoding_format: Literal["float"] | None = None
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+
+
+class Embedding(_Reply):
+    index: int
+    embedding: list[float]
+    object: Literal["embedding"] = "embedding"
+
+
+class EmbeddingUsage(_Reply):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Reply):
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    object: Literal["list"] = "list"
+
+
 # Encoders and decoders are built once: msgspec caches type info per decoder instance.
 request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 completion_decoder = msgspec.json.Decoder(ChatCompletion)

@@ -103,6 +103,21 @@ class IngressConfig(_Config):
     max_timeout_s: PositiveFloat = 3600.0
 
 
+class SemanticCacheConfig(_Config):
+    """Opt-in: serve answers to prompts close in meaning (broker/semantic_cache.py)."""
+
+    enabled: bool = False
+    threshold: Annotated[float, Meta(gt=0, le=1)] = 0.95  # cosine similarity for a hit
+    embeddings_base_url: str | None = None  # an OpenAI-compatible API with /embeddings
+    embeddings_model: str = "text-embedding-3-small"
+    api_key_env: str | None = None
+    max_entries: Annotated[int, Meta(ge=1)] = 10_000
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.embeddings_base_url:
+            raise ValueError("`embeddings_base_url` is required when the semantic cache is enabled")
+
+
 class CacheConfig(_Config):
     """The exact response cache (broker/cache.py)."""
 
@@ -112,6 +127,7 @@ class CacheConfig(_Config):
     deterministic_only: bool = True  # cache only temperature-0 or seeded requests
     max_entries: Annotated[int, Meta(ge=1)] = 10_000  # memory backend
     max_bytes: Annotated[int, Meta(ge=1024)] = 100 * 1024 * 1024  # memory backend
+    semantic: SemanticCacheConfig = field(default_factory=SemanticCacheConfig)
 
 
 class AdminConfig(_Config):

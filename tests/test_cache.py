@@ -151,3 +151,53 @@ async def test_nats_backend_is_shared_between_processes(
     again = await second.chat(request)  # another client, another in-memory state: same answer
     assert again.id == answer.id
     assert stack.upstream_requests() == before + 1
+
+
+async def test_semantic_cache_serves_prompts_close_in_meaning(stack: Stack) -> None:
+    from schemas.chat import ChatCompletionRequest, encoder
+
+    config = load_config(stack.config_path)
+    semantic = msgspec.structs.replace(
+        config.cache.semantic,
+        enabled=True,
+        threshold=0.9,
+        embeddings_base_url=f"{stack.upstream}/v1",  # the fake upstream's /embeddings
+    )
+    config = msgspec.structs.replace(
+        config, cache=msgspec.structs.replace(config.cache, semantic=semantic)
+    )
+    client = await BrokerClient.connect(config, stack.nats_url, name="semantic")
+    system = f"answer briefly {uuid.uuid4().hex}"  # a bucket of this test's own
+
+    async def ask_semantic(text: str, system_prompt: str = system) -> tuple[str, bytes]:
+        request = msgspec.convert(
+            {
+                "model": "upstream-gpt",
+                "temperature": 0,
+                "messages": [
+                    {"role": "system", "content": system_prompt},
+                    {"role": "user", "content": text},
+                ],
+            },
+            ChatCompletionRequest,
+        )
+        reply = await client.request("upstream-gpt", encoder.encode(request), parsed=request)
+        assert reply.status == 200
+        return reply.headers["Pb-Cache"], reply.body
+
+    try:
+        before = stack.upstream_requests()
+        verdict, first = await ask_semantic("What is the capital of France?")
+        assert verdict == "miss"
+        verdict, second = await ask_semantic("what is the capital city of france")
+        assert verdict == "semantic-hit" and second == first
+        verdict, _ = await ask_semantic("How do I bake sourdough bread?")
+        assert verdict == "miss"
+        verdict, _ = await ask_semantic(
+            "what is the capital city of france", "a different system prompt"
+        )
+        assert verdict == "miss"  # everything but the last user message must match exactly
+        chats = stack.upstream_requests() - before - 4  # minus the 4 embedding calls
+        assert chats == 3
+    finally:
+        await client.close()

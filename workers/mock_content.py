@@ -6,6 +6,7 @@ token counts are word counts, so usage is predictable.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import time
@@ -108,3 +109,21 @@ def chunks(request: ChatCompletionRequest, model: str) -> list[ChatCompletionChu
             )
         )
     return out
+
+
+EMBEDDING_DIMENSIONS = 256
+
+
+def embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic stand-in for a sentence embedding: hashed character trigrams of
+    the lower-cased words, L2-normalised. Texts sharing most of their wording land close
+    (cosine near 1); unrelated texts land far. Enough to exercise a semantic cache."""
+    vector = [0.0] * dimensions
+    for word in text.lower().split():
+        word = "".join(ch for ch in word if ch.isalnum())
+        padded = f"#{word}#"
+        for i in range(max(1, len(padded) - 2)):
+            digest = hashlib.blake2b(padded[i : i + 3].encode(), digest_size=4).digest()
+            vector[int.from_bytes(digest, "little") % dimensions] += 1.0
+    norm = sum(x * x for x in vector) ** 0.5 or 1.0
+    return [x / norm for x in vector]

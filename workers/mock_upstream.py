@@ -23,7 +23,17 @@ from typing import Any
 
 import msgspec
 
-from schemas.chat import ChatCompletionRequest, Model, ModelList, encoder, request_decoder
+from schemas.chat import (
+    ChatCompletionRequest,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    Model,
+    ModelList,
+    encoder,
+    request_decoder,
+)
 from schemas.errors import BrokerError, from_validation_error, invalid_request
 from workers import mock_content
 
@@ -32,6 +42,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+embedding_request_decoder = msgspec.json.Decoder(EmbeddingRequest)
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -92,6 +103,8 @@ class MockUpstream:
         upstream = self.upstream(name)
         if path in ("/v1/chat/completions", "/chat/completions") and method == "POST":
             await self._chat(upstream, scope, receive, send)
+        elif path in ("/v1/embeddings", "/embeddings") and method == "POST":
+            await self._embeddings(upstream, receive, send)
         elif path in ("/v1/models", "/models") and method == "GET":
             body = ModelList(data=[Model(id="mock", created=0, owned_by="mock-upstream")])
             await _respond(send, 200, encoder.encode(body))
@@ -115,6 +128,26 @@ class MockUpstream:
             await _error(send, invalid_request(f"bad control body: {exc}"))
             return
         await _respond(send, 200, encoder.encode(upstream.settings))
+
+    async def _embeddings(self, upstream: _Upstream, receive: Receive, send: Send) -> None:
+        upstream.stats.requests += 1
+        try:
+            request = embedding_request_decoder.decode(await _read(receive))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await _error(send, from_validation_error(exc))
+            return
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        dimensions = request.dimensions or mock_content.EMBEDDING_DIMENSIONS
+        tokens = sum(len(t.split()) for t in texts)
+        body = EmbeddingList(
+            data=[
+                Embedding(index=i, embedding=mock_content.embedding(t, dimensions))
+                for i, t in enumerate(texts)
+            ],
+            model=request.model,
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+        await _respond(send, 200, encoder.encode(body))
 
     async def _chat(self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send) -> None:
         stats = upstream.stats
