@@ -1,7 +1,9 @@
 """The exact response cache: identical deterministic requests are answered once.
 
 What is cached: successful non-streamed responses to requests that are deterministic
-(``temperature`` 0 or a ``seed``), unless ``cache.deterministic_only`` is off. The key is a
+(``temperature`` 0 or a ``seed``), unless ``cache.deterministic_only`` is off. With
+``cache.streams`` on, a streamed request may also be answered from the cache, replayed as
+chunks (streams read the cache; answers are stored from non-streamed requests). The key is a
 SHA-256 of the namespace (the tenant; ``default`` until tenants exist), the model and every
 request field that changes the output; ``stream``, ``stream_options``, ``user``,
 ``metadata``, ``store``, ``safety_identifier`` and ``prompt_cache_key`` do not.
@@ -28,7 +30,15 @@ from aiocache.serializers import NullSerializer
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from schemas.chat import ChatCompletionRequest, encoder
+from schemas.chat import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    Delta,
+    Usage,
+    completion_decoder,
+    encoder,
+)
 from schemas.config import CacheConfig, ModelConfig
 
 Verdict = Literal["hit", "miss", "bypass"]
@@ -42,6 +52,42 @@ class CachedReply(msgspec.Struct):
 
 
 _entry_decoder = msgspec.json.Decoder(CachedReply)
+
+
+def chunks_from_completion(body: bytes, include_usage: bool) -> list[bytes]:
+    """Replay a cached ``chat.completion`` as the chunks a stream would have carried:
+    per choice a role chunk, its whole content in one chunk, and its finish chunk; then the
+    usage chunk if the request asked for it."""
+    completion = completion_decoder.decode(body)
+
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+        return encoder.encode(
+            ChatCompletionChunk(
+                id=completion.id,
+                created=completion.created,
+                model=completion.model,
+                choices=choices,
+                usage=usage,
+                system_fingerprint=completion.system_fingerprint,
+            )
+        )
+
+    out = []
+    for choice in completion.choices:
+        message = choice.message
+        out.append(
+            chunk([ChunkChoice(index=choice.index, delta=Delta(role="assistant", content=""))])
+        )
+        delta = Delta(content=message.content, refusal=message.refusal)
+        out.append(chunk([ChunkChoice(index=choice.index, delta=delta)]))
+        out.append(
+            chunk(
+                [ChunkChoice(index=choice.index, delta=Delta(), finish_reason=choice.finish_reason)]
+            )
+        )
+    if include_usage and completion.usage is not None:
+        out.append(chunk([], completion.usage))
+    return out
 
 
 class CachePolicy(msgspec.Struct, frozen=True):
@@ -161,7 +207,7 @@ class ResponseCache:
         self, request: ChatCompletionRequest, model: ModelConfig, namespace: str = "default"
     ) -> str | None:
         """The cache key, or None when this request must not be cached."""
-        if request.stream or self.ttl(model) <= 0:
+        if (request.stream and not self.config.streams) or self.ttl(model) <= 0:
             return None
         deterministic = request.temperature == 0 or request.seed is not None
         if self.config.deterministic_only and not deterministic:

@@ -28,7 +28,13 @@ from nats.js import JetStreamContext
 
 from broker import metrics
 from broker.breakers import BreakerRecords
-from broker.cache import BoundedMemoryCache, CachePolicy, NatsKVCache, ResponseCache
+from broker.cache import (
+    BoundedMemoryCache,
+    CachePolicy,
+    NatsKVCache,
+    ResponseCache,
+    chunks_from_completion,
+)
 from broker.connection import connect
 from broker.presence import WorkerDirectory
 from broker.provision import (
@@ -382,11 +388,31 @@ class BrokerClient:
         timeout: float | None = None,
         request_id: str | None = None,
         traceparent: str | None = None,
+        parsed: ChatCompletionRequest | None = None,
+        cache_control: str | None = None,
     ) -> ReplyStream:
-        """Queue one streamed request; iterate the result for its chunk replies."""
+        """Queue one streamed request; iterate the result for its chunk replies.
+
+        With ``cache.streams`` on and ``parsed`` given, a cached answer is replayed instead.
+        """
         timeout = self._timeout(timeout)
         token = str(next(self._tokens))
         stream = ReplyStream(self, token, timeout)
+        key = self._cache_key(model, parsed)
+        policy = CachePolicy.parse(cache_control)
+        if key is not None and policy.lookup and self.cache is not None and parsed is not None:
+            hit = await self.cache.get(key, policy.max_age)
+            metrics.CACHE.labels(model, "hit" if hit else "miss").inc()
+            if hit is not None:
+                usage = parsed.stream_options is not None and bool(
+                    parsed.stream_options.include_usage
+                )
+                age = str(int(time.time() - hit.stored_at))
+                headers = {H_DEPLOYMENT: hit.deployment, H_CACHE: "hit", H_AGE: age}
+                for chunk in chunks_from_completion(hit.body, usage):
+                    stream.queue.put_nowait(Reply(200, ReplyKind.CHUNK, headers, chunk))
+                stream.queue.put_nowait(Reply(200, ReplyKind.END, headers, b""))
+                return stream
         await self._publish(model, body, stream, token, timeout, request_id, traceparent)
         return stream
 
@@ -404,7 +430,9 @@ class BrokerClient:
         self, request: ChatCompletionRequest | dict[str, Any], *, timeout: float | None = None
     ) -> AsyncIterator[ChatCompletionChunk]:
         chat = _as_request(request, stream=True)
-        stream = await self.open_stream(chat.model, encoder.encode(chat), timeout=timeout)
+        stream = await self.open_stream(
+            chat.model, encoder.encode(chat), timeout=timeout, parsed=chat
+        )
         try:
             async for reply in stream:
                 yield chunk_decoder.decode(reply.body)

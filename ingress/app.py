@@ -142,8 +142,11 @@ def create_app(
             "request_id": request_id,
             "traceparent": tracing.child(trace),
         }
+        cache_control = request.headers.get("cache-control")
         if chat.stream:
-            stream = await broker.open_stream(chat.model, body, **options)
+            stream = await broker.open_stream(
+                chat.model, body, parsed=chat, cache_control=cache_control, **options
+            )
             try:
                 first = await stream.__anext__()  # errors before the first chunk get a status
             except StopAsyncIteration:
@@ -155,7 +158,6 @@ def create_app(
             return StreamingResponse(
                 _sse(first, stream), media_type="text/event-stream", headers=headers
             )
-        cache_control = request.headers.get("cache-control")
         reply = await broker.request(
             chat.model, body, parsed=chat, cache_control=cache_control, **options
         )

@@ -125,6 +125,7 @@ class CacheConfig(_Config):
     backend: Literal["memory", "nats"] = "memory"  # nats: one cache for every process
     ttl_s: Annotated[float, Meta(ge=0)] = 300.0
     deterministic_only: bool = True  # cache only temperature-0 or seeded requests
+    streams: bool = False  # let streamed requests be answered from the cache too
     max_entries: Annotated[int, Meta(ge=1)] = 10_000  # memory backend
     max_bytes: Annotated[int, Meta(ge=1024)] = 100 * 1024 * 1024  # memory backend
     semantic: SemanticCacheConfig = field(default_factory=SemanticCacheConfig)

@@ -201,3 +201,63 @@ async def test_semantic_cache_serves_prompts_close_in_meaning(stack: Stack) -> N
         assert chats == 3
     finally:
         await client.close()
+
+
+async def test_streams_read_the_cache_when_configured(stack: Stack) -> None:
+    config = load_config(stack.config_path)
+    config = msgspec.structs.replace(
+        config, cache=msgspec.structs.replace(config.cache, streams=True)
+    )
+    client = await BrokerClient.connect(config, stack.nats_url, name="stream-cache")
+    request = {
+        "model": "upstream-gpt",
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": fresh()}],
+    }
+    try:
+        before = stack.upstream_requests()
+        answer = await client.chat(request)
+        chunks = [chunk async for chunk in client.chat_stream(request)]
+        assert stack.upstream_requests() == before + 1  # the stream came from the cache
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == answer.choices[0].message.content
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        assert (
+            chunks[-1].usage is not None
+            and chunks[-1].usage.total_tokens == answer.usage.total_tokens
+        )  # type: ignore[union-attr]
+    finally:
+        await client.close()
+
+
+def test_cache_keys_are_namespaced() -> None:
+    """Tenants never share entries unless configured to: the key includes the namespace."""
+    from broker.cache import BoundedMemoryCache, ResponseCache
+    from schemas.chat import ChatCompletionRequest
+    from schemas.config import CacheConfig, ModelConfig
+
+    cache = ResponseCache(CacheConfig(), BoundedMemoryCache(10, 10_000))
+    model = msgspec.convert({"model_name": "m", "deployments": [{"provider": "mock"}]}, ModelConfig)
+    request = msgspec.convert(
+        {"model": "m", "seed": 1, "messages": [{"role": "user", "content": "x"}]},
+        ChatCompletionRequest,
+    )
+    assert cache.key(request, model, "tenant-a") != cache.key(request, model, "tenant-b")
+    assert cache.key(request, model, "tenant-a") == cache.key(request, model, "tenant-a")
+
+
+async def test_memory_backend_evicts_least_recently_used() -> None:
+    from broker.cache import BoundedMemoryCache
+
+    backend = BoundedMemoryCache(max_entries=2, max_bytes=10_000)
+    await backend.set("a", b"1")
+    await backend.set("b", b"2")
+    assert await backend.get("a") == b"1"  # a is now the most recent
+    await backend.set("c", b"3")
+    assert await backend.get("b") is None and await backend.get("a") == b"1"
+    small = BoundedMemoryCache(max_entries=100, max_bytes=5)
+    await small.set("x", b"123")
+    await small.set("y", b"456")  # 6 bytes > 5: x goes
+    assert await small.get("x") is None and await small.get("y") == b"456"
