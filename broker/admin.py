@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from broker.subjects import BREAKERS_BUCKET, WORKERS_BUCKET, Subjects, breaker_key
+from broker.subjects import BREAKERS, WORKERS, Subjects, breaker_key, bucket
 from schemas.config import Config
 from schemas.errors import BrokerError
 from schemas.state import (
@@ -79,7 +79,7 @@ async def _entries(kv: KeyValue) -> list[bytes]:
 async def live_beats(js: JetStreamContext, config: Config) -> list[WorkerBeat]:
     horizon = time.time() - config.worker.presence_ttl_s
     beats = []
-    for value in await _entries(await js.key_value(WORKERS_BUCKET)):
+    for value in await _entries(await js.key_value(bucket(config.nats.subject_prefix, WORKERS))):
         try:
             beat = beat_decoder.decode(value)
         except msgspec.DecodeError:
@@ -89,9 +89,10 @@ async def live_beats(js: JetStreamContext, config: Config) -> list[WorkerBeat]:
     return beats
 
 
-async def breaker_records(js: JetStreamContext) -> dict[str, BreakerRecord]:
+async def breaker_records(js: JetStreamContext, config: Config) -> dict[str, BreakerRecord]:
     records = {}
-    for value in await _entries(await js.key_value(BREAKERS_BUCKET)):
+    kv = await js.key_value(bucket(config.nats.subject_prefix, BREAKERS))
+    for value in await _entries(kv):
         try:
             record = record_decoder.decode(value)
         except msgspec.DecodeError:
@@ -109,7 +110,7 @@ def _stats_by_deployment(beats: list[WorkerBeat]) -> dict[str, list[DeploymentSt
 
 
 async def breakers_view(js: JetStreamContext, config: Config) -> list[BreakerView]:
-    records = await breaker_records(js)
+    records = await breaker_records(js, config)
     stats = _stats_by_deployment(await live_beats(js, config))
     views = []
     for model in config.model_list:
@@ -136,7 +137,7 @@ async def breakers_view(js: JetStreamContext, config: Config) -> list[BreakerVie
 async def deployments_view(
     js: JetStreamContext, config: Config, subjects: Subjects
 ) -> list[DeploymentView]:
-    records = await breaker_records(js)
+    records = await breaker_records(js, config)
     stats = _stats_by_deployment(await live_beats(js, config))
     views = []
     for model in config.model_list:
@@ -186,6 +187,6 @@ async def set_breaker(
         reason=f"{'forced open' if action == 'open' else 'reset'} by an operator",
         forced=action == "open",
     )
-    kv = await js.key_value(BREAKERS_BUCKET)
+    kv = await js.key_value(bucket(config.nats.subject_prefix, BREAKERS))
     await kv.put(breaker_key(deployment), _encoder.encode(record))
     return record

@@ -22,7 +22,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from broker.subjects import BREAKERS_BUCKET, CACHE_BUCKET, WORKERS_BUCKET, Subjects
+from broker.subjects import BREAKERS, CACHE, WORKERS, Subjects, bucket
 from schemas.config import Config, DeploymentConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,11 @@ async def ensure_consumer(
     return consumer.durable_name
 
 
-async def _ensure_bucket(js: JetStreamContext, bucket: KeyValueConfig) -> KeyValue:
+async def _ensure_bucket(js: JetStreamContext, kv: KeyValueConfig) -> KeyValue:
     try:
-        return await js.key_value(bucket.bucket)
+        return await js.key_value(kv.bucket)
     except NotFoundError:  # BucketNotFoundError is a NotFoundError
-        return await js.create_key_value(bucket)
+        return await js.create_key_value(kv)
 
 
 async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
@@ -135,7 +135,7 @@ async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValu
     return await _ensure_bucket(
         js,
         KeyValueConfig(
-            bucket=WORKERS_BUCKET,
+            bucket=bucket(config.nats.subject_prefix, WORKERS),
             description="promptbus worker presence",
             history=1,
             ttl=config.worker.presence_ttl_s,
@@ -151,7 +151,7 @@ async def ensure_cache_bucket(js: JetStreamContext, config: Config) -> KeyValue:
     return await _ensure_bucket(
         js,
         KeyValueConfig(
-            bucket=CACHE_BUCKET,
+            bucket=bucket(config.nats.subject_prefix, CACHE),
             description="promptbus response cache",
             history=1,
             ttl=max(ttls) or None,
@@ -166,7 +166,7 @@ async def ensure_breakers_bucket(js: JetStreamContext, config: Config) -> KeyVal
     return await _ensure_bucket(
         js,
         KeyValueConfig(
-            bucket=BREAKERS_BUCKET,
+            bucket=bucket(config.nats.subject_prefix, BREAKERS),
             description="promptbus circuit breakers",
             history=1,
             storage=StorageType.FILE,

@@ -16,9 +16,15 @@ import re
 _UNSAFE_TOKEN = re.compile(r"[.*>%\s]")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
-WORKERS_BUCKET = "pb_workers"
-BREAKERS_BUCKET = "pb_breakers"
-CACHE_BUCKET = "pb_cache"
+# KV buckets are named after the subject prefix: "pb_workers", "pb_breakers", "pb_cache".
+WORKERS = "workers"
+BREAKERS = "breakers"
+CACHE = "cache"
+
+
+def bucket(prefix: str, kind: str) -> str:
+    """The KV bucket of one kind for a broker with this subject prefix."""
+    return f"{prefix}_{kind}"
 
 
 def model_token(model: str) -> str:
