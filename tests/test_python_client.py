@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -96,6 +97,10 @@ async def test_full_queue_is_503_no_capacity(stack: Stack) -> None:
     presence = PresencePublisher(await ensure_workers_bucket(broker.js, config), "idle", 60)
     presence.serve("mock-gpt", lambda: [DeploymentStats(name="idle", capacity=1, inflight=0)])
     await presence.start()
+    for _ in range(100):  # until the client's directory has seen the heartbeat
+        if broker.directory.is_served("mock-gpt"):
+            break
+        await asyncio.sleep(0.05)
     try:
         body = b'{"model": "mock-gpt", "messages": [{"role": "user", "content": "q"}]}'
         for _ in range(2):
