@@ -61,6 +61,7 @@ from schemas.envelope import (
     H_DEPLOYMENT,
     H_KIND,
     H_MSG_ID,
+    H_REPLY_TO,
     H_RETRY_AFTER,
     H_SHOULD_RETRY,
     H_STATUS,
@@ -141,6 +142,10 @@ class ReplyStream:
         raise StopAsyncIteration
 
     def close(self) -> None:
+        """Stop listening; a stream closed before its end also cancels the work upstream
+        (the caller went away: no reason to keep paying for tokens)."""
+        if not self._done:
+            self._client._cancel(self._token)
         self._done = True
         self._client._pending.pop(self._token, None)
 
@@ -223,6 +228,14 @@ class BrokerClient:
         self._pending.clear()
         if self._owns_connection:
             await self.nc.drain()
+
+    def _cancel(self, token: str) -> None:
+        """Tell the worker holding request ``token`` to drop it (best effort)."""
+        if self.nc.is_closed:
+            return
+        headers = {H_REPLY_TO: f"{self._prefix}.{token}"}
+        task = asyncio.ensure_future(self.nc.publish(self.subjects.cancel, b"", headers=headers))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _on_reply(self, msg: Msg) -> None:
         """Route a message on our inbox: ``<prefix>.<token>`` replies, ``.<token>.a`` acks."""

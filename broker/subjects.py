@@ -2,6 +2,7 @@
 
     <prefix>.chat.<model-token>      chat completion requests for a model alias
     <prefix>.dep.<deployment-token>  requests routed to one deployment (routed aliases)
+    <prefix>.cancel                  core NATS: drop the request answering to Pb-Reply-To
 
 A model alias becomes one subject token: characters NATS gives meaning to ('.', '*',
 '>', whitespace) and '%' itself are percent-encoded, so ``llama3.1:8b`` is served on
@@ -50,6 +51,11 @@ class Subjects:
 
     def chat(self, model: str) -> str:
         return f"{self.prefix}.chat.{model_token(model)}"
+
+    @property
+    def cancel(self) -> str:
+        """Core NATS: ``Pb-Reply-To`` names a request whose caller went away."""
+        return f"{self.prefix}.cancel"
 
     @property
     def dep_wildcard(self) -> str:

@@ -635,3 +635,26 @@ def test_dashboard_without_key_asks_for_it(env: Env) -> None:
     data = env.http.get("/admin/overview", headers=ADMIN).json()
     assert {"deployments", "ingress", "cost"} <= set(data)
     assert data["ingress"]["requests"] > 0 and data["ingress"]["latency_buckets"]
+
+
+def test_client_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> None:
+    env.reset("retry-dep")
+    env.control("retry-dep", chunk_delay_ms=200)  # 40 words: ~8 s to stream in full
+    words = " ".join(f"w{i}" for i in range(40))
+    body = {"model": "retrying", "stream": True, "messages": [{"role": "user", "content": words}]}
+    with httpx.stream("POST", f"{env.ingress}/v1/chat/completions", json=body) as response:
+        seen = 0
+        for line in response.iter_lines():
+            seen += line.startswith("data: ")
+            if seen == 2:
+                break  # hang up: leaving the block closes the connection
+    started = time.monotonic()
+    stats: dict[str, Any] = {}
+    while time.monotonic() - started < 5:
+        stats = httpx.get(f"{env.upstream}/u/retry-dep/_stats").json()
+        if stats["streams_abandoned"]:
+            break
+        time.sleep(0.1)
+    assert stats["streams_abandoned"] == 1  # the worker dropped the upstream call
+    assert time.monotonic() - started < 3  # long before the stream would have ended
+    env.reset("retry-dep")

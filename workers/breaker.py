@@ -102,6 +102,11 @@ class CircuitBreaker:
         if self.record.state is BreakerState.HALF_OPEN:
             self._probes_running += 1
 
+    def abandon(self) -> None:
+        """A call that ended without an outcome (cancelled) gives back its probe slot."""
+        if self.record.state is BreakerState.HALF_OPEN:
+            self._probes_running = max(0, self._probes_running - 1)
+
     def record_success(self) -> None:
         """Count a success; synchronous, as it is on every request's path."""
         self.requests += 1

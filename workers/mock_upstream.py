@@ -62,6 +62,7 @@ class MockSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Stats(msgspec.Struct):
     requests: int = 0
     streamed: int = 0
+    streams_abandoned: int = 0  # the client hung up before the last chunk
     errors: int = 0
     last_traceparent: str | None = None
 
@@ -189,26 +190,35 @@ class MockUpstream:
             return
         if request.stream:
             stats.streamed += 1
-            await self._stream(settings, request, send)
+            if not await self._stream(settings, request, receive, send):
+                stats.streams_abandoned += 1
         else:
             await _respond(
                 send, 200, encoder.encode(mock_content.completion(request, request.model))
             )
 
     async def _stream(
-        self, settings: MockSettings, request: ChatCompletionRequest, send: Send
-    ) -> None:
+        self, settings: MockSettings, request: ChatCompletionRequest, receive: Receive, send: Send
+    ) -> bool:
+        """Send the chunks; False if the client hung up first."""
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         delay = settings.chunk_delay_ms / 1000
         drop_after = settings.drop_after_chunks
-        for sent, chunk in enumerate(mock_content.chunks(request, request.model)):
-            if drop_after is not None and sent >= drop_after:
-                raise ConnectionAbortedError("mock upstream drops the connection mid-stream")
-            payload = b"data: " + encoder.encode(chunk) + b"\n\n"
-            await send({"type": "http.response.body", "body": payload, "more_body": True})
-            if delay:
-                await asyncio.sleep(delay)
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        hung_up = asyncio.ensure_future(receive())  # the body is read: next is the disconnect
+        try:
+            for sent, chunk in enumerate(mock_content.chunks(request, request.model)):
+                if drop_after is not None and sent >= drop_after:
+                    raise ConnectionAbortedError("mock upstream drops the connection mid-stream")
+                if hung_up.done():
+                    return False
+                payload = b"data: " + encoder.encode(chunk) + b"\n\n"
+                await send({"type": "http.response.body", "body": payload, "more_body": True})
+                if delay:
+                    await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+            return True
+        finally:
+            hung_up.cancel()
 
 
 def _simulated_error(status: int, code: str | None = None) -> BrokerError:

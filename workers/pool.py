@@ -107,6 +107,7 @@ class DeploymentPool:
         self.name = deployment.name
         self._progress_every = max(ack_wait / 3, 0.5)
         self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, started)
+        self._by_reply: dict[str, asyncio.Task[object]] = {}  # reply subject -> its task
         self._sweeper: asyncio.Task[None] | None = None
         self.latency_ewma_s: float | None = None
         self.retries = 0
@@ -162,15 +163,28 @@ class DeploymentPool:
             self._m_queue_wait.observe(waited)
         key = id(msg)
         self._working[key] = (msg, time.monotonic())
+        task = asyncio.current_task()
+        if task is not None:
+            self._by_reply[meta.reply_to] = task
         self._m_inflight.inc()
         settled = True
         try:
             settled = await self._serve(msg, meta)
         finally:
             del self._working[key]
+            self._by_reply.pop(meta.reply_to, None)
             self._m_inflight.dec()
             if settled:
                 await msg.ack()
+
+    def cancel(self, reply_to: str) -> bool:
+        """Abandon the request answering to ``reply_to``: its caller went away. The
+        provider call is cut (the HTTP connection closes) and the request is acked."""
+        task = self._by_reply.get(reply_to)
+        if task is None:
+            return False
+        task.cancel()
+        return True
 
     async def _serve(self, msg: Msg, meta: RequestMeta) -> bool:
         """Answer or move the request on; False when it was left in the queue (nak)."""
@@ -284,6 +298,9 @@ class DeploymentPool:
             raise
         except StopAsyncIteration:
             self.breaker.record_success()
+            raise
+        except asyncio.CancelledError:
+            self.breaker.abandon()  # neither success nor failure: the caller left
             raise
         self.breaker.record_success()
         elapsed = time.monotonic() - started

@@ -12,6 +12,8 @@ import uuid
 
 import prometheus_client
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from broker import metrics
@@ -30,6 +32,7 @@ from broker.pull import PullConsumer
 from broker.routing import Router
 from broker.subjects import Subjects
 from schemas.config import Config, DeploymentConfig, ModelConfig
+from schemas.envelope import H_REPLY_TO
 from schemas.state import BreakerState, DeploymentStats
 from workers.breaker import BreakerBoard
 from workers.failover import Failover
@@ -83,6 +86,7 @@ class Worker:
         self._directory: WorkerDirectory | None = None
         self._queues: set[str] = set()
         self._queue_watch: asyncio.Task[None] | None = None
+        self._cancels: Subscription | None = None
         self._pools: list[DeploymentPool] = []
         self._presence: PresencePublisher | None = None
         self._breakers: BreakerBoard | None = None
@@ -148,6 +152,7 @@ class Worker:
         for pull in self._consumers + self._intakes:
             await pull.start()
         await self._presence.start()
+        self._cancels = await nc.subscribe(subjects.cancel, cb=self._on_cancel)
         self._queue_watch = asyncio.create_task(
             self._watch_queues(js, subjects.stream, sorted(self._queues))
         )
@@ -176,6 +181,13 @@ class Worker:
         self._consumers.append(consumer)
         return pool, consumer
 
+    async def _on_cancel(self, msg: Msg) -> None:
+        reply_to = (msg.headers or {}).get(H_REPLY_TO)
+        if reply_to:
+            for pool in self._pools:
+                if pool.cancel(reply_to):
+                    log.debug("cancelled the request answering to %s", reply_to)
+
     def _repace(self) -> None:
         """A breaker changed somewhere: let each pull loop take what its pool may run."""
         for pool, consumer in zip(self._pools, self._consumers, strict=True):
@@ -196,6 +208,9 @@ class Worker:
         """Leave the directory first so no new work is routed here, then drain."""
         if self._queue_watch:
             self._queue_watch.cancel()
+        if self._cancels is not None:
+            with contextlib.suppress(Exception):
+                await self._cancels.unsubscribe()
         if self._presence:
             await self._presence.stop()
         if self._breakers:
