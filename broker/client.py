@@ -30,6 +30,7 @@ from broker import metrics
 from broker.breakers import BreakerRecords
 from broker.cache import (
     BoundedMemoryCache,
+    CachedReply,
     CachePolicy,
     NatsKVCache,
     ResponseCache,
@@ -74,7 +75,9 @@ from schemas.errors import (
     deadline_exceeded,
     from_validation_error,
     model_not_found,
+    no_capacity,
     no_worker,
+    queue_unavailable,
 )
 
 # Time granted past the deadline for the worker's own, more precise, 504 to arrive.
@@ -315,7 +318,7 @@ class BrokerClient:
                 _check_publish_ack(await ack)
         except TimeoutError:
             self._pending.pop(token, None)
-            raise _queue_unavailable("no publish acknowledgement from JetStream") from None
+            raise queue_unavailable("no publish acknowledgement from JetStream") from None
         except BaseException:
             self._pending.pop(token, None)
             raise
@@ -348,14 +351,8 @@ class BrokerClient:
         policy = CachePolicy.parse(cache_control)
         remembered = None  # what the semantic cache needs to store this answer
         if policy.lookup:
-            verdict, hit = "hit", await self.cache.get(key, policy.max_age)
-            if hit is None and self.semantic is not None:
-                verdict = "semantic-hit"
-                hit, _, remembered = await self.semantic.lookup(parsed, model, policy.max_age)
-            metrics.CACHE.labels(model, verdict if hit else "miss").inc()
+            hit, headers, remembered = await self._look_up(key, policy, model, parsed)
             if hit is not None:
-                age = str(int(time.time() - hit.stored_at))
-                headers = {H_DEPLOYMENT: hit.deployment, H_CACHE: verdict, H_AGE: age}
                 return Reply(200, ReplyKind.RESPONSE, headers, hit.body)
         reply = await self._request(model, body, timeout, request_id, traceparent)
         if policy.store and reply.status == 200 and reply.kind is ReplyKind.RESPONSE:
@@ -367,6 +364,28 @@ class BrokerClient:
             if self.semantic is not None and remembered is not None:
                 self.semantic.store(remembered, reply.body, deployment, ttl)
         return reply._replace(headers={**reply.headers, H_CACHE: "miss"})
+
+    async def _look_up(
+        self,
+        key: str,
+        policy: CachePolicy,
+        model: str,
+        parsed: ChatCompletionRequest,
+        *,
+        semantic: bool = True,
+    ) -> tuple[CachedReply | None, dict[str, str], tuple[str, Any] | None]:
+        """The cached answer and the reply headers naming it, or None; and what the
+        semantic cache needs to remember a fresh answer (None without it)."""
+        assert self.cache is not None
+        verdict, hit, remembered = "hit", await self.cache.get(key, policy.max_age), None
+        if hit is None and semantic and self.semantic is not None:
+            verdict = "semantic-hit"
+            hit, _, remembered = await self.semantic.lookup(parsed, model, policy.max_age)
+        metrics.CACHE.labels(model, verdict if hit else "miss").inc()
+        if hit is None:
+            return None, {}, remembered
+        age = str(int(time.time() - hit.stored_at))
+        return hit, {H_DEPLOYMENT: hit.deployment, H_CACHE: verdict, H_AGE: age}, remembered
 
     def _cache_key(self, model: str, parsed: ChatCompletionRequest | None) -> str | None:
         if self.cache is None or parsed is None:
@@ -411,17 +430,14 @@ class BrokerClient:
         timeout = self._timeout(timeout)
         token = str(next(self._tokens))
         stream = ReplyStream(self, token, timeout)
-        key = self._cache_key(model, parsed)
+        key = self._cache_key(model, parsed)  # None unless cache.streams is on
         policy = CachePolicy.parse(cache_control)
-        if key is not None and policy.lookup and self.cache is not None and parsed is not None:
-            hit = await self.cache.get(key, policy.max_age)
-            metrics.CACHE.labels(model, "hit" if hit else "miss").inc()
+        if key is not None and policy.lookup:
+            assert parsed is not None
+            hit, headers, _ = await self._look_up(key, policy, model, parsed, semantic=False)
             if hit is not None:
-                usage = parsed.stream_options is not None and bool(
-                    parsed.stream_options.include_usage
-                )
-                age = str(int(time.time() - hit.stored_at))
-                headers = {H_DEPLOYMENT: hit.deployment, H_CACHE: "hit", H_AGE: age}
+                options = parsed.stream_options
+                usage = options is not None and bool(options.include_usage)
                 for chunk in chunks_from_completion(hit.body, usage):
                     stream.queue.put_nowait(Reply(200, ReplyKind.CHUNK, headers, chunk))
                 stream.queue.put_nowait(Reply(200, ReplyKind.END, headers, b""))
@@ -476,7 +492,7 @@ async def _response_cache(js: JetStreamContext, config: Config) -> ResponseCache
 def _check_publish_ack(ack: Reply) -> None:
     """A JetStream publish ack is ``{"stream":..., "seq":...}``; anything else is a failure."""
     if ack.headers.get("Status") == "503":
-        raise _queue_unavailable("no stream listens on the request subject")
+        raise queue_unavailable("no stream listens on the request subject")
     if b'"error"' in ack.body:
         try:
             error = msgspec.json.decode(ack.body)["error"]
@@ -484,30 +500,12 @@ def _check_publish_ack(ack: Reply) -> None:
         except (msgspec.DecodeError, KeyError, TypeError, ValueError):
             reason, err_code = ack.body[:200].decode(errors="replace"), 0
         if err_code in _QUEUE_FULL_CODES or "maximum messages" in reason:
-            raise BrokerError(
-                503,
-                "The broker's request queue is full (nats.max_queued_requests); "
-                "retry after a short wait.",
-                type="service_unavailable_error",
-                code="no_capacity",
-                retryable=True,
-                retry_after=1.0,
-            )
-        raise _queue_unavailable(f"JetStream refused the request: {reason}")
+            raise no_capacity()
+        raise queue_unavailable(f"JetStream refused the request: {reason}")
 
 
 # JetStream "maximum messages (per subject) exceeded" and "maximum bytes exceeded"
 _QUEUE_FULL_CODES = frozenset({10077, 10078, 10047})
-
-
-def _queue_unavailable(reason: str) -> BrokerError:
-    return BrokerError(
-        503,
-        f"The request queue is unavailable ({reason}); try again shortly.",
-        type="service_unavailable_error",
-        code="queue_unavailable",
-        retryable=True,
-    )
 
 
 def _embedded_url(config: Config) -> str:

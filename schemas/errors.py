@@ -111,6 +111,27 @@ def no_worker(model: str) -> BrokerError:
     )
 
 
+def no_capacity() -> BrokerError:
+    return BrokerError(
+        503,
+        "The broker's request queue is full (nats.max_queued_requests); retry after a short wait.",
+        type="service_unavailable_error",
+        code="no_capacity",
+        retryable=True,
+        retry_after=1.0,
+    )
+
+
+def queue_unavailable(reason: str) -> BrokerError:
+    return BrokerError(
+        503,
+        f"The request queue is unavailable ({reason}); try again shortly.",
+        type="service_unavailable_error",
+        code="queue_unavailable",
+        retryable=True,
+    )
+
+
 def deadline_exceeded(seconds: float, where: str) -> BrokerError:
     return BrokerError(
         504,
