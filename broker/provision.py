@@ -36,7 +36,7 @@ async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects
     stream = StreamConfig(
         name=subjects.stream,
         description="promptbus request queue (work queue: a message lives until acked)",
-        subjects=[subjects.chat_wildcard, subjects.dep_wildcard],
+        subjects=[subjects.chat_wildcard, subjects.dep_wildcard, subjects.bulk_wildcard],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=config.nats.max_queue_age_s,
@@ -78,6 +78,18 @@ def consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> C
         subjects.chat_consumer(model.model_name),
         f"chat requests for model {model.model_name}",
         subjects.chat(model.model_name),
+        sum(d.max_concurrency for d in model.deployments),
+        config,
+    )
+
+
+def bulk_consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> ConsumerConfig:
+    """A model's batch lane: every deployment pool pulls from it with the slots its
+    interactive queue leaves idle, so the cap is the same as the interactive one."""
+    return _work_consumer(
+        subjects.bulk_consumer(model.model_name),
+        f"batch lane for model {model.model_name}",
+        subjects.bulk(model.model_name),
         sum(d.max_concurrency for d in model.deployments),
         config,
     )

@@ -2,6 +2,8 @@
 
     <prefix>.chat.<model-token>      chat completion requests for a model alias
     <prefix>.dep.<deployment-token>  requests routed to one deployment (routed aliases)
+    <prefix>.bulk.<model-token>      the batch lane: served only by capacity interactive
+                                     (chat) requests leave idle
     <prefix>.cancel                  core NATS: drop the request answering to Pb-Reply-To
 
 A model alias becomes one subject token: characters NATS gives meaning to ('.', '*',
@@ -51,6 +53,17 @@ class Subjects:
 
     def chat(self, model: str) -> str:
         return f"{self.prefix}.chat.{model_token(model)}"
+
+    @property
+    def bulk_wildcard(self) -> str:
+        return f"{self.prefix}.bulk.>"
+
+    def bulk(self, model: str) -> str:
+        """The batch lane of a model: same envelope as ``chat``, lower priority."""
+        return f"{self.prefix}.bulk.{model_token(model)}"
+
+    def bulk_consumer(self, model: str) -> str:
+        return _consumer_name("bulk", model)
 
     @property
     def cancel(self) -> str:
