@@ -51,13 +51,21 @@ class PullConsumer:
         handler: Handler,
         *,
         expires: float = 5.0,
+        gate: Callable[[], int] | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
+        """``gate``, when given, caps the credit further: it returns how many more
+        messages this consumer may take right now (e.g. slots a higher-priority lane
+        leaves idle, or what a provider's rate ceiling allows). ``on_done`` runs after
+        each handled message, e.g. to let a lower-priority consumer take the slot."""
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
         self._nc = nc
         self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._capacity = capacity
         self._handler = handler
+        self._gate = gate
+        self._on_done = on_done
         self._expires = expires
         self._min_refill = max(1, capacity // 4)
         self._inflight = 0
@@ -86,7 +94,11 @@ class PullConsumer:
         """
         self._capacity = max(0, capacity)
         self._min_refill = max(1, self._capacity // 4)
-        if self._running:
+        self.kick()
+
+    def kick(self) -> None:
+        """Ask for more messages now if there is room: the gate's answer changed."""
+        if self._running and self._wanted() > 0:
             task = asyncio.ensure_future(self._refill())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -149,13 +161,24 @@ class PullConsumer:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+            if self._on_done is not None:
+                self._on_done()
             await self._refill()
+
+    def _wanted(self) -> int:
+        """Credit worth asking for now: 0 while a small top-up would only add chatter."""
+        free = self._capacity - self._inflight - self._outstanding
+        if self._gate is not None:
+            free = min(free, self._gate() - self._outstanding)
+        if free <= 0 or (free < self._min_refill and self._outstanding > 0):
+            return 0
+        return free
 
     async def _refill(self) -> None:
         if not self._running or self._nc.is_closed or not self._nc.is_connected:
             return
-        free = self._capacity - self._inflight - self._outstanding
-        if free <= 0 or (free < self._min_refill and self._outstanding > 0):
+        free = self._wanted()
+        if free <= 0:
             return
         self._outstanding += free
         request = PullRequest(batch=free, expires=int(self._expires * 1e9))

@@ -49,6 +49,8 @@ class DeploymentConfig(_Config):
     api_key_env: str | None = None  # name of the env var holding the key, never the key
     model: str | None = None  # upstream model name; defaults to the alias
     max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 16
+    rpm: Annotated[int, Meta(ge=1)] | None = None  # the upstream's own requests/minute quota
+    tpm: Annotated[int, Meta(ge=1)] | None = None  # ... and tokens/minute quota
     connect_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 600.0  # between two bytes of the response
     timeout_s: PositiveFloat = 600.0  # one whole attempt

@@ -46,6 +46,8 @@ from schemas.errors import (
 )
 from workers.breaker import CircuitBreaker
 from workers.failover import Failover
+from workers.lanes import Lane, PrioritySlots
+from workers.pacing import Pacer
 from workers.providers.base import Provider
 from workers.replies import reply_error
 from workers.retry import call_with_retries
@@ -97,8 +99,11 @@ class DeploymentPool:
         breaker: CircuitBreaker,
         failover: Failover,
         ack_wait: float,
+        pacer: Pacer | None = None,
     ) -> None:
         self._nc = nc
+        self.slots = PrioritySlots(deployment.max_concurrency)
+        self._pacer = pacer
         self.provider = provider
         self.deployment = deployment
         self.model = model
@@ -150,6 +155,14 @@ class DeploymentPool:
     # ------------------------------------------------------------ one request
 
     async def handle(self, msg: Msg) -> None:
+        """An interactive request (``<prefix>.chat.<model>`` or a routed deployment queue)."""
+        await self._handle(msg, Lane.INTERACTIVE)
+
+    async def handle_batch(self, msg: Msg) -> None:
+        """A batch-lane request: runs in a slot no interactive request wants."""
+        await self._handle(msg, Lane.BATCH)
+
+    async def _handle(self, msg: Msg, lane: Lane) -> None:
         meta = RequestMeta.from_headers(msg.headers)
         if not meta.reply_to:
             log.warning("request %s has no Pb-Reply-To header; dropped", meta.request_id)
@@ -169,7 +182,8 @@ class DeploymentPool:
         self._m_inflight.inc()
         settled = True
         try:
-            settled = await self._serve(msg, meta)
+            async with self.slots.slot(lane):
+                settled = await self._serve(msg, meta)
         finally:
             del self._working[key]
             self._by_reply.pop(meta.reply_to, None)
@@ -207,10 +221,16 @@ class DeploymentPool:
             await msg.nak(delay=min(wait, remaining) if remaining is not None else wait)
             return False
         attempt_timeout = self._attempt_timeout(remaining)
+        estimate = len(msg.data) // 4  # ~4 bytes a token: charged until usage is reported
+        usage: Usage | None = None
+        charged = False
         try:
             async with asyncio.timeout(remaining):
+                if self._pacer is not None:
+                    await self._pacer.acquire(estimate)
+                    charged = True
                 if request.stream:
-                    await self._stream(meta, request, remaining, attempt_timeout)
+                    usage = await self._stream(meta, request, remaining, attempt_timeout)
                 else:
                     body = await call_with_retries(
                         lambda: self._attempt(
@@ -220,7 +240,7 @@ class DeploymentPool:
                         remaining,
                         self._on_retry,
                     )
-                    self._count_tokens(body)
+                    usage = self._count_tokens(body)
                     body = self._stamp(body, meta)
                     await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
                     self._m_ok.inc()
@@ -245,6 +265,9 @@ class DeploymentPool:
                     code="internal_error",
                 ),
             )
+        finally:
+            if charged and self._pacer is not None:
+                self._pacer.correct(estimate, usage.total_tokens if usage else estimate)
         return True
 
     async def _move_on(self, msg: Msg, meta: RequestMeta, *, context: bool) -> bool:
@@ -314,8 +337,9 @@ class DeploymentPool:
         request: ChatCompletionRequest,
         remaining: float | None,
         attempt_timeout: float | None,
-    ) -> None:
-        """Retries happen only until the first chunk: after that, bytes reached the client."""
+    ) -> Usage | None:
+        """Retries happen only until the first chunk: after that, bytes reached the client.
+        Returns the usage the stream reported, if any."""
         reply_to = meta.reply_to
         assert reply_to is not None
 
@@ -331,25 +355,28 @@ class DeploymentPool:
             open_stream, self.deployment.retry, remaining, self._on_retry
         )
         headers = self._ok_headers(meta, kind=self._chunk)
+        usage: Usage | None = None
         if first is not None:
             await self._nc.publish(reply_to, self._stamp(first, meta), headers=headers)
+            usage = self._count_tokens(first)
             try:
                 async for chunk in chunks:
                     await self._nc.publish(reply_to, chunk, headers=headers)
-                    self._count_tokens(chunk)
+                    usage = self._count_tokens(chunk) or usage
             except BrokerError as exc:
                 # Part of the answer was delivered: end the stream with the error, no
                 # retry and no failover (the caller would see the start twice).
                 await self.breaker.record_failure(exc.detail.code or "stream broken")
                 await self._error(meta, exc)
-                return
+                return usage
         await self._nc.publish(reply_to, b"", headers=self._ok_headers(meta, kind=self._end))
         self._m_ok.inc()
+        return usage
 
-    def _count_tokens(self, body: bytes) -> None:
+    def _count_tokens(self, body: bytes) -> Usage | None:
         """Usage from a response or the usage chunk of a stream; most chunks have none."""
         if b'"usage":{' not in body:
-            return
+            return None
         usage = _usage_decoder.decode(body).usage
         if usage is not None:
             self._m_tokens_in.inc(usage.prompt_tokens)
@@ -362,6 +389,7 @@ class DeploymentPool:
             if cost:
                 self.cost_usd += cost
                 self._m_cost.inc(cost)
+        return usage
 
     def _on_retry(self, error: BrokerError, wait: float) -> None:
         self.retries += 1

@@ -20,6 +20,7 @@ from broker import metrics
 from broker.connection import connect
 from broker.presence import PresencePublisher, WorkerDirectory
 from broker.provision import (
+    bulk_consumer_config,
     consumer_config,
     deployment_consumer_config,
     ensure_breakers_bucket,
@@ -37,6 +38,7 @@ from schemas.state import BreakerState, DeploymentStats
 from workers.breaker import BreakerBoard
 from workers.failover import Failover
 from workers.intake import Intake
+from workers.pacing import Pacer
 from workers.pool import DeploymentPool
 from workers.providers import Provider, ProviderUnavailable, make_provider
 
@@ -46,18 +48,19 @@ log = logging.getLogger(__name__)
 QUEUE_POLL_S = 5.0
 _BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 INTAKE_CAPACITY = 64  # routing requests on is cheap: a worker may hold this many at once
+PACE_TICK_S = 0.05  # how often a rate-limited pool looks whether it may pull again
 
 
 def _stats(served: list[tuple[DeploymentPool, PullConsumer]]) -> list[DeploymentStats]:
     stats = []
-    for pool, consumer in served:
+    for pool, _ in served:
         breaker = pool.breaker
         latency = pool.latency_ewma_s
         stats.append(
             DeploymentStats(
                 name=pool.name,
                 capacity=pool.deployment.max_concurrency,
-                inflight=consumer.inflight,
+                inflight=pool.slots.busy,
                 requests=breaker.requests,
                 failures=breaker.failures,
                 retries=pool.retries,
@@ -82,6 +85,9 @@ class Worker:
         self.models = [m for m in config.model_list if not models or m.model_name in models]
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._consumers: list[PullConsumer] = []  # one per pool, in the order of _pools
+        self._batch_consumers: list[PullConsumer] = []  # the batch lane, same order
+        self._pacers: list[tuple[Pacer, PullConsumer, PullConsumer]] = []
+        self._pace_task: asyncio.Task[None] | None = None
         self._intakes: list[PullConsumer] = []
         self._directory: WorkerDirectory | None = None
         self._queues: set[str] = set()
@@ -118,6 +124,11 @@ class Worker:
                 consumer = consumer_config(model, config, subjects)
             queue = await ensure_consumer(js, consumer, subjects)
             self._queues.add(queue)
+            # The batch lane: every deployment pulls it directly (least-busy), routing or not.
+            batch_queue = await ensure_consumer(
+                js, bulk_consumer_config(model, config, subjects), subjects
+            )
+            self._queues.add(batch_queue)
             served: list[tuple[DeploymentPool, PullConsumer]] = []
             for deployment in model.deployments:
                 try:
@@ -131,8 +142,9 @@ class Worker:
                     self._queues.add(pool_queue)
                 else:  # every deployment pulls from the model's queue: least-busy
                     pool_queue = queue
+                queues = (pool_queue, batch_queue)
                 served.append(
-                    self._pool(nc, subjects, pool_queue, provider, deployment, model, failover)
+                    self._pool(nc, subjects, queues, provider, deployment, model, failover)
                 )
             if not served:
                 continue
@@ -149,8 +161,10 @@ class Worker:
         await self._directory.start()
         await board.start()
         self._repace()
-        for pull in self._consumers + self._intakes:
+        for pull in self._consumers + self._batch_consumers + self._intakes:
             await pull.start()
+        if self._pacers:
+            self._pace_task = asyncio.create_task(self._pace())
         await self._presence.start()
         self._cancels = await nc.subscribe(subjects.cancel, cb=self._on_cancel)
         self._queue_watch = asyncio.create_task(
@@ -163,23 +177,76 @@ class Worker:
         self,
         nc: NATS,
         subjects: Subjects,
-        queue: str,
+        queues: tuple[str, str],
         provider: Provider,
         deployment: DeploymentConfig,
         model: ModelConfig,
         failover: Failover,
     ) -> tuple[DeploymentPool, PullConsumer]:
-        """A deployment's pool and its pull loop, paced by the deployment's breaker."""
+        """A deployment's pool and its two pull loops (interactive, batch lane), paced by
+        the deployment's breaker and, if it has one, its rate ceiling."""
         assert self._breakers is not None
         breaker = self._breakers.add(deployment.name, deployment.breaker)
+        pacer = None
+        if deployment.rpm or deployment.tpm:
+            pacer = Pacer(
+                deployment.rpm,
+                deployment.tpm,
+                functools.partial(self._workers_serving, model.model_name, deployment.name),
+            )
         pool = DeploymentPool(
-            nc, provider, deployment, model, breaker, failover, self.config.worker.ack_wait_s
+            nc,
+            provider,
+            deployment,
+            model,
+            breaker,
+            failover,
+            self.config.worker.ack_wait_s,
+            pacer=pacer,
         )
         pool.start()
-        consumer = PullConsumer(nc, subjects.stream, queue, deployment.max_concurrency, pool.handle)
+        interactive_queue, batch_queue = queues
+        capacity = deployment.max_concurrency
+        pace = pacer.available if pacer is not None else None
+        interactive = PullConsumer(
+            nc,
+            subjects.stream,
+            interactive_queue,
+            capacity,
+            pool.handle,
+            gate=pace,
+            on_done=lambda: batch.kick(),  # a slot interactive work left may go to batch
+        )
+
+        def idle_slots() -> int:
+            # Batch work takes only slots that interactive requests neither hold nor want.
+            idle = interactive.capacity - interactive.inflight - batch.inflight
+            return min(idle, pace()) if pace is not None else idle
+
+        batch = PullConsumer(
+            nc, subjects.stream, batch_queue, capacity, pool.handle_batch, gate=idle_slots
+        )
+        if pacer is not None:
+            self._pacers.append((pacer, interactive, batch))
         self._pools.append(pool)
-        self._consumers.append(consumer)
-        return pool, consumer
+        self._consumers.append(interactive)
+        self._batch_consumers.append(batch)
+        return pool, interactive
+
+    def _workers_serving(self, model: str, deployment: str) -> int:
+        """Live workers sharing a deployment's rate ceiling (this one at least)."""
+        if self._directory is None:
+            return 1
+        return max(1, len(self._directory.deployment_stats(model).get(deployment, ())))
+
+    async def _pace(self) -> None:
+        """Rate-limited pools stop pulling at their ceiling: resume when it allows."""
+        while True:
+            await asyncio.sleep(PACE_TICK_S)
+            for pacer, interactive, batch in self._pacers:
+                if pacer.available() > 0:
+                    interactive.kick()
+                    batch.kick()
 
     async def _on_cancel(self, msg: Msg) -> None:
         reply_to = (msg.headers or {}).get(H_REPLY_TO)
@@ -190,8 +257,10 @@ class Worker:
 
     def _repace(self) -> None:
         """A breaker changed somewhere: let each pull loop take what its pool may run."""
-        for pool, consumer in zip(self._pools, self._consumers, strict=True):
+        lanes = zip(self._pools, self._consumers, self._batch_consumers, strict=True)
+        for pool, consumer, batch in lanes:
             consumer.set_capacity(pool.pull_capacity())
+            batch.set_capacity(pool.pull_capacity())
             state = _BREAKER_GAUGE[pool.breaker.state]
             metrics.BREAKER_STATE.labels(pool.name).set(state)
 
@@ -208,6 +277,8 @@ class Worker:
         """Leave the directory first so no new work is routed here, then drain."""
         if self._queue_watch:
             self._queue_watch.cancel()
+        if self._pace_task:
+            self._pace_task.cancel()
         if self._cancels is not None:
             with contextlib.suppress(Exception):
                 await self._cancels.unsubscribe()
@@ -215,7 +286,8 @@ class Worker:
             await self._presence.stop()
         if self._breakers:
             await self._breakers.stop()
-        await asyncio.gather(*(c.stop(grace) for c in self._consumers + self._intakes))
+        pulls = self._consumers + self._batch_consumers + self._intakes
+        await asyncio.gather(*(c.stop(grace) for c in pulls))
         if self._directory:
             await self._directory.stop()
         await asyncio.gather(*(p.stop() for p in self._pools))
