@@ -58,6 +58,7 @@ from schemas.chat import (
 from schemas.config import Config
 from schemas.envelope import (
     H_AGE,
+    H_AUTHORIZATION,
     H_CACHE,
     H_DEPLOYMENT,
     H_KIND,
@@ -68,6 +69,7 @@ from schemas.envelope import (
     H_STATUS,
     ReplyKind,
     RequestMeta,
+    Tenancy,
     deadline_after,
 )
 from schemas.errors import (
@@ -84,6 +86,9 @@ from schemas.errors import (
 DEADLINE_GRACE_S = 0.25
 # How long JetStream may take to confirm it stored a request.
 PUBLISH_ACK_TIMEOUT_S = 5.0
+
+
+DEFAULT_NAMESPACE = "default"  # the cache namespace of requests without a tenant
 
 
 class Reply(NamedTuple):
@@ -166,7 +171,9 @@ class BrokerClient:
         *,
         cache: ResponseCache | None = None,
         owns_connection: bool = False,
+        api_key: str | None = None,
     ) -> None:
+        self.api_key = api_key  # sent with each request when auth.required is on
         self.cache = cache
         semantic = config.cache.semantic
         self.semantic = SemanticCache(semantic) if cache and semantic.enabled else None
@@ -185,12 +192,20 @@ class BrokerClient:
 
     @classmethod
     async def connect(
-        cls, config: Config, url: str | None = None, *, name: str = "promptbus-client"
+        cls,
+        config: Config,
+        url: str | None = None,
+        *,
+        name: str = "promptbus-client",
+        api_key: str | None = None,
     ) -> BrokerClient:
-        """Connect, make sure the stream exists and start following worker presence."""
+        """Connect, make sure the stream exists and start following worker presence.
+        ``api_key``: a virtual key (``promptbus keys create``) when auth is required."""
         nc = await connect(url or config.nats.url or _embedded_url(config), name)
         try:
-            return await cls.over(nc, config, owns_connection=True)
+            client = await cls.over(nc, config, owns_connection=True)
+            client.api_key = api_key
+            return client
         except BaseException:
             await nc.close()
             raise
@@ -290,6 +305,7 @@ class BrokerClient:
         timeout: float,
         request_id: str | None,
         traceparent: str | None,
+        tenancy: Tenancy | None = None,
     ) -> None:
         """Queue the request in JetStream and wait for the stream's publish ack.
 
@@ -303,6 +319,7 @@ class BrokerClient:
             deadline_ms=deadline_after(timeout),
             traceparent=traceparent,
             failed=failed,
+            tenancy=tenancy,
         )
         ack_key = f"{token}.a"
         ack: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -313,6 +330,8 @@ class BrokerClient:
             # De-duplicate our own publish only: a caller's request id may repeat (the
             # x-request-id of two HTTP requests), and each must be answered.
             headers[H_MSG_ID] = f"{self._prefix}.{token}"
+            if self.api_key and tenancy is None:  # a NATS caller: the worker checks it
+                headers[H_AUTHORIZATION] = f"Bearer {self.api_key}"
             await self.nc.publish(subject, body, reply=f"{self._prefix}.{ack_key}", headers=headers)
             async with asyncio.timeout(min(timeout, PUBLISH_ACK_TIMEOUT_S)):
                 _check_publish_ack(await ack)
@@ -337,24 +356,27 @@ class BrokerClient:
         traceparent: str | None = None,
         parsed: ChatCompletionRequest | None = None,
         cache_control: str | None = None,
+        tenancy: Tenancy | None = None,
     ) -> Reply:
         """Queue one non-streamed request and wait for its reply (an error reply included).
 
         With ``parsed`` (the decoded ``body``), the response cache may answer instead;
         ``cache_control`` is the caller's ``Cache-Control`` header. The reply's ``Pb-Cache``
-        header says ``hit`` or ``miss`` whenever the request was cacheable.
+        header says ``hit`` or ``miss`` whenever the request was cacheable. ``tenancy``
+        is what admission granted (the ingress); each tenant has its own cache.
         """
-        key = self._cache_key(model, parsed)
+        namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE
+        key = self._cache_key(model, parsed, namespace)
         if key is None:
-            return await self._request(model, body, timeout, request_id, traceparent)
+            return await self._request(model, body, timeout, request_id, traceparent, tenancy)
         assert self.cache is not None and parsed is not None
         policy = CachePolicy.parse(cache_control)
         remembered = None  # what the semantic cache needs to store this answer
         if policy.lookup:
-            hit, headers, remembered = await self._look_up(key, policy, model, parsed)
+            hit, headers, remembered = await self._look_up(key, policy, model, parsed, namespace)
             if hit is not None:
                 return Reply(200, ReplyKind.RESPONSE, headers, hit.body)
-        reply = await self._request(model, body, timeout, request_id, traceparent)
+        reply = await self._request(model, body, timeout, request_id, traceparent, tenancy)
         if policy.store and reply.status == 200 and reply.kind is ReplyKind.RESPONSE:
             model_config = self.config.model(model)
             assert model_config is not None
@@ -371,6 +393,7 @@ class BrokerClient:
         policy: CachePolicy,
         model: str,
         parsed: ChatCompletionRequest,
+        namespace: str,
         *,
         semantic: bool = True,
     ) -> tuple[CachedReply | None, dict[str, str], tuple[str, Any] | None]:
@@ -380,18 +403,24 @@ class BrokerClient:
         verdict, hit, remembered = "hit", await self.cache.get(key, policy.max_age), None
         if hit is None and semantic and self.semantic is not None:
             verdict = "semantic-hit"
-            hit, _, remembered = await self.semantic.lookup(parsed, model, policy.max_age)
+            hit, _, remembered = await self.semantic.lookup(
+                parsed, model, policy.max_age, namespace
+            )
         metrics.CACHE.labels(model, verdict if hit else "miss").inc()
         if hit is None:
             return None, {}, remembered
         age = str(int(time.time() - hit.stored_at))
         return hit, {H_DEPLOYMENT: hit.deployment, H_CACHE: verdict, H_AGE: age}, remembered
 
-    def _cache_key(self, model: str, parsed: ChatCompletionRequest | None) -> str | None:
+    def _cache_key(
+        self, model: str, parsed: ChatCompletionRequest | None, namespace: str
+    ) -> str | None:
         if self.cache is None or parsed is None:
             return None
         model_config = self.config.model(model)
-        return None if model_config is None else self.cache.key(parsed, model_config)
+        if model_config is None:
+            return None
+        return self.cache.key(parsed, model_config, namespace)
 
     async def _request(
         self,
@@ -400,11 +429,12 @@ class BrokerClient:
         timeout: float | None,
         request_id: str | None,
         traceparent: str | None,
+        tenancy: Tenancy | None,
     ) -> Reply:
         timeout = self._timeout(timeout)
         token = str(next(self._tokens))
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        await self._publish(model, body, future, token, timeout, request_id, traceparent)
+        await self._publish(model, body, future, token, timeout, request_id, traceparent, tenancy)
         try:
             return await asyncio.wait_for(future, timeout + DEADLINE_GRACE_S)
         except TimeoutError:
@@ -422,6 +452,7 @@ class BrokerClient:
         traceparent: str | None = None,
         parsed: ChatCompletionRequest | None = None,
         cache_control: str | None = None,
+        tenancy: Tenancy | None = None,
     ) -> ReplyStream:
         """Queue one streamed request; iterate the result for its chunk replies.
 
@@ -430,11 +461,14 @@ class BrokerClient:
         timeout = self._timeout(timeout)
         token = str(next(self._tokens))
         stream = ReplyStream(self, token, timeout)
-        key = self._cache_key(model, parsed)  # None unless cache.streams is on
+        namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE
+        key = self._cache_key(model, parsed, namespace)  # None unless cache.streams is on
         policy = CachePolicy.parse(cache_control)
         if key is not None and policy.lookup:
             assert parsed is not None
-            hit, headers, _ = await self._look_up(key, policy, model, parsed, semantic=False)
+            hit, headers, _ = await self._look_up(
+                key, policy, model, parsed, namespace, semantic=False
+            )
             if hit is not None:
                 options = parsed.stream_options
                 usage = options is not None and bool(options.include_usage)
@@ -442,7 +476,7 @@ class BrokerClient:
                     stream.queue.put_nowait(Reply(200, ReplyKind.CHUNK, headers, chunk))
                 stream.queue.put_nowait(Reply(200, ReplyKind.END, headers, b""))
                 return stream
-        await self._publish(model, body, stream, token, timeout, request_id, traceparent)
+        await self._publish(model, body, stream, token, timeout, request_id, traceparent, tenancy)
         return stream
 
     # ------------------------------------------------------------ typed API

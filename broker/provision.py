@@ -22,7 +22,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from broker.subjects import BREAKERS, CACHE, WORKERS, Subjects, bucket
+from broker.subjects import BREAKERS, CACHE, KEYS, RATELIMITS, WORKERS, Subjects, bucket
 from schemas.config import Config, DeploymentConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,38 @@ async def ensure_breakers_bucket(js: JetStreamContext, config: Config) -> KeyVal
             bucket=bucket(config.nats.subject_prefix, BREAKERS),
             description="promptbus circuit breakers",
             history=1,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+async def ensure_keys_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Virtual API keys (digests only) and tenants: ``key.<id>``, ``tenant.<name>``."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, KEYS),
+            description="promptbus API keys (SHA-256 digests) and tenants",
+            history=5,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+RATELIMIT_TTL_S = 86_400.0  # an untouched bucket is full long before this
+
+
+async def ensure_ratelimits_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Token-bucket state (one GCRA time per bucket) shared by every process."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, RATELIMITS),
+            description="promptbus rate limit buckets",
+            history=1,
+            ttl=RATELIMIT_TTL_S,
             storage=StorageType.FILE,
             replicas=config.nats.replicas,
         ),

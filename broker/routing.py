@@ -58,7 +58,7 @@ class Router:
             return min(
                 roomy,
                 key=lambda d: (
-                    d.input_cost_per_mtok + d.output_cost_per_mtok,
+                    (d.input_cost_per_mtok or 0.0) + (d.output_cost_per_mtok or 0.0),
                     _load(stats[d.name]),
                 ),
             )

@@ -23,6 +23,8 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 WORKERS = "workers"
 BREAKERS = "breakers"
 CACHE = "cache"
+KEYS = "keys"
+RATELIMITS = "ratelimits"
 
 
 def bucket(prefix: str, kind: str) -> str:

@@ -6,6 +6,14 @@
     GET  /admin/deployments                       in-flight, queued, latency, error rate...
     GET  /admin/overview                          the dashboard's data in one call
     GET  /admin/dashboard                         the live dashboard page (asks for the key)
+    POST /admin/keys                              create a key (the secret is shown once)
+    GET  /admin/keys[?tenant=]                    keys without secrets
+    POST /admin/keys/{id}/rotate                  a new secret for the same key
+    POST /admin/keys/{id}/revoke                  revoke (also DELETE /admin/keys/{id})
+    GET  /admin/tenants                           tenants with their current usage
+    PUT  /admin/tenants/{name}                    set a tenant's limits, budgets, quota
+    GET  /admin/usage[?tenant=&days=7]            tokens and cost per day, tenant, key,
+                                                  model and deployment
 
 Authentication: ``Authorization: Bearer <key>``, the key being the value of the
 environment variable named by ``admin.api_key_env``. Unset: the admin API is off (403).
@@ -17,27 +25,41 @@ import hmac
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from broker import admin, metrics
+from broker import admin, metrics, tenancy_admin
+from broker.admission import Admission
 from broker.client import BrokerClient
 from schemas.config import Config
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, from_validation_error
+from schemas.tenancy import KeySpec, TenantSpec
 
 _encoder = msgspec.json.Encoder()
 DASHBOARD_HTML = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
 
 
-def _json(value: Any) -> Response:
-    return Response(_encoder.encode(value), media_type="application/json")
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(value), status_code=status, media_type="application/json")
 
 
-def admin_routes(config: Config, broker: Callable[[], BrokerClient]) -> list[Route]:
+T = TypeVar("T")
+
+
+def _decode(body: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise from_validation_error(exc) from None
+
+
+def admin_routes(
+    config: Config, broker: Callable[[], BrokerClient], admission: Callable[[], Admission]
+) -> list[Route]:
     key = os.environ.get(config.admin.api_key_env)
 
     def authorize(request: Request) -> BrokerClient:
@@ -91,7 +113,65 @@ def admin_routes(config: Config, broker: Callable[[], BrokerClient]) -> list[Rou
         """The page itself holds no data: it asks for the key and polls /admin/overview."""
         return Response(DASHBOARD_HTML, media_type="text/html")
 
+    async def create_key(request: Request) -> Response:
+        authorize(request)
+        spec = _decode(await request.body(), KeySpec)
+        issued = await admission().keys.create_key(spec)
+        return _json(tenancy_admin.issued_view(issued), 201)
+
+    async def list_keys(request: Request) -> Response:
+        authorize(request)
+        records = admission().keys.keys(request.query_params.get("tenant"))
+        return _json({"object": "list", "data": [tenancy_admin.key_view(r) for r in records]})
+
+    async def change_key(request: Request) -> Response:
+        authorize(request)
+        key_id = request.path_params["key_id"]
+        action = request.path_params.get("action", "revoke")
+        keys = admission().keys
+        if action == "rotate":
+            issued = await keys.rotate_key(key_id)
+            if issued is not None:
+                return _json(tenancy_admin.issued_view(issued))
+        elif action == "revoke":
+            record = await keys.revoke_key(key_id)
+            if record is not None:
+                return _json(tenancy_admin.key_view(record))
+        else:
+            raise BrokerError(404, f"Unknown key action `{action}`.", code="not_found")
+        raise BrokerError(404, f"No active key `{key_id}`.", code="key_not_found")
+
+    async def list_tenants(request: Request) -> Response:
+        authorize(request)
+        views = tenancy_admin.tenants_view(admission())
+        return _json({"object": "list", "data": views})
+
+    async def set_tenant(request: Request) -> Response:
+        authorize(request)
+        spec = _decode(await request.body(), TenantSpec)
+        record = await admission().keys.set_tenant(request.path_params["name"], spec)
+        return _json(record)
+
+    async def usage(request: Request) -> Response:
+        client = authorize(request)
+        query = request.query_params
+        try:
+            days = int(query.get("days", "1"))
+        except ValueError:
+            raise BrokerError(400, "`days` must be an integer.", param="days") from None
+        if not 1 <= days <= 366:
+            raise BrokerError(400, "`days` must be between 1 and 366.", param="days")
+        report = await tenancy_admin.usage_report(client.js, config, days, query.get("tenant"))
+        return _json(report)
+
     return [
+        Route("/admin/keys", create_key, methods=["POST"]),
+        Route("/admin/keys", list_keys, methods=["GET"]),
+        Route("/admin/keys/{key_id}", change_key, methods=["DELETE"]),
+        Route("/admin/keys/{key_id}/{action}", change_key, methods=["POST"]),
+        Route("/admin/tenants", list_tenants, methods=["GET"]),
+        Route("/admin/tenants/{name}", set_tenant, methods=["PUT"]),
+        Route("/admin/usage", usage, methods=["GET"]),
         Route("/admin/breakers", list_breakers, methods=["GET"]),
         Route("/admin/breakers/{deployment:path}/{action}", change_breaker, methods=["POST"]),
         Route("/admin/deployments", list_deployments, methods=["GET"]),

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from broker import metrics, tracing
+from broker.admission import Admission, bearer
 from broker.client import BrokerClient, Reply, ReplyStream
 from ingress.admin import admin_routes
 from ingress.http_io import error_response, read_body, request_timeout, require_json
@@ -78,6 +79,7 @@ def create_app(
 ) -> Starlette:
     """The ASGI app; it connects its own ``BrokerClient`` at start-up unless given one."""
     state: dict[str, BrokerClient] = {}
+    admissions: dict[str, Admission] = {}
     if client is not None:
         state["client"] = client
 
@@ -86,11 +88,17 @@ def create_app(
         owned = "client" not in state
         if owned:
             state["client"] = await BrokerClient.connect(config, nats_url, name="promptbus-ingress")
+        admissions["admission"] = await Admission.open(state["client"].js, config)
         try:
             yield
         finally:
+            await admissions.pop("admission").close()
             if owned:
                 await state.pop("client").close()
+
+    def api_key(request: Request) -> str | None:
+        headers = request.headers
+        return bearer(headers.get("authorization")) or headers.get("api-key") or None
 
     async def chat_completions(request: Request) -> Response:
         """Metrics, trace context and the request log around the actual work."""
@@ -137,11 +145,16 @@ def create_app(
         context["model"], context["stream"] = chat.model, bool(chat.stream)
         broker = state["client"]
         request_id = str(context["request_id"])
+        admission = admissions["admission"]
+        grant = await admission.admit(api_key(request), chat.model, len(body) // 4)
+        context["tenant"] = grant.tenancy.tenant
         options: dict[str, Any] = {
             "timeout": request_timeout(request),
             "request_id": request_id,
             "traceparent": tracing.child(trace),
+            "tenancy": admission.sign(request_id, grant.tenancy),
         }
+        limits = grant.rate_headers()
         cache_control = request.headers.get("cache-control")
         if chat.stream:
             stream = await broker.open_stream(
@@ -154,7 +167,7 @@ def create_app(
             except BaseException:
                 stream.close()
                 raise
-            headers = SSE_HEADERS | ({} if first is None else _reply_headers(first))
+            headers = SSE_HEADERS | limits | ({} if first is None else _reply_headers(first))
             return StreamingResponse(
                 _sse(first, stream), media_type="text/event-stream", headers=headers
             )
@@ -165,7 +178,7 @@ def create_app(
             reply.body,
             status_code=reply.status,
             media_type="application/json",
-            headers=_reply_headers(reply),
+            headers=limits | _reply_headers(reply),
         )
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -173,8 +186,13 @@ def create_app(
         return Response(payload, headers={"Content-Type": content_type})
 
     async def list_models(request: Request) -> Response:
+        allowed = admissions["admission"].allowed_models(api_key(request))
         models = ModelList(
-            data=[Model(id=m.model_name, created=0, owned_by=m.owned_by) for m in config.model_list]
+            data=[
+                Model(id=m.model_name, created=0, owned_by=m.owned_by)
+                for m in config.model_list
+                if allowed is None or m.model_name in allowed
+            ]
         )
         return Response(encoder.encode(models), media_type="application/json")
 
@@ -233,7 +251,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
-            *admin_routes(config, lambda: state["client"]),
+            *admin_routes(config, lambda: state["client"], lambda: admissions["admission"]),
         ],
         lifespan=lifespan,
         exception_handlers={

@@ -12,7 +12,7 @@ from schemas.errors import BrokerError
 
 def error_response(error: BrokerError) -> Response:
     """The OpenAI error body, with the retry verdict as headers the openai SDK honours."""
-    headers = {"x-should-retry": "true" if error.retryable else "false"}
+    headers = error.headers | {"x-should-retry": "true" if error.retryable else "false"}
     if error.retry_after is not None:
         headers["retry-after"] = str(math.ceil(error.retry_after))
     return Response(

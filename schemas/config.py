@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct, field
 
+from schemas.prices import BUILTIN_PRICES
+
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Routing = Literal["least-busy", "weighted", "round-robin", "lowest-latency", "lowest-cost"]
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -57,8 +59,10 @@ class DeploymentConfig(_Config):
     retry: RetryConfig = field(default_factory=RetryConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     weight: Annotated[float, Meta(gt=0)] = 1.0  # routing: weighted
-    input_cost_per_mtok: Annotated[float, Meta(ge=0)] = 0.0  # routing: lowest-cost
-    output_cost_per_mtok: Annotated[float, Meta(ge=0)] = 0.0
+    # USD per million tokens; unset: `prices` in the config, then the built-in table
+    # (schemas/prices.py), then 0. Used for costs, budgets and routing: lowest-cost.
+    input_cost_per_mtok: Annotated[float, Meta(ge=0)] | None = None
+    output_cost_per_mtok: Annotated[float, Meta(ge=0)] | None = None
     mock_latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # provider "mock" only
 
     def __post_init__(self) -> None:
@@ -133,6 +137,18 @@ class CacheConfig(_Config):
     semantic: SemanticCacheConfig = field(default_factory=SemanticCacheConfig)
 
 
+class PriceConfig(_Config):
+    input_per_mtok: Annotated[float, Meta(ge=0)] = 0.0
+    output_per_mtok: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class AuthConfig(_Config):
+    """Virtual API keys (``promptbus keys``). Off: every request is the ``default``
+    tenant's and no key is checked; on: a valid key is required (401/403 otherwise)."""
+
+    required: bool = False
+
+
 class AdminConfig(_Config):
     api_key_env: str = "PROMPTBUS_ADMIN_KEY"  # the admin API is off while it is unset
 
@@ -151,6 +167,8 @@ class Config(_Config):
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    prices: dict[str, PriceConfig] = field(default_factory=dict)  # by upstream model name
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -171,6 +189,21 @@ class Config(_Config):
                     )
                 if other == model.model_name:
                     raise ValueError(f"model `{model.model_name}` falls back to itself")
+        for model in self.model_list:
+            for deployment in model.deployments:
+                self._price(deployment, deployment.model or model.model_name)
+
+    def _price(self, deployment: DeploymentConfig, upstream_model: str) -> None:
+        """Fill a deployment's unset prices: config ``prices``, built-in table, else 0."""
+        configured = self.prices.get(upstream_model)
+        if configured is not None:
+            listed = (configured.input_per_mtok, configured.output_per_mtok)
+        else:
+            listed = BUILTIN_PRICES.get(upstream_model, (0.0, 0.0))
+        if deployment.input_cost_per_mtok is None:
+            deployment.input_cost_per_mtok = listed[0]
+        if deployment.output_cost_per_mtok is None:
+            deployment.output_cost_per_mtok = listed[1]
 
     def model(self, name: str) -> ModelConfig | None:
         for model in self.model_list:

@@ -19,6 +19,12 @@ H_DEADLINE = "Pb-Deadline"  # absolute deadline, Unix epoch milliseconds
 H_TRACEPARENT = "traceparent"  # W3C trace context, passed through unchanged
 H_MSG_ID = "Nats-Msg-Id"  # JetStream de-duplication, set to the request id
 H_FAILED = "Pb-Failed"  # deployments that already failed this request (failover)
+H_AUTHORIZATION = "Authorization"  # NATS callers: "Bearer sk-pb-..." (auth.required)
+H_KEY_ID = "Pb-Key-Id"  # the admitted key's id (never the key)
+H_TENANT = "Pb-Tenant"
+H_TOKEN_ESTIMATE = "Pb-Token-Estimate"  # tokens charged at admission, corrected after
+H_METERED = "Pb-Metered"  # "1": a budget or quota applies, record usage before replying
+H_ADMISSION = "Pb-Admission"  # HMAC by the admitting process: "already checked"
 
 # Reply headers (worker -> client)
 H_KIND = "Pb-Kind"
@@ -49,6 +55,7 @@ class RequestMeta(Struct, frozen=True):
     deadline_ms: int | None = None
     traceparent: str | None = None
     failed: tuple[str, ...] = ()
+    tenancy: Tenancy | None = None  # set once the request was admitted
 
     def to_headers(self) -> dict[str, str]:
         msg_id = self.request_id + (f":{len(self.failed)}" if self.failed else "")
@@ -61,6 +68,8 @@ class RequestMeta(Struct, frozen=True):
             headers[H_TRACEPARENT] = self.traceparent
         if self.failed:
             headers[H_FAILED] = ",".join(self.failed)
+        if self.tenancy is not None:
+            headers.update(self.tenancy.to_headers())
         return headers
 
     @classmethod
@@ -79,6 +88,7 @@ class RequestMeta(Struct, frozen=True):
             deadline_ms=deadline_ms,
             traceparent=headers.get(H_TRACEPARENT),
             failed=tuple(failed.split(",")) if failed else (),
+            tenancy=Tenancy.from_headers(headers) if H_ADMISSION in headers else None,
         )
 
     def remaining(self, now_ms: int | None = None) -> float | None:
@@ -92,3 +102,40 @@ class RequestMeta(Struct, frozen=True):
 def deadline_after(seconds: float) -> int:
     """The absolute ``Pb-Deadline`` value for a timeout starting now."""
     return int((time.time() + seconds) * 1000)
+
+
+class Tenancy(Struct, frozen=True):
+    """Who an admitted request belongs to, vouched for by ``signature`` (see
+    broker/admission.py): workers trust it instead of checking the key again."""
+
+    key_id: str
+    tenant: str
+    estimate: int = 0
+    metered: bool = False
+    signature: str = ""
+
+    def signed_part(self, request_id: str) -> str:
+        return f"{request_id}|{self.key_id}|{self.tenant}|{self.estimate}|{int(self.metered)}"
+
+    def to_headers(self) -> dict[str, str]:
+        return {
+            H_KEY_ID: self.key_id,
+            H_TENANT: self.tenant,
+            H_TOKEN_ESTIMATE: str(self.estimate),
+            H_METERED: "1" if self.metered else "0",
+            H_ADMISSION: self.signature,
+        }
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str]) -> Tenancy:
+        try:
+            estimate = int(headers.get(H_TOKEN_ESTIMATE) or 0)
+        except ValueError:
+            estimate = 0
+        return cls(
+            key_id=headers.get(H_KEY_ID, ""),
+            tenant=headers.get(H_TENANT, ""),
+            estimate=estimate,
+            metered=headers.get(H_METERED) == "1",
+            signature=headers.get(H_ADMISSION, ""),
+        )

@@ -46,6 +46,7 @@ class BrokerError(Exception):
         self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
         self.retryable = retryable  # would the same request succeed later?
         self.retry_after = retry_after  # seconds to wait first, when known
+        self.headers: dict[str, str] = {}  # extra HTTP headers, e.g. x-ratelimit-*
 
     @property
     def message(self) -> str:

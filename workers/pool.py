@@ -44,6 +44,7 @@ from schemas.errors import (
     from_validation_error,
     upstream_error,
 )
+from workers.accounting import Accounting
 from workers.breaker import CircuitBreaker
 from workers.failover import Failover
 from workers.lanes import Lane, PrioritySlots
@@ -100,10 +101,12 @@ class DeploymentPool:
         failover: Failover,
         ack_wait: float,
         pacer: Pacer | None = None,
+        accounting: Accounting | None = None,
     ) -> None:
         self._nc = nc
         self.slots = PrioritySlots(deployment.max_concurrency)
         self._pacer = pacer
+        self._accounting = accounting
         self.provider = provider
         self.deployment = deployment
         self.model = model
@@ -213,6 +216,12 @@ class DeploymentPool:
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             await self._error(meta, from_validation_error(exc))
             return True
+        if self._accounting is not None:
+            try:
+                meta = await self._accounting.vet(msg, meta, self.model.model_name)
+            except BrokerError as exc:
+                await self._error(meta, exc)
+                return True
         if not self.breaker.allows():
             if await self._move_on(msg, meta, context=False):
                 return True
@@ -241,6 +250,7 @@ class DeploymentPool:
                         self._on_retry,
                     )
                     usage = self._count_tokens(body)
+                    await self._account(meta, usage)
                     body = self._stamp(body, meta)
                     await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
                     self._m_ok.inc()
@@ -367,11 +377,26 @@ class DeploymentPool:
                 # Part of the answer was delivered: end the stream with the error, no
                 # retry and no failover (the caller would see the start twice).
                 await self.breaker.record_failure(exc.detail.code or "stream broken")
+                await self._account(meta, usage)
                 await self._error(meta, exc)
                 return usage
+        await self._account(meta, usage)
         await self._nc.publish(reply_to, b"", headers=self._ok_headers(meta, kind=self._end))
         self._m_ok.inc()
         return usage
+
+    async def _account(self, meta: RequestMeta, usage: Usage | None) -> None:
+        if self._accounting is not None and usage is not None:
+            await self._accounting.settle(
+                meta, self.model.model_name, self.name, usage, self._cost(usage)
+            )
+
+    def _cost(self, usage: Usage) -> float:
+        deployment = self.deployment
+        return (
+            usage.prompt_tokens * (deployment.input_cost_per_mtok or 0.0)
+            + usage.completion_tokens * (deployment.output_cost_per_mtok or 0.0)
+        ) / 1e6
 
     def _count_tokens(self, body: bytes) -> Usage | None:
         """Usage from a response or the usage chunk of a stream; most chunks have none."""
@@ -381,11 +406,7 @@ class DeploymentPool:
         if usage is not None:
             self._m_tokens_in.inc(usage.prompt_tokens)
             self._m_tokens_out.inc(usage.completion_tokens)
-            deployment = self.deployment
-            cost = (
-                usage.prompt_tokens * deployment.input_cost_per_mtok
-                + usage.completion_tokens * deployment.output_cost_per_mtok
-            ) / 1e6
+            cost = self._cost(usage)
             if cost:
                 self.cost_usd += cost
                 self._m_cost.inc(cost)

@@ -17,6 +17,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from broker import metrics
+from broker.admission import Admission
 from broker.connection import connect
 from broker.presence import PresencePublisher, WorkerDirectory
 from broker.provision import (
@@ -32,9 +33,11 @@ from broker.provision import (
 from broker.pull import PullConsumer
 from broker.routing import Router
 from broker.subjects import Subjects
+from broker.usage import UsageRecorder
 from schemas.config import Config, DeploymentConfig, ModelConfig
 from schemas.envelope import H_REPLY_TO
 from schemas.state import BreakerState, DeploymentStats
+from workers.accounting import Accounting
 from workers.breaker import BreakerBoard
 from workers.failover import Failover
 from workers.intake import Intake
@@ -88,6 +91,7 @@ class Worker:
         self._batch_consumers: list[PullConsumer] = []  # the batch lane, same order
         self._pacers: list[tuple[Pacer, PullConsumer, PullConsumer]] = []
         self._pace_task: asyncio.Task[None] | None = None
+        self._accounting: Accounting | None = None
         self._intakes: list[PullConsumer] = []
         self._directory: WorkerDirectory | None = None
         self._queues: set[str] = set()
@@ -112,6 +116,9 @@ class Worker:
         self._presence = PresencePublisher(kv, self.worker_id, config.worker.heartbeat_s)
         self._directory = WorkerDirectory(kv, config.worker.presence_ttl_s)
         board = BreakerBoard(await ensure_breakers_bucket(js, config), self.worker_id)
+        recorder = UsageRecorder(nc, config.nats.subject_prefix)
+        self._accounting = Accounting(await Admission.open(js, config), recorder)
+        recorder.start()
         self._breakers = board
         router = Router(self._directory, board.is_open)
         failover = Failover(config, subjects, js, board.is_open, router)
@@ -203,6 +210,7 @@ class Worker:
             failover,
             self.config.worker.ack_wait_s,
             pacer=pacer,
+            accounting=self._accounting,
         )
         pool.start()
         interactive_queue, batch_queue = queues
@@ -291,5 +299,8 @@ class Worker:
         if self._directory:
             await self._directory.stop()
         await asyncio.gather(*(p.stop() for p in self._pools))
+        if self._accounting is not None:
+            await self._accounting.recorder.stop()  # the last batch of usage
+            await self._accounting.admission.close()
         if self._nc is not None and self._owns_connection:
             await self._nc.drain()

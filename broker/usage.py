@@ -1,0 +1,297 @@
+"""The usage ledger: tokens and costs per key, tenant, model and deployment, in NATS.
+
+JetStream counters (a stream with ``allow_msg_counter``): a publish with a ``Nats-Incr``
+header adds to the subject's total atomically on the server, so any number of workers
+record without coordination, and the total is the subject's last message. Two families:
+
+    <prefix>.usage.a.<scope>.<id>.<period>.<metric>    aggregates read at admission
+    <prefix>.usage.d.<YYYYMMDD>.<tenant>.<key>.<model>.<deployment>.<metric>   reports
+
+scope is ``key`` or ``tenant``; period is ``h2026112503``, ``d20261125``, ``w2026-48``,
+``m202611`` or ``all``; metrics are ``tokens`` and ``cost`` (nano-USD, integers).
+Admission reads aggregates from a live local copy (an ordered consumer delivering the
+last value of each subject, then every change), so a budget check is a dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from broker.subjects import model_token
+from schemas.config import Config
+from schemas.tenancy import Period, UsageRow
+
+log = logging.getLogger(__name__)
+
+NANO = 1_000_000_000  # cost counters count nano-dollars
+FLUSH_S = 0.2  # unmetered usage is recorded in batches this often
+
+
+class _Counter(msgspec.Struct):
+    val: str = "0"
+
+
+_counter = msgspec.json.Decoder(_Counter)
+
+
+def usage_stream(config: Config) -> str:
+    return f"{config.nats.stream}_USAGE"
+
+
+async def ensure_usage_stream(js: JetStreamContext, config: Config) -> None:
+    prefix = config.nats.subject_prefix
+    stream = StreamConfig(
+        name=usage_stream(config),
+        description="promptbus usage counters (tokens, costs) per key, tenant, model",
+        subjects=[f"{prefix}.usage.>"],
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,  # a counter's total is its last message
+        allow_msg_counter=True,
+        allow_direct=True,
+        num_replicas=config.nats.replicas,
+    )
+    try:
+        await js.stream_info(stream.name or "")
+    except NotFoundError:
+        await js.add_stream(stream)
+
+
+# ---------------------------------------------------------------- periods
+
+
+def period_key(period: Period, at: float) -> str:
+    t = datetime.fromtimestamp(at, UTC)
+    if period == "hourly":
+        return t.strftime("h%Y%m%d%H")
+    if period == "daily":
+        return t.strftime("d%Y%m%d")
+    if period == "weekly":
+        year, week, _ = t.isocalendar()
+        return f"w{year}-{week:02d}"
+    if period == "monthly":
+        return t.strftime("m%Y%m")
+    return "all"
+
+
+def period_end(period: Period, at: float) -> float | None:
+    """When the period containing ``at`` ends (UTC); None for ``never``."""
+    t = datetime.fromtimestamp(at, UTC)
+    if period == "hourly":
+        start = t.replace(minute=0, second=0, microsecond=0)
+        return (start + timedelta(hours=1)).timestamp()
+    if period == "daily":
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return (start + timedelta(days=1)).timestamp()
+    if period == "weekly":
+        start = (t - timedelta(days=t.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        return (start + timedelta(days=7)).timestamp()
+    if period == "monthly":
+        days = calendar.monthrange(t.year, t.month)[1]
+        start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        return (start + timedelta(days=days)).timestamp()
+    return None
+
+
+QUOTA_PERIODS: tuple[Period, ...] = ("hourly", "daily", "weekly", "monthly", "never")
+BUDGET_PERIODS: tuple[Period, ...] = ("daily", "monthly")
+
+
+def _token(value: str) -> str:
+    return model_token(value).replace("/", "%2F") or "-"
+
+
+class Subjects:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def aggregate(self, scope: str, ident: str, period: Period, at: float, metric: str) -> str:
+        return f"{self.prefix}.usage.a.{scope}.{_token(ident)}.{period_key(period, at)}.{metric}"
+
+    def detail(
+        self, at: float, tenant: str, key_id: str, model: str, deployment: str, metric: str
+    ) -> str:
+        day = datetime.fromtimestamp(at, UTC).strftime("%Y%m%d")
+        parts = (_token(tenant), _token(key_id), _token(model), _token(deployment))
+        return f"{self.prefix}.usage.d.{day}.{'.'.join(parts)}.{metric}"
+
+
+class UsageRecorder:
+    """Adds a request's usage to the counters; batched unless the caller waits for it."""
+
+    def __init__(self, nc: NATS, prefix: str) -> None:
+        self._nc = nc
+        self._subjects = Subjects(prefix)
+        self._pending: dict[str, int] = defaultdict(int)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    def increments(
+        self,
+        *,
+        tenant: str,
+        key_id: str,
+        model: str,
+        deployment: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        at: float,
+    ) -> dict[str, int]:
+        s = self._subjects
+        tokens = prompt_tokens + completion_tokens
+        cost = round(cost_usd * NANO)
+        out: dict[str, int] = {}
+        for period in BUDGET_PERIODS:
+            out[s.aggregate("key", key_id, period, at, "cost")] = cost
+            out[s.aggregate("tenant", tenant, period, at, "cost")] = cost
+        for period in QUOTA_PERIODS:
+            out[s.aggregate("tenant", tenant, period, at, "tokens")] = tokens
+        detail = {
+            "requests": 1,
+            "prompt": prompt_tokens,
+            "completion": completion_tokens,
+            "cost": cost,
+        }
+        for metric, value in detail.items():
+            out[s.detail(at, tenant, key_id, model, deployment, metric)] = value
+        return out
+
+    async def record(self, now: bool = False, **usage: object) -> None:
+        """``now``: publish before returning (metered keys: the next admission must see
+        it); otherwise within ``FLUSH_S``."""
+        increments = self.increments(**usage)  # type: ignore[arg-type]
+        if now:
+            await self._publish(increments)
+            return
+        for subject, value in increments.items():
+            self._pending[subject] += value
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, defaultdict(int)
+        if pending:
+            await self._publish(pending)
+
+    async def _publish(self, increments: dict[str, int]) -> None:
+        async def one(subject: str, value: int) -> None:
+            if value:
+                await self._nc.request(subject, b"", timeout=5, headers={"Nats-Incr": str(value)})
+
+        results = await asyncio.gather(
+            *(one(s, v) for s, v in increments.items()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("usage not recorded: %s", result)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("usage flush failed")
+
+
+class UsageView:
+    """A live local copy of the aggregate counters, for admission checks."""
+
+    def __init__(self, js: JetStreamContext, config: Config) -> None:
+        self._js = js
+        self._config = config
+        self._subjects = Subjects(config.nats.subject_prefix)
+        self._values: dict[str, int] = {}
+        self._sub: object | None = None
+
+    async def start(self) -> None:
+        prefix = self._config.nats.subject_prefix
+        self._sub = await self._js.subscribe(
+            f"{prefix}.usage.a.>",
+            stream=usage_stream(self._config),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            cb=self._on_msg,
+        )
+
+    async def _on_msg(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError, ValueError):
+            self._values[msg.subject] = int(_counter.decode(msg.data).val)
+
+    async def stop(self) -> None:
+        sub = self._sub
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+
+    def value(self, scope: str, ident: str, period: Period, metric: str, at: float) -> int:
+        return self._values.get(self._subjects.aggregate(scope, ident, period, at, metric), 0)
+
+    def spent_usd(self, scope: str, ident: str, period: Period, at: float) -> float:
+        return self.value(scope, ident, period, "cost", at) / NANO
+
+
+async def report(
+    js: JetStreamContext, config: Config, days: list[str], tenant: str | None = None
+) -> list[UsageRow]:
+    """Usage rows for the given days (YYYYMMDD), optionally one tenant's."""
+    prefix = config.nats.subject_prefix
+    rows: dict[tuple[str, ...], UsageRow] = {}
+    for day in days:
+        scope = f"{prefix}.usage.d.{day}.{_token(tenant) if tenant else '*'}.>"
+        sub = await js.subscribe(
+            scope,
+            stream=usage_stream(config),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        try:
+            info = await sub.consumer_info()
+            remaining = info.num_pending or 0
+            while remaining > 0:
+                msg = await sub.next_msg(timeout=5)
+                remaining = (msg.metadata.num_pending or 0) if msg.metadata else remaining - 1
+                _add(rows, msg.subject, int(_counter.decode(msg.data).val), day)
+        finally:
+            await sub.unsubscribe()
+    return sorted(rows.values(), key=lambda r: (r.day, r.tenant, r.key_id, r.model, r.deployment))
+
+
+def _add(rows: dict[tuple[str, ...], UsageRow], subject: str, value: int, day: str) -> None:
+    parts = subject.split(".")
+    tenant, key_id, model, deployment, metric = (unquote(p) for p in parts[-5:])
+    ident = (day, tenant, key_id, model, deployment)
+    row = rows.get(ident)
+    if row is None:
+        iso = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+        row = rows[ident] = UsageRow(
+            day=iso, tenant=tenant, key_id=key_id, model=model, deployment=deployment
+        )
+    if metric == "requests":
+        row.requests += value
+    elif metric == "prompt":
+        row.prompt_tokens += value
+    elif metric == "completion":
+        row.completion_tokens += value
+    elif metric == "cost":
+        row.cost_usd += value / NANO
