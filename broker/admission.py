@@ -27,7 +27,7 @@ from broker.keys import KeyStore
 from broker.provision import ensure_keys_bucket, ensure_ratelimits_bucket
 from broker.ratelimit import Bucket, Decision, RateLimiter
 from broker.subjects import model_token
-from broker.usage import UsageView, ensure_usage_stream, period_end
+from broker.usage import NANO, UsageView, ensure_usage_stream, period_end
 from schemas.config import Config
 from schemas.envelope import Tenancy
 from schemas.errors import BrokerError
@@ -151,9 +151,10 @@ class Admission:
         tenant = self.keys.tenant(key.tenant) or TenantRecord(name=key.tenant)
         self._check_model(key, tenant, model)
         now = time.time()
-        self._check_budgets("key", key.id, f"key {key.id}", key.budgets, now)
-        self._check_budgets("tenant", tenant.name, f"tenant {tenant.name}", tenant.budgets, now)
-        self._check_quota(tenant, now)
+        await self._check_budgets("key", key.id, f"key {key.id}", key.budgets, now)
+        owner = f"tenant {tenant.name}"
+        await self._check_budgets("tenant", tenant.name, owner, tenant.budgets, now)
+        await self._check_quota(tenant, now)
         decisions = await self._take(key, tenant, estimate)
         metered = bool(key.budgets or tenant.budgets or tenant.quota)
         return Grant(Tenancy(key.id, tenant.name, estimate, metered), decisions)
@@ -173,11 +174,11 @@ class Admission:
                     param="model",
                 )
 
-    def _check_budgets(
+    async def _check_budgets(
         self, scope: str, ident: str, owner: str, budgets: list[Budget], now: float
     ) -> None:
         for budget in budgets:
-            spent = self.usage.spent_usd(scope, ident, budget.period, now)
+            spent = await self.usage.current(scope, ident, budget.period, "cost", now) / NANO
             if spent >= budget.max_usd:
                 resets = period_end(budget.period, now) or now
                 raise BrokerError(
@@ -189,11 +190,11 @@ class Admission:
                     retry_after=max(1.0, resets - now),
                 )
 
-    def _check_quota(self, tenant: TenantRecord, now: float) -> None:
+    async def _check_quota(self, tenant: TenantRecord, now: float) -> None:
         quota = tenant.quota
         if quota is None:
             return
-        used = self.usage.value("tenant", tenant.name, quota.period, "tokens", now)
+        used = await self.usage.current("tenant", tenant.name, quota.period, "tokens", now)
         if used >= quota.tokens:
             resets = period_end(quota.period, now)
             when = f"it resets at {_when(resets)}" if resets else "it never resets"

@@ -77,10 +77,15 @@ async def _up(config: Config, url: str, port: int) -> None:
         server = http_server(create_app(config, nats_url=url), config.ingress.host, port)
         model = config.model_list[0].model_name
         base = f"http://{config.ingress.host}:{port}"
+        auth = demo = ""
+        if config.auth.required:  # a ready key for the demo tenant, kept between runs
+            demo = await _demo_key(config, url)
+            auth = f"-H 'Authorization: Bearer {demo}' "
         print(
             f"promptbus is up: NATS {url}, ingress {base}\n"
-            f"try:\n  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "
-            f"-d '{_hello_body(model)}'\n"
+            + (f"demo API key (tenant demo): {demo}\n" if demo else "")
+            + f"try:\n  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"{auth}-d '{_hello_body(model)}'\n"
             f"dashboard: {base}/admin/dashboard#key={admin_key}\n"
             "Ctrl-C stops everything.",
             flush=True,
@@ -88,6 +93,17 @@ async def _up(config: Config, url: str, port: int) -> None:
         await serve_until(server, stop)
     finally:
         await worker.stop(grace=5)
+
+
+async def _demo_key(config: Config, url: str) -> str:
+    from broker.connection import connect
+    from broker.tenancy_cli import demo_key
+
+    nc = await connect(url, "promptbus-up")
+    try:
+        return await demo_key(config, nc, Path(config.nats.store_dir).parent / "demo-key")
+    finally:
+        await nc.close()
 
 
 def cmd_nats(args: argparse.Namespace) -> None:
@@ -172,17 +188,24 @@ def cmd_mock_upstream(args: argparse.Namespace) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     config = _config(args)
     model = args.model or config.model_list[0].model_name
-    run(_chat(config, _nats_url(args, config), model, args.prompt, args.stream, args.timeout))
+    url = _nats_url(args, config)
+    run(_chat(config, url, model, args.prompt, args.stream, args.timeout, args.api_key))
 
 
 async def _chat(
-    config: Config, url: str, model: str, prompt: str, stream: bool, timeout: float
+    config: Config,
+    url: str,
+    model: str,
+    prompt: str,
+    stream: bool,
+    timeout: float,
+    api_key: str | None,
 ) -> None:
     from broker.client import BrokerClient
     from schemas.errors import BrokerError
 
     request = {"model": model, "messages": [{"role": "user", "content": prompt}]}
-    client = await BrokerClient.connect(config, url, name="promptbus-chat")
+    client = await BrokerClient.connect(config, url, name="promptbus-chat", api_key=api_key)
     try:
         if stream:
             async for chunk in client.chat_stream(request, timeout=timeout):
@@ -196,6 +219,12 @@ async def _chat(
         raise SystemExit(f"error {exc.status} ({exc.detail.code}): {exc.message}") from None
     finally:
         await client.close()
+
+
+def cmd_tenancy(args: argparse.Namespace) -> None:
+    """keys / tenants / usage: see broker/tenancy_cli.py."""
+    config = _config(args)
+    run(args.action(args, config, _nats_url(args, config)))
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -251,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", "-m", default=None)
     chat.add_argument("--stream", action="store_true")
     chat.add_argument("--timeout", type=float, default=60.0)
+    chat.add_argument(
+        "--api-key",
+        default=os.environ.get("PROMPTBUS_API_KEY"),
+        help="virtual key when auth.required is on (default: $PROMPTBUS_API_KEY)",
+    )
+    from broker import tenancy_cli
+
+    tenancy_cli.add_commands(lambda name, _, help: add(name, cmd_tenancy, help))
     status = add("status", cmd_status, "deployments, breakers and queues as a table")
     status.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh")
     return parser

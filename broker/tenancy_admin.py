@@ -11,7 +11,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from broker.admission import Admission
-from broker.usage import BUDGET_PERIODS, report
+from broker.usage import BUDGET_PERIODS, NANO, report
 from schemas.config import Config
 from schemas.tenancy import IssuedKey, KeyRecord
 
@@ -26,22 +26,30 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
     return view
 
 
+def key_free(value: Any) -> Any:
+    """Any record as plain data (tenants have no secrets, keys lose their digest)."""
+    if isinstance(value, KeyRecord):
+        return key_view(value)
+    return msgspec.to_builtins(value)
+
+
 def issued_view(issued: IssuedKey) -> dict[str, Any]:
     return {"key": issued.key, **key_view(issued.record)}
 
 
-def tenants_view(admission: Admission) -> list[dict[str, Any]]:
+async def tenants_view(admission: Admission) -> list[dict[str, Any]]:
+    """Tenants with their spend this day and month and their quota use, read fresh."""
     now = time.time()
     usage = admission.usage
     views = []
     for tenant in admission.keys.tenants():
         view: dict[str, Any] = msgspec.to_builtins(tenant)
         view["spent_usd"] = {
-            period: round(usage.spent_usd("tenant", tenant.name, period, now), 6)
+            period: round(await usage.current("tenant", tenant.name, period, "cost", now) / NANO, 6)
             for period in BUDGET_PERIODS
         }
         if tenant.quota is not None:
-            used = usage.value("tenant", tenant.name, tenant.quota.period, "tokens", now)
+            used = await usage.current("tenant", tenant.name, tenant.quota.period, "tokens", now)
             view["quota_used_tokens"] = used
         view["keys"] = len([k for k in admission.keys.keys(tenant.name) if k.revoked_at is None])
         views.append(view)

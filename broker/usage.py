@@ -250,6 +250,18 @@ class UsageView:
     def spent_usd(self, scope: str, ident: str, period: Period, at: float) -> float:
         return self.value(scope, ident, period, "cost", at) / NANO
 
+    async def current(self, scope: str, ident: str, period: Period, metric: str, at: float) -> int:
+        """The counter's value read from the server now (one direct get), for checks that
+        must not trail the ledger by even a moment: budgets and quotas."""
+        subject = self._subjects.aggregate(scope, ident, period, at, metric)
+        try:
+            msg = await self._js.get_last_msg(usage_stream(self._config), subject, direct=True)
+        except NotFoundError:
+            return 0
+        value = int(_counter.decode(msg.data or b"{}").val)
+        self._values[subject] = value
+        return value
+
 
 async def report(
     js: JetStreamContext, config: Config, days: list[str], tenant: str | None = None
@@ -257,23 +269,14 @@ async def report(
     """Usage rows for the given days (YYYYMMDD), optionally one tenant's."""
     prefix = config.nats.subject_prefix
     rows: dict[tuple[str, ...], UsageRow] = {}
+    stream = usage_stream(config)
     for day in days:
         scope = f"{prefix}.usage.d.{day}.{_token(tenant) if tenant else '*'}.>"
-        sub = await js.subscribe(
-            scope,
-            stream=usage_stream(config),
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        )
-        try:
-            info = await sub.consumer_info()
-            remaining = info.num_pending or 0
-            while remaining > 0:
-                msg = await sub.next_msg(timeout=5)
-                remaining = (msg.metadata.num_pending or 0) if msg.metadata else remaining - 1
-                _add(rows, msg.subject, int(_counter.decode(msg.data).val), day)
-        finally:
-            await sub.unsubscribe()
+        info = await js.stream_info(stream, subjects_filter=scope)
+        subjects = sorted((info.state.subjects or {}) if info.state else {})
+        for subject in subjects:
+            msg = await js.get_last_msg(stream, subject, direct=True)
+            _add(rows, subject, int(_counter.decode(msg.data or b"{}").val), day)
     return sorted(rows.values(), key=lambda r: (r.day, r.tenant, r.key_id, r.model, r.deployment))
 
 

@@ -143,7 +143,7 @@ def admin_routes(
 
     async def list_tenants(request: Request) -> Response:
         authorize(request)
-        views = tenancy_admin.tenants_view(admission())
+        views = await tenancy_admin.tenants_view(admission())
         return _json({"object": "list", "data": views})
 
     async def set_tenant(request: Request) -> Response:

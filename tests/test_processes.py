@@ -43,6 +43,7 @@ def test_up_serves_and_stops_without_orphans(tmp_path: Path) -> None:
             {
                 "nats": {"port": nats_port, "store_dir": str(store)},
                 "ingress": {"port": port},
+                "auth": {"required": True},
                 "model_list": [{"model_name": "mock-gpt", "deployments": [{"provider": "mock"}]}],
             }
         )
@@ -51,10 +52,12 @@ def test_up_serves_and_stops_without_orphans(tmp_path: Path) -> None:
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", up)
         assert _pids_with(str(store)), "embedded nats-server not running"
-        response = httpx.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            json={"model": "mock-gpt", "messages": [{"role": "user", "content": "up"}]},
-        )
+        chat = {"model": "mock-gpt", "messages": [{"role": "user", "content": "up"}]}
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        assert httpx.post(url, json=chat).status_code == 401  # auth.required: keys needed
+        demo = up.output().split("demo API key (tenant demo): ", 1)[1].split()[0]
+        assert f"Authorization: Bearer {demo}" in up.output()  # the curl line to try has it
+        response = httpx.post(url, json=chat, headers={"Authorization": f"Bearer {demo}"})
         assert response.json()["choices"][0]["message"]["content"] == "mock reply to: up"
         assert "curl -s" in up.output()  # the line to try
         key = up.output().split("/admin/dashboard#key=", 1)[1].split()[0]

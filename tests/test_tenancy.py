@@ -1,0 +1,292 @@
+"""Keys, tenants, rate limits, budgets and quotas across three ingress processes.
+
+One worker and three ingresses share one NATS server (their own subject prefix); every
+request crosses real sockets. Limits hold exactly because their state lives in NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import yaml
+
+from broker.client import BrokerClient
+from broker.embedded import free_port
+from broker.settings import load_config
+from schemas.errors import BrokerError
+from tests.procs import PROMPTBUS, Proc, wait_http
+
+ADMIN = "tenancy-admin-secret"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+class Tenancy:
+    def __init__(self, ingresses: list[str], config: Path, nats_url: str, logs: list[Path]):
+        self.ingresses = ingresses
+        self.config = config
+        self.nats_url = nats_url
+        self.logs = logs
+        self._next = itertools.cycle(ingresses)
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(
+            method, f"{self.ingresses[0]}{path}", headers=ADMIN_HEADERS, timeout=10, **kwargs
+        )
+
+    def create_key(self, **spec: Any) -> str:
+        response = self.admin("POST", "/admin/keys", json=spec)
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    def chat(
+        self, key: str | None, text: str = "hello world", model: str = "mock-gpt", base: str = ""
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(
+            f"{base or next(self._next)}/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": text}]},
+            headers=headers,
+            timeout=20,
+        )
+
+
+@pytest.fixture(scope="module")
+def tenancy(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Tenancy]:
+    work = tmp_path_factory.mktemp("tenancy")
+    config = work / "promptbus.yaml"
+    priced = {"input_cost_per_mtok": 1_000_000, "output_cost_per_mtok": 1_000_000}  # $1/token
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "nats": {"url": nats_url, "subject_prefix": "tn", "stream": "TN_REQ"},
+                "auth": {"required": True},
+                "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
+                "model_list": [
+                    {
+                        "model_name": "mock-gpt",
+                        "deployments": [{"provider": "mock", "max_concurrency": 64, **priced}],
+                    },
+                    {"model_name": "other-model", "deployments": [{"provider": "mock"}]},
+                ],
+            }
+        )
+    )
+    env = {"PROMPTBUS_ADMIN_KEY": ADMIN}
+    procs = [Proc([*PROMPTBUS, "worker", "-c", str(config)], work / "worker.log")]
+    ports = [free_port() for _ in range(3)]
+    try:
+        for i, port in enumerate(ports):
+            args = [*PROMPTBUS, "--log-level", "DEBUG", "ingress", "-c", str(config)]
+            procs.append(Proc([*args, "--port", str(port)], work / f"ingress{i}.log", env))
+        bases = [f"http://127.0.0.1:{port}" for port in ports]
+        for base, proc in zip(bases, procs[1:], strict=True):
+            wait_http(f"{base}/readyz", proc)
+        env_ = Tenancy(bases, config, nats_url, [p.log for p in procs])
+        probe = env_.create_key(tenant="probe")
+        for base in bases:  # every ingress sees keys, and the worker serves
+            for _ in range(100):
+                if env_.chat(probe, base=base).status_code == 200:
+                    break
+                asyncio.run(asyncio.sleep(0.1))
+            else:
+                raise TimeoutError(f"{base} never served:\n{procs[0].output()}")
+        yield env_
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body["error"]) >= {"message", "type", "code", "param"}, body
+    return dict(body["error"])
+
+
+def test_missing_unknown_and_revoked_keys_get_401(tenancy: Tenancy) -> None:
+    missing = tenancy.chat(None)
+    assert missing.status_code == 401 and _error(missing)["code"] == "invalid_api_key"
+    assert "Authorization: Bearer" in _error(missing)["message"]
+    bogus = "sk-pb-" + "x" * 40
+    wrong = tenancy.chat(bogus)
+    assert wrong.status_code == 401
+    assert bogus not in wrong.text and "sk-pb-...xxxx" in _error(wrong)["message"]
+    key = tenancy.create_key(tenant="acme", name="to revoke")
+    assert tenancy.chat(key).status_code == 200
+    key_id = tenancy.admin("GET", "/admin/keys", params={"tenant": "acme"}).json()["data"][-1]["id"]
+    assert tenancy.admin("POST", f"/admin/keys/{key_id}/revoke").status_code == 200
+    for base in tenancy.ingresses:  # the revocation reached every ingress
+        assert tenancy.chat(key, base=base).status_code == 401
+
+
+def test_rotation_keeps_the_key_and_retires_the_old_secret(tenancy: Tenancy) -> None:
+    old = tenancy.create_key(tenant="rotors", name="rotating")
+    listed = tenancy.admin("GET", "/admin/keys", params={"tenant": "rotors"}).json()["data"]
+    assert len(listed) == 1 and "key" not in listed[0] and "digest" not in listed[0]
+    assert listed[0]["hint"] == f"sk-pb-...{old[-4:]}"
+    rotated = tenancy.admin("POST", f"/admin/keys/{listed[0]['id']}/rotate").json()
+    assert rotated["id"] == listed[0]["id"] and rotated["key"] != old
+    assert tenancy.chat(old).status_code == 401
+    assert tenancy.chat(rotated["key"]).status_code == 200
+
+
+def test_a_key_limited_to_some_models_gets_403_for_others(tenancy: Tenancy) -> None:
+    key = tenancy.create_key(tenant="narrow", models=["mock-gpt"])
+    assert tenancy.chat(key).status_code == 200
+    refused = tenancy.chat(key, model="other-model")
+    assert refused.status_code == 403
+    assert _error(refused)["code"] == "model_not_allowed" and _error(refused)["param"] == "model"
+    models = httpx.get(
+        f"{tenancy.ingresses[1]}/v1/models", headers={"Authorization": f"Bearer {key}"}
+    ).json()
+    assert [m["id"] for m in models["data"]] == ["mock-gpt"]
+
+
+def test_requests_per_minute_admit_exactly_n_across_three_ingresses(tenancy: Tenancy) -> None:
+    limit = 12
+    key = tenancy.create_key(tenant="metered-rpm", limits={"rpm": limit})
+    with ThreadPoolExecutor(18) as pool:
+        responses = list(pool.map(lambda _: tenancy.chat(key), range(3 * limit)))
+    ok = [r for r in responses if r.status_code == 200]
+    limited = [r for r in responses if r.status_code == 429]
+    assert len(ok) == limit and len(limited) == 2 * limit, [r.status_code for r in responses]
+    for response in limited:
+        assert _error(response)["code"] == "rate_limit_exceeded"
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.headers["x-ratelimit-limit-requests"] == str(limit)
+        assert response.headers["x-ratelimit-remaining-requests"] == "0"
+        assert response.headers["x-should-retry"] == "true"
+    remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok)
+    assert remaining == list(range(limit))  # each admission took exactly one, 11 .. 0
+
+
+def test_tokens_per_minute_bucket(tenancy: Tenancy) -> None:
+    key = tenancy.create_key(tenant="metered-tpm", limits={"tpm": 400})
+    first = tenancy.chat(key, text="word " * 100)  # ~150 tokens estimated from the body
+    assert first.status_code == 200, first.text
+    assert first.headers["x-ratelimit-limit-tokens"] == "400"
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) < 400
+    statuses = [tenancy.chat(key, text="word " * 100).status_code for _ in range(4)]
+    assert statuses.count(429) >= 1, statuses
+
+
+def test_budget_stops_spending_at_the_limit(tenancy: Tenancy) -> None:
+    # mock-gpt costs $1 a token; "hello world" -> 2 prompt + 5 completion tokens = $7.
+    key = tenancy.create_key(tenant="thrifty", budgets=[{"max_usd": 20, "period": "daily"}])
+    statuses = [tenancy.chat(key).status_code for _ in range(6)]
+    assert statuses == [200, 200, 200, 429, 429, 429]  # $0, $7, $14 < $20; then $21 spent
+    refused = tenancy.chat(key)
+    error = _error(refused)
+    assert error["code"] == "budget_exceeded" and error["type"] == "insufficient_quota"
+    assert "limit $20.0000, spent $21.0000" in error["message"] and "resets at" in error["message"]
+    assert refused.headers["x-should-retry"] == "false" and int(refused.headers["retry-after"]) > 0
+    report = tenancy.admin("GET", "/admin/usage", params={"tenant": "thrifty"}).json()
+    assert report["cost_usd"] == pytest.approx(21.0)
+    (row,) = report["rows"]
+    assert (row["model"], row["deployment"], row["requests"]) == ("mock-gpt", "mock-gpt/0", 3)
+    assert row["prompt_tokens"] == 6 and row["completion_tokens"] == 15
+
+
+def test_tenant_token_quota(tenancy: Tenancy) -> None:
+    put = tenancy.admin(
+        "PUT", "/admin/tenants/quota-co", json={"quota": {"tokens": 15, "period": "daily"}}
+    )
+    assert put.status_code == 200, put.text
+    key = tenancy.create_key(tenant="quota-co")
+    statuses = [tenancy.chat(key).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]  # 0, 7, 14 tokens used < 15; then 21
+    error = _error(tenancy.chat(key))
+    assert error["code"] == "quota_exceeded" and "21 of 15 tokens" in error["message"]
+    tenants = {t["name"]: t for t in tenancy.admin("GET", "/admin/tenants").json()["data"]}
+    assert tenants["quota-co"]["quota_used_tokens"] == 21
+
+
+def test_tenant_limits_cover_all_of_its_keys(tenancy: Tenancy) -> None:
+    tenancy.admin("PUT", "/admin/tenants/team", json={"limits": {"rpm": 4}})
+    keys = [tenancy.create_key(tenant="team") for _ in range(2)]
+    statuses = [tenancy.chat(keys[i % 2]).status_code for i in range(8)]
+    assert statuses.count(200) == 4 and statuses.count(429) == 4, statuses
+
+
+async def test_nats_callers_get_the_same_checks(tenancy: Tenancy) -> None:
+    config = load_config(tenancy.config)
+    key = tenancy.create_key(tenant="nats-side", limits={"rpm": 2})
+    request = {"model": "mock-gpt", "messages": [{"role": "user", "content": "over nats"}]}
+    for api_key, status, code in ((None, 401, "invalid_api_key"), ("sk-pb-nope", 401, None)):
+        client = await BrokerClient.connect(config, tenancy.nats_url, api_key=api_key)
+        try:
+            for _ in range(50):  # until presence says the model is served
+                if client.directory.is_served("mock-gpt"):
+                    break
+                await asyncio.sleep(0.1)
+            with pytest.raises(BrokerError) as err:
+                await client.chat(request)
+            assert err.value.status == status
+            assert err.value.detail.code == (code or "invalid_api_key")
+        finally:
+            await client.close()
+    client = await BrokerClient.connect(config, tenancy.nats_url, api_key=key)
+    try:
+        for _ in range(50):
+            if client.directory.is_served("mock-gpt"):
+                break
+            await asyncio.sleep(0.1)
+        answers = [await client.chat(request) for _ in range(2)]
+        assert answers[1].choices[0].message.content == "mock reply to: over nats"
+        with pytest.raises(BrokerError) as err:
+            await client.chat(request)
+        assert err.value.status == 429 and err.value.detail.code == "rate_limit_exceeded"
+    finally:
+        await client.close()
+
+
+async def test_keys_never_appear_in_clear(tenancy: Tenancy) -> None:
+    key = tenancy.create_key(tenant="secretive", limits={"rpm": 1})
+    assert tenancy.chat(key).status_code == 200
+    assert tenancy.chat(key).status_code == 429  # an error path too
+    nc = await nats.connect(tenancy.nats_url)
+    try:
+        kv = await nc.jetstream().key_value("tn_keys")
+        for name in await kv.keys():
+            entry = await kv.get(name)
+            assert key.encode() not in (entry.value or b"")
+            assert key[6:].encode() not in (entry.value or b"")
+    finally:
+        await nc.close()
+    for log in tenancy.logs:
+        text = log.read_text()
+        assert key not in text and key[6:] not in text, log
+
+
+def test_cli_manages_keys_and_reports_usage(tenancy: Tenancy) -> None:
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [*PROMPTBUS, *args, "-c", str(tenancy.config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    created = cli("keys", "create", "--tenant", "cli-co", "--rpm", "100", "--budget", "5/daily")
+    secret = created.split('"key": "', 1)[1].split('"', 1)[0]
+    assert secret.startswith("sk-pb-") and "not shown again" in created
+    assert tenancy.chat(secret).status_code == 200
+    listed = cli("keys", "list", "--tenant", "cli-co")
+    assert "tenant=cli-co" in listed and "active" in listed and secret not in listed
+    cli("tenants", "set", "cli-co", "--quota", "1000/weekly")
+    assert '"quota_used_tokens": 7' in cli("tenants", "list")
+    report = cli("usage", "--tenant", "cli-co")
+    assert "cli-co" in report and "mock-gpt/0" in report and "total cost: $7.000000" in report
+    key_id = listed.split()[0]
+    assert "revoked" in cli("keys", "revoke", key_id)
+    assert tenancy.chat(secret).status_code == 401
