@@ -323,7 +323,7 @@ def _message_parts(content: Content | None) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _call_id(call: dict[str, Any], response_id: str, n: int) -> str:
-    return str(call.get("id") or f"call_{response_id[-12:]}_{n}")
+    return str(call.get("id") or f"call_{response_id.removeprefix('chatcmpl-')[-16:]}_{n}")
 
 
 def _finish(reason: str | None, has_calls: bool) -> str | None:
