@@ -388,22 +388,22 @@ _NUMERIC = frozenset(
 )
 
 
-def check_transform_fields(strip: list[str], set: dict[str, Any], cap: dict[str, float]) -> None:
+def check_transform_fields(strip: list[str], values: dict[str, Any], cap: dict[str, float]) -> None:
     """Fail at config load, naming the field, for edits a request could not take."""
     fields = frozenset(ChatCompletionRequest.__struct_fields__) - _PROTECTED
     for name in strip:
         if name not in fields:
             raise ValueError(f"cannot strip `{name}`: not an optional request field")
-    for name in set:
+    for name in values:
         if name not in fields:
             raise ValueError(f"cannot set `{name}`: not an optional request field")
     try:
         msgspec.convert(
-            {"model": "m", "messages": [{"role": "user", "content": "x"}]} | set,
+            {"model": "m", "messages": [{"role": "user", "content": "x"}]} | values,
             ChatCompletionRequest,
         )
     except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid value in `set`: {exc}") from None
+        raise ValueError(f"invalid request field value: {exc}") from None
     for name in cap:
         if name not in _NUMERIC:
             raise ValueError(f"cannot cap `{name}`: caps apply to {', '.join(sorted(_NUMERIC))}")

@@ -85,18 +85,21 @@ class DeploymentConfig(_Config):
 
 class TransformConfig(_Config):
     """A named set of request and response edits (workers/transforms.py), applied in
-    this order: strip, set, cap, system prompt, metadata; then on the way back, model."""
+    this order: strip, defaults, set, cap, system prompt, metadata; on the way back the
+    reported model and deployment are renamed."""
 
     strip: list[str] = []  # request fields removed before the provider sees them
+    defaults: dict[str, Any] = {}  # request fields filled in when the caller left them out
     set: dict[str, Any] = {}  # request fields forced to a value, e.g. {temperature: 0}
     cap: dict[str, float] = {}  # numeric request fields limited, e.g. {temperature: 0.8}
     system_prompt: str | None = None
     system_prompt_mode: Literal["prepend", "append", "replace"] = "prepend"
     metadata: dict[str, str] = {}  # merged into the request's `metadata`
     response_model: str | None = None  # the `model` reported in responses and chunks
+    response_deployment: str | None = None  # the deployment named to callers
 
     def __post_init__(self) -> None:
-        check_transform_fields(self.strip, self.set, self.cap)
+        check_transform_fields(self.strip, self.defaults | self.set, self.cap)
 
 
 class ModelConfig(_Config):
