@@ -71,7 +71,7 @@ class DeploymentConfig(_Config):
     input_cost_per_mtok: Annotated[float, Meta(ge=0)] | None = None
     output_cost_per_mtok: Annotated[float, Meta(ge=0)] | None = None
     mock_latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # provider "mock" only
-    api_version: str | None = None  # azure: `api-version`; anthropic: `anthropic-version`
+    api_version: str | None = None  # azure api-version, anthropic-version, gemini: v1beta
     default_max_tokens: Annotated[int, Meta(ge=1)] = 4096  # anthropic requires max_tokens
 
     def __post_init__(self) -> None:

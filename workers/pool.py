@@ -131,13 +131,14 @@ class DeploymentPool:
         self.retries = 0
         self.failovers = 0
         self.cost_usd = 0.0  # from reported usage and the deployment's prices
+        name = deployment.name
         # The name callers see: the deployment's, unless a transform renames it.
-        name = (transforms and transforms.response_deployment) or deployment.name
-        self._shown = name
-        self._ok = {H_KIND: ReplyKind.RESPONSE.value, H_STATUS: "200", H_DEPLOYMENT: name}
-        self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: name}
-        self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: name}
-        self._stamp_plain = _stamp_json(name, ())
+        shown = (transforms and transforms.response_deployment) or name
+        self._shown = shown
+        self._ok = {H_KIND: ReplyKind.RESPONSE.value, H_STATUS: "200", H_DEPLOYMENT: shown}
+        self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: shown}
+        self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: shown}
+        self._stamp_plain = _stamp_json(shown, ())
         model_name = model.model_name
         self._m_ok = metrics.WORKER_REQUESTS.labels(model_name, name, "200")
         self._m_queue_wait = metrics.QUEUE_WAIT.labels(model_name)
