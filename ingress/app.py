@@ -200,19 +200,22 @@ def create_app(
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise from_validation_error(exc) from None
             model = parsed.model if config.model(parsed.model) else "-"
+            admission = admissions["admission"]  # the same keys, budgets and limits as chat
+            grant = await admission.admit(api_key(request), parsed.model, len(body) // 4)
             reply = await state["client"].request(
                 parsed.model,
                 body,
                 timeout=request_timeout(request),
                 request_id=request_id,
                 traceparent=tracing.child(trace),
+                tenancy=admission.sign(request_id, grant.tenancy),
                 mode="embeddings",
             )
             response = Response(
                 reply.body,
                 status_code=reply.status,
                 media_type="application/json",
-                headers=_reply_headers(reply),
+                headers=grant.rate_headers() | _reply_headers(reply),
             )
         except BrokerError as exc:
             response = error_response(exc)
