@@ -142,7 +142,8 @@ async def deployments_view(
     views = []
     for model in config.model_list:
         try:
-            info = await js.consumer_info(subjects.stream, subjects.chat_consumer(model.model_name))
+            consumer = subjects.queue_consumer(model.model_name, model.mode)
+            info = await js.consumer_info(subjects.stream, consumer)
             queued: int | None = info.num_pending
         except NotFoundError:
             queued = None  # no worker ever served it

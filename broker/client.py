@@ -51,8 +51,11 @@ from schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
     chunk_decoder,
     completion_decoder,
+    embedding_list_decoder,
     encoder,
 )
 from schemas.config import Config
@@ -80,6 +83,7 @@ from schemas.errors import (
     no_capacity,
     no_worker,
     queue_unavailable,
+    wrong_endpoint,
 )
 
 # Time granted past the deadline for the worker's own, more precise, 504 to arrive.
@@ -268,7 +272,7 @@ class BrokerClient:
 
     # ------------------------------------------------------------ admission
 
-    def route(self, model: str) -> tuple[str, tuple[str, ...]]:
+    def route(self, model: str, mode: str = "chat") -> tuple[str, tuple[str, ...]]:
         """Where to queue a request for ``model``, and the deployments already passed over;
         or the error the request gets instead.
 
@@ -279,17 +283,19 @@ class BrokerClient:
         config = self.config.model(model)
         if config is None:
             raise model_not_found(model)
+        if config.mode != mode:
+            raise wrong_endpoint(model, config.mode)
         if not self.directory.is_served(model):
             skipped = tuple(d.name for d in config.deployments)
             for fallback in config.fallbacks:
                 if self.directory.is_served(fallback):
-                    return self.subjects.chat(fallback), skipped
+                    return self.subjects.queue(fallback, mode), skipped
             raise no_worker(model)
         if config.routing != "least-busy":
             target = self.router.choose(config)
             if target is not None:
                 return self.subjects.dep(target.name), ()
-        return self.subjects.chat(model), ()
+        return self.subjects.queue(model, mode), ()
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -306,13 +312,14 @@ class BrokerClient:
         request_id: str | None,
         traceparent: str | None,
         tenancy: Tenancy | None = None,
+        mode: str = "chat",
     ) -> None:
         """Queue the request in JetStream and wait for the stream's publish ack.
 
         The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
         a request costs one subscription-free round trip before the worker's answer.
         """
-        subject, failed = self.route(model)
+        subject, failed = self.route(model, mode)
         meta = RequestMeta(
             request_id=request_id or uuid.uuid4().hex,
             reply_to=f"{self._prefix}.{token}",
@@ -357,8 +364,11 @@ class BrokerClient:
         parsed: ChatCompletionRequest | None = None,
         cache_control: str | None = None,
         tenancy: Tenancy | None = None,
+        mode: str = "chat",
     ) -> Reply:
         """Queue one non-streamed request and wait for its reply (an error reply included).
+
+        ``mode`` is ``embeddings`` for a ``/v1/embeddings`` body (never cached).
 
         With ``parsed`` (the decoded ``body``), the response cache may answer instead;
         ``cache_control`` is the caller's ``Cache-Control`` header. The reply's ``Pb-Cache``
@@ -368,7 +378,7 @@ class BrokerClient:
         namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE
         key = self._cache_key(model, parsed, namespace)
         if key is None:
-            return await self._request(model, body, timeout, request_id, traceparent, tenancy)
+            return await self._request(model, body, timeout, request_id, traceparent, tenancy, mode)
         assert self.cache is not None and parsed is not None
         policy = CachePolicy.parse(cache_control)
         remembered = None  # what the semantic cache needs to store this answer
@@ -430,11 +440,14 @@ class BrokerClient:
         request_id: str | None,
         traceparent: str | None,
         tenancy: Tenancy | None,
+        mode: str = "chat",
     ) -> Reply:
         timeout = self._timeout(timeout)
         token = str(next(self._tokens))
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        await self._publish(model, body, future, token, timeout, request_id, traceparent, tenancy)
+        await self._publish(
+            model, body, future, token, timeout, request_id, traceparent, tenancy, mode
+        )
         try:
             return await asyncio.wait_for(future, timeout + DEADLINE_GRACE_S)
         except TimeoutError:
@@ -488,6 +501,21 @@ class BrokerClient:
         reply = await self.request(chat.model, encoder.encode(chat), timeout=timeout, parsed=chat)
         reply.raise_for_error()
         return completion_decoder.decode(reply.body)
+
+    async def embeddings(
+        self, request: EmbeddingRequest | dict[str, Any], *, timeout: float | None = None
+    ) -> EmbeddingList:
+        """Embeddings for a model alias of ``mode: embeddings`` (floats unless asked)."""
+        if isinstance(request, dict):
+            try:
+                request = msgspec.convert(request, EmbeddingRequest)
+            except msgspec.ValidationError as exc:
+                raise from_validation_error(exc) from None
+        reply = await self.request(
+            request.model, encoder.encode(request), timeout=timeout, mode="embeddings"
+        )
+        reply.raise_for_error()
+        return embedding_list_decoder.decode(reply.body)
 
     async def chat_stream(
         self, request: ChatCompletionRequest | dict[str, Any], *, timeout: float | None = None

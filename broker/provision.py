@@ -36,7 +36,12 @@ async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects
     stream = StreamConfig(
         name=subjects.stream,
         description="promptbus request queue (work queue: a message lives until acked)",
-        subjects=[subjects.chat_wildcard, subjects.dep_wildcard, subjects.bulk_wildcard],
+        subjects=[
+            subjects.chat_wildcard,
+            subjects.dep_wildcard,
+            subjects.bulk_wildcard,
+            subjects.embed_wildcard,
+        ],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=config.nats.max_queue_age_s,
@@ -75,9 +80,9 @@ def _work_consumer(
 def consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> ConsumerConfig:
     """A model's queue: ``max_ack_pending`` is the sum of its deployments' concurrency."""
     return _work_consumer(
-        subjects.chat_consumer(model.model_name),
-        f"chat requests for model {model.model_name}",
-        subjects.chat(model.model_name),
+        subjects.queue_consumer(model.model_name, model.mode),
+        f"{model.mode} requests for model {model.model_name}",
+        subjects.queue(model.model_name, model.mode),
         sum(d.max_concurrency for d in model.deployments),
         config,
     )
@@ -101,9 +106,9 @@ def intake_consumer_config(
     """A routed model's intake: requests published to the alias wait here until a worker
     routes them to a deployment's queue. Routing is cheap, so the cap is generous."""
     return _work_consumer(
-        subjects.chat_consumer(model.model_name),
+        subjects.queue_consumer(model.model_name, model.mode),
         f"intake for routed model {model.model_name} ({model.routing})",
-        subjects.chat(model.model_name),
+        subjects.queue(model.model_name, model.mode),
         INTAKE_MAX_ACK_PENDING,
         config,
     )

@@ -1,6 +1,7 @@
 """Subject, stream, consumer and bucket names: the whole NATS naming contract in one place.
 
     <prefix>.chat.<model-token>      chat completion requests for a model alias
+    <prefix>.embed.<model-token>     embeddings requests for a model alias of mode embeddings
     <prefix>.dep.<deployment-token>  requests routed to one deployment (routed aliases)
     <prefix>.bulk.<model-token>      the batch lane: served only by capacity interactive
                                      (chat) requests leave idle
@@ -66,6 +67,21 @@ class Subjects:
 
     def bulk_consumer(self, model: str) -> str:
         return _consumer_name("bulk", model)
+
+    @property
+    def embed_wildcard(self) -> str:
+        return f"{self.prefix}.embed.>"
+
+    def embed(self, model: str) -> str:
+        """Embeddings requests (``POST /v1/embeddings`` bodies) for a model alias."""
+        return f"{self.prefix}.embed.{model_token(model)}"
+
+    def queue(self, model: str, mode: str = "chat") -> str:
+        """Where requests for a model alias of this ``mode`` (chat, embeddings) wait."""
+        return self.embed(model) if mode == "embeddings" else self.chat(model)
+
+    def queue_consumer(self, model: str, mode: str = "chat") -> str:
+        return _consumer_name("embed", model) if mode == "embeddings" else self.chat_consumer(model)
 
     @property
     def cancel(self) -> str:

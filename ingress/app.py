@@ -29,7 +29,13 @@ from broker.admission import Admission, bearer
 from broker.client import BrokerClient, Reply, ReplyStream
 from ingress.admin import admin_routes
 from ingress.http_io import error_response, read_body, request_timeout, require_json
-from schemas.chat import Model, ModelList, encoder, request_decoder
+from schemas.chat import (
+    Model,
+    ModelList,
+    embedding_request_decoder,
+    encoder,
+    request_decoder,
+)
 from schemas.config import Config
 from schemas.envelope import (
     H_AGE,
@@ -181,6 +187,43 @@ def create_app(
             headers=limits | _reply_headers(reply),
         )
 
+    async def embeddings(request: Request) -> Response:
+        """``POST /v1/embeddings``: validated here, queued on ``<prefix>.embed.<model>``."""
+        trace = tracing.accept(request.headers.get("traceparent"))
+        request_id = _request_id(request)
+        model = "-"
+        try:
+            require_json(request)
+            body = await read_body(request, config.ingress.max_body_bytes)
+            try:
+                parsed = embedding_request_decoder.decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise from_validation_error(exc) from None
+            model = parsed.model if config.model(parsed.model) else "-"
+            admission = admissions["admission"]  # the same keys, budgets and limits as chat
+            grant = await admission.admit(api_key(request), parsed.model, len(body) // 4)
+            reply = await state["client"].request(
+                parsed.model,
+                body,
+                timeout=request_timeout(request),
+                request_id=request_id,
+                traceparent=tracing.child(trace),
+                tenancy=admission.sign(request_id, grant.tenancy),
+                mode="embeddings",
+            )
+            response = Response(
+                reply.body,
+                status_code=reply.status,
+                media_type="application/json",
+                headers=grant.rate_headers() | _reply_headers(reply),
+            )
+        except BrokerError as exc:
+            response = error_response(exc)
+        response.headers["x-request-id"] = request_id
+        response.headers["traceparent"] = trace
+        metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), "false").inc()
+        return response
+
     async def metrics_endpoint(request: Request) -> Response:
         payload, content_type = metrics.exposition()
         return Response(payload, headers={"Content-Type": content_type})
@@ -246,6 +289,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),

@@ -341,16 +341,21 @@ class ModelList(_Reply):
 
 
 class EmbeddingRequest(_Wire):
+    """POST /v1/embeddings body. Token-array inputs are not supported (400)."""
+
     model: NonEmptyStr
-    input: str | Annotated[list[str], Meta(min_length=1)]
-    encoding_format: Literal["float"] | None = None
+    input: NonEmptyStr | Annotated[list[NonEmptyStr], Meta(min_length=1, max_length=2048)]
+    encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveInt | None = None
     user: str | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else self.input
 
 
 class Embedding(_Reply):
     index: int
-    embedding: list[float]
+    embedding: list[float] | str  # str: base64 of little-endian float32, when asked for
     object: Literal["embedding"] = "embedding"
 
 
@@ -366,8 +371,48 @@ class EmbeddingList(_Reply):
     object: Literal["list"] = "list"
 
 
+# ---------------------------------------------------------------- transform checks
+
+_PROTECTED = frozenset({"model", "messages"})
+_NUMERIC = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "frequency_penalty",
+        "presence_penalty",
+        "n",
+        "top_logprobs",
+    }
+)
+
+
+def check_transform_fields(strip: list[str], values: dict[str, Any], cap: dict[str, float]) -> None:
+    """Fail at config load, naming the field, for edits a request could not take."""
+    fields = frozenset(ChatCompletionRequest.__struct_fields__) - _PROTECTED
+    for name in strip:
+        if name not in fields:
+            raise ValueError(f"cannot strip `{name}`: not an optional request field")
+    for name in values:
+        if name not in fields:
+            raise ValueError(f"cannot set `{name}`: not an optional request field")
+    try:
+        msgspec.convert(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}]} | values,
+            ChatCompletionRequest,
+        )
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid request field value: {exc}") from None
+    for name in cap:
+        if name not in _NUMERIC:
+            raise ValueError(f"cannot cap `{name}`: caps apply to {', '.join(sorted(_NUMERIC))}")
+
+
 # Encoders and decoders are built once: msgspec caches type info per decoder instance.
 request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 completion_decoder = msgspec.json.Decoder(ChatCompletion)
 chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
+embedding_request_decoder = msgspec.json.Decoder(EmbeddingRequest)
+embedding_list_decoder = msgspec.json.Decoder(EmbeddingList)
 encoder = msgspec.json.Encoder()

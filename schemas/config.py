@@ -6,15 +6,22 @@ at start-up instead of silently doing nothing.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct, field
 
+from schemas.chat import check_transform_fields
 from schemas.prices import BUILTIN_PRICES
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Routing = Literal["least-busy", "weighted", "round-robin", "lowest-latency", "lowest-cost"]
 PositiveFloat = Annotated[float, Meta(gt=0)]
+Provider = Literal["openai", "azure", "anthropic", "gemini", "mock"]
+# Where each native API lives unless ``base_url`` says otherwise.
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
 
 
 class _Config(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -45,9 +52,9 @@ class BreakerConfig(_Config):
 class DeploymentConfig(_Config):
     """One place a model alias can be served from."""
 
-    provider: Literal["openai", "mock"]
+    provider: Provider  # the wire format spoken: see docs/providers.md
     name: Annotated[str, Meta(pattern=r"^[^,\s]*$")] = ""  # defaults to "<alias>/<index>"
-    base_url: str | None = None  # required for provider "openai"
+    base_url: str | None = None  # required for "openai" and "azure" (the resource endpoint)
     api_key_env: str | None = None  # name of the env var holding the key, never the key
     model: str | None = None  # upstream model name; defaults to the alias
     max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 16
@@ -64,10 +71,35 @@ class DeploymentConfig(_Config):
     input_cost_per_mtok: Annotated[float, Meta(ge=0)] | None = None
     output_cost_per_mtok: Annotated[float, Meta(ge=0)] | None = None
     mock_latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # provider "mock" only
+    api_version: str | None = None  # azure api-version, anthropic-version, gemini: v1beta
+    default_max_tokens: Annotated[int, Meta(ge=1)] = 4096  # anthropic requires max_tokens
 
     def __post_init__(self) -> None:
-        if self.provider == "openai" and not self.base_url:
-            raise ValueError("`base_url` is required for provider `openai`")
+        if self.provider in ("openai", "azure") and not self.base_url:
+            raise ValueError(f"`base_url` is required for provider `{self.provider}`")
+        if self.provider == "azure" and not self.api_version:
+            raise ValueError("`api_version` is required for provider `azure`")
+        if self.base_url is None and self.provider in DEFAULT_BASE_URLS:
+            self.base_url = DEFAULT_BASE_URLS[self.provider]
+
+
+class TransformConfig(_Config):
+    """A named set of request and response edits (workers/transforms.py), applied in
+    this order: strip, defaults, set, cap, system prompt, metadata; on the way back the
+    reported model and deployment are renamed."""
+
+    strip: list[str] = []  # request fields removed before the provider sees them
+    defaults: dict[str, Any] = {}  # request fields filled in when the caller left them out
+    set: dict[str, Any] = {}  # request fields forced to a value, e.g. {temperature: 0}
+    cap: dict[str, float] = {}  # numeric request fields limited, e.g. {temperature: 0.8}
+    system_prompt: str | None = None
+    system_prompt_mode: Literal["prepend", "append", "replace"] = "prepend"
+    metadata: dict[str, str] = {}  # merged into the request's `metadata`
+    response_model: str | None = None  # the `model` reported in responses and chunks
+    response_deployment: str | None = None  # the deployment named to callers
+
+    def __post_init__(self) -> None:
+        check_transform_fields(self.strip, self.defaults | self.set, self.cap)
 
 
 class ModelConfig(_Config):
@@ -80,6 +112,8 @@ class ModelConfig(_Config):
     context_window_fallbacks: list[str] = []  # aliases for prompts too long for this one
     routing: Routing = "least-busy"
     cache_ttl_s: Annotated[float, Meta(ge=0)] | None = None  # None: cache.ttl_s; 0: off
+    mode: Literal["chat", "embeddings"] = "chat"  # embeddings: served on <prefix>.embed.<m>
+    transforms: list[str] = []  # names of `transforms` profiles, applied in this order
 
     def __post_init__(self) -> None:
         for index, deployment in enumerate(self.deployments):
@@ -169,6 +203,7 @@ class Config(_Config):
     cache: CacheConfig = field(default_factory=CacheConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     prices: dict[str, PriceConfig] = field(default_factory=dict)  # by upstream model name
+    transforms: dict[str, TransformConfig] = {}  # profiles, named by models' `transforms`
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -189,6 +224,24 @@ class Config(_Config):
                     )
                 if other == model.model_name:
                     raise ValueError(f"model `{model.model_name}` falls back to itself")
+                target = self.model(other)
+                if target is not None and target.mode != model.mode:
+                    raise ValueError(
+                        f"model `{model.model_name}` ({model.mode}) falls back to "
+                        f"`{other}`, which serves {target.mode}"
+                    )
+            for name in model.transforms:
+                if name not in self.transforms:
+                    raise ValueError(
+                        f"model `{model.model_name}` uses unknown transform profile `{name}`"
+                    )
+            if model.mode == "embeddings":
+                for deployment in model.deployments:
+                    if deployment.provider == "anthropic":
+                        raise ValueError(
+                            f"deployment `{deployment.name}`: provider `anthropic` has no "
+                            "embeddings API"
+                        )
         for model in self.model_list:
             for deployment in model.deployments:
                 self._price(deployment, deployment.model or model.model_name)

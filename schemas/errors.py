@@ -101,6 +101,17 @@ def model_not_found(model: str) -> BrokerError:
     )
 
 
+def wrong_endpoint(model: str, mode: str) -> BrokerError:
+    """A chat request for an embeddings model, or the other way round."""
+    endpoint = "/v1/embeddings" if mode == "embeddings" else "/v1/chat/completions"
+    return BrokerError(
+        400,
+        f"The model `{model}` serves {mode}: send its requests to {endpoint}.",
+        code="wrong_endpoint",
+        param="model",
+    )
+
+
 def no_worker(model: str) -> BrokerError:
     return BrokerError(
         503,

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from broker.embedded import EmbeddedNats, free_port
+from tests.fakes import stack as fake_providers
 from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
 
 UPSTREAM_KEY = "sk-test-upstream"
@@ -45,6 +46,7 @@ class Stack:
         self.upstream = upstream  # http://127.0.0.1:PORT (no /v1)
         self.ingress = ingress  # http://127.0.0.1:PORT
         self.config_path = config_path
+        self.fakes: fake_providers.Fakes | None = None  # Anthropic, Gemini, Azure fakes
 
     def upstream_requests(self) -> int:
         return int(httpx.get(f"{self.upstream}/_stats").json()["requests"])
@@ -139,12 +141,23 @@ def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Pa
 
 
 @pytest.fixture(scope="session")
-def stack(workdir: Path, nats_url: str) -> Iterator[Stack]:
+def provider_fakes() -> Iterator[fake_providers.Fakes]:
+    """Fake Anthropic, Gemini and Azure OpenAI servers in this process (tests/fakes/)."""
+    started = fake_providers.Fakes.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(workdir: Path, nats_url: str, provider_fakes: fake_providers.Fakes) -> Iterator[Stack]:
     upstream_port, ingress_port, dead_port = free_port(), free_port(), free_port()
     metrics_port = free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}"
     config = write_config(workdir / "promptbus.yaml", nats_url, upstream_url, dead_port)
-    env = {"PB_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    provider_models = provider_fakes.add_to(config, upstream_url)
+    env = {"PB_TEST_UPSTREAM_KEY": UPSTREAM_KEY, **fake_providers.KEYS}
     procs: list[Proc] = []
     try:
         upstream = Proc(
@@ -154,6 +167,7 @@ def stack(workdir: Path, nats_url: str) -> Iterator[Stack]:
         procs.append(upstream)
         wait_port("127.0.0.1", upstream_port, upstream)
         served = ["mock-gpt", "mock-slow", "upstream-gpt", "dead-upstream", "short-cache"]
+        served += provider_models + fake_providers.EMBEDDING_MODELS
         worker = Proc(
             [
                 *PROMPTBUS,
@@ -175,8 +189,10 @@ def stack(workdir: Path, nats_url: str) -> Iterator[Stack]:
         procs.append(ingress)
         base = f"http://127.0.0.1:{ingress_port}"
         wait_http(f"{base}/readyz", ingress)
-        _wait_served(base, served, worker)
+        _wait_served(base, [m for m in served if m not in fake_providers.EMBEDDING_MODELS], worker)
+        _wait_served(base, fake_providers.EMBEDDING_MODELS, worker, path="/v1/embeddings")
         result = Stack(nats_url, upstream_url, base, config, workdir)
+        result.fakes = provider_fakes
         result.worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         yield result
     finally:
@@ -184,19 +200,25 @@ def stack(workdir: Path, nats_url: str) -> Iterator[Stack]:
             proc.stop()
 
 
-def _wait_served(base: str, models: list[str], worker: Proc, timeout: float = 30) -> None:
+def _wait_served(
+    base: str,
+    models: list[str],
+    worker: Proc,
+    timeout: float = 30,
+    path: str = "/v1/chat/completions",
+) -> None:
     """Until the ingress sees the worker's presence for every model (not 503)."""
     deadline = time.monotonic() + timeout
     pending = list(models)
     while pending and time.monotonic() < deadline:
         model = pending[0]
+        chat = {
+            "messages": [{"role": "user", "content": "ping"}],
+            "metadata": {"mock_status": "418"},
+        }
         response = httpx.post(
-            f"{base}/v1/chat/completions",
-            json={
-                "model": model,
-                "messages": [{"role": "user", "content": "ping"}],
-                "metadata": {"mock_status": "418"},
-            },
+            f"{base}{path}",
+            json={"model": model} | (chat if "chat" in path else {"input": "ping"}),
             headers={"x-promptbus-timeout": "5"},
             timeout=10,
         )

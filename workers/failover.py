@@ -47,7 +47,7 @@ class Failover:
         if not context:
             if model.routing == "least-busy":
                 if self._usable(model, failed):
-                    return self._subjects.chat(model.model_name)
+                    return self._subjects.queue(model.model_name, model.mode)
             else:
                 target = self._router.choose(model, exclude=failed)
                 if target is not None:
@@ -55,7 +55,7 @@ class Failover:
         for alias in model.context_window_fallbacks if context else model.fallbacks:
             other = self._config.model(alias)
             if other is not None and self._usable(other, failed):
-                return self._subjects.chat(alias)
+                return self._subjects.queue(alias, other.mode)
         return None
 
     def can_bypass(self, model: ModelConfig, deployment: str) -> bool:

@@ -26,7 +26,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker import jsack, metrics, tracing
-from schemas.chat import ChatCompletionRequest, Usage, request_decoder
+from schemas.chat import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    Usage,
+    embedding_request_decoder,
+    request_decoder,
+)
 from schemas.config import DeploymentConfig, ModelConfig
 from schemas.envelope import (
     H_DEPLOYMENT,
@@ -44,6 +50,7 @@ from schemas.errors import (
     from_validation_error,
     upstream_error,
 )
+from workers import embeddings
 from workers.accounting import Accounting
 from workers.breaker import CircuitBreaker
 from workers.failover import Failover
@@ -52,6 +59,7 @@ from workers.pacing import Pacer
 from workers.providers.base import Provider
 from workers.replies import reply_error
 from workers.retry import call_with_retries
+from workers.transforms import Transforms
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +110,13 @@ class DeploymentPool:
         ack_wait: float,
         pacer: Pacer | None = None,
         accounting: Accounting | None = None,
+        transforms: Transforms | None = None,
     ) -> None:
         self._nc = nc
         self.slots = PrioritySlots(deployment.max_concurrency)
         self._pacer = pacer
         self._accounting = accounting
+        self.transforms = transforms  # the model's transformation profiles, if any
         self.provider = provider
         self.deployment = deployment
         self.model = model
@@ -122,10 +132,13 @@ class DeploymentPool:
         self.failovers = 0
         self.cost_usd = 0.0  # from reported usage and the deployment's prices
         name = deployment.name
-        self._ok = {H_KIND: ReplyKind.RESPONSE.value, H_STATUS: "200", H_DEPLOYMENT: name}
-        self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: name}
-        self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: name}
-        self._stamp_plain = _stamp_json(name, ())
+        # The name callers see: the deployment's, unless a transform renames it.
+        shown = (transforms and transforms.response_deployment) or name
+        self._shown = shown
+        self._ok = {H_KIND: ReplyKind.RESPONSE.value, H_STATUS: "200", H_DEPLOYMENT: shown}
+        self._chunk = {H_KIND: ReplyKind.CHUNK.value, H_STATUS: "200", H_DEPLOYMENT: shown}
+        self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: shown}
+        self._stamp_plain = _stamp_json(shown, ())
         model_name = model.model_name
         self._m_ok = metrics.WORKER_REQUESTS.labels(model_name, name, "200")
         self._m_queue_wait = metrics.QUEUE_WAIT.labels(model_name)
@@ -211,8 +224,14 @@ class DeploymentPool:
         if remaining is not None and remaining <= 0:
             await self._error(meta, deadline_exceeded(0, "while the request waited in the queue"))
             return True
+        request: ChatCompletionRequest | EmbeddingRequest
         try:
-            request = request_decoder.decode(msg.data)
+            if self.model.mode == "embeddings":
+                request = embedding_request_decoder.decode(msg.data)
+            else:
+                request = request_decoder.decode(msg.data)
+                if self.transforms is not None:
+                    request = self.transforms.request(request)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             await self._error(meta, from_validation_error(exc))
             return True
@@ -238,7 +257,9 @@ class DeploymentPool:
                 if self._pacer is not None:
                     await self._pacer.acquire(estimate)
                     charged = True
-                if request.stream:
+                if isinstance(request, EmbeddingRequest):
+                    usage = await self._embed(meta, request, remaining, attempt_timeout)
+                elif request.stream:
                     usage = await self._stream(meta, request, remaining, attempt_timeout)
                 else:
                     body = await call_with_retries(
@@ -251,6 +272,8 @@ class DeploymentPool:
                     )
                     usage = self._count_tokens(body)
                     await self._account(meta, usage)
+                    if self.transforms is not None:
+                        body = self.transforms.response(body)
                     body = self._stamp(body, meta)
                     await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
                     self._m_ok.inc()
@@ -366,13 +389,17 @@ class DeploymentPool:
         )
         headers = self._ok_headers(meta, kind=self._chunk)
         usage: Usage | None = None
+        rename = self.transforms.response if self.transforms is not None else None
         if first is not None:
+            first = rename(first) if rename else first
             await self._nc.publish(reply_to, self._stamp(first, meta), headers=headers)
             usage = self._count_tokens(first)
             try:
                 async for chunk in chunks:
-                    await self._nc.publish(reply_to, chunk, headers=headers)
                     usage = self._count_tokens(chunk) or usage
+                    await self._nc.publish(
+                        reply_to, rename(chunk) if rename else chunk, headers=headers
+                    )
             except BrokerError as exc:
                 # Part of the answer was delivered: end the stream with the error, no
                 # retry and no failover (the caller would see the start twice).
@@ -397,6 +424,34 @@ class DeploymentPool:
             usage.prompt_tokens * (deployment.input_cost_per_mtok or 0.0)
             + usage.completion_tokens * (deployment.output_cost_per_mtok or 0.0)
         ) / 1e6
+
+    async def _embed(
+        self,
+        meta: RequestMeta,
+        request: EmbeddingRequest,
+        remaining: float | None,
+        attempt_timeout: float | None,
+    ) -> Usage:
+        assert meta.reply_to is not None
+        result = await call_with_retries(
+            lambda: self._attempt(self.provider.embed(request, _next_hop(meta)), attempt_timeout),
+            self.deployment.retry,
+            remaining,
+            self._on_retry,
+        )
+        tokens = result.usage.prompt_tokens
+        usage = Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens)
+        self._m_tokens_in.inc(tokens)
+        cost = self._cost(usage)
+        if cost:
+            self.cost_usd += cost
+            self._m_cost.inc(cost)
+        await self._account(meta, usage)
+        model = self.transforms.response_model if self.transforms is not None else None
+        body = self._stamp(embeddings.reply_body(result, request, model), meta)
+        await self._nc.publish(meta.reply_to, body, headers=self._ok_headers(meta))
+        self._m_ok.inc()
+        return usage
 
     def _count_tokens(self, body: bytes) -> Usage | None:
         """Usage from a response or the usage chunk of a stream; most chunks have none."""
@@ -434,7 +489,7 @@ class DeploymentPool:
         start = body.find(b"{")
         if start < 0:
             return body
-        stamp = self._stamp_plain if not meta.failed else _stamp_json(self.name, meta.failed)
+        stamp = self._stamp_plain if not meta.failed else _stamp_json(self._shown, meta.failed)
         return body[: start + 1] + stamp + body[start + 1 :]
 
     def _ok_headers(self, meta: RequestMeta, kind: dict[str, str] | None = None) -> dict[str, str]:
@@ -446,7 +501,7 @@ class DeploymentPool:
     async def _error(self, meta: RequestMeta, error: BrokerError) -> None:
         model = self.model.model_name
         metrics.WORKER_REQUESTS.labels(model, self.name, str(error.status)).inc()
-        await reply_error(self._nc, meta, error, self.name)
+        await reply_error(self._nc, meta, error, self._shown)
 
     async def _keep_alive(self) -> None:
         """Tell JetStream that long requests are still being worked on, so that they are not

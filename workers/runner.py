@@ -44,6 +44,7 @@ from workers.intake import Intake
 from workers.pacing import Pacer
 from workers.pool import DeploymentPool
 from workers.providers import Provider, ProviderUnavailable, make_provider
+from workers.transforms import Transforms
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class Worker:
             self.config.worker.ack_wait_s,
             pacer=pacer,
             accounting=self._accounting,
+            transforms=Transforms.build(self.config.transforms, model.transforms),
         )
         pool.start()
         interactive_queue, batch_queue = queues

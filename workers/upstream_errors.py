@@ -12,15 +12,17 @@ from collections.abc import Mapping
 
 import msgspec
 
-from schemas.errors import BrokerError, error_decoder, upstream_error
+from schemas.errors import BrokerError, ErrorDetail, error_decoder, upstream_error
 
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _CONTEXT_WORDS = (
     "maximum context length",
     "context window",
     "too many tokens",
-    "prompt is too long",
+    "prompt is too long",  # anthropic
+    "exceeds the maximum number of tokens",  # gemini
 )
+_QUOTA_WORDS = ("credit balance is too low",)  # anthropic answers it as a plain 400
 _FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
 
@@ -42,17 +44,31 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def classify(
-    deployment: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    deployment: str,
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    detail: ErrorDetail | None = None,
 ) -> BrokerError:
-    """The categorized error for an upstream HTTP error response."""
+    """The categorized error for an upstream HTTP error response.
+
+    ``detail`` is the error as the adapter of a non-OpenAI provider read it from
+    ``body`` (message, provider's type and code); without it ``body`` is read as an
+    OpenAI error body.
+    """
     headers = headers or {}
     retry_after = parse_retry_after(headers.get("Retry-After") or headers.get("retry-after"))
     upstream_code: str | None = None
-    try:
-        detail = error_decoder.decode(body).error
+    if detail is None:
+        try:
+            detail = error_decoder.decode(body).error
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            pass
+    if detail is not None:
         text, upstream_code = detail.message, detail.code or None
         upstream_type = detail.type
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    else:
         text = body[:300].decode(errors="replace").strip() or "(empty body)"
         upstream_type = ""
     said = f"HTTP {status}" + (f" {upstream_code}" if upstream_code else "") + f": {text}"
@@ -75,7 +91,12 @@ def classify(
             "the deployment's API key. Retrying will not help.",
             False,
         )
-    if status == 402 or upstream_code in _QUOTA_CODES or upstream_type == "insufficient_quota":
+    if (
+        status == 402
+        or upstream_code in _QUOTA_CODES
+        or upstream_type == "insufficient_quota"
+        or any(w in lowered for w in _QUOTA_WORDS)
+    ):
         return error(
             "upstream_quota_exceeded",
             "The provider account is out of quota or credits; retrying will not help "
@@ -111,4 +132,17 @@ def classify(
         "upstream_bad_request",
         "The provider rejected the request as invalid; fix the request before retrying.",
         False,
+    )
+
+
+def content_filtered(deployment: str, reason: str) -> BrokerError:
+    """A provider's safety system refused the prompt in an otherwise successful answer
+    (Gemini's ``promptFeedback.blockReason``): the same category as an HTTP refusal."""
+    return upstream_error(
+        400,
+        deployment,
+        f"the provider's safety filter blocked the prompt ({reason}). Rephrase it; "
+        "retrying the same request will not help.",
+        code="content_filtered",
+        retryable=False,
     )

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 
 from schemas.config import DeploymentConfig
+from workers.providers.anthropic import AnthropicProvider
+from workers.providers.azure import AzureOpenAIProvider
 from workers.providers.base import Provider
+from workers.providers.gemini import GeminiProvider
 from workers.providers.mock import MockProvider
 from workers.providers.openai_compat import OpenAICompatProvider
 
@@ -25,6 +28,12 @@ def make_provider(deployment: DeploymentConfig) -> Provider:
                 f"deployment `{deployment.name}`: environment variable "
                 f"{deployment.api_key_env} is not set"
             )
+    if deployment.provider == "anthropic":
+        return AnthropicProvider(deployment, api_key)
+    if deployment.provider == "gemini":
+        return GeminiProvider(deployment, api_key)
+    if deployment.provider == "azure":
+        return AzureOpenAIProvider(deployment, api_key)
     return OpenAICompatProvider(deployment, api_key)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from schemas.chat import ChatCompletionRequest
+from schemas.chat import ChatCompletionRequest, EmbeddingList, EmbeddingRequest
 
 
 class Provider(Protocol):
@@ -26,6 +26,13 @@ class Provider(Protocol):
         self, request: ChatCompletionRequest, traceparent: str | None = None
     ) -> AsyncIterator[bytes]:
         """The ``chat.completion.chunk`` bodies of a streamed request, in order."""
+        ...
+
+    async def embed(
+        self, request: EmbeddingRequest, traceparent: str | None = None
+    ) -> EmbeddingList:
+        """Embeddings as floats (the worker encodes base64 itself); providers without an
+        embeddings API raise a 400 ``BrokerError``."""
         ...
 
     async def aclose(self) -> None: ...

@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from schemas.chat import ChatCompletionRequest, encoder
+from schemas.chat import (
+    ChatCompletionRequest,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    encoder,
+)
 from schemas.config import DeploymentConfig
 from workers import mock_content
 
@@ -30,6 +37,24 @@ class MockProvider:
             await asyncio.sleep(self._latency)
         for chunk in mock_content.chunks(request, self._model):
             yield encoder.encode(chunk)
+
+    async def embed(
+        self, request: EmbeddingRequest, traceparent: str | None = None
+    ) -> EmbeddingList:
+        """The mock upstream's stand-in embeddings: hashed trigrams, deterministic."""
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        texts = request.texts()
+        dimensions = request.dimensions or mock_content.EMBEDDING_DIMENSIONS
+        tokens = sum(len(text.split()) for text in texts)
+        return EmbeddingList(
+            data=[
+                Embedding(index=i, embedding=mock_content.embedding(text, dimensions))
+                for i, text in enumerate(texts)
+            ],
+            model=self._model,
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
 
     async def aclose(self) -> None:
         return None

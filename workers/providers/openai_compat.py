@@ -1,10 +1,6 @@
 """OpenAI-compatible upstreams (OpenAI, vLLM, Ollama, Groq, OpenRouter, mock-upstream...).
 
-One ``aiohttp.ClientSession`` per deployment: a keep-alive connection pool sized to the
-deployment's concurrency, so no request pays for connection set-up. aiohttp rather
-than httpx because the upstream call is the worker's hot path and, measured here with
-the same server, aiohttp spends 0.2-0.3 ms of CPU per request against httpx's 1.2 ms
-(and httpx's pool loses most of its rate past a few dozen concurrent requests).
+The pooled aiohttp session and transport errors are in ``workers/providers/http.py``.
 Responses are validated against the schema and relayed as the upstream sent them.
 """
 
@@ -15,12 +11,19 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from schemas.chat import ChatCompletionRequest, chunk_decoder, completion_decoder, encoder
+from schemas.chat import (
+    ChatCompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    chunk_decoder,
+    completion_decoder,
+    embedding_list_decoder,
+    encoder,
+)
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
+from workers.providers.http import new_session, transport_error
 from workers.upstream_errors import classify
-
-MAX_LINE_BYTES = 4 * 1024 * 1024  # one SSE line holds one chunk, tool arguments included
 
 
 class OpenAICompatProvider:
@@ -30,6 +33,7 @@ class OpenAICompatProvider:
         self._model = deployment.model or deployment.name
         self._base_url = deployment.base_url.rstrip("/")
         self._url = f"{self._base_url}/chat/completions"
+        self._embeddings_url = f"{self._base_url}/embeddings"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -40,22 +44,7 @@ class OpenAICompatProvider:
     def _client(self) -> aiohttp.ClientSession:
         """The pooled session, created on first use inside the running event loop."""
         if self._session is None:
-            deployment = self._deployment
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=deployment.max_concurrency,
-                    keepalive_timeout=60,
-                    enable_cleanup_closed=True,
-                ),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=deployment.connect_timeout_s,
-                    sock_read=deployment.read_timeout_s,
-                ),
-                read_bufsize=MAX_LINE_BYTES,
-                max_line_size=MAX_LINE_BYTES,
-                max_field_size=64 * 1024,
-            )
+            self._session = new_session(self._deployment)
         return self._session
 
     def _body(self, request: ChatCompletionRequest) -> bytes:
@@ -105,6 +94,30 @@ class OpenAICompatProvider:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from None
 
+    async def embed(
+        self, request: EmbeddingRequest, traceparent: str | None = None
+    ) -> EmbeddingList:
+        """Floats always: the worker encodes base64 itself when the caller asked for it."""
+        body = encoder.encode(
+            msgspec.structs.replace(request, model=self._model, encoding_format=None)
+        )
+        headers = (
+            self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
+        )
+        try:
+            async with self._client().post(
+                self._embeddings_url, data=body, headers=headers
+            ) as response:
+                answer = await response.read()
+                if response.status >= 400:
+                    raise classify(self.name, response.status, answer, response.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(exc) from None
+        try:
+            return embedding_list_decoder.decode(answer)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise upstream_error(502, self.name, f"invalid embeddings body: {exc}") from None
+
     def _checked_chunk(self, data: bytes) -> bytes:
         try:
             chunk_decoder.decode(data)
@@ -121,27 +134,7 @@ class OpenAICompatProvider:
         return data
 
     def _transport_error(self, exc: BaseException) -> BrokerError:
-        url = self._base_url
-        if isinstance(exc, TimeoutError):
-            return upstream_error(
-                504,
-                self.name,
-                f"timed out talking to {url} ({type(exc).__name__})",
-                code="upstream_timeout",
-            )
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return upstream_error(
-                502,
-                self.name,
-                f"cannot connect to {url}: {exc.os_error.strerror or exc}",
-                code="upstream_unreachable",
-            )
-        return upstream_error(
-            502,
-            self.name,
-            f"transport error with {url}: {type(exc).__name__}: {exc}",
-            code="upstream_transport_error",
-        )
+        return transport_error(self.name, self._base_url, exc)
 
     async def aclose(self) -> None:
         if self._session is not None:
