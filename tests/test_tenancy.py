@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -193,6 +194,32 @@ def test_budget_stops_spending_at_the_limit(tenancy: Tenancy) -> None:
     (row,) = report["rows"]
     assert (row["model"], row["deployment"], row["requests"]) == ("mock-gpt", "mock-gpt/0", 3)
     assert row["prompt_tokens"] == 6 and row["completion_tokens"] == 15
+
+
+def test_streams_are_metered_even_when_the_caller_skips_usage(tenancy: Tenancy) -> None:
+    key = tenancy.create_key(tenant="streamer")
+    body = {
+        "model": "mock-gpt",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hello world"}],
+    }
+    with httpx.stream(
+        "POST",
+        f"{tenancy.ingresses[2]}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=20,
+    ) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert not any('"usage":{' in event for event in events)  # not asked for, not sent
+    for _ in range(50):  # unmetered usage is recorded in batches (every 0.2 s)
+        rows = tenancy.admin("GET", "/admin/usage", params={"tenant": "streamer"}).json()["rows"]
+        if rows:
+            break
+        time.sleep(0.1)
+    (row,) = rows
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (2, 5)  # yet recorded
 
 
 def test_tenant_token_quota(tenancy: Tenancy) -> None:

@@ -29,6 +29,7 @@ from broker import jsack, metrics, tracing
 from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingRequest,
+    StreamOptions,
     Usage,
     embedding_request_decoder,
     request_decoder,
@@ -94,6 +95,7 @@ class _UsageOnly(msgspec.Struct):
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 
 
+_USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage
 HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back this long
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
 
@@ -372,9 +374,19 @@ class DeploymentPool:
         attempt_timeout: float | None,
     ) -> Usage | None:
         """Retries happen only until the first chunk: after that, bytes reached the client.
-        Returns the usage the stream reported, if any."""
+        Returns the usage the stream reported, if any.
+
+        The provider is always asked for usage (costs, budgets and token limits need it);
+        a caller who did not ask for it does not get the usage-only chunk."""
         reply_to = meta.reply_to
         assert reply_to is not None
+        options = request.stream_options
+        relay_usage = options is not None and bool(options.include_usage)
+        if not relay_usage:
+            upstream_options = msgspec.structs.replace(
+                options or StreamOptions(), include_usage=True
+            )
+            request = msgspec.structs.replace(request, stream_options=upstream_options)
 
         async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
             chunks = self.provider.stream(request, _next_hop(meta)).__aiter__()
@@ -396,7 +408,11 @@ class DeploymentPool:
             usage = self._count_tokens(first)
             try:
                 async for chunk in chunks:
-                    usage = self._count_tokens(chunk) or usage
+                    counted = self._count_tokens(chunk)
+                    if counted is not None:
+                        usage = counted
+                        if not relay_usage and _USAGE_ONLY in chunk:
+                            continue  # asked for on the caller's behalf only
                     await self._nc.publish(
                         reply_to, rename(chunk) if rename else chunk, headers=headers
                     )
