@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
+from broker import metrics
 from broker.keys import KeyStore
 from broker.provision import ensure_keys_bucket, ensure_ratelimits_bucket
 from broker.ratelimit import Bucket, Decision, RateLimiter
@@ -143,6 +144,13 @@ class Admission:
         return allowed
 
     async def admit(self, secret: str | None, model: str, estimate: int) -> Grant:
+        try:
+            return await self._admit(secret, model, estimate)
+        except BrokerError as exc:
+            metrics.REFUSED.labels(exc.detail.code or "refused").inc()
+            raise
+
+    async def _admit(self, secret: str | None, model: str, estimate: int) -> Grant:
         if not self.required:
             return Grant(Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT, estimate))
         key = self.keys.lookup(secret) if secret else None

@@ -77,13 +77,13 @@ INGRESS_INFLIGHT = Gauge(
 
 WORKER_REQUESTS = Counter(
     "promptbus_worker_requests_total",
-    "Requests a worker finished, by the status of the answer",
-    ["model", "deployment", "status"],
+    "Requests a worker finished, by the status of the answer and lane (interactive|batch)",
+    ["model", "deployment", "status", "lane"],
 )
 QUEUE_WAIT = Histogram(
     "promptbus_queue_wait_seconds",
     "Time a request waited in JetStream before a worker took it",
-    ["model"],
+    ["model", "lane"],
     buckets=LATENCY_BUCKETS,
 )
 UPSTREAM_DURATION = Histogram(
@@ -111,6 +111,12 @@ ERRORS = Counter(
     "promptbus_errors_total",
     "Failed provider attempts and refused requests, by error code",
     ["deployment", "code"],
+)
+REFUSED = Counter(
+    "promptbus_admission_refused_total",
+    "Requests refused at admission: invalid_api_key, model_not_allowed, rate_limit_exceeded, "
+    "budget_exceeded, quota_exceeded",
+    ["code"],
 )
 RETRIES = Counter("promptbus_retries_total", "Provider calls retried", ["deployment"])
 FAILOVERS = Counter(

@@ -17,6 +17,7 @@ import nats
 import pytest
 import yaml
 
+from broker import metrics
 from broker.client import BrokerClient
 from broker.settings import load_config
 from broker.subjects import Subjects
@@ -111,6 +112,11 @@ async def test_interactive_overtakes_a_saturated_batch_lane(
     answer = await client.chat(_chat("lane-mock", "urgent"))
     waited = time.monotonic() - started
     await asyncio.wait_for(all_done.wait(), 10)  # the batch lane still finishes its work
+    by_lane = {
+        lane: metrics.WORKER_REQUESTS.labels("lane-mock", "lane-mock/0", "200", lane)._value.get()
+        for lane in ("interactive", "batch")
+    }
+    assert by_lane["batch"] >= batch and by_lane["interactive"] >= 1, by_lane
     assert answer.choices[0].message.content == "mock reply to: urgent"
     # It waited for one of the running batch requests to finish, then ran: < 2 latencies,
     # where a single FIFO queue would have put it behind all ten (5 latencies).

@@ -60,11 +60,25 @@ def test_metrics_count_known_traffic(stack: Stack) -> None:
         == 7
     )
 
-    served = {"model": "mock-gpt", "deployment": "mock-gpt/0", "status": "200"}
+    served = {
+        "model": "mock-gpt",
+        "deployment": "mock-gpt/0",
+        "status": "200",
+        "lane": "interactive",
+    }
     assert grew(worker, worker_before, "promptbus_worker_requests_total", **served) == 7
     out = {"deployment": "mock-gpt/0", "direction": "output"}
     assert grew(worker, worker_before, "promptbus_tokens_total", **out) == 7 * 5
-    assert grew(worker, worker_before, "promptbus_queue_wait_seconds_count", model="mock-gpt") == 7
+    assert (
+        grew(
+            worker,
+            worker_before,
+            "promptbus_queue_wait_seconds_count",
+            model="mock-gpt",
+            lane="interactive",
+        )
+        == 7
+    )
     upstream = {"deployment": "mock-gpt/0", "stream": "false"}
     assert (
         grew(worker, worker_before, "promptbus_upstream_request_duration_seconds_count", **upstream)

@@ -167,6 +167,12 @@ def test_requests_per_minute_admit_exactly_n_across_three_ingresses(tenancy: Ten
         assert response.headers["x-should-retry"] == "true"
     remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in ok)
     assert remaining == list(range(limit))  # each admission took exactly one, 11 .. 0
+    refused = 0.0
+    for base in tenancy.ingresses:  # each ingress counts what it refused
+        for line in httpx.get(f"{base}/metrics").text.splitlines():
+            if line.startswith('promptbus_admission_refused_total{code="rate_limit_exceeded"}'):
+                refused += float(line.split()[-1])
+    assert refused >= 2 * limit
 
 
 def test_tokens_per_minute_bucket(tenancy: Tenancy) -> None:

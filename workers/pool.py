@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import time
@@ -95,6 +96,7 @@ class _UsageOnly(msgspec.Struct):
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 
 
+_lane: contextvars.ContextVar[Lane] = contextvars.ContextVar("lane", default=Lane.INTERACTIVE)
 _USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage
 HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back this long
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
@@ -142,8 +144,13 @@ class DeploymentPool:
         self._end = {H_KIND: ReplyKind.END.value, H_STATUS: "200", H_DEPLOYMENT: shown}
         self._stamp_plain = _stamp_json(shown, ())
         model_name = model.model_name
-        self._m_ok = metrics.WORKER_REQUESTS.labels(model_name, name, "200")
-        self._m_queue_wait = metrics.QUEUE_WAIT.labels(model_name)
+        self._m_ok = {
+            lane: metrics.WORKER_REQUESTS.labels(model_name, name, "200", lane.value)
+            for lane in Lane
+        }
+        self._m_queue_wait = {
+            lane: metrics.QUEUE_WAIT.labels(model_name, lane.value) for lane in Lane
+        }
         self._m_upstream = metrics.UPSTREAM_DURATION.labels(name, "false")
         self._m_upstream_stream = metrics.UPSTREAM_DURATION.labels(name, "true")
         self._m_tokens_in = metrics.TOKENS.labels(name, "input")
@@ -181,6 +188,7 @@ class DeploymentPool:
         await self._handle(msg, Lane.BATCH)
 
     async def _handle(self, msg: Msg, lane: Lane) -> None:
+        _lane.set(lane)  # each message runs in a task of its own: the lane of its metrics
         meta = RequestMeta.from_headers(msg.headers)
         if not meta.reply_to:
             log.warning("request %s has no Pb-Reply-To header; dropped", meta.request_id)
@@ -191,7 +199,7 @@ class DeploymentPool:
             return
         waited = jsack.queued_seconds(msg.reply, time.time_ns())
         if waited is not None:
-            self._m_queue_wait.observe(waited)
+            self._m_queue_wait[lane].observe(waited)
         key = id(msg)
         self._working[key] = (msg, time.monotonic())
         task = asyncio.current_task()
@@ -278,7 +286,7 @@ class DeploymentPool:
                         body = self.transforms.response(body)
                     body = self._stamp(body, meta)
                     await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
-                    self._m_ok.inc()
+                    self._m_ok[_lane.get()].inc()
         except BrokerError as exc:
             context = exc.detail.code == "context_length_exceeded"
             movable = context or is_deployment_fault(exc) or exc.detail.code == "circuit_open"
@@ -425,7 +433,7 @@ class DeploymentPool:
                 return usage
         await self._account(meta, usage)
         await self._nc.publish(reply_to, b"", headers=self._ok_headers(meta, kind=self._end))
-        self._m_ok.inc()
+        self._m_ok[_lane.get()].inc()
         return usage
 
     async def _account(self, meta: RequestMeta, usage: Usage | None) -> None:
@@ -466,7 +474,7 @@ class DeploymentPool:
         model = self.transforms.response_model if self.transforms is not None else None
         body = self._stamp(embeddings.reply_body(result, request, model), meta)
         await self._nc.publish(meta.reply_to, body, headers=self._ok_headers(meta))
-        self._m_ok.inc()
+        self._m_ok[_lane.get()].inc()
         return usage
 
     def _count_tokens(self, body: bytes) -> Usage | None:
@@ -516,7 +524,8 @@ class DeploymentPool:
 
     async def _error(self, meta: RequestMeta, error: BrokerError) -> None:
         model = self.model.model_name
-        metrics.WORKER_REQUESTS.labels(model, self.name, str(error.status)).inc()
+        lane = _lane.get().value
+        metrics.WORKER_REQUESTS.labels(model, self.name, str(error.status), lane).inc()
         await reply_error(self._nc, meta, error, self._shown)
 
     async def _keep_alive(self) -> None:
