@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-failover lint install clean
+.PHONY: run test bench bench-tenancy bench-failover lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+
+bench-tenancy: $(STAMP)
+	$(BIN)/python bench/overhead.py --tenancy on
 
 bench-failover: $(STAMP)
 	$(BIN)/python bench/failover.py

@@ -9,6 +9,10 @@ process, then runs the same bounded load against
 The load generator is aiohttp on uvloop (cheapest client per request we measured).
 Each target runs twice: paced at --rate req/s (latency) and closed-loop at --concurrency (max rate).
 Prints requests/s and p50/p95/p99 and the overhead against (a).
+
+--tenancy on: auth.required, and every request carries a virtual key whose key and tenant
+have requests- and tokens-per-minute limits (high enough never to refuse) and daily
+budgets: admission, shared rate-limit buckets and metered usage recording all run.
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker import serve
+from broker.admission import Admission
 from broker.client import BrokerClient
+from broker.connection import connect
 from broker.embedded import EmbeddedNats, free_port
 from broker.settings import load_config
+from schemas.config import Config
+from schemas.tenancy import Budget, KeySpec, Limits, TenantSpec
 from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
 
 BODY = {
@@ -113,9 +121,11 @@ async def paced(name: str, call: Call, rate: float, duration: float) -> Result:
     return Result(name, latencies, errors, time.perf_counter() - started)
 
 
-def http_call(session: aiohttp.ClientSession, url: str, model: str) -> Call:
+def http_call(session: aiohttp.ClientSession, url: str, model: str, key: str | None = None) -> Call:
     payload = msgspec.json.encode(BODY | {"model": model})
     headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
 
     async def call() -> None:
         async with session.post(url, data=payload, headers=headers) as response:
@@ -136,13 +146,32 @@ def nats_call(client: BrokerClient, model: str) -> Call:
     return call
 
 
+async def _bench_key(config: Config, nats_url: str) -> str:
+    """A key whose limits and budgets are all checked and never refuse."""
+    nc = await connect(nats_url, "bench-admin")
+    admission = await Admission.open(nc.jetstream(), config)
+    try:
+        limits = Limits(rpm=10_000_000, tpm=1_000_000_000)
+        budgets = [Budget(max_usd=1e9, period="daily")]
+        await admission.keys.set_tenant("bench", TenantSpec(limits=limits, budgets=budgets))
+        issued = await admission.keys.create_key(
+            KeySpec(tenant="bench", limits=limits, budgets=budgets)
+        )
+        return issued.key
+    finally:
+        await admission.close()
+        await nc.close()
+
+
 async def run(
     args: argparse.Namespace, nats_url: str, upstream: str, ingress: str, config_path: Path
 ) -> list[Result]:
     results: list[Result] = []
     connector = aiohttp.TCPConnector(limit=args.concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as http:
-        client = await BrokerClient.connect(load_config(config_path), nats_url, name="bench")
+        config = load_config(config_path)
+        key = await _bench_key(config, nats_url) if args.tenancy == "on" else None
+        client = await BrokerClient.connect(config, nats_url, name="bench", api_key=key)
         try:
             targets = [
                 (
@@ -151,7 +180,7 @@ async def run(
                 ),
                 (
                     "(b) ingress -> worker -> upstream",
-                    http_call(http, f"{ingress}/v1/chat/completions", "bench-upstream"),
+                    http_call(http, f"{ingress}/v1/chat/completions", "bench-upstream", key),
                 ),
                 ("(c) NATS client -> worker -> upstream", nats_call(client, "bench-upstream")),
                 ("(d) NATS client -> worker (in-process mock)", nats_call(client, "bench-mock")),
@@ -190,6 +219,9 @@ def main() -> None:
     parser.add_argument(
         "--log-level", default="WARNING", help="broker log level (DEBUG: a log line per request)"
     )
+    parser.add_argument(
+        "--tenancy", choices=["on", "off"], default="off", help="keys, limits and budgets"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="promptbus-bench-"))
@@ -203,6 +235,7 @@ def main() -> None:
                 yaml.safe_dump(
                     {
                         "nats": {"url": nats.url},
+                        "auth": {"required": args.tenancy == "on"},
                         "model_list": [
                             {
                                 "model_name": "bench-mock",
@@ -245,7 +278,7 @@ def main() -> None:
             for proc in procs:
                 proc.stop()
 
-    print(f"\nmetrics {args.metrics}, broker log level {args.log_level}")
+    print(f"\nmetrics {args.metrics}, broker log level {args.log_level}, tenancy {args.tenancy}")
     print(f"{'target':<44} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for result in results:
         print(result.row())

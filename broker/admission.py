@@ -28,13 +28,13 @@ from broker.keys import KeyStore
 from broker.provision import ensure_keys_bucket, ensure_ratelimits_bucket
 from broker.ratelimit import Bucket, Decision, RateLimiter
 from broker.subjects import model_token
-from broker.usage import NANO, UsageView, ensure_usage_stream, period_end
+from broker.usage import ANONYMOUS, NANO, UsageView, ensure_usage_stream, period_end
 from schemas.config import Config
 from schemas.envelope import Tenancy
 from schemas.errors import BrokerError
 from schemas.tenancy import Budget, KeyRecord, Limits, TenantRecord
 
-ANONYMOUS_KEY = "-"  # usage of requests without a key (auth.required off)
+ANONYMOUS_KEY = ANONYMOUS  # usage of requests without a key (auth.required off)
 DEFAULT_TENANT = "default"
 
 

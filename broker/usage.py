@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import functools
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,7 @@ from schemas.tenancy import Period, UsageRow
 
 log = logging.getLogger(__name__)
 
+ANONYMOUS = "-"  # the key id of requests without a key (auth.required off)
 NANO = 1_000_000_000  # cost counters count nano-dollars
 FLUSH_S = 0.2  # unmetered usage is recorded in batches this often
 
@@ -159,24 +161,31 @@ class UsageRecorder:
         cost_usd: float,
         at: float,
     ) -> dict[str, int]:
-        s = self._subjects
-        tokens = prompt_tokens + completion_tokens
+        costs, tokens, details = self._names(tenant, key_id, model, deployment, int(at))
         cost = round(cost_usd * NANO)
-        out: dict[str, int] = {}
-        for period in BUDGET_PERIODS:
-            out[s.aggregate("key", key_id, period, at, "cost")] = cost
-            out[s.aggregate("tenant", tenant, period, at, "cost")] = cost
-        for period in QUOTA_PERIODS:
-            out[s.aggregate("tenant", tenant, period, at, "tokens")] = tokens
-        detail = {
-            "requests": 1,
-            "prompt": prompt_tokens,
-            "completion": completion_tokens,
-            "cost": cost,
-        }
-        for metric, value in detail.items():
-            out[s.detail(at, tenant, key_id, model, deployment, metric)] = value
+        out = dict.fromkeys(costs, cost) | dict.fromkeys(tokens, prompt_tokens + completion_tokens)
+        values = (1, prompt_tokens, completion_tokens, cost)
+        out.update(zip(details, values, strict=True))
         return out
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one recorder per process)
+    def _names(
+        self, tenant: str, key_id: str, model: str, deployment: str, second: int
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """The counters one request adds to, built once per second (the hot path pays
+        dict updates, not string formatting)."""
+        s, at = self._subjects, float(second)
+        costs: list[str] = []
+        if key_id != ANONYMOUS:  # budgets and quotas exist only for keys
+            for period in BUDGET_PERIODS:
+                costs.append(s.aggregate("key", key_id, period, at, "cost"))
+                costs.append(s.aggregate("tenant", tenant, period, at, "cost"))
+            tokens = tuple(s.aggregate("tenant", tenant, p, at, "tokens") for p in QUOTA_PERIODS)
+        else:
+            tokens = ()
+        metrics = ("requests", "prompt", "completion", "cost")
+        details = tuple(s.detail(at, tenant, key_id, model, deployment, m) for m in metrics)
+        return tuple(costs), tokens, details
 
     async def record(self, now: bool = False, **usage: object) -> None:
         """``now``: publish before returning (metered keys: the next admission must see
