@@ -88,3 +88,35 @@ def test_model_tokens_are_single_nats_tokens() -> None:
     name = subjects.chat_consumer("openai/gpt-4.1")
     assert all(ch.isalnum() or ch in "_-" for ch in name)
     assert subjects.chat_consumer("a.b") != subjects.chat_consumer("a_b")
+
+
+def test_prices_come_from_deployment_then_config_then_builtin_table(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        """
+prices:
+  gpt-4o: {input_per_mtok: 1.0, output_per_mtok: 2.0}
+model_list:
+  - model_name: explicit
+    deployments:
+      - {provider: mock, model: gpt-4o, input_cost_per_mtok: 9, output_cost_per_mtok: 0}
+  - model_name: configured
+    deployments: [{provider: mock, model: gpt-4o}]
+  - model_name: listed
+    deployments: [{provider: mock, model: gpt-4o-mini}]
+  - model_name: unknown
+    deployments: [{provider: mock}]
+"""
+    )
+    config = load_config(path)
+
+    def prices(model: str) -> tuple[float | None, float | None]:
+        found = config.model(model)
+        assert found is not None
+        deployment = found.deployments[0]
+        return deployment.input_cost_per_mtok, deployment.output_cost_per_mtok
+
+    assert prices("explicit") == (9, 0)  # explicit zero stays zero
+    assert prices("configured") == (1.0, 2.0)
+    assert prices("listed") == (0.15, 0.60)  # schemas/prices.py
+    assert prices("unknown") == (0.0, 0.0)
