@@ -32,7 +32,7 @@ from broker.usage import ANONYMOUS, NANO, UsageView, ensure_usage_stream, period
 from schemas.config import Config
 from schemas.envelope import Tenancy
 from schemas.errors import BrokerError
-from schemas.tenancy import Budget, KeyRecord, Limits, TenantRecord
+from schemas.tenancy import Budget, KeyRecord, KeySpec, Limits, TenantRecord
 
 ANONYMOUS_KEY = ANONYMOUS  # usage of requests without a key (auth.required off)
 DEFAULT_TENANT = "default"
@@ -128,6 +128,26 @@ class Admission:
         return tenancy is not None and self.keys.verify(
             tenancy.signed_part(request_id), tenancy.signature
         )
+
+    def check_spec(self, spec: KeySpec) -> None:
+        """A key may name only transformation profiles and models the config has."""
+        unknown = [name for name in spec.transforms if name not in self.config.transforms]
+        if unknown:
+            raise BrokerError(
+                400,
+                f"Unknown transformation profile(s): {', '.join(unknown)}; the config defines "
+                f"{', '.join(sorted(self.config.transforms)) or 'none'}.",
+                code="unknown_transform",
+                param="transforms",
+            )
+        models = [m for m in spec.models or () if self.config.model(m) is None]
+        if models:
+            raise BrokerError(
+                400,
+                f"Unknown model(s): {', '.join(models)}.",
+                code="model_not_found",
+                param="models",
+            )
 
     def allowed_models(self, secret: str | None) -> set[str] | None:
         """Models this key may use (None: all); raises 401 for a bad key when required."""

@@ -133,6 +133,7 @@ class KeyStore:
             models=spec.models,
             limits=spec.limits,
             budgets=spec.budgets,
+            transforms=spec.transforms,
             created_at=time.time(),
         )
         await self._put_key(record)

@@ -15,6 +15,7 @@ from broker import tenancy_admin
 from broker.admission import Admission
 from broker.connection import connect
 from schemas.config import Config
+from schemas.errors import BrokerError
 from schemas.tenancy import Budget, KeySpec, Limits, Quota, TenantSpec
 
 Action = Callable[[NATS, Admission], Awaitable[Any]]
@@ -65,9 +66,14 @@ async def keys_create(args: argparse.Namespace, config: Config, url: str) -> Non
         models=args.model,
         limits=_limits(args),
         budgets=args.budget or [],
+        transforms=args.transform or [],
     )
 
     async def action(nc: NATS, admission: Admission) -> None:
+        try:
+            admission.check_spec(spec)
+        except BrokerError as exc:
+            raise SystemExit(f"promptbus: {exc.message}") from None
         issued = await admission.keys.create_key(spec)
         _print(tenancy_admin.issued_view(issued))
         print("\nstore the key now: it is not shown again.")
@@ -192,6 +198,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     create = leaf(keys_sub, "create", keys_create, "a new key (the secret is printed once)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--name", default="")
+    create.add_argument("--transform", action="append", help="transformation profile (repeatable)")
     limit_options(create)
     listing = leaf(keys_sub, "list", keys_list, "keys (never their secrets)")
     listing.add_argument("--tenant", default=None)

@@ -116,6 +116,7 @@ def admin_routes(
     async def create_key(request: Request) -> Response:
         authorize(request)
         spec = _decode(await request.body(), KeySpec)
+        admission().check_spec(spec)
         issued = await admission().keys.create_key(spec)
         return _json(tenancy_admin.issued_view(issued), 201)
 

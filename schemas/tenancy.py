@@ -55,6 +55,7 @@ class KeyRecord(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=
     models: list[str] | None = None  # None: whatever the tenant allows
     limits: Limits = msgspec.field(default_factory=Limits)
     budgets: list[Budget] = msgspec.field(default_factory=list)
+    transforms: list[str] = msgspec.field(default_factory=list)  # profiles, after the model's
     created_at: float = 0.0
     revoked_at: float | None = None
 
@@ -67,6 +68,7 @@ class KeySpec(Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[str] | None = None
     limits: Limits = msgspec.field(default_factory=Limits)
     budgets: list[Budget] = msgspec.field(default_factory=list)
+    transforms: list[str] = msgspec.field(default_factory=list)
 
 
 class TenantSpec(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -70,6 +70,7 @@ def tenancy(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator
             {
                 "nats": {"url": nats_url, "subject_prefix": "tn", "stream": "TN_REQ"},
                 "auth": {"required": True},
+                "transforms": {"short": {"set": {"max_tokens": 2}, "response_model": "house"}},
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
                 "model_list": [
                     {
@@ -297,6 +298,19 @@ async def test_keys_never_appear_in_clear(tenancy: Tenancy) -> None:
     for log in tenancy.logs:
         text = log.read_text()
         assert key not in text and key[6:] not in text, log
+
+
+def test_a_key_can_carry_its_own_transformations(tenancy: Tenancy) -> None:
+    plain = tenancy.create_key(tenant="styled")
+    short = tenancy.create_key(tenant="styled", transforms=["short"])
+    answer = tenancy.chat(plain, text="one two three").json()
+    assert answer["model"] == "mock-gpt"
+    assert answer["choices"][0]["message"]["content"] == "mock reply to: one two three"
+    shaped = tenancy.chat(short, text="one two three").json()
+    assert shaped["model"] == "house"  # renamed for this key only
+    assert shaped["choices"][0]["message"]["content"] == "mock reply"  # max_tokens forced to 2
+    unknown = tenancy.admin("POST", "/admin/keys", json={"tenant": "styled", "transforms": ["x"]})
+    assert unknown.status_code == 400 and _error(unknown)["code"] == "unknown_transform"
 
 
 def test_cli_manages_keys_and_reports_usage(tenancy: Tenancy) -> None:

@@ -194,5 +194,5 @@ def test_errors_name_the_renamed_deployment(http: httpx.Client, stack: Stack) ->
     assert failed.headers["x-promptbus-deployment"] == "acme"
     # Operators still see the real deployment in the worker's metrics.
     scraped = httpx.get(stack.worker_metrics).text
-    assert 'deployment="branded-azure",model="branded",status="500"' in scraped
+    assert 'deployment="branded-azure",lane="interactive",model="branded",status="500"' in scraped
     assert 'deployment="acme"' not in scraped

@@ -31,6 +31,14 @@ class Accounting:
         tenancy = self.admission.sign(meta.request_id, grant.tenancy)
         return msgspec.structs.replace(meta, tenancy=tenancy)
 
+    def key_transforms(self, meta: RequestMeta) -> tuple[str, ...]:
+        """The transformation profiles of the request's key, if it has any."""
+        tenancy = meta.tenancy
+        if tenancy is None or tenancy.key_id == ANONYMOUS_KEY:
+            return ()
+        key = self.admission.keys.key(tenancy.key_id)
+        return tuple(key.transforms) if key is not None else ()
+
     async def settle(
         self, meta: RequestMeta, model: str, deployment: str, usage: Usage, cost_usd: float
     ) -> None:

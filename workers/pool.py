@@ -19,7 +19,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import TypeVar
 
 import msgspec
@@ -35,7 +35,7 @@ from schemas.chat import (
     embedding_request_decoder,
     request_decoder,
 )
-from schemas.config import DeploymentConfig, ModelConfig
+from schemas.config import DeploymentConfig, ModelConfig, TransformConfig
 from schemas.envelope import (
     H_DEPLOYMENT,
     H_FAILOVER_FROM,
@@ -96,6 +96,9 @@ class _UsageOnly(msgspec.Struct):
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 
 
+_transforms: contextvars.ContextVar[Transforms | None] = contextvars.ContextVar(
+    "transforms", default=None
+)
 _lane: contextvars.ContextVar[Lane] = contextvars.ContextVar("lane", default=Lane.INTERACTIVE)
 _USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage
 HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back this long
@@ -115,12 +118,15 @@ class DeploymentPool:
         pacer: Pacer | None = None,
         accounting: Accounting | None = None,
         transforms: Transforms | None = None,
+        profiles: Mapping[str, TransformConfig] | None = None,
     ) -> None:
         self._nc = nc
         self.slots = PrioritySlots(deployment.max_concurrency)
         self._pacer = pacer
         self._accounting = accounting
         self.transforms = transforms  # the model's transformation profiles, if any
+        self._profiles = profiles or {}
+        self._key_transforms: dict[tuple[str, ...], Transforms | None] = {}
         self.provider = provider
         self.deployment = deployment
         self.model = model
@@ -240,8 +246,6 @@ class DeploymentPool:
                 request = embedding_request_decoder.decode(msg.data)
             else:
                 request = request_decoder.decode(msg.data)
-                if self.transforms is not None:
-                    request = self.transforms.request(request)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             await self._error(meta, from_validation_error(exc))
             return True
@@ -250,6 +254,14 @@ class DeploymentPool:
                 meta = await self._accounting.vet(msg, meta, self.model.model_name)
             except BrokerError as exc:
                 await self._error(meta, exc)
+                return True
+        transforms = self._transforms_for(meta)
+        _transforms.set(transforms)
+        if transforms is not None and isinstance(request, ChatCompletionRequest):
+            try:
+                request = transforms.request(request)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                await self._error(meta, from_validation_error(exc))
                 return True
         if not self.breaker.allows():
             if await self._move_on(msg, meta, context=False):
@@ -282,8 +294,8 @@ class DeploymentPool:
                     )
                     usage = self._count_tokens(body)
                     await self._account(meta, usage)
-                    if self.transforms is not None:
-                        body = self.transforms.response(body)
+                    if transforms is not None:
+                        body = transforms.response(body)
                     body = self._stamp(body, meta)
                     await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
                     self._m_ok[_lane.get()].inc()
@@ -409,7 +421,8 @@ class DeploymentPool:
         )
         headers = self._ok_headers(meta, kind=self._chunk)
         usage: Usage | None = None
-        rename = self.transforms.response if self.transforms is not None else None
+        transforms = _transforms.get()
+        rename = transforms.response if transforms is not None else None
         if first is not None:
             first = rename(first) if rename else first
             await self._nc.publish(reply_to, self._stamp(first, meta), headers=headers)
@@ -471,11 +484,23 @@ class DeploymentPool:
             self.cost_usd += cost
             self._m_cost.inc(cost)
         await self._account(meta, usage)
-        model = self.transforms.response_model if self.transforms is not None else None
+        transforms = _transforms.get()
+        model = transforms.response_model if transforms is not None else None
         body = self._stamp(embeddings.reply_body(result, request, model), meta)
         await self._nc.publish(meta.reply_to, body, headers=self._ok_headers(meta))
         self._m_ok[_lane.get()].inc()
         return usage
+
+    def _transforms_for(self, meta: RequestMeta) -> Transforms | None:
+        """The model's transformation profiles, then the request's key's own."""
+        names = self._accounting.key_transforms(meta) if self._accounting else ()
+        if not names:
+            return self.transforms
+        found = self._key_transforms.get(names)
+        if found is None:
+            found = Transforms.build(self._profiles, [*self.model.transforms, *names])
+            self._key_transforms[names] = found
+        return found
 
     def _count_tokens(self, body: bytes) -> Usage | None:
         """Usage from a response or the usage chunk of a stream; most chunks have none."""

@@ -213,6 +213,7 @@ class Worker:
             pacer=pacer,
             accounting=self._accounting,
             transforms=Transforms.build(self.config.transforms, model.transforms),
+            profiles=self.config.transforms,
         )
         pool.start()
         interactive_queue, batch_queue = queues
