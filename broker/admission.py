@@ -17,6 +17,7 @@ process reads from the keys bucket, so a worker does not check it twice.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -179,13 +180,37 @@ class Admission:
         tenant = self.keys.tenant(key.tenant) or TenantRecord(name=key.tenant)
         self._check_model(key, tenant, model)
         now = time.time()
-        await self._check_budgets("key", key.id, f"key {key.id}", key.budgets, now)
-        owner = f"tenant {tenant.name}"
-        await self._check_budgets("tenant", tenant.name, owner, tenant.budgets, now)
-        await self._check_quota(tenant, now)
-        decisions = await self._take(key, tenant, estimate)
+        # Spending checks and rate-limit takes run concurrently (one round trip in all);
+        # the takes are refunded if spending refuses the request.
+        spending = [
+            *(self._check_budget("key", key.id, f"key {key.id}", b, now) for b in key.budgets),
+            *(
+                self._check_budget("tenant", tenant.name, f"tenant {tenant.name}", b, now)
+                for b in tenant.budgets
+            ),
+            self._check_quota(tenant, now),
+        ]
+        *checked, taken = await asyncio.gather(
+            *spending, self._take(key, tenant, estimate), return_exceptions=True
+        )
+        refused = next((r for r in checked if isinstance(r, BaseException)), None)
+        if refused is not None:
+            if isinstance(taken, list):
+                await self._refund(taken, estimate)
+            raise refused
+        if isinstance(taken, BaseException):
+            raise taken
+        assert isinstance(taken, list)
         metered = bool(key.budgets or tenant.budgets or tenant.quota)
-        return Grant(Tenancy(key.id, tenant.name, estimate, metered), decisions)
+        return Grant(Tenancy(key.id, tenant.name, estimate, metered), taken)
+
+    async def _refund(self, decisions: list[Decision], estimate: int) -> None:
+        await asyncio.gather(
+            *(
+                self.limiter.adjust(d.bucket, -(1 if d.bucket.kind == "requests" else estimate))
+                for d in decisions
+            )
+        )
 
     def _check_model(self, key: KeyRecord, tenant: TenantRecord, model: str) -> None:
         for owner, allowed in (
@@ -202,21 +227,20 @@ class Admission:
                     param="model",
                 )
 
-    async def _check_budgets(
-        self, scope: str, ident: str, owner: str, budgets: list[Budget], now: float
+    async def _check_budget(
+        self, scope: str, ident: str, owner: str, budget: Budget, now: float
     ) -> None:
-        for budget in budgets:
-            spent = await self.usage.current(scope, ident, budget.period, "cost", now) / NANO
-            if spent >= budget.max_usd:
-                resets = period_end(budget.period, now) or now
-                raise BrokerError(
-                    429,
-                    f"The {owner}'s {budget.period} budget is spent: limit "
-                    f"${budget.max_usd:.4f}, spent ${spent:.4f}; it resets at {_when(resets)}.",
-                    type="insufficient_quota",
-                    code="budget_exceeded",
-                    retry_after=max(1.0, resets - now),
-                )
+        spent = await self.usage.current(scope, ident, budget.period, "cost", now) / NANO
+        if spent >= budget.max_usd:
+            resets = period_end(budget.period, now) or now
+            raise BrokerError(
+                429,
+                f"The {owner}'s {budget.period} budget is spent: limit "
+                f"${budget.max_usd:.4f}, spent ${spent:.4f}; it resets at {_when(resets)}.",
+                type="insufficient_quota",
+                code="budget_exceeded",
+                retry_after=max(1.0, resets - now),
+            )
 
     async def _check_quota(self, tenant: TenantRecord, now: float) -> None:
         quota = tenant.quota
