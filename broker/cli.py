@@ -65,12 +65,15 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 
 async def _up(config: Config, url: str, port: int) -> None:
+    from broker.batch_runner import Batcher
     from ingress.app import create_app
     from workers.runner import Worker
 
     stop = stop_event()
     worker = Worker(config)
     await worker.start(url)
+    batcher = Batcher(config)
+    await batcher.start(url)
     try:
         # A local all-in-one gets an admin key of its own unless one is set.
         admin_key = os.environ.setdefault(config.admin.api_key_env, secrets.token_urlsafe(18))
@@ -92,6 +95,7 @@ async def _up(config: Config, url: str, port: int) -> None:
         )
         await serve_until(server, stop)
     finally:
+        await batcher.stop()
         await worker.stop(grace=5)
 
 
@@ -146,6 +150,48 @@ async def _worker(config: Config, url: str, models: list[str] | None) -> None:
     )
     await stop.wait()
     await worker.stop()
+
+
+def cmd_batcher(args: argparse.Namespace) -> None:
+    config = _config(args)
+    run(_batcher(config, _nats_url(args, config)))
+
+
+async def _batcher(config: Config, url: str) -> None:
+    from broker.batch_runner import Batcher
+
+    stop = stop_event()
+    batcher = Batcher(config)
+    await batcher.start(url)
+    print(f"batcher running batches from {url}", flush=True)
+    await stop.wait()
+    await batcher.stop()
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    """The ``batch`` subcommands, each a short-lived NATS client."""
+    from broker import batch_cli
+    from schemas.errors import BrokerError
+
+    config = _config(args)
+    url = _nats_url(args, config)
+    action = args.batch_command
+    output = Path(args.output) if getattr(args, "output", None) else None
+    calls = {
+        "submit": lambda: batch_cli.submit(
+            config, url, Path(args.file), args.model, args.wait, output
+        ),
+        "status": lambda: batch_cli.status(config, url, args.batch_id),
+        "list": lambda: batch_cli.list_batches(config, url, args.limit),
+        "cancel": lambda: batch_cli.cancel(config, url, args.batch_id),
+        "results": lambda: batch_cli.results(
+            config, url, args.batch_id, output or Path(f"{args.batch_id}.jsonl"), args.wait
+        ),
+    }
+    try:
+        run(calls[action]())
+    except BrokerError as exc:
+        raise SystemExit(f"promptbus batch: {exc.message}") from None
 
 
 def cmd_ingress(args: argparse.Namespace) -> None:
@@ -288,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     from broker import tenancy_cli
 
     tenancy_cli.add_commands(lambda name, _, help: add(name, cmd_tenancy, help))
+    add("batcher", cmd_batcher, "run batches: validate, publish lines, write output files")
+    batch = add("batch", cmd_batch, "bulk batches from a JSONL file")
+    actions = batch.add_subparsers(dest="batch_command", required=True)
+    submit = actions.add_parser("submit", help="upload a JSONL file and start (or resume) it")
+    submit.add_argument("file")
+    submit.add_argument("--model", "-m", default=None, help="model for lines that name none")
+    submit.add_argument("--wait", action="store_true", help="show progress until it ends")
+    submit.add_argument("--output", "-o", default=None, help="write the results here (waits)")
+    for name, text in (("status", "the batch object"), ("cancel", "cancel a batch")):
+        actions.add_parser(name, help=text).add_argument("batch_id")
+    listing = actions.add_parser("list", help="recent batches")
+    listing.add_argument("--limit", type=int, default=20)
+    fetch = actions.add_parser("results", help="download the output (and error) file")
+    fetch.add_argument("batch_id")
+    fetch.add_argument("--output", "-o", default=None, help="default <batch-id>.jsonl")
+    fetch.add_argument("--wait", action="store_true", help="wait for the batch to end")
     status = add("status", cmd_status, "deployments, breakers and queues as a table")
     status.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh")
     return parser

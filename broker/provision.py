@@ -22,7 +22,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from broker.subjects import BREAKERS, CACHE, KEYS, RATELIMITS, WORKERS, Subjects, bucket
+from broker.subjects import BATCHES, BREAKERS, CACHE, KEYS, RATELIMITS, WORKERS, Subjects, bucket
 from schemas.config import Config, DeploymentConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -228,3 +228,40 @@ async def provision(js: JetStreamContext, config: Config, subjects: Subjects) ->
     """Everything a client needs before publishing: the stream and the presence bucket."""
     await ensure_stream(js, config, subjects)
     await ensure_workers_bucket(js, config)
+
+
+async def ensure_results_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """Batch results: the reply subjects of batch lines are captured here, one message per
+    subject (a redelivered line's second reply replaces its first), until collected."""
+    stream = StreamConfig(
+        name=subjects.results_stream,
+        description="promptbus batch results (one message per request)",
+        subjects=[subjects.bres_wildcard],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.OLD,
+        max_age=config.batch.results_max_age_s,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=config.nats.replicas,
+    )
+    try:
+        await js.stream_info(subjects.results_stream)
+    except NotFoundError:
+        await js.add_stream(stream)
+        return
+    await js.update_stream(stream)
+
+
+async def ensure_batches_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Batch records (key = batch id), publishing checkpoints and resume keys."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, BATCHES),
+            description="promptbus batches",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )

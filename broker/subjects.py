@@ -6,6 +6,7 @@
     <prefix>.bulk.<model-token>      the batch lane: served only by capacity interactive
                                      (chat) requests leave idle
     <prefix>.cancel                  core NATS: drop the request answering to Pb-Reply-To
+    <prefix>.bres.<batch>.<line>...  batch results: replies captured by the results stream
 
 A model alias becomes one subject token: characters NATS gives meaning to ('.', '*',
 '>', whitespace) and '%' itself are percent-encoded, so ``llama3.1:8b`` is served on
@@ -26,6 +27,8 @@ BREAKERS = "breakers"
 CACHE = "cache"
 KEYS = "keys"
 RATELIMITS = "ratelimits"
+BATCHES = "batches"
+FILES = "files"  # an Object Store bucket
 
 
 def bucket(prefix: str, kind: str) -> str:
@@ -82,6 +85,19 @@ class Subjects:
 
     def queue_consumer(self, model: str, mode: str = "chat") -> str:
         return _consumer_name("embed", model) if mode == "embeddings" else self.chat_consumer(model)
+
+    @property
+    def results_stream(self) -> str:
+        """The stream that keeps batch results until they are collected."""
+        return f"{self.stream}_RESULTS"
+
+    @property
+    def bres_wildcard(self) -> str:
+        return f"{self.prefix}.bres.>"
+
+    def bres(self, batch_id: str) -> str:
+        """Prefix of one batch's result subjects: ``<prefix>.bres.<batch-id>``."""
+        return f"{self.prefix}.bres.{model_token(batch_id)}"
 
     @property
     def cancel(self) -> str:

@@ -26,8 +26,10 @@ from starlette.routing import Route
 
 from broker import metrics, tracing
 from broker.admission import Admission, bearer
+from broker.batches import BatchStore
 from broker.client import BrokerClient, Reply, ReplyStream
 from ingress.admin import admin_routes
+from ingress.batches import batch_routes
 from ingress.http_io import error_response, read_body, request_timeout, require_json
 from schemas.chat import (
     Model,
@@ -86,6 +88,7 @@ def create_app(
     """The ASGI app; it connects its own ``BrokerClient`` at start-up unless given one."""
     state: dict[str, BrokerClient] = {}
     admissions: dict[str, Admission] = {}
+    batches: dict[str, BatchStore] = {}
     if client is not None:
         state["client"] = client
 
@@ -95,6 +98,7 @@ def create_app(
         if owned:
             state["client"] = await BrokerClient.connect(config, nats_url, name="promptbus-ingress")
         admissions["admission"] = await Admission.open(state["client"].js, config)
+        batches["store"] = await BatchStore.open(state["client"].js, config)
         try:
             yield
         finally:
@@ -296,6 +300,7 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin_routes(config, lambda: state["client"], lambda: admissions["admission"]),
+            *batch_routes(config, lambda: batches["store"]),
         ],
         lifespan=lifespan,
         exception_handlers={

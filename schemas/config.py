@@ -194,6 +194,14 @@ class WorkerConfig(_Config):
     presence_ttl_s: PositiveFloat = 10.0  # a worker unseen for this long is gone
 
 
+class BatchConfig(_Config):
+    """Bulk batches (broker/batch_runner.py)."""
+
+    max_outstanding: Annotated[int, Meta(ge=1)] = 20_000  # lines queued per batch at once
+    max_file_bytes: Annotated[int, Meta(ge=1024)] = 512 * 1024 * 1024
+    results_max_age_s: PositiveFloat = 7 * 24 * 3600.0  # uncollected results expire
+
+
 class Config(_Config):
     model_list: list[ModelConfig]
     nats: NatsConfig = field(default_factory=NatsConfig)
@@ -204,6 +212,7 @@ class Config(_Config):
     auth: AuthConfig = field(default_factory=AuthConfig)
     prices: dict[str, PriceConfig] = field(default_factory=dict)  # by upstream model name
     transforms: dict[str, TransformConfig] = {}  # profiles, named by models' `transforms`
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

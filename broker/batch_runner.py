@@ -1,0 +1,653 @@
+"""The component that drives batches: validate the input file, publish its lines into the
+lane, collect the results, and write the output and error files.
+
+Runs as ``promptbus batcher`` (and inside ``promptbus up``). Everything it needs to
+resume is in NATS, so a restarted runner continues where the last one stopped:
+
+- the batch record's status (KV, compare-and-set);
+- a publishing checkpoint, written after every confirmed block of lines; lines past it
+  are re-published with the same ``Nats-Msg-Id`` (JetStream drops the duplicates);
+- the results stream, which keeps one message per line (``max_msgs_per_subject=1``): a
+  line answered twice (a worker died between reply and ack) still counts once.
+
+Memory per running batch: one byte per line (which lines are done), the stream sequence
+of each line still queued (at most ``batch.max_outstanding``) and two blocks of lines
+being published. Files are read and written in chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import tempfile
+import time
+from array import array
+from collections.abc import Callable
+from typing import IO
+
+import msgspec
+import numpy as np
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from broker.batches import (
+    BatchStore,
+    decode_token,
+    is_terminal,
+    lane_subject,
+    result_subject,
+)
+from broker.connection import connect
+from broker.provision import provision
+from broker.subjects import Subjects
+from schemas.batch import (
+    BatchError,
+    BatchErrors,
+    BatchRecord,
+    BatchStatus,
+    LineError,
+    OutputLine,
+    OutputResponse,
+    encoder,
+    line_decoder,
+)
+from schemas.chat import request_decoder
+from schemas.config import Config
+from schemas.envelope import (
+    H_DEADLINE,
+    H_KIND,
+    H_MSG_ID,
+    H_REPLY_TO,
+    H_REQUEST_ID,
+    H_STATUS,
+    ReplyKind,
+)
+from schemas.errors import BrokerError, from_validation_error
+
+log = logging.getLogger(__name__)
+
+H_LINE_ERROR = "Pb-Batch-Error"  # a line refused before queueing: the error code
+SCAN_S = 1.0  # how often new batches are looked for
+PROGRESS_S = 0.5  # how often counts are written to the record (and cancels noticed)
+BLOCK = 500  # lines per confirmed block; the checkpoint moves a block at a time
+PUBLISH_TIMEOUT_S = 10.0  # a block not confirmed by then is published again
+MAX_FILE_ERRORS = 10  # a malformed file reports this many problems at most
+FETCH = 1000  # results read per fetch
+
+
+class MalformedLine(Exception):
+    pass
+
+
+class Batcher:
+    """Finds unfinished batches and runs each one."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._finished: set[str] = set()
+        self._scan_task: asyncio.Task[None] | None = None
+        self._nc: NATS | None = None
+        self._owns_connection = False
+        self.store: BatchStore | None = None
+
+    async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
+        if nc is None:
+            nc = await connect(url or self.config.nats.url or "", "promptbus-batcher")
+            self._owns_connection = True
+        self._nc = nc
+        js = nc.jetstream()
+        await provision(js, self.config, self.subjects)
+        self.store = await BatchStore.open(js, self.config)
+        self._scan_task = asyncio.create_task(self._scan(js))
+
+    async def _scan(self, js: JetStreamContext) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                for batch_id in await self.store.ids():
+                    if batch_id in self._finished or batch_id in self._running:
+                        continue
+                    record, _ = await self.store.record(batch_id)
+                    if is_terminal(record.batch):
+                        self._finished.add(batch_id)
+                        continue
+                    run = BatchRun(self.config, js, self.store, batch_id)
+                    task = asyncio.create_task(self._run(run))
+                    self._running[batch_id] = task
+            except Exception as exc:
+                log.warning("batch scan failed: %s", exc)
+            await asyncio.sleep(SCAN_S)
+
+    async def _run(self, run: BatchRun) -> None:
+        try:
+            await run.run()
+            self._finished.add(run.batch_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch %s: run failed; it will be resumed", run.batch_id)
+            await asyncio.sleep(SCAN_S)
+        finally:
+            self._running.pop(run.batch_id, None)
+
+    async def stop(self) -> None:
+        if self._scan_task:
+            self._scan_task.cancel()
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        if self._nc is not None and self._owns_connection:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+
+class BatchRun:
+    """One batch from wherever it stands to a terminal status."""
+
+    def __init__(self, config: Config, js: JetStreamContext, store: BatchStore, batch_id: str):
+        self.config = config
+        self.js = js
+        self.store = store
+        self.files = store.files
+        self.subjects = store.subjects
+        self.batch_id = batch_id
+        self.total = 0
+        self.done = bytearray()
+        self.done_count = 0
+        self.completed = 0
+        self.failed = 0
+        self.queued: dict[int, int] = {}  # line index -> stream sequence, while queued
+        self.stop_reason: BatchStatus | None = None
+        self._progress = asyncio.Event()
+        self._deadline_ms = 0
+
+    # ------------------------------------------------------------ the whole run
+
+    async def run(self) -> None:
+        record, _ = await self.store.record(self.batch_id)
+        batch = record.batch
+        self._deadline_ms = batch.expires_at * 1000
+        if batch.status is BatchStatus.VALIDATING:
+            record = await self.validate(record)
+            batch = record.batch
+        if batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
+            self.total = batch.request_counts.total
+            outcome = await self.process(record)
+            record = await self.store.update(self.batch_id, _finalizing(outcome))
+            batch = record.batch
+        if batch.status is BatchStatus.FINALIZING:
+            self.total = batch.request_counts.total
+            await self.finalize(record.outcome or BatchStatus.COMPLETED)
+
+    # ------------------------------------------------------------ validation
+
+    async def validate(self, record: BatchRecord) -> BatchRecord:
+        """A file that is not JSONL with a ``custom_id`` on every line, unique, fails the
+        batch with the reasons; line-level problems are left for the error file."""
+        errors: list[BatchError] = []
+        hashes = array("Q")
+        number = 0
+        async for line in self.files.lines(record.batch.input_file_id):
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                custom_id = _custom_id(line)
+            except MalformedLine as exc:
+                errors.append(BatchError(code=exc.args[0], message=exc.args[1], line=number))
+                if len(errors) >= MAX_FILE_ERRORS:
+                    break
+                continue
+            hashes.append(_hash64(custom_id))
+        if not errors and not hashes:
+            errors.append(BatchError(code="empty_file", message="The input file has no lines."))
+        if not errors:
+            duplicate = _first_duplicate(hashes)
+            if duplicate is not None:
+                errors.append(await self._duplicate_error(record, duplicate))
+        now = int(time.time())
+
+        def change(current: BatchRecord) -> BatchRecord | None:
+            batch = current.batch
+            if batch.status is not BatchStatus.VALIDATING:
+                return None  # cancelled meanwhile: process() will finish it
+            if errors:
+                batch.status = BatchStatus.FAILED
+                batch.failed_at = now
+                batch.errors = BatchErrors(data=errors)
+            else:
+                batch.status = BatchStatus.IN_PROGRESS
+                batch.in_progress_at = now
+            batch.request_counts.total = len(hashes)
+            return current
+
+        record = await self.store.update(self.batch_id, change)
+        if errors:
+            log.info("batch %s failed validation: %s", self.batch_id, errors[0].message)
+        return record
+
+    async def _duplicate_error(self, record: BatchRecord, digest: int) -> BatchError:
+        """Name the duplicated custom_id and the line of its second occurrence."""
+        number = 0
+        seen = False
+        async for line in self.files.lines(record.batch.input_file_id):
+            number += 1
+            if not line.strip():
+                continue
+            custom_id = _custom_id(line)
+            if _hash64(custom_id) == digest:
+                if seen:
+                    return BatchError(
+                        code="duplicate_custom_id",
+                        message=f"The custom_id `{custom_id}` appears more than once.",
+                        param="custom_id",
+                        line=number,
+                    )
+                seen = True
+        return BatchError(code="duplicate_custom_id", message="Duplicate custom_id.")
+
+    # ------------------------------------------------------------ publishing, collecting
+
+    async def process(self, record: BatchRecord) -> BatchStatus:
+        """Publish from the checkpoint on while collecting results; the batch's outcome."""
+        self.done = bytearray(self.total)
+        collector = asyncio.create_task(self._collect())
+        monitor = asyncio.create_task(self._monitor())
+        try:
+            if record.batch.status is BatchStatus.CANCELLING:
+                self.stop_reason = BatchStatus.CANCELLED
+            if self.stop_reason is None:
+                await self._publish_all(record)
+            while self.stop_reason is None and self.done_count < self.total:
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), PROGRESS_S)
+            if self.stop_reason is not None:
+                await self._withdraw()
+            return self.stop_reason or BatchStatus.COMPLETED
+        finally:
+            monitor.cancel()
+            collector.cancel()
+            await asyncio.gather(monitor, collector, return_exceptions=True)
+            await self._write_counts()
+
+    async def _publish_all(self, record: BatchRecord) -> None:
+        start = await self.store.checkpoint(self.batch_id)
+        if start:
+            log.info("batch %s: resuming publishing at line %d", self.batch_id, start)
+        index = -1
+        block: list[tuple[str, bytes, dict[str, str], int]] = []
+        pending: asyncio.Task[None] | None = None
+        async for line in self.files.lines(record.batch.input_file_id):
+            if not line.strip():
+                continue
+            index += 1
+            if index < start:
+                continue
+            while index - self.done_count >= self.config.batch.max_outstanding:
+                if self.stop_reason is not None:
+                    break
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), PROGRESS_S)
+            if self.stop_reason is not None:
+                break
+            block.append(self._message(index, line))
+            if len(block) >= BLOCK:
+                if pending is not None:
+                    await pending  # two blocks in flight: publish one while the other confirms
+                pending = asyncio.create_task(self._publish_block(block, index + 1))
+                block = []
+        if pending is not None:
+            await pending
+        if block and self.stop_reason is None:
+            await self._publish_block(block, index + 1)
+
+    def _message(self, index: int, line: bytes) -> tuple[str, bytes, dict[str, str], int]:
+        """(subject, body, headers, index): the lane request, or the line's error result."""
+        parsed = line_decoder.decode(line)  # validated already
+        reply = result_subject(self.subjects, self.batch_id, index, parsed.custom_id)
+        headers = {
+            H_REQUEST_ID: f"{self.batch_id}-{index}",
+            H_MSG_ID: f"{self.batch_id}:{parsed.custom_id}",
+        }
+        try:
+            model = self._check_line(parsed.method, parsed.url, bytes(parsed.body))
+        except BrokerError as exc:
+            headers |= {
+                H_KIND: ReplyKind.ERROR.value,
+                H_STATUS: str(exc.status),
+                H_LINE_ERROR: exc.detail.code or "invalid_request",
+            }
+            return reply, exc.to_json(), headers, -1
+        headers |= {H_REPLY_TO: reply, H_DEADLINE: str(self._deadline_ms)}
+        return lane_subject(self.subjects, model), bytes(parsed.body), headers, index
+
+    def _check_line(self, method: str, url: str, body: bytes) -> str:
+        """The line's model if it can be queued, else the error its error-file line gets."""
+        if method.upper() != "POST":
+            raise BrokerError(
+                400, f"Unsupported method `{method}`: use POST.", code="invalid_method"
+            )
+        if url != "/v1/chat/completions":
+            raise BrokerError(
+                400,
+                f"Unsupported url `{url}`: this batch serves /v1/chat/completions.",
+                code="invalid_url",
+            )
+        try:
+            request = request_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise from_validation_error(exc) from None
+        if request.stream:
+            raise BrokerError(
+                400,
+                "Streaming is not supported in batches.",
+                param="stream",
+                code="invalid_request",
+            )
+        if self.config.model(request.model) is None:
+            raise BrokerError(
+                404,
+                f"The model `{request.model}` does not exist.",
+                param="model",
+                code="model_not_found",
+            )
+        return request.model
+
+    async def _publish_block(
+        self, block: list[tuple[str, bytes, dict[str, str], int]], handled: int
+    ) -> None:
+        """Publish a block and wait for JetStream to confirm all of it (again after a
+        timeout or error: duplicates are dropped by ``Nats-Msg-Id``), then checkpoint."""
+        while True:
+            futures = [
+                (await self.js.publish_async(subject, body, headers=headers), index)
+                for subject, body, headers, index in block
+            ]
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                    for future, index in futures:
+                        ack = await future
+                        if index >= 0 and not self.done[index]:
+                            self.queued[index] = ack.seq
+                break
+            except Exception as exc:
+                for future, _ in futures:
+                    future.cancel()
+                log.warning("batch %s: publishing a block again (%s)", self.batch_id, exc)
+                await asyncio.sleep(0.5)
+        await self.store.set_checkpoint(self.batch_id, handled)
+
+    async def _collect(self) -> None:
+        """Mark lines done as their results arrive (a repeated result counts once)."""
+        while True:
+            try:
+                sub = await self._results_subscription()
+                while True:
+                    try:
+                        msgs = await sub.fetch(FETCH, timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    for msg in msgs:
+                        self._count(msg)
+                    self._progress.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a reconnect lost the consumer: read everything again
+                log.warning("batch %s: results consumer restarts (%s)", self.batch_id, exc)
+                self._reset_counts()
+                await asyncio.sleep(0.5)
+
+    def _reset_counts(self) -> None:
+        self.done = bytearray(self.total)
+        self.done_count = self.completed = self.failed = 0
+
+    def _count(self, msg: Msg) -> None:
+        index = int(msg.subject.rsplit(".", 2)[-2])
+        if index >= self.total or self.done[index]:
+            return
+        self.done[index] = 1
+        self.done_count += 1
+        self.queued.pop(index, None)
+        if (msg.headers or {}).get(H_KIND) == ReplyKind.ERROR.value:
+            self.failed += 1
+        else:
+            self.completed += 1
+
+    async def _results_subscription(self) -> JetStreamContext.PullSubscription:
+        return await self.js.pull_subscribe(
+            f"{self.subjects.bres(self.batch_id)}.>",
+            stream=self.subjects.results_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.ALL,
+                inactive_threshold=60.0,
+            ),
+        )
+
+    async def _monitor(self) -> None:
+        """Write the counts to the record; notice a cancel and the expiry."""
+        while True:
+            await asyncio.sleep(PROGRESS_S)
+            try:
+                record = await self._write_counts()
+            except Exception as exc:
+                log.warning("batch %s: cannot write progress (%s)", self.batch_id, exc)
+                continue
+            if record.batch.status is BatchStatus.CANCELLING:
+                self.stop_reason = BatchStatus.CANCELLED
+            elif time.time() >= record.batch.expires_at:
+                self.stop_reason = BatchStatus.EXPIRED
+            if self.stop_reason is not None:
+                self._progress.set()
+                return
+
+    async def _write_counts(self) -> BatchRecord:
+        completed, failed = self.completed, self.failed
+
+        def change(record: BatchRecord) -> BatchRecord | None:
+            counts = record.batch.request_counts
+            if (counts.completed, counts.failed) == (completed, failed):
+                return None
+            counts.completed, counts.failed = completed, failed
+            return record
+
+        return await self.store.update(self.batch_id, change)
+
+    async def _withdraw(self) -> None:
+        """Take the batch's still-queued lines out of the work queue; the ones a worker
+        holds already finish, and their results are waited for briefly."""
+        withdrawn = 0
+        for seq in list(self.queued.values()):
+            with contextlib.suppress(Exception):
+                if await self.js.delete_msg(self.subjects.stream, seq):
+                    withdrawn += 1
+        log.info(
+            "batch %s: %s, %d queued lines withdrawn", self.batch_id, self.stop_reason, withdrawn
+        )
+        quiet_since = time.monotonic()
+        seen = self.done_count
+        while time.monotonic() - quiet_since < 2.0:
+            await asyncio.sleep(0.2)
+            if self.done_count != seen:
+                seen, quiet_since = self.done_count, time.monotonic()
+
+    # ------------------------------------------------------------ output files
+
+    async def finalize(self, outcome: BatchStatus) -> None:
+        """Write the output and error files from the results stream, then the record."""
+        with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as errors:
+            completed, failed = await self._assemble(output, errors)
+            if outcome is BatchStatus.EXPIRED:
+                failed += await self._expired_lines(errors)
+            output_id = await self._store_file(output, "output")
+            error_id = await self._store_file(errors, "errors")
+        now = int(time.time())
+
+        def change(record: BatchRecord) -> BatchRecord:
+            batch = record.batch
+            batch.status = outcome
+            batch.output_file_id, batch.error_file_id = output_id, error_id
+            batch.request_counts.completed = completed
+            batch.request_counts.failed = failed
+            if outcome is BatchStatus.COMPLETED:
+                batch.completed_at = now
+            elif outcome is BatchStatus.CANCELLED:
+                batch.cancelled_at = now
+            else:
+                batch.expired_at = now
+            record.outcome = None
+            return record
+
+        await self.store.update(self.batch_id, change)
+        with contextlib.suppress(Exception):
+            await self.js.purge_stream(
+                self.subjects.results_stream, subject=f"{self.subjects.bres(self.batch_id)}.>"
+            )
+        await self.store.forget_checkpoint(self.batch_id)
+        log.info(
+            "batch %s %s: %d completed, %d failed", self.batch_id, outcome.value, completed, failed
+        )
+
+    async def _assemble(self, output: IO[bytes], errors: IO[bytes]) -> tuple[int, int]:
+        sub = await self._results_subscription()
+        remaining = (await sub.consumer_info()).num_pending or 0
+        completed = failed = 0
+        self.done = bytearray(self.total)
+        try:
+            while remaining > 0:
+                try:
+                    msgs = await sub.fetch(min(FETCH, remaining), timeout=5.0)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    remaining -= 1
+                    tokens = msg.subject.rsplit(".", 2)
+                    index, custom_id = int(tokens[-2]), decode_token(tokens[-1])
+                    if index < self.total:
+                        self.done[index] = 1
+                    headers = msg.headers or {}
+                    line = self._output_line(index, custom_id, headers, msg.data)
+                    if headers.get(H_KIND) == ReplyKind.ERROR.value:
+                        errors.write(line)
+                        failed += 1
+                    else:
+                        output.write(line)
+                        completed += 1
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return completed, failed
+
+    def _output_line(
+        self, index: int, custom_id: str, headers: dict[str, str], body: bytes
+    ) -> bytes:
+        line_id = f"batch_req_{self.batch_id.removeprefix('batch_')}_{index}"
+        code = headers.get(H_LINE_ERROR)
+        if code is not None:  # refused before queueing: no HTTP response to report
+            try:
+                message = msgspec.json.decode(body)["error"]["message"]
+            except Exception:
+                message = body.decode(errors="replace")
+            output = OutputLine(
+                id=line_id,
+                custom_id=custom_id,
+                response=None,
+                error=LineError(code=code, message=str(message)),
+            )
+        else:
+            output = OutputLine(
+                id=line_id,
+                custom_id=custom_id,
+                response=OutputResponse(
+                    status_code=int(headers.get(H_STATUS, "200")),
+                    request_id=headers.get(H_REQUEST_ID, ""),
+                    body=msgspec.Raw(body),
+                ),
+                error=None,
+            )
+        return encoder.encode(output) + b"\n"
+
+    async def _expired_lines(self, errors: IO[bytes]) -> int:
+        """An expired batch lists the lines it never answered, as OpenAI does."""
+        record, _ = await self.store.record(self.batch_id)
+        index = -1
+        count = 0
+        async for line in self.files.lines(record.batch.input_file_id):
+            if not line.strip():
+                continue
+            index += 1
+            if index < self.total and not self.done[index]:
+                output = OutputLine(
+                    id=f"batch_req_{self.batch_id.removeprefix('batch_')}_{index}",
+                    custom_id=_custom_id(line),
+                    response=None,
+                    error=LineError(
+                        code="batch_expired",
+                        message="This request could not be executed before the "
+                        "completion window expired.",
+                    ),
+                )
+                errors.write(encoder.encode(output) + b"\n")
+                count += 1
+        return count
+
+    async def _store_file(self, data: IO[bytes], kind: str) -> str | None:
+        if data.tell() == 0:
+            return None
+        data.seek(0)
+        file_id = f"file-{self.batch_id.removeprefix('batch_')}-{kind}"
+        stored = await self.files.put(
+            data,  # type: ignore[arg-type]
+            f"{self.batch_id}_{kind}.jsonl",
+            "batch_output",
+            file_id=file_id,
+        )
+        return stored.id
+
+
+def _finalizing(outcome: BatchStatus) -> Callable[[BatchRecord], BatchRecord]:
+    def change(record: BatchRecord) -> BatchRecord:
+        record.batch.status = BatchStatus.FINALIZING
+        record.batch.finalizing_at = int(time.time())
+        record.outcome = outcome
+        return record
+
+    return change
+
+
+class _Head(msgspec.Struct):
+    custom_id: str
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+
+
+def _custom_id(line: bytes) -> str:
+    try:
+        return _head_decoder.decode(line).custom_id
+    except msgspec.ValidationError as exc:
+        if "custom_id" in str(exc) and "missing" in str(exc).lower():
+            raise MalformedLine("missing_custom_id", "The line has no `custom_id`.") from None
+        raise MalformedLine("invalid_request", f"Invalid line: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedLine("invalid_json_line", f"The line is not valid JSON: {exc}") from None
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _first_duplicate(hashes: array[int]) -> int | None:
+    """A hash that occurs twice, in 8 bytes a line (no set of every custom_id)."""
+    values = np.frombuffer(hashes, dtype=np.uint64)
+    ordered = np.sort(values)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    return int(repeated[0]) if repeated.size else None

@@ -1,0 +1,169 @@
+"""Batch input, output and error files in a JetStream Object Store (``<prefix>_files``).
+
+An object is named by its file id; OpenAI's file attributes (filename, purpose, creation
+time) ride in the object's description as JSON. Objects are written from a file-like
+object in 128 KiB chunks and read back chunk by chunk through a pull consumer, so a file
+of any size passes through in bounded memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    ObjectMeta,
+    ObjectStoreConfig,
+    StorageType,
+)
+from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
+
+from broker.subjects import FILES, bucket
+from schemas.batch import FileObject
+from schemas.config import Config
+from schemas.errors import BrokerError
+
+CHUNKS_PER_FETCH = 8  # 1 MiB of a file in hand at most
+
+
+class _Attributes(msgspec.Struct):
+    filename: str
+    purpose: str
+    created_at: int
+
+
+_attributes = msgspec.json.Decoder(_Attributes)
+
+
+def new_file_id() -> str:
+    """``file-`` + creation time in ms (hex, so ids sort by age) + randomness."""
+    return f"file-{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+
+
+def file_not_found(file_id: str) -> BrokerError:
+    return BrokerError(404, f"No such File object: {file_id}", param="file_id", code="not_found")
+
+
+class FileStore:
+    def __init__(self, js: JetStreamContext, store: ObjectStore, name: str) -> None:
+        self._js = js
+        self._store = store
+        self._bucket = name
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, config: Config) -> FileStore:
+        name = bucket(config.nats.subject_prefix, FILES)
+        try:
+            store = await js.object_store(name)
+        except NotFoundError:
+            store = await js.create_object_store(
+                name,
+                config=ObjectStoreConfig(
+                    bucket=name,
+                    description="promptbus batch files",
+                    storage=StorageType.FILE,
+                    replicas=config.nats.replicas,
+                ),
+            )
+        return cls(js, store, name)
+
+    async def put(
+        self, source: BinaryIO, filename: str, purpose: str, file_id: str | None = None
+    ) -> FileObject:
+        """Store ``source`` (read in chunks, never whole) as a new file."""
+        file_id = file_id or new_file_id()
+        attributes = _Attributes(filename=filename, purpose=purpose, created_at=int(time.time()))
+        meta = ObjectMeta(name=file_id, description=msgspec.json.encode(attributes).decode())
+        info = await self._store.put(file_id, source, meta=meta)  # type: ignore[arg-type]
+        return FileObject(
+            id=file_id,
+            bytes=info.size or 0,
+            created_at=attributes.created_at,
+            filename=filename,
+            purpose=purpose,
+        )
+
+    async def info(self, file_id: str) -> FileObject:
+        try:
+            info = await self._store.get_info(file_id)
+        except NotFoundError:
+            raise file_not_found(file_id) from None
+        return _file_object(file_id, info.size or 0, info.description)
+
+    async def list(self, purpose: str | None = None) -> list[FileObject]:
+        try:
+            infos = await self._store.list()
+        except NotFoundError:  # an empty bucket
+            return []
+        files = [_file_object(i.name, i.size or 0, i.description) for i in infos if not i.deleted]
+        files = [f for f in files if purpose is None or f.purpose == purpose]
+        return sorted(files, key=lambda f: f.id, reverse=True)
+
+    async def delete(self, file_id: str) -> None:
+        await self.info(file_id)
+        await self._store.delete(file_id)
+
+    async def chunks(self, file_id: str) -> AsyncIterator[bytes]:
+        """The file's content in stored chunks, fetched a few at a time."""
+        try:
+            info = await self._store.get_info(file_id)
+        except NotFoundError:
+            raise file_not_found(file_id) from None
+        total = info.chunks or 0
+        if total == 0:
+            return
+        sub = await self._js.pull_subscribe(
+            f"$O.{self._bucket}.C.{info.nuid}",
+            stream=f"OBJ_{self._bucket}",
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.ALL,
+                inactive_threshold=60.0,
+            ),
+        )
+        try:
+            seen = 0
+            while seen < total:
+                for msg in await sub.fetch(min(CHUNKS_PER_FETCH, total - seen), timeout=10):
+                    seen += 1
+                    yield msg.data
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self._js.delete_consumer(f"OBJ_{self._bucket}", sub._consumer)
+
+    async def lines(self, file_id: str) -> AsyncIterator[bytes]:
+        """The file's lines without their line ends, blank lines included."""
+        rest = b""
+        async for chunk in self.chunks(file_id):
+            data = rest + chunk if rest else chunk
+            lines = data.split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line.rstrip(b"\r")
+        if rest:
+            yield rest.rstrip(b"\r")
+
+
+def _file_object(file_id: str, size: int, description: str | None) -> FileObject:
+    try:
+        attributes = _attributes.decode(description or "")
+    except msgspec.DecodeError:
+        attributes = _Attributes(filename=file_id, purpose="unknown", created_at=0)
+    return FileObject(
+        id=file_id,
+        bytes=size,
+        created_at=attributes.created_at,
+        filename=attributes.filename,
+        purpose=attributes.purpose,
+    )
