@@ -41,10 +41,12 @@ from broker.batches import (
     lane_subject,
     result_subject,
 )
+from broker.block_publish import BlockPublisher, Message, PublishError
 from broker.connection import connect
 from broker.provision import provision
 from broker.subjects import Subjects
 from schemas.batch import (
+    BATCH_ENDPOINT,
     BatchError,
     BatchErrors,
     BatchRecord,
@@ -77,6 +79,8 @@ BLOCK = 500  # lines per confirmed block; the checkpoint moves a block at a time
 PUBLISH_TIMEOUT_S = 10.0  # a block not confirmed by then is published again
 MAX_FILE_ERRORS = 10  # a malformed file reports this many problems at most
 FETCH = 1000  # results read per fetch
+FETCH_PAUSE_S = 0.05  # after a short fetch: fewer, fuller fetches
+WITHDRAW_QUIET_S = 2.0  # after a cancel, results still arriving are waited for this long
 
 
 class MalformedLine(Exception):
@@ -104,9 +108,9 @@ class Batcher:
         js = nc.jetstream()
         await provision(js, self.config, self.subjects)
         self.store = await BatchStore.open(js, self.config)
-        self._scan_task = asyncio.create_task(self._scan(js))
+        self._scan_task = asyncio.create_task(self._scan(nc))
 
-    async def _scan(self, js: JetStreamContext) -> None:
+    async def _scan(self, nc: NATS) -> None:
         assert self.store is not None
         while True:
             try:
@@ -117,7 +121,7 @@ class Batcher:
                     if is_terminal(record.batch):
                         self._finished.add(batch_id)
                         continue
-                    run = BatchRun(self.config, js, self.store, batch_id)
+                    run = BatchRun(self.config, nc, self.store, batch_id)
                     task = asyncio.create_task(self._run(run))
                     self._running[batch_id] = task
             except Exception as exc:
@@ -150,19 +154,17 @@ class Batcher:
 class BatchRun:
     """One batch from wherever it stands to a terminal status."""
 
-    def __init__(self, config: Config, js: JetStreamContext, store: BatchStore, batch_id: str):
+    def __init__(self, config: Config, nc: NATS, store: BatchStore, batch_id: str):
         self.config = config
-        self.js = js
+        self.nc = nc
+        self.js = nc.jetstream()
         self.store = store
         self.files = store.files
         self.subjects = store.subjects
         self.batch_id = batch_id
         self.total = 0
-        self.done = bytearray()
-        self.done_count = 0
-        self.completed = 0
-        self.failed = 0
-        self.queued: dict[int, int] = {}  # line index -> stream sequence, while queued
+        self.results = Results(batch_id, 0)
+        self.results.close()
         self.stop_reason: BatchStatus | None = None
         self._progress = asyncio.Event()
         self._deadline_ms = 0
@@ -176,14 +178,15 @@ class BatchRun:
         if batch.status is BatchStatus.VALIDATING:
             record = await self.validate(record)
             batch = record.batch
+        results: Results | None = None
         if batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
             self.total = batch.request_counts.total
-            outcome = await self.process(record)
+            outcome, results = await self.process(record)
             record = await self.store.update(self.batch_id, _finalizing(outcome))
             batch = record.batch
         if batch.status is BatchStatus.FINALIZING:
             self.total = batch.request_counts.total
-            await self.finalize(record.outcome or BatchStatus.COMPLETED)
+            await self.finalize(record.outcome or BatchStatus.COMPLETED, results)
 
     # ------------------------------------------------------------ validation
 
@@ -254,63 +257,73 @@ class BatchRun:
 
     # ------------------------------------------------------------ publishing, collecting
 
-    async def process(self, record: BatchRecord) -> BatchStatus:
+    async def process(self, record: BatchRecord) -> tuple[BatchStatus, Results]:
         """Publish from the checkpoint on while collecting results; the batch's outcome."""
-        self.done = bytearray(self.total)
-        collector = asyncio.create_task(self._collect())
+        results = Results(self.batch_id, self.total)
+        self.results = results
+        collector = asyncio.create_task(self._collect(results, drain=False))
         monitor = asyncio.create_task(self._monitor())
         try:
             if record.batch.status is BatchStatus.CANCELLING:
                 self.stop_reason = BatchStatus.CANCELLED
             if self.stop_reason is None:
                 await self._publish_all(record)
-            while self.stop_reason is None and self.done_count < self.total:
-                self._progress.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), PROGRESS_S)
+            while self.stop_reason is None and results.done_count < self.total:
+                await self._wait_progress()
             if self.stop_reason is not None:
                 await self._withdraw()
-            return self.stop_reason or BatchStatus.COMPLETED
+            return self.stop_reason or BatchStatus.COMPLETED, results
+        except BaseException:
+            results.close()
+            raise
         finally:
             monitor.cancel()
             collector.cancel()
             await asyncio.gather(monitor, collector, return_exceptions=True)
-            await self._write_counts()
+
+    async def _wait_progress(self) -> None:
+        self._progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), PROGRESS_S)
 
     async def _publish_all(self, record: BatchRecord) -> None:
         start = await self.store.checkpoint(self.batch_id)
         if start:
             log.info("batch %s: resuming publishing at line %d", self.batch_id, start)
-        index = -1
-        block: list[tuple[str, bytes, dict[str, str], int]] = []
-        pending: asyncio.Task[None] | None = None
-        async for line in self.files.lines(record.batch.input_file_id):
-            if not line.strip():
-                continue
-            index += 1
-            if index < start:
-                continue
-            while index - self.done_count >= self.config.batch.max_outstanding:
-                if self.stop_reason is not None:
-                    break
-                self._progress.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), PROGRESS_S)
-            if self.stop_reason is not None:
-                break
-            block.append(self._message(index, line))
-            if len(block) >= BLOCK:
+        publisher = BlockPublisher(self.nc)
+        await publisher.start()
+        try:
+            index = -1
+            block: list[tuple[int, Message]] = []
+            pending: asyncio.Task[None] | None = None
+            async for line in self.files.lines(record.batch.input_file_id):
+                if not line.strip():
+                    continue
+                index += 1
+                if index < start:
+                    continue
+                block.append(self._message(index, line))
+                if len(block) < BLOCK:
+                    continue
                 if pending is not None:
-                    await pending  # two blocks in flight: publish one while the other confirms
-                pending = asyncio.create_task(self._publish_block(block, index + 1))
+                    await pending  # two blocks in flight: one is sent while one confirms
+                while index - self.results.done_count >= self.config.batch.max_outstanding:
+                    if self.stop_reason is not None:
+                        return
+                    await self._wait_progress()
+                if self.stop_reason is not None:
+                    return
+                pending = asyncio.create_task(self._publish_block(publisher, block, index + 1))
                 block = []
-        if pending is not None:
-            await pending
-        if block and self.stop_reason is None:
-            await self._publish_block(block, index + 1)
+            if pending is not None:
+                await pending
+            if block and self.stop_reason is None:
+                await self._publish_block(publisher, block, index + 1)
+        finally:
+            await publisher.stop()
 
-    def _message(self, index: int, line: bytes) -> tuple[str, bytes, dict[str, str], int]:
-        """(subject, body, headers, index): the lane request, or the line's error result."""
+    def _message(self, index: int, line: bytes) -> tuple[int, Message]:
+        """The lane request for line ``index``, or (index -1) the line's error result."""
         parsed = line_decoder.decode(line)  # validated already
         reply = result_subject(self.subjects, self.batch_id, index, parsed.custom_id)
         headers = {
@@ -325,9 +338,9 @@ class BatchRun:
                 H_STATUS: str(exc.status),
                 H_LINE_ERROR: exc.detail.code or "invalid_request",
             }
-            return reply, exc.to_json(), headers, -1
+            return -1, (reply, exc.to_json(), headers)
         headers |= {H_REPLY_TO: reply, H_DEADLINE: str(self._deadline_ms)}
-        return lane_subject(self.subjects, model), bytes(parsed.body), headers, index
+        return index, (lane_subject(self.subjects, model), bytes(parsed.body), headers)
 
     def _check_line(self, method: str, url: str, body: bytes) -> str:
         """The line's model if it can be queued, else the error its error-file line gets."""
@@ -335,10 +348,10 @@ class BatchRun:
             raise BrokerError(
                 400, f"Unsupported method `{method}`: use POST.", code="invalid_method"
             )
-        if url != "/v1/chat/completions":
+        if url != BATCH_ENDPOINT:
             raise BrokerError(
                 400,
-                f"Unsupported url `{url}`: this batch serves /v1/chat/completions.",
+                f"Unsupported url `{url}`: this batch serves {BATCH_ENDPOINT}.",
                 code="invalid_url",
             )
         try:
@@ -362,64 +375,61 @@ class BatchRun:
         return request.model
 
     async def _publish_block(
-        self, block: list[tuple[str, bytes, dict[str, str], int]], handled: int
+        self, publisher: BlockPublisher, block: list[tuple[int, Message]], handled: int
     ) -> None:
-        """Publish a block and wait for JetStream to confirm all of it (again after a
-        timeout or error: duplicates are dropped by ``Nats-Msg-Id``), then checkpoint."""
+        """Publish a block until JetStream has stored all of it (again after a timeout or
+        an error: duplicates are dropped by ``Nats-Msg-Id``), then move the checkpoint."""
+        messages = [message for _, message in block]
         while True:
-            futures = [
-                (await self.js.publish_async(subject, body, headers=headers), index)
-                for subject, body, headers, index in block
-            ]
             try:
-                async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                    for future, index in futures:
-                        ack = await future
-                        if index >= 0 and not self.done[index]:
-                            self.queued[index] = ack.seq
+                seqs = await publisher.publish(messages, PUBLISH_TIMEOUT_S)
                 break
-            except Exception as exc:
-                for future, _ in futures:
-                    future.cancel()
+            except (PublishError, TimeoutError) as exc:
                 log.warning("batch %s: publishing a block again (%s)", self.batch_id, exc)
                 await asyncio.sleep(0.5)
-        await self.store.set_checkpoint(self.batch_id, handled)
-
-    async def _collect(self) -> None:
-        """Mark lines done as their results arrive (a repeated result counts once)."""
+        done = self.results.done
+        for (index, _), seq in zip(block, seqs, strict=True):
+            if index >= 0 and not done[index]:
+                self.results.queued[index] = seq
         while True:
             try:
+                await self.store.set_checkpoint(self.batch_id, handled)
+                return
+            except Exception as exc:
+                log.warning("batch %s: cannot write the checkpoint (%s)", self.batch_id, exc)
+                await asyncio.sleep(0.5)
+
+    async def _collect(self, results: Results, *, drain: bool) -> None:
+        """Read the batch's results into ``results``, live (until cancelled) or, with
+        ``drain``, until every stored result is read. A consumer lost to a reconnect
+        starts over from the first result: the files are rewritten, nothing counts twice."""
+        while True:
+            sub: JetStreamContext.PullSubscription | None = None
+            try:
                 sub = await self._results_subscription()
-                while True:
+                remaining = (await sub.consumer_info()).num_pending or 0
+                while not drain or remaining > 0:
                     try:
                         msgs = await sub.fetch(FETCH, timeout=1.0)
                     except TimeoutError:
                         continue
                     for msg in msgs:
-                        self._count(msg)
+                        results.add(msg)
+                    remaining -= len(msgs)
                     self._progress.set()
+                    if len(msgs) < FETCH:
+                        await asyncio.sleep(FETCH_PAUSE_S)  # let results pile up a little
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a reconnect lost the consumer: read everything again
-                log.warning("batch %s: results consumer restarts (%s)", self.batch_id, exc)
-                self._reset_counts()
+            except Exception as exc:
+                log.warning("batch %s: reading results again (%s)", self.batch_id, exc)
+                results.reset()
                 await asyncio.sleep(0.5)
-
-    def _reset_counts(self) -> None:
-        self.done = bytearray(self.total)
-        self.done_count = self.completed = self.failed = 0
-
-    def _count(self, msg: Msg) -> None:
-        index = int(msg.subject.rsplit(".", 2)[-2])
-        if index >= self.total or self.done[index]:
-            return
-        self.done[index] = 1
-        self.done_count += 1
-        self.queued.pop(index, None)
-        if (msg.headers or {}).get(H_KIND) == ReplyKind.ERROR.value:
-            self.failed += 1
-        else:
-            self.completed += 1
+            finally:
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
 
     async def _results_subscription(self) -> JetStreamContext.PullSubscription:
         return await self.js.pull_subscribe(
@@ -428,7 +438,7 @@ class BatchRun:
             config=ConsumerConfig(
                 ack_policy=AckPolicy.NONE,
                 deliver_policy=DeliverPolicy.ALL,
-                inactive_threshold=60.0,
+                inactive_threshold=30.0,
             ),
         )
 
@@ -450,7 +460,7 @@ class BatchRun:
                 return
 
     async def _write_counts(self) -> BatchRecord:
-        completed, failed = self.completed, self.failed
+        completed, failed = self.results.completed, self.results.failed
 
         def change(record: BatchRecord) -> BatchRecord | None:
             counts = record.batch.request_counts
@@ -462,33 +472,46 @@ class BatchRun:
         return await self.store.update(self.batch_id, change)
 
     async def _withdraw(self) -> None:
-        """Take the batch's still-queued lines out of the work queue; the ones a worker
-        holds already finish, and their results are waited for briefly."""
+        """Take the batch's still-queued lines out of the work queue (pipelined deletes);
+        the ones a worker holds already finish, and their results are waited for briefly."""
+        seqs = list(self.results.queued.values())
+
+        async def delete(seq: int) -> bool:
+            try:
+                return bool(await self.js.delete_msg(self.subjects.stream, seq))
+            except Exception:
+                return False  # acked (done) meanwhile, or held by a worker
+
         withdrawn = 0
-        for seq in list(self.queued.values()):
-            with contextlib.suppress(Exception):
-                if await self.js.delete_msg(self.subjects.stream, seq):
-                    withdrawn += 1
+        for start in range(0, len(seqs), BLOCK):
+            deleted = await asyncio.gather(*(delete(s) for s in seqs[start : start + BLOCK]))
+            withdrawn += sum(deleted)
         log.info(
-            "batch %s: %s, %d queued lines withdrawn", self.batch_id, self.stop_reason, withdrawn
+            "batch %s %s: %d queued lines withdrawn", self.batch_id, self.stop_reason, withdrawn
         )
         quiet_since = time.monotonic()
-        seen = self.done_count
-        while time.monotonic() - quiet_since < 2.0:
+        seen = self.results.done_count
+        while time.monotonic() - quiet_since < WITHDRAW_QUIET_S:
             await asyncio.sleep(0.2)
-            if self.done_count != seen:
-                seen, quiet_since = self.done_count, time.monotonic()
+            if self.results.done_count != seen:
+                seen, quiet_since = self.results.done_count, time.monotonic()
 
     # ------------------------------------------------------------ output files
 
-    async def finalize(self, outcome: BatchStatus) -> None:
-        """Write the output and error files from the results stream, then the record."""
-        with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as errors:
-            completed, failed = await self._assemble(output, errors)
+    async def finalize(self, outcome: BatchStatus, results: Results | None) -> None:
+        """Store the output and error files, then the final record."""
+        if results is None:  # finalizing was interrupted: read the results again
+            results = Results(self.batch_id, self.total)
+            self.results = results
+            await self._collect(results, drain=True)
+        try:
             if outcome is BatchStatus.EXPIRED:
-                failed += await self._expired_lines(errors)
-            output_id = await self._store_file(output, "output")
-            error_id = await self._store_file(errors, "errors")
+                await self._expired_lines(results)
+            output_id = await self._store_file(results.output, "output")
+            error_id = await self._store_file(results.errors, "errors")
+        finally:
+            results.close()
+        completed, failed = results.completed, results.failed
         now = int(time.time())
 
         def change(record: BatchRecord) -> BatchRecord:
@@ -516,88 +539,24 @@ class BatchRun:
             "batch %s %s: %d completed, %d failed", self.batch_id, outcome.value, completed, failed
         )
 
-    async def _assemble(self, output: IO[bytes], errors: IO[bytes]) -> tuple[int, int]:
-        sub = await self._results_subscription()
-        remaining = (await sub.consumer_info()).num_pending or 0
-        completed = failed = 0
-        self.done = bytearray(self.total)
-        try:
-            while remaining > 0:
-                try:
-                    msgs = await sub.fetch(min(FETCH, remaining), timeout=5.0)
-                except TimeoutError:
-                    continue
-                for msg in msgs:
-                    remaining -= 1
-                    tokens = msg.subject.rsplit(".", 2)
-                    index, custom_id = int(tokens[-2]), decode_token(tokens[-1])
-                    if index < self.total:
-                        self.done[index] = 1
-                    headers = msg.headers or {}
-                    line = self._output_line(index, custom_id, headers, msg.data)
-                    if headers.get(H_KIND) == ReplyKind.ERROR.value:
-                        errors.write(line)
-                        failed += 1
-                    else:
-                        output.write(line)
-                        completed += 1
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return completed, failed
-
-    def _output_line(
-        self, index: int, custom_id: str, headers: dict[str, str], body: bytes
-    ) -> bytes:
-        line_id = f"batch_req_{self.batch_id.removeprefix('batch_')}_{index}"
-        code = headers.get(H_LINE_ERROR)
-        if code is not None:  # refused before queueing: no HTTP response to report
-            try:
-                message = msgspec.json.decode(body)["error"]["message"]
-            except Exception:
-                message = body.decode(errors="replace")
-            output = OutputLine(
-                id=line_id,
-                custom_id=custom_id,
-                response=None,
-                error=LineError(code=code, message=str(message)),
-            )
-        else:
-            output = OutputLine(
-                id=line_id,
-                custom_id=custom_id,
-                response=OutputResponse(
-                    status_code=int(headers.get(H_STATUS, "200")),
-                    request_id=headers.get(H_REQUEST_ID, ""),
-                    body=msgspec.Raw(body),
-                ),
-                error=None,
-            )
-        return encoder.encode(output) + b"\n"
-
-    async def _expired_lines(self, errors: IO[bytes]) -> int:
+    async def _expired_lines(self, results: Results) -> None:
         """An expired batch lists the lines it never answered, as OpenAI does."""
         record, _ = await self.store.record(self.batch_id)
         index = -1
-        count = 0
         async for line in self.files.lines(record.batch.input_file_id):
             if not line.strip():
                 continue
             index += 1
-            if index < self.total and not self.done[index]:
-                output = OutputLine(
-                    id=f"batch_req_{self.batch_id.removeprefix('batch_')}_{index}",
-                    custom_id=_custom_id(line),
-                    response=None,
-                    error=LineError(
+            if index < self.total and not results.done[index]:
+                results.add_error(
+                    index,
+                    _custom_id(line),
+                    LineError(
                         code="batch_expired",
                         message="This request could not be executed before the "
                         "completion window expired.",
                     ),
                 )
-                errors.write(encoder.encode(output) + b"\n")
-                count += 1
-        return count
 
     async def _store_file(self, data: IO[bytes], kind: str) -> str | None:
         if data.tell() == 0:
@@ -611,6 +570,76 @@ class BatchRun:
             file_id=file_id,
         )
         return stored.id
+
+
+class Results:
+    """A batch's results as they are read: which lines are done, the counts, and the
+    output and error files (temporary files on disk, stored once the batch ends)."""
+
+    def __init__(self, batch_id: str, total: int) -> None:
+        self._line_prefix = f"batch_req_{batch_id.removeprefix('batch_')}_"
+        self.total = total
+        self.output: IO[bytes] = tempfile.TemporaryFile()
+        self.errors: IO[bytes] = tempfile.TemporaryFile()
+        self.queued: dict[int, int] = {}  # line index -> stream sequence, while queued
+        self.reset()
+
+    def reset(self) -> None:
+        for data in (self.output, self.errors):
+            data.seek(0)
+            data.truncate()
+        self.done = bytearray(self.total)
+        self.done_count = self.completed = self.failed = 0
+
+    def close(self) -> None:
+        self.output.close()
+        self.errors.close()
+
+    def add(self, msg: Msg) -> None:
+        """One stored result; a line already seen (answered twice) is skipped."""
+        _, index_token, custom_token = msg.subject.rsplit(".", 2)
+        index = int(index_token)
+        if index >= self.total or self.done[index]:
+            return
+        self._mark(index)
+        headers = msg.headers or {}
+        custom_id = decode_token(custom_token)
+        code = headers.get(H_LINE_ERROR)
+        if code is not None:  # refused before queueing: no HTTP response to report
+            try:
+                message = str(msgspec.json.decode(msg.data)["error"]["message"])
+            except Exception:
+                message = msg.data.decode(errors="replace")
+            self._write(index, custom_id, None, LineError(code=code, message=message))
+            return
+        response = OutputResponse(
+            status_code=int(headers.get(H_STATUS, "200")),
+            request_id=headers.get(H_REQUEST_ID, ""),
+            body=msgspec.Raw(msg.data),
+        )
+        self._write(index, custom_id, response, None)
+
+    def add_error(self, index: int, custom_id: str, error: LineError) -> None:
+        self._mark(index)
+        self._write(index, custom_id, None, error)
+
+    def _mark(self, index: int) -> None:
+        self.done[index] = 1
+        self.done_count += 1
+        self.queued.pop(index, None)
+
+    def _write(
+        self, index: int, custom_id: str, response: OutputResponse | None, error: LineError | None
+    ) -> None:
+        line = OutputLine(
+            id=f"{self._line_prefix}{index}", custom_id=custom_id, response=response, error=error
+        )
+        if error is None and response is not None and response.status_code < 400:
+            self.completed += 1
+            self.output.write(encoder.encode(line) + b"\n")
+        else:
+            self.failed += 1
+            self.errors.write(encoder.encode(line) + b"\n")
 
 
 def _finalizing(outcome: BatchStatus) -> Callable[[BatchRecord], BatchRecord]:

@@ -320,7 +320,8 @@ def test_line_errors_and_upstream_failures_go_to_the_error_file(env: BatchEnv) -
 def test_worker_sigkilled_mid_batch_loses_and_duplicates_nothing(env: BatchEnv) -> None:
     ids = [f"kill-{i}" for i in range(1000)]
     batch_id = env.submit([chat_line(i) for i in ids])
-    env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
+    midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
+    assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
     victim = env.workers[0]
     victim.signal(signal.SIGKILL)
     victim.popen.wait()
@@ -332,7 +333,8 @@ def test_worker_sigkilled_mid_batch_loses_and_duplicates_nothing(env: BatchEnv) 
 def test_nats_server_restarted_mid_batch(env: BatchEnv) -> None:
     ids = [f"restart-{i}" for i in range(1000)]
     batch_id = env.submit([chat_line(i) for i in ids])
-    env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
+    midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
+    assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
     env.nats.stop()
     time.sleep(1.0)
     env.nats.start()
@@ -343,7 +345,8 @@ def test_nats_server_restarted_mid_batch(env: BatchEnv) -> None:
 def test_batcher_sigkilled_mid_batch_resumes(env: BatchEnv) -> None:
     ids = [f"batcher-{i}" for i in range(1000)]
     batch_id = env.submit([chat_line(i) for i in ids])
-    env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
+    midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
+    assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
     assert env.batcher is not None
     env.batcher.signal(signal.SIGKILL)
     env.batcher.popen.wait()
