@@ -300,7 +300,11 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *admin_routes(config, lambda: state["client"], lambda: admissions["admission"]),
-            *batch_routes(config, lambda: batches["store"]),
+            *batch_routes(
+                config,
+                lambda: batches["store"],
+                lambda request: admissions["admission"].allowed_models(api_key(request)),
+            ),
         ],
         lifespan=lifespan,
         exception_handlers={

@@ -28,8 +28,13 @@ def _json(value: object) -> Response:
     return Response(encoder.encode(value), media_type="application/json")
 
 
-def batch_routes(config: Config, stores: Callable[[], BatchStore]) -> list[Route]:
+def batch_routes(
+    config: Config, stores: Callable[[], BatchStore], authorize: Callable[[Request], object]
+) -> list[Route]:
+    """``authorize`` raises (401) for a request whose API key is refused."""
+
     async def upload_file(request: Request) -> Response:
+        authorize(request)
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             raise BrokerError(
@@ -64,18 +69,22 @@ def batch_routes(config: Config, stores: Callable[[], BatchStore]) -> list[Route
         return _json(stored)
 
     async def list_files(request: Request) -> Response:
+        authorize(request)
         purpose = request.query_params.get("purpose")
         return _json(FileList(data=await stores().files.list(purpose)))
 
     async def retrieve_file(request: Request) -> Response:
+        authorize(request)
         return _json(await stores().files.info(request.path_params["file_id"]))
 
     async def delete_file(request: Request) -> Response:
+        authorize(request)
         file_id = request.path_params["file_id"]
         await stores().files.delete(file_id)
         return _json({"id": file_id, "object": "file", "deleted": True})
 
     async def file_content(request: Request) -> Response:
+        authorize(request)
         files = stores().files
         file_id = request.path_params["file_id"]
         await files.info(file_id)  # a 404 before the response starts
@@ -87,6 +96,7 @@ def batch_routes(config: Config, stores: Callable[[], BatchStore]) -> list[Route
         return StreamingResponse(body(), media_type="application/octet-stream")
 
     async def create_batch(request: Request) -> Response:
+        authorize(request)
         require_json(request)
         body = await read_body(request, config.ingress.max_body_bytes)
         try:
@@ -96,6 +106,7 @@ def batch_routes(config: Config, stores: Callable[[], BatchStore]) -> list[Route
         return _json(await stores().create(create))
 
     async def list_batches(request: Request) -> Response:
+        authorize(request)
         limit_text = request.query_params.get("limit", "20")
         if not limit_text.isdigit():
             raise BrokerError(400, "limit must be an integer.", param="limit", code="invalid_value")
@@ -103,9 +114,11 @@ def batch_routes(config: Config, stores: Callable[[], BatchStore]) -> list[Route
         return _json(await stores().list(after, int(limit_text)))
 
     async def retrieve_batch(request: Request) -> Response:
+        authorize(request)
         return _json(await stores().get(request.path_params["batch_id"]))
 
     async def cancel_batch(request: Request) -> Response:
+        authorize(request)
         return _json(await stores().cancel(request.path_params["batch_id"]))
 
     return [
