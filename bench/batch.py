@@ -108,6 +108,21 @@ def run_once(work: Path, config: Path, lines: int, watcher: PeakWatcher) -> tupl
         raise SystemExit(f"submit failed:\n{out}\n{err}")
     with output.open("rb") as results:
         count = sum(1 for _ in results)
+    batch_id = out.split()[1]
+    status = subprocess.run(
+        [*PROMPTBUS, "batch", "-c", str(config), "status", batch_id],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    batch = json.loads(status.stdout)
+    phases = [
+        ("validating", "created_at", "in_progress_at"),
+        ("in progress", "in_progress_at", "finalizing_at"),
+        ("finalizing", "finalizing_at", "completed_at"),
+    ]
+    print(
+        "phases (1 s resolution):",
+        ", ".join(f"{name} {batch[end] - batch[start]} s" for name, start, end in phases),
+    )
     return elapsed, count
 
 
@@ -115,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=256, help="mock deployment slots")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pb-batch-bench-") as tmp:
         work = Path(tmp)
@@ -136,7 +152,10 @@ def main() -> None:
             )
         )
         quiet = ["--log-level", "WARNING"]
-        worker = Proc([*PROMPTBUS, *quiet, "worker", "-c", str(config)], work / "worker.log")
+        workers = [
+            Proc([*PROMPTBUS, *quiet, "worker", "-c", str(config)], work / f"worker{i}.log")
+            for i in range(args.workers)
+        ]
         batcher = Proc(
             [
                 *(os.environ["PB_PROFILE"].split() if "PB_PROFILE" in os.environ else PROMPTBUS),
@@ -152,7 +171,7 @@ def main() -> None:
         watcher.pids.update(
             {
                 "nats-server": nats.process.pid,
-                "worker": worker.popen.pid,
+                **{f"worker{i}": w.popen.pid for i, w in enumerate(workers)},
                 "batcher": batcher.popen.pid,
             }
         )
@@ -170,7 +189,8 @@ def main() -> None:
         finally:
             watcher.stop()
             batcher.stop()
-            worker.stop()
+            for worker in workers:
+                worker.stop()
             nats.stop()
 
 

@@ -47,9 +47,9 @@ def new_batch_id() -> str:
 
 
 def lane_subject(subjects: Subjects, model: str) -> str:
-    """Where batch lines are queued. The interactive queue until workers serve the batch
-    lane (``subjects.bulk``); switching is this one line."""
-    return subjects.chat(model)
+    """Where batch lines are queued: the model's batch lane, served by every deployment
+    with the slots interactive requests leave idle."""
+    return subjects.bulk(model)
 
 
 def result_subject(subjects: Subjects, batch_id: str, index: int, custom_id: str) -> str:
