@@ -164,6 +164,16 @@ class Admission:
                 allowed = set(models) if allowed is None else allowed & set(models)
         return allowed
 
+    def owner(self, secret: str | None) -> tuple[str, str] | None:
+        """(key id, tenant) of a valid key when keys are required, else None; 401 for a
+        missing or refused key. For work that runs later in the key's name (batches)."""
+        if not self.required:
+            return None
+        key = self.keys.lookup(secret) if secret else None
+        if key is None:
+            raise unauthorized(secret)
+        return key.id, key.tenant
+
     async def admit(self, secret: str | None, model: str, estimate: int) -> Grant:
         try:
             return await self._admit(secret, model, estimate)

@@ -43,7 +43,8 @@ from broker.batches import (
 )
 from broker.block_publish import BlockPublisher, Message, PublishError
 from broker.connection import connect
-from broker.provision import provision
+from broker.keys import KeyStore
+from broker.provision import ensure_keys_bucket, provision
 from broker.subjects import Subjects
 from schemas.batch import (
     BATCH_ENDPOINT,
@@ -67,6 +68,7 @@ from schemas.envelope import (
     H_REQUEST_ID,
     H_STATUS,
     ReplyKind,
+    Tenancy,
 )
 from schemas.errors import BrokerError, from_validation_error
 
@@ -99,6 +101,7 @@ class Batcher:
         self._nc: NATS | None = None
         self._owns_connection = False
         self.store: BatchStore | None = None
+        self.keys: KeyStore | None = None
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
         if nc is None:
@@ -108,6 +111,9 @@ class Batcher:
         js = nc.jetstream()
         await provision(js, self.config, self.subjects)
         self.store = await BatchStore.open(js, self.config)
+        if self.config.auth.required:  # lines run in the name of the batch's key
+            self.keys = KeyStore(await ensure_keys_bucket(js, self.config))
+            await self.keys.start()
         self._scan_task = asyncio.create_task(self._scan(nc))
 
     async def _scan(self, nc: NATS) -> None:
@@ -121,7 +127,7 @@ class Batcher:
                     if is_terminal(record.batch):
                         self._finished.add(batch_id)
                         continue
-                    run = BatchRun(self.config, nc, self.store, batch_id)
+                    run = BatchRun(self.config, nc, self.store, batch_id, self.keys)
                     task = asyncio.create_task(self._run(run))
                     self._running[batch_id] = task
             except Exception as exc:
@@ -146,6 +152,8 @@ class Batcher:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+        if self.keys is not None:
+            await self.keys.stop()
         if self._nc is not None and self._owns_connection:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -154,7 +162,14 @@ class Batcher:
 class BatchRun:
     """One batch from wherever it stands to a terminal status."""
 
-    def __init__(self, config: Config, nc: NATS, store: BatchStore, batch_id: str):
+    def __init__(
+        self,
+        config: Config,
+        nc: NATS,
+        store: BatchStore,
+        batch_id: str,
+        keys: KeyStore | None = None,
+    ) -> None:
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
@@ -168,6 +183,9 @@ class BatchRun:
         self.stop_reason: BatchStatus | None = None
         self._progress = asyncio.Event()
         self._deadline_ms = 0
+        self._keys = keys
+        self._owner: Tenancy | None = None  # the batch's key, signed per line
+        self._allowed: set[str] | None = None  # models the key may use (None: all)
 
     # ------------------------------------------------------------ the whole run
 
@@ -175,6 +193,7 @@ class BatchRun:
         record, _ = await self.store.record(self.batch_id)
         batch = record.batch
         self._deadline_ms = batch.expires_at * 1000
+        self._own(record)
         if batch.status is BatchStatus.VALIDATING:
             record = await self.validate(record)
             batch = record.batch
@@ -187,6 +206,21 @@ class BatchRun:
         if batch.status is BatchStatus.FINALIZING:
             self.total = batch.request_counts.total
             await self.finalize(record.outcome or BatchStatus.COMPLETED, results)
+
+    def _own(self, record: BatchRecord) -> None:
+        """Lines of a batch created with a key run as that key's requests: admitted here
+        (models) and signed, so the worker records their usage without admitting again."""
+        if self._keys is None or record.key_id is None:
+            return
+        key = self._keys.key(record.key_id)
+        tenant = self._keys.tenant(record.tenant or "")
+        budgets = bool(key and key.budgets) or bool(tenant and (tenant.budgets or tenant.quota))
+        self._owner = Tenancy(record.key_id, record.tenant or "", metered=budgets)
+        for models in (key.models if key else None, tenant.models if tenant else None):
+            if models is not None:
+                self._allowed = (
+                    set(models) if self._allowed is None else self._allowed & set(models)
+                )
 
     # ------------------------------------------------------------ validation
 
@@ -339,8 +373,13 @@ class BatchRun:
                 H_LINE_ERROR: exc.detail.code or "invalid_request",
             }
             return -1, (reply, exc.to_json(), headers)
+        body = bytes(parsed.body)
         headers |= {H_REPLY_TO: reply, H_DEADLINE: str(self._deadline_ms)}
-        return index, (lane_subject(self.subjects, model), bytes(parsed.body), headers)
+        if self._owner is not None and self._keys is not None:
+            owner = msgspec.structs.replace(self._owner, estimate=len(body) // 4)
+            signature = self._keys.sign(owner.signed_part(headers[H_REQUEST_ID]))
+            headers |= msgspec.structs.replace(owner, signature=signature).to_headers()
+        return index, (lane_subject(self.subjects, model), body, headers)
 
     def _check_line(self, method: str, url: str, body: bytes) -> str:
         """The line's model if it can be queued, else the error its error-file line gets."""
@@ -371,6 +410,13 @@ class BatchRun:
                 f"The model `{request.model}` does not exist.",
                 param="model",
                 code="model_not_found",
+            )
+        if self._allowed is not None and request.model not in self._allowed:
+            raise BrokerError(
+                403,
+                f"The batch's API key may not use model `{request.model}`.",
+                param="model",
+                code="model_not_allowed",
             )
         return request.model
 

@@ -86,8 +86,9 @@ class BatchStore:
 
     # ------------------------------------------------------------ records
 
-    async def create(self, request: BatchCreate) -> Batch:
-        """A new batch in ``validating``; the runner takes it from there."""
+    async def create(self, request: BatchCreate, owner: tuple[str, str] | None = None) -> Batch:
+        """A new batch in ``validating``; the runner takes it from there. ``owner`` (key
+        id, tenant): its lines run as that key's requests."""
         if request.endpoint != BATCH_ENDPOINT:
             raise BrokerError(
                 400,
@@ -123,7 +124,9 @@ class BatchStore:
             expires_at=now + window,
             metadata=request.metadata,
         )
-        await self.kv.create(batch.id, encoder.encode(BatchRecord(batch=batch)))
+        key_id, tenant = owner or (None, None)
+        record = BatchRecord(batch=batch, key_id=key_id, tenant=tenant)
+        await self.kv.create(batch.id, encoder.encode(record))
         return batch
 
     async def record(self, batch_id: str) -> tuple[BatchRecord, int]:

@@ -303,7 +303,7 @@ def create_app(
             *batch_routes(
                 config,
                 lambda: batches["store"],
-                lambda request: admissions["admission"].allowed_models(api_key(request)),
+                lambda request: admissions["admission"].owner(api_key(request)),
             ),
         ],
         lifespan=lifespan,

@@ -29,9 +29,12 @@ def _json(value: object) -> Response:
 
 
 def batch_routes(
-    config: Config, stores: Callable[[], BatchStore], authorize: Callable[[Request], object]
+    config: Config,
+    stores: Callable[[], BatchStore],
+    authorize: Callable[[Request], tuple[str, str] | None],
 ) -> list[Route]:
-    """``authorize`` raises (401) for a request whose API key is refused."""
+    """``authorize`` raises (401) for a request whose API key is refused, and returns the
+    key's (id, tenant) when keys are required."""
 
     async def upload_file(request: Request) -> Response:
         authorize(request)
@@ -96,14 +99,14 @@ def batch_routes(
         return StreamingResponse(body(), media_type="application/octet-stream")
 
     async def create_batch(request: Request) -> Response:
-        authorize(request)
+        owner = authorize(request)
         require_json(request)
         body = await read_body(request, config.ingress.max_body_bytes)
         try:
             create = create_decoder.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise from_validation_error(exc) from None
-        return _json(await stores().create(create))
+        return _json(await stores().create(create, owner))
 
     async def list_batches(request: Request) -> Response:
         authorize(request)

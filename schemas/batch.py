@@ -114,6 +114,8 @@ class BatchRecord(Struct, kw_only=True):
 
     batch: Batch
     outcome: BatchStatus | None = None
+    key_id: str | None = None  # the API key that created it (auth.required): lines run as it
+    tenant: str | None = None
 
 
 # ---------------------------------------------------------------- lines

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -84,13 +85,14 @@ def tenancy(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator
     )
     env = {"PROMPTBUS_ADMIN_KEY": ADMIN}
     procs = [Proc([*PROMPTBUS, "worker", "-c", str(config)], work / "worker.log")]
+    procs.append(Proc([*PROMPTBUS, "batcher", "-c", str(config)], work / "batcher.log"))
     ports = [free_port() for _ in range(3)]
     try:
         for i, port in enumerate(ports):
             args = [*PROMPTBUS, "--log-level", "DEBUG", "ingress", "-c", str(config)]
             procs.append(Proc([*args, "--port", str(port)], work / f"ingress{i}.log", env))
         bases = [f"http://127.0.0.1:{port}" for port in ports]
-        for base, proc in zip(bases, procs[1:], strict=True):
+        for base, proc in zip(bases, procs[2:], strict=True):
             wait_http(f"{base}/readyz", proc)
         env_ = Tenancy(bases, config, nats_url, [p.log for p in procs])
         probe = env_.create_key(tenant="probe")
@@ -337,3 +339,46 @@ def test_cli_manages_keys_and_reports_usage(tenancy: Tenancy) -> None:
     key_id = listed.split()[0]
     assert "revoked" in cli("keys", "revoke", key_id)
     assert tenancy.chat(secret).status_code == 401
+
+
+def test_batches_run_in_the_name_of_their_key(tenancy: Tenancy) -> None:
+    base = tenancy.ingresses[0]
+    assert httpx.get(f"{base}/v1/batches", timeout=10).status_code == 401
+    key = tenancy.create_key(tenant="batch-co", models=["mock-gpt"])
+    auth = {"Authorization": f"Bearer {key}"}
+    lines = [
+        {
+            "custom_id": f"b{i}",
+            "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        }
+        for i, model in enumerate(["mock-gpt", "mock-gpt", "other-model"])
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    upload = httpx.post(
+        f"{base}/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"},
+        headers=auth, timeout=10,
+    )  # fmt: skip
+    assert upload.status_code == 200, upload.text
+    spec = {"input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"}  # fmt: skip
+    assert httpx.post(f"{base}/v1/batches", json=spec, timeout=10).status_code == 401
+    created = httpx.post(f"{base}/v1/batches", json=spec, headers=auth, timeout=10)
+    assert created.status_code == 200, created.text
+    batch = created.json()
+    for _ in range(300):
+        batch = httpx.get(f"{base}/v1/batches/{batch['id']}", headers=auth, timeout=10).json()
+        if batch["status"] == "completed":
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    assert batch["status"] == "completed", batch
+    assert batch["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+    errors = httpx.get(
+        f"{base}/v1/files/{batch['error_file_id']}/content", headers=auth, timeout=10
+    ).text
+    assert json.loads(errors)["error"]["code"] == "model_not_allowed"
+    for _ in range(100):  # usage is recorded in the background
+        report = tenancy.admin("GET", "/admin/usage", params={"tenant": "batch-co"}).json()
+        if report["rows"]:
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    assert sum(row["requests"] for row in report["rows"]) == 2
