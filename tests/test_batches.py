@@ -420,3 +420,49 @@ def test_cli_submit_bare_lines_wait_and_resume(env: BatchEnv, tmp_path: Path) ->
     assert fetched.read_text() == out.read_text()
     refused = run_cli(env, "cancel", batch_id)
     assert refused.returncode != 0 and "completed" in refused.stderr
+
+
+# ---------------------------------------------------------------- the NATS contract
+
+
+def test_raw_lane_results_are_kept_for_a_submitter_that_is_not_listening(env: BatchEnv) -> None:
+    """docs/subjects.md, "Bulk work": publish to pb.bulk.<model> with a pb.bres reply
+    subject, disconnect, and read the results back later with bare nats-py."""
+    import asyncio
+
+    import nats
+
+    async def scenario() -> list[tuple[str, str, dict[str, Any]]]:
+        nc = await nats.connect(env.nats.url)
+        js = nc.jetstream()
+        for i in range(5):
+            body = {"model": "batch-gpt", "messages": [{"role": "user", "content": f"raw {i}"}]}
+            await js.publish(
+                "pb.bulk.batch-gpt",
+                json.dumps(body).encode(),
+                headers={
+                    "Pb-Reply-To": f"pb.bres.rawjob.{i}.r{i}",
+                    "Pb-Request-Id": f"rawjob-{i}",
+                    "Nats-Msg-Id": f"rawjob:{i}",
+                },
+            )
+        await nc.close()  # nobody listens while the workers answer
+        await asyncio.sleep(1.0)
+        nc = await nats.connect(env.nats.url)
+        js = nc.jetstream()
+        sub = await js.pull_subscribe("pb.bres.rawjob.>", stream="PB_REQUESTS_RESULTS")
+        msgs = []
+        while len(msgs) < 5:
+            msgs += await sub.fetch(5 - len(msgs), timeout=10)
+        await js.purge_stream("PB_REQUESTS_RESULTS", subject="pb.bres.rawjob.>")
+        await nc.close()
+        return [(m.subject, (m.headers or {}).get("Pb-Kind", ""), json.loads(m.data)) for m in msgs]
+
+    results = asyncio.run(scenario())
+    assert sorted(subject for subject, _, _ in results) == [
+        f"pb.bres.rawjob.{i}.r{i}" for i in range(5)
+    ]
+    for subject, kind, body in results:
+        index = subject.split(".")[3]
+        assert kind == "response"
+        assert body["choices"][0]["message"]["content"] == f"mock reply to: raw {index}"
