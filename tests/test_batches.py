@@ -233,6 +233,13 @@ def test_openai_sdk_batch_flow(env: BatchEnv) -> None:
     assert ids.index(second.id) < ids.index(batch.id)
     env.done(second.id)
 
+    listed = {f.id: f for f in client.files.list(purpose="batch")}
+    assert listed[uploaded.id].filename == "prompts.jsonl"
+    assert batch.output_file_id not in listed  # purpose batch_output
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+
 
 def test_sdk_errors_are_openai_shaped(env: BatchEnv) -> None:
     import openai
