@@ -33,6 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from broker.batches import (
     BatchStore,
@@ -83,6 +84,9 @@ MAX_FILE_ERRORS = 10  # a malformed file reports this many problems at most
 FETCH = 1000  # results read per fetch
 FETCH_PAUSE_S = 0.05  # after a short fetch: fewer, fuller fetches
 WITHDRAW_QUIET_S = 2.0  # after a cancel, results still arriving are waited for this long
+REPAIR_QUIET_S = 3.0  # no new result for this long: look for lost lines
+REPAIR_MAX_LINES = 1000  # ...if no more than this many are missing
+UNKNOWN_STALL_S = 60.0  # lines queued by an earlier run: published again after this stall
 
 
 class MalformedLine(Exception):
@@ -184,6 +188,7 @@ class BatchRun:
         self._progress = asyncio.Event()
         self._deadline_ms = 0
         self._keys = keys
+        self._repairs = 0
         self._owner: Tenancy | None = None  # the batch's key, signed per line
         self._allowed: set[str] | None = None  # models the key may use (None: all)
 
@@ -302,8 +307,7 @@ class BatchRun:
                 self.stop_reason = BatchStatus.CANCELLED
             if self.stop_reason is None:
                 await self._publish_all(record)
-            while self.stop_reason is None and results.done_count < self.total:
-                await self._wait_progress()
+            await self._await_results(record)
             if self.stop_reason is not None:
                 await self._withdraw()
             return self.stop_reason or BatchStatus.COMPLETED, results
@@ -314,6 +318,71 @@ class BatchRun:
             monitor.cancel()
             collector.cancel()
             await asyncio.gather(monitor, collector, return_exceptions=True)
+
+    async def _await_results(self, record: BatchRecord) -> None:
+        """Wait for the last results; when they stop coming, look for lost lines."""
+        results = self.results
+        last_count, last_change = results.done_count, time.monotonic()
+        last_repair = 0.0
+        while self.stop_reason is None and results.done_count < self.total:
+            await self._wait_progress()
+            now = time.monotonic()
+            if results.done_count != last_count:
+                last_count, last_change = results.done_count, now
+            elif now - last_change >= REPAIR_QUIET_S and now - last_repair >= REPAIR_QUIET_S:
+                last_repair = now
+                await self._repair(record, stalled=now - last_change)
+
+    async def _repair(self, record: BatchRecord, stalled: float) -> None:
+        """Publish again the lines that have no result and are no longer queued.
+
+        A result can be lost when nats-server stops between a worker's reply and its ack:
+        JetStream stores the reply asynchronously, the ack removes the line from the
+        queue. Lines whose stream sequence this run knows are checked one by one; lines
+        published by an earlier run (sequence unknown) are published again only after a
+        long stall. Runs only when few lines are missing: a big remainder means the lines
+        are waiting for capacity, not lost."""
+        done = np.frombuffer(self.results.done, dtype=np.uint8)
+        missing = np.flatnonzero(done == 0)
+        if missing.size == 0 or missing.size > REPAIR_MAX_LINES:
+            return
+        queued = self.results.queued
+
+        async def gone(index: int) -> bool:
+            seq = queued.get(index)
+            if seq is None:
+                return stalled >= UNKNOWN_STALL_S
+            try:
+                await self.js.get_msg(self.subjects.stream, seq)
+            except NotFoundError:
+                return True
+            except Exception:
+                return False
+            return False
+
+        candidates = [int(i) for i in missing]
+        verdicts = await asyncio.gather(*map(gone, candidates))
+        lost = {i for i, g in zip(candidates, verdicts, strict=True) if g}
+        if not lost:
+            return
+        self._repairs += 1
+        log.warning("batch %s: %d lines lost, publishing them again", self.batch_id, len(lost))
+        block: list[tuple[int, Message]] = []
+        index = -1
+        async for line in self.files.lines(record.batch.input_file_id):
+            if not line.strip():
+                continue
+            index += 1
+            if index in lost:
+                line_index, (subject, body, headers) = self._message(index, line)
+                headers[H_MSG_ID] += f":repair{self._repairs}"  # past the duplicate window
+                block.append((line_index, (subject, body, headers)))
+        publisher = BlockPublisher(self.nc)
+        await publisher.start()
+        try:
+            await self._publish_block(publisher, block, None)
+        finally:
+            await publisher.stop()
 
     async def _wait_progress(self) -> None:
         self._progress.clear()
@@ -421,7 +490,7 @@ class BatchRun:
         return request.model
 
     async def _publish_block(
-        self, publisher: BlockPublisher, block: list[tuple[int, Message]], handled: int
+        self, publisher: BlockPublisher, block: list[tuple[int, Message]], handled: int | None
     ) -> None:
         """Publish a block until JetStream has stored all of it (again after a timeout or
         an error: duplicates are dropped by ``Nats-Msg-Id``), then move the checkpoint."""
@@ -437,7 +506,7 @@ class BatchRun:
         for (index, _), seq in zip(block, seqs, strict=True):
             if index >= 0 and not done[index]:
                 self.results.queued[index] = seq
-        while True:
+        while handled is not None:
             try:
                 await self.store.set_checkpoint(self.batch_id, handled)
                 return
