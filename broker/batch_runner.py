@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import tempfile
 import time
 from array import array
 from collections.abc import Callable
@@ -30,14 +29,13 @@ from typing import IO
 import msgspec
 import numpy as np
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from broker.batch_results import H_LINE_ERROR, Results
 from broker.batches import (
     BatchStore,
-    decode_token,
     is_terminal,
     lane_subject,
     result_subject,
@@ -54,9 +52,6 @@ from schemas.batch import (
     BatchRecord,
     BatchStatus,
     LineError,
-    OutputLine,
-    OutputResponse,
-    encoder,
     line_decoder,
 )
 from schemas.chat import request_decoder
@@ -75,7 +70,6 @@ from schemas.errors import BrokerError, from_validation_error
 
 log = logging.getLogger(__name__)
 
-H_LINE_ERROR = "Pb-Batch-Error"  # a line refused before queueing: the error code
 SCAN_S = 1.0  # how often new batches are looked for
 PROGRESS_S = 0.5  # how often counts are written to the record (and cancels noticed)
 BLOCK = 500  # lines per confirmed block; the checkpoint moves a block at a time
@@ -685,76 +679,6 @@ class BatchRun:
             file_id=file_id,
         )
         return stored.id
-
-
-class Results:
-    """A batch's results as they are read: which lines are done, the counts, and the
-    output and error files (temporary files on disk, stored once the batch ends)."""
-
-    def __init__(self, batch_id: str, total: int) -> None:
-        self._line_prefix = f"batch_req_{batch_id.removeprefix('batch_')}_"
-        self.total = total
-        self.output: IO[bytes] = tempfile.TemporaryFile()
-        self.errors: IO[bytes] = tempfile.TemporaryFile()
-        self.queued: dict[int, int] = {}  # line index -> stream sequence, while queued
-        self.reset()
-
-    def reset(self) -> None:
-        for data in (self.output, self.errors):
-            data.seek(0)
-            data.truncate()
-        self.done = bytearray(self.total)
-        self.done_count = self.completed = self.failed = 0
-
-    def close(self) -> None:
-        self.output.close()
-        self.errors.close()
-
-    def add(self, msg: Msg) -> None:
-        """One stored result; a line already seen (answered twice) is skipped."""
-        _, index_token, custom_token = msg.subject.rsplit(".", 2)
-        index = int(index_token)
-        if index >= self.total or self.done[index]:
-            return
-        self._mark(index)
-        headers = msg.headers or {}
-        custom_id = decode_token(custom_token)
-        code = headers.get(H_LINE_ERROR)
-        if code is not None:  # refused before queueing: no HTTP response to report
-            try:
-                message = str(msgspec.json.decode(msg.data)["error"]["message"])
-            except Exception:
-                message = msg.data.decode(errors="replace")
-            self._write(index, custom_id, None, LineError(code=code, message=message))
-            return
-        response = OutputResponse(
-            status_code=int(headers.get(H_STATUS, "200")),
-            request_id=headers.get(H_REQUEST_ID, ""),
-            body=msgspec.Raw(msg.data),
-        )
-        self._write(index, custom_id, response, None)
-
-    def add_error(self, index: int, custom_id: str, error: LineError) -> None:
-        self._mark(index)
-        self._write(index, custom_id, None, error)
-
-    def _mark(self, index: int) -> None:
-        self.done[index] = 1
-        self.done_count += 1
-        self.queued.pop(index, None)
-
-    def _write(
-        self, index: int, custom_id: str, response: OutputResponse | None, error: LineError | None
-    ) -> None:
-        line = OutputLine(
-            id=f"{self._line_prefix}{index}", custom_id=custom_id, response=response, error=error
-        )
-        if error is None and response is not None and response.status_code < 400:
-            self.completed += 1
-            self.output.write(encoder.encode(line) + b"\n")
-        else:
-            self.failed += 1
-            self.errors.write(encoder.encode(line) + b"\n")
 
 
 def _finalizing(outcome: BatchStatus) -> Callable[[BatchRecord], BatchRecord]:
