@@ -22,6 +22,7 @@ import functools
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import unquote
 
 import msgspec
@@ -187,15 +188,36 @@ class UsageRecorder:
         details = tuple(s.detail(at, tenant, key_id, model, deployment, m) for m in metrics)
         return tuple(costs), tokens, details
 
-    async def record(self, now: bool = False, **usage: object) -> None:
-        """``now``: publish before returning (metered keys: the next admission must see
-        it); otherwise within ``FLUSH_S``."""
-        increments = self.increments(**usage)  # type: ignore[arg-type]
-        if now:
-            await self._publish(increments)
-            return
-        for subject, value in increments.items():
-            self._pending[subject] += value
+    async def record_now(self, **usage: Any) -> None:
+        """Publish before returning: a budget or quota's next admission must see it."""
+        await self._publish(self.increments(**usage))
+
+    def add(
+        self,
+        *,
+        tenant: str,
+        key_id: str,
+        model: str,
+        deployment: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        at: float,
+    ) -> None:
+        """Recorded with the next batch, within ``FLUSH_S`` (no I/O on the request path)."""
+        costs, tokens, details = self._names(tenant, key_id, model, deployment, int(at))
+        pending = self._pending
+        cost = round(cost_usd * NANO)
+        for subject in costs:
+            pending[subject] += cost
+        total = prompt_tokens + completion_tokens
+        for subject in tokens:
+            pending[subject] += total
+        requests, prompt, completion, spent = details
+        pending[requests] += 1
+        pending[prompt] += prompt_tokens
+        pending[completion] += completion_tokens
+        pending[spent] += cost
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(int)

@@ -162,7 +162,7 @@ def create_app(
             "timeout": request_timeout(request),
             "request_id": request_id,
             "traceparent": tracing.child(trace),
-            "tenancy": admission.sign(request_id, grant.tenancy),
+            "tenancy": admission.vouch(request_id, grant),
         }
         limits = grant.rate_headers()
         cache_control = request.headers.get("cache-control")
@@ -212,7 +212,7 @@ def create_app(
                 timeout=request_timeout(request),
                 request_id=request_id,
                 traceparent=tracing.child(trace),
-                tenancy=admission.sign(request_id, grant.tenancy),
+                tenancy=admission.vouch(request_id, grant),
                 mode="embeddings",
             )
             response = Response(

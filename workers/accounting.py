@@ -14,6 +14,8 @@ from broker.usage import UsageRecorder
 from schemas.chat import Usage
 from schemas.envelope import H_AUTHORIZATION, RequestMeta, Tenancy
 
+_ANONYMOUS = Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT)
+
 
 class Accounting:
     def __init__(self, admission: Admission, recorder: UsageRecorder) -> None:
@@ -24,8 +26,8 @@ class Accounting:
     async def vet(self, msg: Msg, meta: RequestMeta, model: str) -> RequestMeta:
         """The request's meta with a vouched-for tenancy; raises ``BrokerError`` (401,
         403, 429) when a directly queued request may not run."""
-        if self.admission.vouched(meta.request_id, meta.tenancy):
-            return meta
+        if not self.admission.required or self.admission.vouched(meta.request_id, meta.tenancy):
+            return meta  # without auth there is nothing to check (nor to vouch for)
         secret = bearer((msg.headers or {}).get(H_AUTHORIZATION))
         grant = await self.admission.admit(secret, model, len(msg.data) // 4)
         tenancy = self.admission.sign(meta.request_id, grant.tenancy)
@@ -44,19 +46,30 @@ class Accounting:
     ) -> None:
         """Record the usage: before the reply leaves when a budget or quota depends on it
         (the caller's next request must see it), batched otherwise."""
-        tenancy = meta.tenancy or Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT)
-        record = self.recorder.record(
-            now=tenancy.metered,
-            tenant=tenancy.tenant,
-            key_id=tenancy.key_id,
-            model=model,
-            deployment=deployment,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost_usd=cost_usd,
-            at=time.time(),
-        )
-        await record
+        tenancy = meta.tenancy or _ANONYMOUS
+        now = time.time()
+        if tenancy.metered:
+            await self.recorder.record_now(
+                tenant=tenancy.tenant,
+                key_id=tenancy.key_id,
+                model=model,
+                deployment=deployment,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost_usd,
+                at=now,
+            )
+        else:
+            self.recorder.add(
+                tenant=tenancy.tenant,
+                key_id=tenancy.key_id,
+                model=model,
+                deployment=deployment,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost_usd,
+                at=now,
+            )
         if tenancy.key_id != ANONYMOUS_KEY and usage.total_tokens != tenancy.estimate:
             task = asyncio.create_task(self.admission.settle(tenancy, usage.total_tokens))
             self._tasks.add(task)

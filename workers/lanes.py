@@ -21,6 +21,10 @@ class Lane(enum.Enum):
     INTERACTIVE = "interactive"
     BATCH = "batch"
 
+    # Members are singletons: hash by identity in C, not Enum's Python-level name hash
+    # (a lane is a dict key several times per request).
+    __hash__ = object.__hash__
+
 
 class PrioritySlots:
     """A semaphore whose interactive waiters always go before batch waiters."""
@@ -42,16 +46,22 @@ class PrioritySlots:
 
     @asynccontextmanager
     async def slot(self, lane: Lane) -> AsyncIterator[None]:
-        await self._acquire(lane)
+        await self.acquire(lane)
         try:
             yield
         finally:
-            self._release(lane)
+            self.release(lane)
 
-    async def _acquire(self, lane: Lane) -> None:
+    def try_acquire(self, lane: Lane) -> bool:
+        """Take a free slot now if nobody is ahead in the line (the hot path: no await)."""
         ahead = self._waiters[Lane.INTERACTIVE] if lane is Lane.BATCH else ()
         if self.busy < self.capacity and not self._waiters[lane] and not ahead:
             self._take(lane)
+            return True
+        return False
+
+    async def acquire(self, lane: Lane) -> None:
+        if self.try_acquire(lane):
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[lane].append(waiter)
@@ -59,7 +69,7 @@ class PrioritySlots:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._release(lane)  # granted and cancelled at once: give it back
+                self.release(lane)  # granted and cancelled at once: give it back
             else:
                 self._waiters[lane].remove(waiter)
             raise
@@ -68,7 +78,7 @@ class PrioritySlots:
         self.busy += 1
         self.busy_by_lane[lane] += 1
 
-    def _release(self, lane: Lane) -> None:
+    def release(self, lane: Lane) -> None:
         self.busy -= 1
         self.busy_by_lane[lane] -= 1
         self._wake()

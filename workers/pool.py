@@ -213,9 +213,14 @@ class DeploymentPool:
             self._by_reply[meta.reply_to] = task
         self._m_inflight.inc()
         settled = True
+        slots = self.slots
         try:
-            async with self.slots.slot(lane):
+            if not slots.try_acquire(lane):
+                await slots.acquire(lane)
+            try:
                 settled = await self._serve(msg, meta)
+            finally:
+                slots.release(lane)
         finally:
             del self._working[key]
             self._by_reply.pop(meta.reply_to, None)
