@@ -677,6 +677,7 @@ class BatchRun:
             f"{self.batch_id}_{kind}.jsonl",
             "batch_output",
             file_id=file_id,
+            tenant=self._owner.tenant if self._owner is not None else None,
         )
         return stored.id
 

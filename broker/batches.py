@@ -105,6 +105,7 @@ class BatchStore:
                 param="completion_window",
                 code="invalid_value",
             )
+        await self.files.check_owner(request.input_file_id, owner[1] if owner else None)
         source = await self.files.info(request.input_file_id)
         if source.purpose != "batch":
             raise BrokerError(
@@ -141,8 +142,12 @@ class BatchStore:
             raise batch_not_found(batch_id)
         return batch_decoder.decode(entry.value), entry.revision
 
-    async def get(self, batch_id: str) -> Batch:
-        return (await self.record(batch_id))[0].batch
+    async def get(self, batch_id: str, tenant: str | None = None) -> Batch:
+        """The batch; another tenant's batch does not exist for ``tenant`` (404)."""
+        record = (await self.record(batch_id))[0]
+        if tenant is not None and record.tenant != tenant:
+            raise batch_not_found(batch_id)
+        return record.batch
 
     async def update(
         self, batch_id: str, change: Callable[[BatchRecord], BatchRecord | None]
@@ -169,7 +174,9 @@ class BatchStore:
             raise
         return sorted((k for k in keys if k.startswith("batch_")), reverse=True)
 
-    async def list(self, after: str | None = None, limit: int = 20) -> BatchList:
+    async def list(
+        self, after: str | None = None, limit: int = 20, tenant: str | None = None
+    ) -> BatchList:
         """OpenAI's cursor pagination: newest first, ``after`` the last id of a page."""
         if not 1 <= limit <= 100:
             raise BrokerError(
@@ -179,10 +186,12 @@ class BatchStore:
         if after is not None:
             ids = [i for i in ids if i < after]
         page: list[Batch] = []
-        for batch_id in ids[: limit + 1]:
+        for batch_id in ids:
+            if len(page) > limit:
+                break
             try:
-                page.append(await self.get(batch_id))
-            except BrokerError:  # deleted meanwhile
+                page.append(await self.get(batch_id, tenant))
+            except BrokerError:  # deleted meanwhile, or another tenant's
                 continue
         has_more = len(page) > limit
         page = page[:limit]

@@ -35,10 +35,11 @@ from schemas.errors import BrokerError
 CHUNKS_PER_FETCH = 8  # 1 MiB of a file in hand at most
 
 
-class _Attributes(msgspec.Struct):
+class _Attributes(msgspec.Struct, omit_defaults=True):
     filename: str
     purpose: str
     created_at: int
+    tenant: str | None = None  # the owner's tenant when keys are required
 
 
 _attributes = msgspec.json.Decoder(_Attributes)
@@ -77,11 +78,18 @@ class FileStore:
         return cls(js, store, name)
 
     async def put(
-        self, source: BinaryIO, filename: str, purpose: str, file_id: str | None = None
+        self,
+        source: BinaryIO,
+        filename: str,
+        purpose: str,
+        file_id: str | None = None,
+        tenant: str | None = None,
     ) -> FileObject:
-        """Store ``source`` (read in chunks, never whole) as a new file."""
+        """Store ``source`` (read in chunks, never whole) as a new file of ``tenant``."""
         file_id = file_id or new_file_id()
-        attributes = _Attributes(filename=filename, purpose=purpose, created_at=int(time.time()))
+        attributes = _Attributes(
+            filename=filename, purpose=purpose, created_at=int(time.time()), tenant=tenant
+        )
         meta = ObjectMeta(name=file_id, description=msgspec.json.encode(attributes).decode())
         info = await self._store.put(file_id, source, meta=meta)  # type: ignore[arg-type]
         return FileObject(
@@ -99,11 +107,23 @@ class FileStore:
             raise file_not_found(file_id) from None
         return _file_object(file_id, info.size or 0, info.description)
 
-    async def list(self, purpose: str | None = None) -> list[FileObject]:
+    async def check_owner(self, file_id: str, tenant: str | None) -> None:
+        """Another tenant's file does not exist for this one (404, not 403: no probing)."""
+        if tenant is None:
+            return
+        try:
+            info = await self._store.get_info(file_id)
+        except NotFoundError:
+            raise file_not_found(file_id) from None
+        if _owner(info.description) != tenant:
+            raise file_not_found(file_id)
+
+    async def list(self, purpose: str | None = None, tenant: str | None = None) -> list[FileObject]:
         try:
             infos = await self._store.list()
         except NotFoundError:  # an empty bucket
             return []
+        infos = [i for i in infos if tenant is None or _owner(i.description) == tenant]
         files = [_file_object(i.name, i.size or 0, i.description) for i in infos if not i.deleted]
         files = [f for f in files if purpose is None or f.purpose == purpose]
         return sorted(files, key=lambda f: f.id, reverse=True)
@@ -153,6 +173,13 @@ class FileStore:
                 yield line.rstrip(b"\r")
         if rest:
             yield rest.rstrip(b"\r")
+
+
+def _owner(description: str | None) -> str | None:
+    try:
+        return _attributes.decode(description or "").tenant
+    except msgspec.DecodeError:
+        return None
 
 
 def _file_object(file_id: str, size: int, description: str | None) -> FileObject:

@@ -34,10 +34,15 @@ def batch_routes(
     authorize: Callable[[Request], tuple[str, str] | None],
 ) -> list[Route]:
     """``authorize`` raises (401) for a request whose API key is refused, and returns the
-    key's (id, tenant) when keys are required."""
+    key's (id, tenant) when keys are required. Files and batches then belong to the
+    tenant: another tenant's are not found (404)."""
+
+    def tenant_of(request: Request) -> str | None:
+        owner = authorize(request)
+        return owner[1] if owner else None
 
     async def upload_file(request: Request) -> Response:
-        authorize(request)
+        tenant = tenant_of(request)
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             raise BrokerError(
@@ -67,29 +72,30 @@ def batch_routes(
                 )
             await upload.seek(0)
             stored = await stores().files.put(
-                upload.file, upload.filename or "upload.jsonl", purpose
+                upload.file, upload.filename or "upload.jsonl", purpose, tenant=tenant
             )
         return _json(stored)
 
     async def list_files(request: Request) -> Response:
-        authorize(request)
+        tenant = tenant_of(request)
         purpose = request.query_params.get("purpose")
-        return _json(FileList(data=await stores().files.list(purpose)))
+        return _json(FileList(data=await stores().files.list(purpose, tenant)))
 
     async def retrieve_file(request: Request) -> Response:
-        authorize(request)
-        return _json(await stores().files.info(request.path_params["file_id"]))
+        file_id = request.path_params["file_id"]
+        await stores().files.check_owner(file_id, tenant_of(request))
+        return _json(await stores().files.info(file_id))
 
     async def delete_file(request: Request) -> Response:
-        authorize(request)
         file_id = request.path_params["file_id"]
+        await stores().files.check_owner(file_id, tenant_of(request))
         await stores().files.delete(file_id)
         return _json({"id": file_id, "object": "file", "deleted": True})
 
     async def file_content(request: Request) -> Response:
-        authorize(request)
         files = stores().files
         file_id = request.path_params["file_id"]
+        await files.check_owner(file_id, tenant_of(request))
         await files.info(file_id)  # a 404 before the response starts
 
         async def body() -> AsyncIterator[bytes]:
@@ -109,20 +115,21 @@ def batch_routes(
         return _json(await stores().create(create, owner))
 
     async def list_batches(request: Request) -> Response:
-        authorize(request)
+        tenant = tenant_of(request)
         limit_text = request.query_params.get("limit", "20")
         if not limit_text.isdigit():
             raise BrokerError(400, "limit must be an integer.", param="limit", code="invalid_value")
         after = request.query_params.get("after")
-        return _json(await stores().list(after, int(limit_text)))
+        return _json(await stores().list(after, int(limit_text), tenant))
 
     async def retrieve_batch(request: Request) -> Response:
-        authorize(request)
-        return _json(await stores().get(request.path_params["batch_id"]))
+        tenant = tenant_of(request)
+        return _json(await stores().get(request.path_params["batch_id"], tenant))
 
     async def cancel_batch(request: Request) -> Response:
-        authorize(request)
-        return _json(await stores().cancel(request.path_params["batch_id"]))
+        batch_id = request.path_params["batch_id"]
+        await stores().get(batch_id, tenant_of(request))  # another tenant's: 404
+        return _json(await stores().cancel(batch_id))
 
     return [
         Route("/v1/files", upload_file, methods=["POST"]),

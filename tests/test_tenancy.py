@@ -376,6 +376,11 @@ def test_batches_run_in_the_name_of_their_key(tenancy: Tenancy) -> None:
         f"{base}/v1/files/{batch['error_file_id']}/content", headers=auth, timeout=10
     ).text
     assert json.loads(errors)["error"]["code"] == "model_not_allowed"
+    other = {"Authorization": f"Bearer {tenancy.create_key(tenant='someone-else')}"}
+    for path in (f"/v1/batches/{batch['id']}", f"/v1/files/{batch['error_file_id']}/content"):
+        assert httpx.get(f"{base}{path}", headers=other, timeout=10).status_code == 404
+    listed = httpx.get(f"{base}/v1/batches", headers=other, timeout=10).json()["data"]
+    assert batch["id"] not in [b["id"] for b in listed]  # another tenant's batches are private
     for _ in range(100):  # usage is recorded in the background
         report = tenancy.admin("GET", "/admin/usage", params={"tenant": "batch-co"}).json()
         if report["rows"]:
