@@ -9,7 +9,14 @@ from nats.aio.client import Client as NATS
 log = logging.getLogger(__name__)
 
 
-async def connect(url: str, name: str) -> NATS:
+def server_list(url: str | list[str]) -> list[str]:
+    """``nats://a:4222,nats://b:4222`` or a list: every node of a cluster, so a client
+    fails over to the next one when its server goes away."""
+    urls = url if isinstance(url, list) else url.split(",")
+    return [u.strip() for u in urls if u.strip()]
+
+
+async def connect(url: str | list[str], name: str) -> NATS:
     """Connect with unlimited reconnects: a broker outlives nats-server restarts."""
 
     async def on_error(exc: Exception) -> None:
@@ -24,7 +31,7 @@ async def connect(url: str, name: str) -> NATS:
 
     nc = NATS()
     await nc.connect(
-        url,
+        servers=server_list(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds, float is fine

@@ -142,9 +142,22 @@ async def ensure_consumer(
 
 async def _ensure_bucket(js: JetStreamContext, kv: KeyValueConfig) -> KeyValue:
     try:
-        return await js.key_value(kv.bucket)
+        bucket = await js.key_value(kv.bucket)
     except NotFoundError:  # BucketNotFoundError is a NotFoundError
         return await js.create_key_value(kv)
+    await ensure_replicas(js, f"KV_{kv.bucket}", kv.replicas)
+    return bucket
+
+
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Scale an existing stream (a KV bucket is one) to ``nats.replicas``: moving from
+    the embedded R1 to a cluster's R3 needs no manual step, and an equal count is a no-op."""
+    info = await js.stream_info(stream)
+    if info.config.num_replicas == replicas:
+        return
+    info.config.num_replicas = replicas
+    await js.update_stream(info.config)
+    log.info("stream %s now has %d replicas", stream, replicas)
 
 
 async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValue:

@@ -32,6 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from broker.provision import ensure_replicas
 from broker.subjects import model_token
 from schemas.config import Config
 from schemas.tenancy import Period, UsageRow
@@ -70,6 +71,8 @@ async def ensure_usage_stream(js: JetStreamContext, config: Config) -> None:
         await js.stream_info(stream.name or "")
     except NotFoundError:
         await js.add_stream(stream)
+        return
+    await ensure_replicas(js, stream.name or "", config.nats.replicas)
 
 
 # ---------------------------------------------------------------- periods

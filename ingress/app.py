@@ -31,6 +31,7 @@ from broker.client import BrokerClient, Reply, ReplyStream
 from ingress.admin import admin_routes
 from ingress.batches import batch_routes
 from ingress.http_io import error_response, read_body, request_timeout, require_json
+from ingress.openapi import openapi_json
 from schemas.chat import (
     Model,
     ModelList,
@@ -253,6 +254,11 @@ def create_app(
             media_type="application/json",
         )
 
+    openapi = openapi_json()
+
+    async def openapi_endpoint(request: Request) -> Response:
+        return Response(openapi, media_type="application/json")
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -296,6 +302,7 @@ def create_app(
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
