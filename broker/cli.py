@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -206,8 +207,17 @@ def cmd_ingress(args: argparse.Namespace) -> None:
         stop = stop_event()
         server = http_server(create_app(config, nats_url=url), host, port)
         sockets = [shared_socket(host, port)] if args.reuse_port else None
-        print(f"ingress on http://{host}:{port} using NATS {url}", flush=True)
-        await serve_until(server, stop, sockets)
+
+        async def announce() -> None:  # once started: replicas on one port are told apart
+            while not server.started:  # noqa: ASYNC110 (a uvicorn flag, no event)
+                await asyncio.sleep(0.05)
+            print(f"ingress on http://{host}:{port} using NATS {url}", flush=True)
+
+        announcing = asyncio.create_task(announce())
+        try:
+            await serve_until(server, stop, sockets)
+        finally:
+            announcing.cancel()
 
     run(serve())
 

@@ -89,7 +89,8 @@ from schemas.errors import (
 # Time granted past the deadline for the worker's own, more precise, 504 to arrive.
 DEADLINE_GRACE_S = 0.25
 # How long JetStream may take to confirm it stored a request.
-PUBLISH_ACK_TIMEOUT_S = 5.0
+PUBLISH_ACK_TIMEOUT_S = 10.0  # covers a reconnect and a stream leader election
+PUBLISH_ATTEMPT_S = 2.0  # one publish's wait for its ack before sending it again
 
 
 DEFAULT_NAMESPACE = "default"  # the cache namespace of requests without a tenant
@@ -329,9 +330,7 @@ class BrokerClient:
             tenancy=tenancy,
         )
         ack_key = f"{token}.a"
-        ack: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[token] = pending
-        self._pending[ack_key] = ack
         try:
             headers = meta.to_headers()
             # De-duplicate our own publish only: a caller's request id may repeat (the
@@ -339,15 +338,41 @@ class BrokerClient:
             headers[H_MSG_ID] = f"{self._prefix}.{token}"
             if self.api_key and tenancy is None:  # a NATS caller: the worker checks it
                 headers[H_AUTHORIZATION] = f"Bearer {self.api_key}"
-            await self.nc.publish(subject, body, reply=f"{self._prefix}.{ack_key}", headers=headers)
-            async with asyncio.timeout(min(timeout, PUBLISH_ACK_TIMEOUT_S)):
-                _check_publish_ack(await ack)
-        except TimeoutError:
-            self._pending.pop(token, None)
-            raise queue_unavailable("no publish acknowledgement from JetStream") from None
+            await self._publish_until_acked(subject, body, headers, ack_key, timeout)
         except BaseException:
             self._pending.pop(token, None)
             raise
+
+    async def _publish_until_acked(
+        self, subject: str, body: bytes, headers: dict[str, str], ack_key: str, timeout: float
+    ) -> None:
+        """Publish until JetStream acks, within ``PUBLISH_ACK_TIMEOUT_S``.
+
+        A nats-server that dies or a stream leader that moves (a cluster node restarting)
+        swallows a publish; sending it again is safe because the ``Nats-Msg-Id`` makes the
+        stream drop a copy it already holds, so the request is queued exactly once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, PUBLISH_ACK_TIMEOUT_S)
+        reason = "no publish acknowledgement from JetStream"
+        try:
+            while (left := deadline - loop.time()) > 0:
+                ack: asyncio.Future[Reply] = loop.create_future()
+                self._pending[ack_key] = ack
+                await self.nc.publish(
+                    subject, body, reply=f"{self._prefix}.{ack_key}", headers=headers
+                )
+                try:
+                    async with asyncio.timeout(min(left, PUBLISH_ATTEMPT_S)):
+                        reply = await ack
+                except TimeoutError:
+                    continue
+                if reply.headers.get("Status") != "503":
+                    _check_publish_ack(reply)
+                    return
+                reason = "no stream listens on the request subject"  # or no leader yet
+                await asyncio.sleep(min(PUBLISH_ATTEMPT_S / 4, max(0.0, left)))
+            raise queue_unavailable(reason)
         finally:
             self._pending.pop(ack_key, None)
 

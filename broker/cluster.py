@@ -120,7 +120,7 @@ class LocalCluster:
             ).start()
             _wait_port(self.upstream_port, self.upstream, timeout)
             for models in self.worker_models:
-                self.start_worker(models)
+                self.start_worker(models, wait=timeout)
             for index in range(self.ingress_count):
                 self.ingresses.append(
                     self._child(
@@ -137,9 +137,8 @@ class LocalCluster:
                         ],
                     ).start()
                 )
-            for ingress in self.ingresses:
-                _wait_log(ingress, "ingress on ", timeout)
-                _wait_ready(f"{self.base_url}/readyz", ingress, timeout)
+                _wait_log(self.ingresses[-1], "ingress on ", timeout)
+                _wait_ready(f"{self.base_url}/readyz", self.ingresses[-1], timeout)
         except BaseException:
             self.stop()
             raise
@@ -154,12 +153,16 @@ class LocalCluster:
         rendered.write_text(text)
         return rendered
 
-    def start_worker(self, models: list[str]) -> Child:
-        """Another worker pool process for ``models``: scaling out is starting one more."""
+    def start_worker(self, models: list[str], wait: float | None = None) -> Child:
+        """Another worker pool process for ``models``: scaling out is starting one more.
+        ``wait``: seconds to wait until it serves (start-up is one process at a time, so
+        a fresh cluster is not asked to create the same R3 streams by all at once)."""
         name = f"worker-{len(self.workers)}"
         args = ["worker", "-c", str(self.config_path), *(a for m in models for a in ("--model", m))]
         worker = self._child(name, args).start()
         self.workers.append(worker)
+        if wait:
+            _wait_log(worker, " serving ", wait)
         return worker
 
     def stop(self) -> None:

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import weakref
 
 from nats.aio.client import Client as NATS
 
 log = logging.getLogger(__name__)
+
+# After a reconnect, how long core-NATS replies wait so that the callers (who reconnect
+# too, 0.5 s apart at most) have re-subscribed their inboxes: a reply sent earlier
+# would reach nobody and the caller would wait out its deadline.
+RESUBSCRIBE_GRACE_S = 1.5
+_reconnected_at: weakref.WeakKeyDictionary[NATS, float] = weakref.WeakKeyDictionary()
+
+
+async def settled(nc: NATS) -> None:
+    """Return at once on a steady connection; otherwise wait until it is back and has
+    been for ``RESUBSCRIBE_GRACE_S``. Workers call it before publishing a reply."""
+    if nc.is_connected and nc not in _reconnected_at:
+        return
+    while not nc.is_connected and not nc.is_closed:  # noqa: ASYNC110 (nats-py: no event)
+        await asyncio.sleep(0.05)
+    since = _reconnected_at.get(nc)
+    if since is not None:
+        left = RESUBSCRIBE_GRACE_S - (time.monotonic() - since)
+        if left > 0:
+            await asyncio.sleep(left)
+        else:
+            _reconnected_at.pop(nc, None)
 
 
 def server_list(url: str | list[str]) -> list[str]:
@@ -25,8 +50,10 @@ async def connect(url: str | list[str], name: str) -> NATS:
     async def on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):  # our own close is not news
             log.warning("nats %s: disconnected", name)
+            _reconnected_at[nc] = float("inf")  # not back yet: settled() waits
 
     async def on_reconnect() -> None:
+        _reconnected_at[nc] = time.monotonic()
         log.info("nats %s: reconnected", name)
 
     nc = NATS()

@@ -187,6 +187,9 @@ class EmbeddedCluster:
         """All nodes, comma-separated: what ``nats.url`` takes for a cluster."""
         return ",".join(self.urls)
 
+    def server_name(self, index: int) -> str:
+        return f"{self.name}-n{index}"
+
     def _args(self, index: int) -> list[str]:
         routes = ",".join(
             f"nats-route://{self.host}:{port}"
@@ -199,7 +202,7 @@ class EmbeddedCluster:
             "--port", str(self.ports[index]),
             "--jetstream",
             "--store_dir", str(self.store_dir / f"n{index}"),
-            "--server_name", f"{self.name}-n{index}",
+            "--server_name", self.server_name(index),
             "--cluster_name", self.name,
             "--cluster", f"nats://{self.host}:{self.cluster_ports[index]}",
             "--routes", routes,

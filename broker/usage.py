@@ -32,7 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from broker.provision import ensure_replicas
+from broker.provision import ensure_replicas, patient
 from broker.subjects import model_token
 from schemas.config import Config
 from schemas.tenancy import Period, UsageRow
@@ -55,6 +55,7 @@ def usage_stream(config: Config) -> str:
     return f"{config.nats.stream}_USAGE"
 
 
+@patient
 async def ensure_usage_stream(js: JetStreamContext, config: Config) -> None:
     prefix = config.nats.subject_prefix
     stream = StreamConfig(
