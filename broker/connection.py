@@ -23,15 +23,17 @@ async def settled(nc: NATS) -> None:
     been for ``RESUBSCRIBE_GRACE_S``. Workers call it before publishing a reply."""
     if nc.is_connected and nc not in _reconnected_at:
         return
-    while not nc.is_connected and not nc.is_closed:  # noqa: ASYNC110 (nats-py: no event)
-        await asyncio.sleep(0.05)
-    since = _reconnected_at.get(nc)
-    if since is not None:
-        left = RESUBSCRIBE_GRACE_S - (time.monotonic() - since)
-        if left > 0:
-            await asyncio.sleep(left)
-        else:
-            _reconnected_at.pop(nc, None)
+    if not nc.is_connected:
+        while not nc.is_connected and not nc.is_closed:  # noqa: ASYNC110 (nats-py: no event)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(RESUBSCRIBE_GRACE_S)
+        return
+    since = _reconnected_at.get(nc, 0.0)
+    left = min(RESUBSCRIBE_GRACE_S, RESUBSCRIBE_GRACE_S - (time.monotonic() - since))
+    if left > 0:
+        await asyncio.sleep(left)
+    else:
+        _reconnected_at.pop(nc, None)
 
 
 def server_list(url: str | list[str]) -> list[str]:
@@ -50,7 +52,6 @@ async def connect(url: str | list[str], name: str) -> NATS:
     async def on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):  # our own close is not news
             log.warning("nats %s: disconnected", name)
-            _reconnected_at[nc] = float("inf")  # not back yet: settled() waits
 
     async def on_reconnect() -> None:
         _reconnected_at[nc] = time.monotonic()
