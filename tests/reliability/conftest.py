@@ -6,6 +6,7 @@ under ``make test-reliability`` (marker ``reliability``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -88,3 +89,26 @@ def assert_all_answered_once(result: object, n: int) -> None:
     assert result.ok == n, result.line("not all answered 200")
     assert result.duplicated == 0, result.line("duplicate replies")
     assert len(result.replies) == n, result.line("reply count")
+
+
+async def wait_replicas_current(js: object, timeout: float = 60.0) -> None:
+    """Until every stream has a leader and all its replicas caught up: the point where a
+    rolling restart may take down the next node without losing a quorum."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lagging = []
+        try:
+            for info in await js.streams_info():  # type: ignore[attr-defined]
+                cluster = info.cluster
+                peers = cluster.replicas or [] if cluster else []
+                if cluster is None or not cluster.leader or not all(p.current for p in peers):
+                    lagging.append(info.config.name)
+                elif len(peers) != info.config.num_replicas - 1:
+                    lagging.append(info.config.name)
+        except Exception as exc:  # an API timeout while a leader is elected
+            lagging.append(str(exc))
+        if not lagging:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"replicas not current after {timeout}s: {lagging}")
+        await asyncio.sleep(0.5)

@@ -1,8 +1,9 @@
 """N chat requests in flight through the real ``BrokerClient``, counted two ways.
 
-The client resolves each request once; a second NATS connection also subscribes to the
-client's reply inbox and counts every reply message per request, so a duplicate reply
-(a request answered twice after a redelivery) shows up even though the client drops it.
+The client resolves each request once; a second subscription on the client's own
+connection counts every reply message that reaches the client per request, so a
+duplicate answer (a request answered twice after a redelivery) shows up even though
+the client drops it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 import msgspec
 
 from broker.client import BrokerClient
-from broker.connection import connect
 from schemas.errors import BrokerError
 
 
@@ -27,6 +27,7 @@ class BatchResult:
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     replies: collections.Counter[str] = field(default_factory=collections.Counter)
     seconds: float = 0.0
+    reasked: int = 0  # asked again by the client after a reply was lost in a reconnect
 
     @property
     def lost(self) -> int:
@@ -42,7 +43,7 @@ class BatchResult:
         return (
             f"{label}: {self.requested} requests in {self.seconds:.1f}s, ok {self.ok}, "
             f"errors {dict(self.errors)}, lost {self.lost}, duplicated {self.duplicated}, "
-            f"reply messages {sum(self.replies.values())}"
+            f"reply messages {sum(self.replies.values())}, re-asked {self.reasked}"
         )
 
 
@@ -55,7 +56,6 @@ def body(index: int, model: str) -> bytes:
 
 async def run_batch(
     client: BrokerClient,
-    nats_url: str,
     n: int,
     model: str,
     *,
@@ -67,7 +67,8 @@ async def run_batch(
     """Send ``n`` requests (all in flight, or ``concurrency`` at a time); call ``disrupt``
     once ``at_fraction`` of them are answered; wait for every answer."""
     result = BatchResult(n)
-    spy = await connect(nats_url, "reliability-spy")
+    spy = client.nc  # what reaches the caller
+    reasked_before = client.reasked
     prefix = client._prefix  # the client's reply inbox: <prefix>.<token>
     prefix_len = len(prefix) + 1
 
@@ -105,5 +106,5 @@ async def run_batch(
     result.seconds = time.perf_counter() - started
     await asyncio.sleep(0.5)  # a late duplicate reply would arrive by now
     await sub.unsubscribe()
-    await spy.close()
+    result.reasked = client.reasked - reasked_before
     return result

@@ -67,6 +67,6 @@ async def test_restart_single_nats_server_mid_batch(
         await asyncio.to_thread(server.stop)
         await asyncio.to_thread(server.start)
 
-    result = await run_batch(single_client, server.url, n, "mock-gpt", disrupt=restart)
+    result = await run_batch(single_client, n, "mock-gpt", disrupt=restart)
     print("\n" + result.line("embedded nats-server restart mid-batch"))
     assert_all_answered_once(result, n)
