@@ -90,6 +90,7 @@ from schemas.errors import (
 # Time granted past the deadline for the worker's own, more precise, 504 to arrive.
 DEADLINE_GRACE_S = 0.25
 REASK_AFTER_S = 2.5  # after our reconnect: the workers' replies held back 1.5 s arrive first
+REASK_FOR_S = 60.0  # how long to keep asking while the stream does not answer
 # How long JetStream may take to confirm it stored a request.
 PUBLISH_ACK_TIMEOUT_S = 10.0  # covers a reconnect and a stream leader election
 PUBLISH_ATTEMPT_S = 2.0  # one publish's wait for its ack before sending it again
@@ -271,13 +272,19 @@ class BrokerClient:
             if self.nc.stats["reconnects"] == reconnects:
                 continue
             reconnects = self.nc.stats["reconnects"]
-            await asyncio.sleep(REASK_AFTER_S)
-            tokens = [t for t in self._sent if _waiting(self._pending.get(t))]
-            for start in range(0, len(tokens), 256):
-                await asyncio.gather(
-                    *(self._reask(t) for t in tokens[start : start + 256]),
-                    return_exceptions=True,
-                )
+            give_up = time.monotonic() + REASK_FOR_S
+            while time.monotonic() < give_up:  # until one sweep gets every answer
+                await asyncio.sleep(REASK_AFTER_S)
+                tokens = [t for t in self._sent if _waiting(self._pending.get(t))]
+                failed = 0
+                for start in range(0, len(tokens), 256):
+                    results = await asyncio.gather(
+                        *(self._reask(t) for t in tokens[start : start + 256]),
+                        return_exceptions=True,
+                    )
+                    failed += sum(isinstance(r, Exception) for r in results)
+                if not failed:  # a leader election makes the stream answer late
+                    break
 
     async def _reask(self, token: str) -> None:
         sent = self._sent.get(token)

@@ -11,6 +11,7 @@ from broker.client import BrokerClient
 from broker.cluster import LocalCluster
 from tests.reliability.conftest import (
     assert_all_answered_once,
+    cluster_config,
     short_and_long,
     wait_replicas_current,
     wait_served,
@@ -63,24 +64,26 @@ async def test_nats_node_kill_mid_batch(
 ) -> None:
     """SIGKILL the node that leads the request stream, then bring it back: R3 keeps every
     queued request; clients and workers move to the other nodes. The worst case: the
-    test's client is connected to that node too, so it loses replies while it reconnects
-    and must ask the stream about them again."""
+    caller is connected to that very node (it learns the others from the server), so it
+    loses replies while it reconnects and must ask the stream about them again."""
     await wait_replicas_current(cluster_client.js)  # a previous test's node is back
     info = await cluster_client.js.stream_info(cluster_client.subjects.stream)
     assert info.cluster is not None
     leader = next(i for i in range(3) if cluster.nats.server_name(i) == info.cluster.leader)
-    connected = cluster.nats.ports.index(int(cluster_client.nc.connected_url.port))
+    caller = await BrokerClient.connect(cluster_config(cluster), cluster.nats.urls[leader])
     calls_before = _upstream_calls(cluster)
 
     async def kill() -> None:
         cluster.nats.kill_node(leader)
 
-    result = await run_batch(cluster_client, n, "upstream-gpt", disrupt=kill)
+    try:
+        result = await run_batch(caller, n, "upstream-gpt", disrupt=kill)
+    finally:
+        await caller.close()
     calls = _upstream_calls(cluster) - calls_before
-    where = "the client's node too" if connected == leader else f"client on n{connected}"
     print(
         "\n"
-        + result.line(f"nats-server n{leader} (stream leader, {where}) kill -9 mid-batch")
+        + result.line(f"nats-server n{leader} (stream leader, the caller's node) kill -9")
         + f", upstream calls {calls}"
     )
     await asyncio.to_thread(cluster.nats.start_node, leader)
