@@ -2,8 +2,9 @@
 
 Three nats-servers from the wheel clustered on loopback (JetStream R3), the mock upstream,
 one worker pool per model (two providers: the in-process mock and an OpenAI-compatible
-upstream) and two ingress replicas sharing one port (SO_REUSEPORT). Every part is a child
-process with its own log, so a test can SIGKILL any one of them and watch the rest cope.
+upstream), the batcher and two ingress replicas sharing one port (SO_REUSEPORT). Every
+part is a child process with its own log, so a test can SIGKILL any one of them and watch
+the rest cope.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class LocalCluster:
         self.upstream: Child | None = None
         self.workers: list[Child] = []
         self.ingresses: list[Child] = []
+        self.batcher: Child | None = None
 
     @property
     def base_url(self) -> str:
@@ -121,6 +123,7 @@ class LocalCluster:
             _wait_port(self.upstream_port, self.upstream, timeout)
             for models in self.worker_models:
                 self.start_worker(models, wait=timeout)
+            self.start_batcher(wait=timeout)
             for index in range(self.ingress_count):
                 self.ingresses.append(
                     self._child(
@@ -165,8 +168,15 @@ class LocalCluster:
             _wait_log(worker, " serving ", wait)
         return worker
 
+    def start_batcher(self, wait: float | None = None) -> Child:
+        """The process that runs bulk batches (issue 5); one is enough, more may run."""
+        self.batcher = self._child("batcher", ["batcher", "-c", str(self.config_path)]).start()
+        if wait:
+            _wait_log(self.batcher, "batcher running", wait)
+        return self.batcher
+
     def stop(self) -> None:
-        for child in [*self.ingresses, *self.workers]:
+        for child in [*self.ingresses, *self.workers, *([self.batcher] if self.batcher else [])]:
             child.stop()
         if self.upstream is not None:
             self.upstream.stop()
@@ -176,7 +186,7 @@ class LocalCluster:
         return (
             f"promptbus cluster up (R3): NATS {self.nats.url}\n"
             f"ingress x{len(self.ingresses)} on {self.base_url} (SO_REUSEPORT)\n"
-            f"workers: {', '.join('+'.join(m) for m in self.worker_models)}\n"
+            f"workers: {', '.join('+'.join(m) for m in self.worker_models)}; batcher\n"
             f"logs and stores: {self.store}\nCtrl-C stops everything."
         )
 

@@ -267,6 +267,7 @@ async def provision(js: JetStreamContext, config: Config, subjects: Subjects) ->
     await ensure_workers_bucket(js, config)
 
 
+@patient
 async def ensure_results_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
     """Batch results: the reply subjects of batch lines are captured here, one message per
     subject (a redelivered line's second reply replaces its first), until collected."""
