@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from schemas.batch import Batch, BatchCreate, BatchList, FileList, FileObject
 from schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -32,6 +33,11 @@ _TYPES: tuple[Any, ...] = (
     Model,
     ModelList,
     ErrorResponse,
+    FileObject,
+    FileList,
+    Batch,
+    BatchCreate,
+    BatchList,
 )
 
 # status -> when a client sees it (docs/errors.md has the codes)
@@ -71,6 +77,115 @@ def _post(summary: str, body: str, reply: dict[str, Any], op: str) -> dict[str, 
                 **_errors("400", "401", "403", "404", "413", "415", "429", "502", "503", "504"),
             },
         }
+    }
+
+
+def _get(op: str, summary: str, reply: str, *params: str, errors: tuple[str, ...] = ()) -> Any:
+    return {
+        "operationId": op,
+        "summary": summary,
+        "parameters": [_path_param(p) for p in params],
+        "responses": {
+            "200": {"description": summary, "content": _json(reply)},
+            **_errors("401", *errors),
+        },
+    }
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _files_and_batches() -> dict[str, Any]:
+    """Issue 5's OpenAI Files and Batches routes (ingress/batches.py)."""
+    upload = {
+        "type": "object",
+        "required": ["file", "purpose"],
+        "properties": {
+            "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "purpose": {"type": "string", "enum": ["batch", "batch_output"]},
+        },
+    }
+    deleted = {
+        "type": "object",
+        "required": ["id", "object", "deleted"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "file"},
+            "deleted": {"type": "boolean"},
+        },
+    }
+    return {
+        "/v1/files": {
+            "post": {
+                "operationId": "uploadFile",
+                "summary": "Upload a JSONL file (Object Store)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": upload}},
+                },
+                "responses": {
+                    "200": {"description": "The file", "content": _json("FileObject")},
+                    **_errors("400", "401", "413", "415"),
+                },
+            },
+            "get": _get("listFiles", "Stored files", "FileList"),
+        },
+        "/v1/files/{file_id}": {
+            "get": _get("retrieveFile", "One file", "FileObject", "file_id", errors=("404",)),
+            "delete": {
+                "operationId": "deleteFile",
+                "summary": "Delete a file",
+                "parameters": [_path_param("file_id")],
+                "responses": {
+                    "200": {
+                        "description": "Deleted",
+                        "content": {"application/json": {"schema": deleted}},
+                    },
+                    **_errors("401", "404"),
+                },
+            },
+        },
+        "/v1/files/{file_id}/content": {
+            "get": {
+                "operationId": "fileContent",
+                "summary": "The file's bytes (JSONL)",
+                "parameters": [_path_param("file_id")],
+                "responses": {
+                    "200": {
+                        "description": "The content",
+                        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors("401", "404"),
+                },
+            }
+        },
+        "/v1/batches": {
+            "post": {
+                "operationId": "createBatch",
+                "summary": "Start a batch over an uploaded file",
+                "requestBody": {"required": True, "content": _json("BatchCreate")},
+                "responses": {
+                    "200": {"description": "The batch", "content": _json("Batch")},
+                    **_errors("400", "401", "404", "415"),
+                },
+            },
+            "get": _get("listBatches", "Recent batches", "BatchList"),
+        },
+        "/v1/batches/{batch_id}": {
+            "get": _get("retrieveBatch", "One batch", "Batch", "batch_id", errors=("404",)),
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": {
+                "operationId": "cancelBatch",
+                "summary": "Cancel a batch",
+                "parameters": [_path_param("batch_id")],
+                "responses": {
+                    "200": {"description": "The batch", "content": _json("Batch")},
+                    **_errors("401", "404"),
+                },
+            }
+        },
     }
 
 
@@ -129,6 +244,7 @@ def openapi_document(title: str = "promptbus ingress", version: str = "0.1.0") -
                     },
                 }
             },
+            **_files_and_batches(),
         },
         "components": {
             "schemas": components,

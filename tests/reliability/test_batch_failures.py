@@ -24,7 +24,7 @@ from tests.reliability.conftest import (
     wait_served,
 )
 
-MODEL = "mock-gpt"
+MODEL = "mock-slow"  # 64 slots x 100 ms: ~640 lines/s, a batch lasts
 UNAVAILABLE: collections.Counter[str] = collections.Counter()  # batch polls refused
 
 
