@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from nats.errors import Error as NatsError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -49,7 +50,12 @@ from schemas.envelope import (
     H_RETRY_AFTER,
     H_SHOULD_RETRY,
 )
-from schemas.errors import BrokerError, from_validation_error, model_not_found
+from schemas.errors import (
+    BrokerError,
+    from_validation_error,
+    model_not_found,
+    queue_unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +292,9 @@ def create_app(
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, NatsError):  # NATS answered late or not at all (leader election)
+            log.warning("NATS error on %s: %s", request.url.path, exc)
+            return error_response(queue_unavailable(f"NATS: {exc}"))
         log.exception("unhandled error on %s", request.url.path)
         return error_response(
             BrokerError(
