@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-tenancy bench-failover lint install clean
+.PHONY: run cluster test test-reliability bench bench-tenancy bench-failover lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/promptbus up
 
+cluster: $(STAMP)
+	$(BIN)/promptbus cluster -c deploy/cluster.yaml
+
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The long runs: 10,000 requests per failure, 10,000 fuzzed bodies, a 60 s soak.
+test-reliability: $(STAMP)
+	$(BIN)/pytest -q -s -m reliability tests/reliability
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py

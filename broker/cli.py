@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from broker import logs
 from broker.embedded import EmbeddedNats
-from broker.serve import http_server, run, serve_until, stop_event
+from broker.serve import http_server, run, serve_until, shared_socket, stop_event
 from broker.settings import ConfigError, load_config
 from schemas.config import Config
 
@@ -205,8 +206,18 @@ def cmd_ingress(args: argparse.Namespace) -> None:
     async def serve() -> None:
         stop = stop_event()
         server = http_server(create_app(config, nats_url=url), host, port)
-        print(f"ingress on http://{host}:{port} using NATS {url}", flush=True)
-        await serve_until(server, stop)
+        sockets = [shared_socket(host, port)] if args.reuse_port else None
+
+        async def announce() -> None:  # once started: replicas on one port are told apart
+            while not server.started:  # noqa: ASYNC110 (a uvicorn flag, no event)
+                await asyncio.sleep(0.05)
+            print(f"ingress on http://{host}:{port} using NATS {url}", flush=True)
+
+        announcing = asyncio.create_task(announce())
+        try:
+            await serve_until(server, stop, sockets)
+        finally:
+            announcing.cancel()
 
     run(serve())
 
@@ -273,6 +284,25 @@ def cmd_tenancy(args: argparse.Namespace) -> None:
     run(args.action(args, config, _nats_url(args, config)))
 
 
+def cmd_cluster(args: argparse.Namespace) -> None:
+    """``make cluster``: the compose.yaml topology as local processes (broker/cluster.py)."""
+    from broker.cluster import LocalCluster
+
+    config_path = args.config or "deploy/cluster.yaml"
+    cluster = LocalCluster(config_path, Path(args.store), ingress_port=args.port)
+
+    async def wait() -> None:
+        await stop_event().wait()
+
+    try:
+        cluster.start()
+        print(cluster.describe(), flush=True)
+        run(wait())
+    finally:
+        cluster.stop()
+        print("promptbus cluster: stopped", file=sys.stderr)
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from broker.status import show
 
@@ -312,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingress = add("ingress", cmd_ingress, "run the HTTP ingress")
     ingress.add_argument("--host", default=None)
     ingress.add_argument("--port", type=int, default=None)
+    ingress.add_argument(
+        "--reuse-port", action="store_true", help="share the port with other ingresses"
+    )
     mock = commands.add_parser("mock-upstream", help="a fake OpenAI-compatible HTTP server")
     mock.set_defaults(func=cmd_mock_upstream)
     mock.add_argument("--host", default="127.0.0.1")
@@ -350,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("batch_id")
     fetch.add_argument("--output", "-o", default=None, help="default <batch-id>.jsonl")
     fetch.add_argument("--wait", action="store_true", help="wait for the batch to end")
+    cluster = add(
+        "cluster", cmd_cluster, "local R3 cluster: 3 nats-servers, workers, 2 ingresses", nats=False
+    )
+    cluster.add_argument("--port", type=int, default=8080, help="the ingresses' shared port")
+    cluster.add_argument("--store", default=".promptbus/cluster", help="stores and logs")
     status = add("status", cmd_status, "deployments, breakers and queues as a table")
     status.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh")
     return parser

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from broker import metrics
 from broker.breakers import BreakerRecords
@@ -88,8 +89,11 @@ from schemas.errors import (
 
 # Time granted past the deadline for the worker's own, more precise, 504 to arrive.
 DEADLINE_GRACE_S = 0.25
+REASK_AFTER_S = 2.5  # after our reconnect: the workers' replies held back 1.5 s arrive first
+REASK_FOR_S = 60.0  # how long to keep asking while the stream does not answer
 # How long JetStream may take to confirm it stored a request.
-PUBLISH_ACK_TIMEOUT_S = 5.0
+PUBLISH_ACK_TIMEOUT_S = 10.0  # covers a reconnect and a stream leader election
+PUBLISH_ATTEMPT_S = 2.0  # one publish's wait for its ack before sending it again
 
 
 DEFAULT_NAMESPACE = "default"  # the cache namespace of requests without a tenant
@@ -193,6 +197,9 @@ class BrokerClient:
         self._tokens = itertools.count()
         self._prefix = ""
         self._sub: Subscription | None = None
+        self._sent: dict[str, _Sent] = {}  # token -> how to ask again (non-streamed requests)
+        self._reasker: asyncio.Task[None] | None = None
+        self.reasked = 0  # requests asked again after a reply was lost in a reconnect
 
     @classmethod
     async def connect(
@@ -235,8 +242,11 @@ class BrokerClient:
         self._prefix = self.nc.new_inbox()
         self._prefix_len = len(self._prefix) + 1
         self._sub = await self.nc.subscribe(f"{self._prefix}.>", cb=self._on_reply)
+        self._reasker = asyncio.create_task(self._reask_after_reconnects())
 
     async def close(self) -> None:
+        if self._reasker is not None:
+            self._reasker.cancel()
         if self.semantic is not None:
             await self.semantic.close()
         await self.directory.stop()
@@ -250,6 +260,49 @@ class BrokerClient:
         self._pending.clear()
         if self._owns_connection:
             await self.nc.drain()
+
+    async def _reask_after_reconnects(self) -> None:
+        """Replies are core NATS: one sent while our connection was being re-established
+        reached nobody, and its request is already acked. After each reconnect, ask the
+        stream about every request still unanswered: gone from the stream means answered
+        (or moved on) and the answer lost, so it is asked again under a new message id."""
+        reconnects = self.nc.stats["reconnects"]
+        while True:
+            await asyncio.sleep(0.5)
+            if self.nc.stats["reconnects"] == reconnects:
+                continue
+            reconnects = self.nc.stats["reconnects"]
+            give_up = time.monotonic() + REASK_FOR_S
+            while time.monotonic() < give_up:  # until one sweep gets every answer
+                await asyncio.sleep(REASK_AFTER_S)
+                tokens = [t for t in self._sent if _waiting(self._pending.get(t))]
+                failed = 0
+                for start in range(0, len(tokens), 256):
+                    results = await asyncio.gather(
+                        *(self._reask(t) for t in tokens[start : start + 256]),
+                        return_exceptions=True,
+                    )
+                    failed += sum(isinstance(r, Exception) for r in results)
+                if not failed:  # a leader election makes the stream answer late
+                    break
+
+    async def _reask(self, token: str) -> None:
+        sent = self._sent.get(token)
+        if sent is None:
+            return
+        try:
+            await self.js.get_msg(self.subjects.stream, sent.seq)
+            return  # still queued or being worked on: its reply will come
+        except NotFoundError:
+            pass
+        if not _waiting(self._pending.get(token)):
+            return
+        headers = {**sent.headers, H_MSG_ID: f"{sent.headers[H_MSG_ID]}.{sent.seq}"}
+        seq = await self._publish_until_acked(
+            sent.subject, sent.body, headers, f"{token}.r", sent.timeout
+        )
+        self._sent[token] = sent._replace(headers=headers, seq=seq)
+        self.reasked += 1
 
     def _cancel(self, token: str) -> None:
         """Tell the worker holding request ``token`` to drop it (best effort)."""
@@ -329,9 +382,7 @@ class BrokerClient:
             tenancy=tenancy,
         )
         ack_key = f"{token}.a"
-        ack: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[token] = pending
-        self._pending[ack_key] = ack
         try:
             headers = meta.to_headers()
             # De-duplicate our own publish only: a caller's request id may repeat (the
@@ -339,15 +390,42 @@ class BrokerClient:
             headers[H_MSG_ID] = f"{self._prefix}.{token}"
             if self.api_key and tenancy is None:  # a NATS caller: the worker checks it
                 headers[H_AUTHORIZATION] = f"Bearer {self.api_key}"
-            await self.nc.publish(subject, body, reply=f"{self._prefix}.{ack_key}", headers=headers)
-            async with asyncio.timeout(min(timeout, PUBLISH_ACK_TIMEOUT_S)):
-                _check_publish_ack(await ack)
-        except TimeoutError:
-            self._pending.pop(token, None)
-            raise queue_unavailable("no publish acknowledgement from JetStream") from None
+            seq = await self._publish_until_acked(subject, body, headers, ack_key, timeout)
+            if isinstance(pending, asyncio.Future):
+                self._sent[token] = _Sent(subject, body, headers, seq, timeout)
         except BaseException:
             self._pending.pop(token, None)
             raise
+
+    async def _publish_until_acked(
+        self, subject: str, body: bytes, headers: dict[str, str], ack_key: str, timeout: float
+    ) -> int:
+        """Publish until JetStream acks, within ``PUBLISH_ACK_TIMEOUT_S``.
+
+        A nats-server that dies or a stream leader that moves (a cluster node restarting)
+        swallows a publish; sending it again is safe because the ``Nats-Msg-Id`` makes the
+        stream drop a copy it already holds, so the request is queued exactly once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, PUBLISH_ACK_TIMEOUT_S)
+        reason = "no publish acknowledgement from JetStream"
+        try:
+            while (left := deadline - loop.time()) > 0:
+                ack: asyncio.Future[Reply] = loop.create_future()
+                self._pending[ack_key] = ack
+                await self.nc.publish(
+                    subject, body, reply=f"{self._prefix}.{ack_key}", headers=headers
+                )
+                try:
+                    async with asyncio.timeout(min(left, PUBLISH_ATTEMPT_S)):
+                        reply = await ack
+                except TimeoutError:
+                    continue
+                if reply.headers.get("Status") != "503":
+                    return _check_publish_ack(reply)
+                reason = "no stream listens on the request subject"  # or no leader yet
+                await asyncio.sleep(min(PUBLISH_ATTEMPT_S / 4, max(0.0, left)))
+            raise queue_unavailable(reason)
         finally:
             self._pending.pop(ack_key, None)
 
@@ -454,6 +532,7 @@ class BrokerClient:
             raise deadline_exceeded(timeout, "before a worker replied") from None
         finally:
             self._pending.pop(token, None)
+            self._sent.pop(token, None)
 
     async def open_stream(
         self,
@@ -551,8 +630,28 @@ async def _response_cache(js: JetStreamContext, config: Config) -> ResponseCache
     return ResponseCache(settings, BoundedMemoryCache(settings.max_entries, settings.max_bytes))
 
 
-def _check_publish_ack(ack: Reply) -> None:
-    """A JetStream publish ack is ``{"stream":..., "seq":...}``; anything else is a failure."""
+def _waiting(pending: _Pending | None) -> bool:
+    return isinstance(pending, asyncio.Future) and not pending.done()
+
+
+class _Sent(NamedTuple):
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+    seq: int  # where the request sits in the stream until a worker acks it
+    timeout: float
+
+
+class _PubAck(msgspec.Struct):
+    seq: int
+
+
+_pub_ack_decoder = msgspec.json.Decoder(_PubAck)
+
+
+def _check_publish_ack(ack: Reply) -> int:
+    """A JetStream publish ack is ``{"stream":..., "seq":...}``; anything else is a failure.
+    Returns the sequence."""
     if ack.headers.get("Status") == "503":
         raise queue_unavailable("no stream listens on the request subject")
     if b'"error"' in ack.body:
@@ -564,6 +663,10 @@ def _check_publish_ack(ack: Reply) -> None:
         if err_code in _QUEUE_FULL_CODES or "maximum messages" in reason:
             raise no_capacity()
         raise queue_unavailable(f"JetStream refused the request: {reason}")
+    try:
+        return _pub_ack_decoder.decode(ack.body).seq
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise queue_unavailable(f"unexpected publish acknowledgement {ack.body[:100]!r}") from None
 
 
 # JetStream "maximum messages (per subject) exceeded" and "maximum bytes exceeded"

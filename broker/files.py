@@ -27,6 +27,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
+from broker.provision import ensure_replicas
 from broker.subjects import FILES, bucket
 from schemas.batch import FileObject
 from schemas.config import Config
@@ -65,6 +66,7 @@ class FileStore:
         name = bucket(config.nats.subject_prefix, FILES)
         try:
             store = await js.object_store(name)
+            await ensure_replicas(js, f"OBJ_{name}", config.nats.replicas)
         except NotFoundError:
             store = await js.create_object_store(
                 name,

@@ -1,11 +1,19 @@
 """Facts JetStream writes into a delivered message's ack subject, read without parsing
-all of ``Msg.metadata`` (which builds datetimes) on the hot path.
+all of ``Msg.metadata`` (which builds datetimes) on the hot path; and acks that survive
+a consumer leader moving to another node.
 
     $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
     $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>...  (v2)
 """
 
 from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 
 def _tokens(ack_subject: str | None) -> tuple[list[str], int] | None:
@@ -42,3 +50,27 @@ def stream_sequence(ack_subject: str | None) -> int | None:
         return int(tokens[base + 3])
     except ValueError:
         return None
+
+
+async def confirmed_ack(nc: NATS, msg: Msg, within: float, attempt_s: float = 1.0) -> bool:
+    """Ack ``msg`` and wait for JetStream to confirm, sending the ack again until it does.
+
+    A plain ack is fire-and-forget: if the consumer's leader dies (a cluster node
+    restarting) the ack is lost and the answered request is redelivered and answered a
+    second time. Acks are idempotent, so repeating one until the new leader confirms it
+    (within ``ack_wait``) turns a node failure into a pause instead of duplicate work.
+    False if no confirmation came within ``within`` seconds.
+    """
+    if not msg.reply:
+        return False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (left := deadline - loop.time()) > 0:
+        try:
+            await nc.request(msg.reply, b"+ACK", timeout=min(attempt_s, left))
+            return True
+        except (NatsTimeoutError, NoRespondersError):
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        except ConnectionClosedError:
+            return False
+    return False

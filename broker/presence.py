@@ -76,6 +76,9 @@ class PresencePublisher:
                 await self._kv.delete(self._key(model))
 
 
+STALL_GRACE_S = 15.0  # longer than a JetStream leader election (4-9 s) and a reconnect
+
+
 class WorkerDirectory:
     """A client's live view of which models and deployments are served, and how."""
 
@@ -84,11 +87,21 @@ class WorkerDirectory:
         self._seen: dict[str, dict[str, float]] = {}  # token -> worker_id -> monotonic ts
         self._beats: dict[str, WorkerBeat] = {}  # "<token>.<worker_id>" -> last beat
         self._follower = KVFollower(kv, self._apply)
+        self._heard = time.monotonic()  # the last update of any key
 
     async def start(self) -> None:
         await self._follower.start()
 
+    def _horizon(self) -> float:
+        """Beats older than this are gone. While no beat at all arrives (the bucket's
+        leader is being elected after a NATS node died, or our connection is back from a
+        reconnect), expiry pauses for up to ``STALL_GRACE_S``: silence everywhere is our
+        blindness, not every worker dying at once."""
+        now = time.monotonic()
+        return max(now - self._ttl - STALL_GRACE_S, min(now, self._heard + 1.0) - self._ttl)
+
     def _apply(self, key: str, value: bytes | None, revision: int | None) -> None:
+        self._heard = time.monotonic()
         token, _, worker_id = key.rpartition(".")
         if value is None:
             self._seen.get(token, {}).pop(worker_id, None)
@@ -106,7 +119,7 @@ class WorkerDirectory:
         workers = self._seen.get(model_token(model))
         if not workers:
             return False
-        horizon = time.monotonic() - self._ttl
+        horizon = self._horizon()
         return any(ts > horizon for ts in workers.values())
 
     def deployment_stats(self, model: str) -> dict[str, list[DeploymentStats]]:

@@ -7,7 +7,10 @@ changed setting (say a new max_concurrency) updates the existing object in place
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -21,6 +24,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from broker.subjects import BATCHES, BREAKERS, CACHE, KEYS, RATELIMITS, WORKERS, Subjects, bucket
 from schemas.config import Config, DeploymentConfig, ModelConfig
@@ -30,7 +34,24 @@ log = logging.getLogger(__name__)
 DUPLICATE_WINDOW_S = 120.0
 INTAKE_MAX_ACK_PENDING = 1024
 
+P = ParamSpec("P")
+T = TypeVar("T")
 
+
+def patient(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Retry a JetStream API call that timed out: a cluster creating R3 streams for
+    several processes starting at once, or electing a leader, answers late. Every step
+    here is idempotent, so a retry after a timeout that did succeed is harmless."""
+    wrapped: Callable[P, Awaitable[T]] = retry(
+        retry=retry_if_exception_type(NatsTimeoutError),
+        stop=stop_after_attempt(5),
+        wait=wait_fixed(0.5),
+        reraise=True,
+    )(fn)
+    return wrapped
+
+
+@patient
 async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
     """The work-queue stream that holds every request until a worker acks it."""
     stream = StreamConfig(
@@ -127,6 +148,7 @@ def deployment_consumer_config(
     )
 
 
+@patient
 async def ensure_consumer(
     js: JetStreamContext, consumer: ConsumerConfig, subjects: Subjects
 ) -> str:
@@ -140,11 +162,26 @@ async def ensure_consumer(
     return consumer.durable_name
 
 
+@patient
 async def _ensure_bucket(js: JetStreamContext, kv: KeyValueConfig) -> KeyValue:
     try:
-        return await js.key_value(kv.bucket)
+        bucket = await js.key_value(kv.bucket)
     except NotFoundError:  # BucketNotFoundError is a NotFoundError
         return await js.create_key_value(kv)
+    await ensure_replicas(js, f"KV_{kv.bucket}", kv.replicas)
+    return bucket
+
+
+@patient
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Scale an existing stream (a KV bucket is one) to ``nats.replicas``: moving from
+    the embedded R1 to a cluster's R3 needs no manual step, and an equal count is a no-op."""
+    info = await js.stream_info(stream)
+    if info.config.num_replicas == replicas:
+        return
+    info.config.num_replicas = replicas
+    await js.update_stream(info.config)
+    log.info("stream %s now has %d replicas", stream, replicas)
 
 
 async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
@@ -230,6 +267,7 @@ async def provision(js: JetStreamContext, config: Config, subjects: Subjects) ->
     await ensure_workers_bucket(js, config)
 
 
+@patient
 async def ensure_results_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
     """Batch results: the reply subjects of batch lines are captured here, one message per
     subject (a redelivered line's second reply replaces its first), until collected."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -32,6 +33,10 @@ def http_server(app: Any, host: str, port: int) -> QuietServer:
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # Idle keep-alive longer than clients' and load balancers' own (aiohttp 15 s,
+        # nginx upstream 60 s): the client side closes first, so a client never reuses a
+        # connection the server is closing (ServerDisconnectedError in the soak at 5 s).
+        timeout_keep_alive=75,
     )
     return QuietServer(config)
 
@@ -45,9 +50,23 @@ def stop_event() -> asyncio.Event:
     return event
 
 
-async def serve_until(server: QuietServer, stop: asyncio.Event) -> None:
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket with SO_REUSEPORT: several ingress processes bind the same port
+    and the kernel spreads connections over them (``promptbus cluster``'s replicas)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve_until(
+    server: QuietServer, stop: asyncio.Event, sockets: list[socket.socket] | None = None
+) -> None:
     """Run ``server`` until ``stop`` is set or it exits on its own (e.g. port in use)."""
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True

@@ -32,6 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from broker.provision import ensure_replicas, patient
 from broker.subjects import model_token
 from schemas.config import Config
 from schemas.tenancy import Period, UsageRow
@@ -54,6 +55,7 @@ def usage_stream(config: Config) -> str:
     return f"{config.nats.stream}_USAGE"
 
 
+@patient
 async def ensure_usage_stream(js: JetStreamContext, config: Config) -> None:
     prefix = config.nats.subject_prefix
     stream = StreamConfig(
@@ -70,6 +72,8 @@ async def ensure_usage_stream(js: JetStreamContext, config: Config) -> None:
         await js.stream_info(stream.name or "")
     except NotFoundError:
         await js.add_stream(stream)
+        return
+    await ensure_replicas(js, stream.name or "", config.nats.replicas)
 
 
 # ---------------------------------------------------------------- periods

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from nats.errors import Error as NatsError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,6 +32,7 @@ from broker.client import BrokerClient, Reply, ReplyStream
 from ingress.admin import admin_routes
 from ingress.batches import batch_routes
 from ingress.http_io import error_response, read_body, request_timeout, require_json
+from ingress.openapi import openapi_json
 from schemas.chat import (
     Model,
     ModelList,
@@ -48,7 +50,12 @@ from schemas.envelope import (
     H_RETRY_AFTER,
     H_SHOULD_RETRY,
 )
-from schemas.errors import BrokerError, from_validation_error, model_not_found
+from schemas.errors import (
+    BrokerError,
+    from_validation_error,
+    model_not_found,
+    queue_unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +260,11 @@ def create_app(
             media_type="application/json",
         )
 
+    openapi = openapi_json()
+
+    async def openapi_endpoint(request: Request) -> Response:
+        return Response(openapi, media_type="application/json")
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -280,6 +292,9 @@ def create_app(
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, NatsError):  # NATS answered late or not at all (leader election)
+            log.warning("NATS error on %s: %s", request.url.path, exc)
+            return error_response(queue_unavailable(f"NATS: {exc}"))
         log.exception("unhandled error on %s", request.url.path)
         return error_response(
             BrokerError(
@@ -296,6 +311,7 @@ def create_app(
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),

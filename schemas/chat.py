@@ -17,7 +17,9 @@ NonEmptyStr = Annotated[str, Meta(min_length=1)]
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
-PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveInt = Annotated[int, Meta(ge=1, le=2**31 - 1)]  # token counts: providers' int32
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+Dimensions = Annotated[int, Meta(ge=1, le=16_384)]  # the widest embedding models: 4-8k
 
 
 class _Wire(Struct, omit_defaults=True):
@@ -219,7 +221,7 @@ class ChatCompletionRequest(_Wire):
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     response_format: ResponseFormat | None = None
     safety_identifier: str | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     service_tier: str | None = None
     stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
     store: bool | None = None
@@ -346,7 +348,7 @@ class EmbeddingRequest(_Wire):
     model: NonEmptyStr
     input: NonEmptyStr | Annotated[list[NonEmptyStr], Meta(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: PositiveInt | None = None
+    dimensions: Dimensions | None = None
     user: str | None = None
 
     def texts(self) -> list[str]:

@@ -190,6 +190,7 @@ class AdminConfig(_Config):
 class WorkerConfig(_Config):
     ack_wait_s: PositiveFloat = 30.0  # redelivery delay if a worker dies holding a request
     metrics_port: Port | None = None  # serve Prometheus metrics on this port (None: off)
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for Prometheus to scrape
     heartbeat_s: PositiveFloat = 2.0  # presence heartbeat period
     presence_ttl_s: PositiveFloat = 10.0  # a worker unseen for this long is gone
 

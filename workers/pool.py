@@ -8,7 +8,9 @@ reply the error.
 The pool never acks before the reply is published (or the request re-queued). Both go
 out on the same connection, in that order, so NATS delivers the reply before it
 processes the ack; a worker that dies in between leaves the request un-acked and
-JetStream redelivers it after ``ack_wait``.
+JetStream redelivers it after ``ack_wait``. The ack waits for JetStream's confirmation
+and is repeated until it comes (broker/jsack.py): a stream leader dying mid-batch does
+not make answered requests come back.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from broker import jsack, metrics, tracing
+from broker import connection, jsack, metrics, tracing
 from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -134,6 +136,7 @@ class DeploymentPool:
         self._failover = failover
         self.name = deployment.name
         self._progress_every = max(ack_wait / 3, 0.5)
+        self._ack_wait = ack_wait
         self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, started)
         self._by_reply: dict[str, asyncio.Task[object]] = {}  # reply subject -> its task
         self._sweeper: asyncio.Task[None] | None = None
@@ -226,7 +229,13 @@ class DeploymentPool:
             self._by_reply.pop(meta.reply_to, None)
             self._m_inflight.dec()
             if settled:
-                await msg.ack()
+                await self._ack(msg)
+
+    async def _ack(self, msg: Msg) -> None:
+        """A confirmed ack, retried while ``ack_wait`` lasts: after a cluster node dies,
+        an answered request must not be redelivered and answered (and billed) again."""
+        if not await jsack.confirmed_ack(self._nc, msg, self._ack_wait):
+            log.warning("ack of %s not confirmed within ack_wait", msg.subject)
 
     def cancel(self, reply_to: str) -> bool:
         """Abandon the request answering to ``reply_to``: its caller went away. The
@@ -302,6 +311,7 @@ class DeploymentPool:
                     if transforms is not None:
                         body = transforms.response(body)
                     body = self._stamp(body, meta)
+                    await connection.settled(self._nc)  # callers re-subscribed after a reconnect
                     await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
                     self._m_ok[_lane.get()].inc()
         except BrokerError as exc:
@@ -430,6 +440,7 @@ class DeploymentPool:
         rename = transforms.response if transforms is not None else None
         if first is not None:
             first = rename(first) if rename else first
+            await connection.settled(self._nc)  # callers re-subscribed after a reconnect
             await self._nc.publish(reply_to, self._stamp(first, meta), headers=headers)
             usage = self._count_tokens(first)
             try:
@@ -439,6 +450,7 @@ class DeploymentPool:
                         usage = counted
                         if not relay_usage and _USAGE_ONLY in chunk:
                             continue  # asked for on the caller's behalf only
+                    await connection.settled(self._nc)  # callers re-subscribed after a reconnect
                     await self._nc.publish(
                         reply_to, rename(chunk) if rename else chunk, headers=headers
                     )
@@ -450,6 +462,7 @@ class DeploymentPool:
                 await self._error(meta, exc)
                 return usage
         await self._account(meta, usage)
+        await connection.settled(self._nc)  # callers re-subscribed after a reconnect
         await self._nc.publish(reply_to, b"", headers=self._ok_headers(meta, kind=self._end))
         self._m_ok[_lane.get()].inc()
         return usage
@@ -492,6 +505,7 @@ class DeploymentPool:
         transforms = _transforms.get()
         model = transforms.response_model if transforms is not None else None
         body = self._stamp(embeddings.reply_body(result, request, model), meta)
+        await connection.settled(self._nc)  # callers re-subscribed after a reconnect
         await self._nc.publish(meta.reply_to, body, headers=self._ok_headers(meta))
         self._m_ok[_lane.get()].inc()
         return usage

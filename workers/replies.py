@@ -6,6 +6,7 @@ import contextlib
 
 from nats.aio.client import Client as NATS
 
+from broker import connection
 from schemas.envelope import (
     H_DEPLOYMENT,
     H_ERROR_SOURCE,
@@ -39,4 +40,5 @@ async def reply_error(nc: NATS, meta: RequestMeta, error: BrokerError, deploymen
     if meta.failed:
         headers[H_FAILOVER_FROM] = ",".join(meta.failed)
     with contextlib.suppress(Exception):
+        await connection.settled(nc)  # callers re-subscribed after a reconnect
         await nc.publish(meta.reply_to, error.to_json(), headers=headers)

@@ -179,7 +179,9 @@ class Worker:
             self._watch_queues(js, subjects.stream, sorted(self._queues))
         )
         if config.worker.metrics_port is not None:
-            prometheus_client.start_http_server(config.worker.metrics_port, addr="127.0.0.1")
+            prometheus_client.start_http_server(
+                config.worker.metrics_port, addr=config.worker.metrics_host
+            )
 
     def _pool(
         self,
