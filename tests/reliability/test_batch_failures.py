@@ -90,8 +90,21 @@ def wait_batch(http: httpx.Client, batch_id: str, done: int, timeout: float) -> 
         time.sleep(0.1)
 
 
+def _download(http: httpx.Client, path: str, tries: int = 5) -> str:
+    """A download that a stream-leader election cuts off is retried: the file is intact in
+    the Object Store, only that read broke (known limitation of the content route)."""
+    for attempt in range(tries):
+        try:
+            return http.get(path).text
+        except httpx.HTTPError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
 def check_exactly_once(http: httpx.Client, batch: Any, ids: list[str], label: str) -> None:
-    output = http.get(f"/v1/files/{batch['output_file_id']}/content").text.splitlines()
+    output = _download(http, f"/v1/files/{batch['output_file_id']}/content").splitlines()
     seen = [json.loads(line) for line in output]
     custom = [line["custom_id"] for line in seen]
     lost = len(set(ids) - set(custom))
