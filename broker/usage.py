@@ -196,32 +196,11 @@ class UsageRecorder:
         """Publish before returning: a budget or quota's next admission must see it."""
         await self._publish(self.increments(**usage))
 
-    def add(
-        self,
-        *,
-        tenant: str,
-        key_id: str,
-        model: str,
-        deployment: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cost_usd: float,
-        at: float,
-    ) -> None:
+    def add(self, **usage: Any) -> None:
         """Recorded with the next batch, within ``FLUSH_S`` (no I/O on the request path)."""
-        costs, tokens, details = self._names(tenant, key_id, model, deployment, int(at))
         pending = self._pending
-        cost = round(cost_usd * NANO)
-        for subject in costs:
-            pending[subject] += cost
-        total = prompt_tokens + completion_tokens
-        for subject in tokens:
-            pending[subject] += total
-        requests, prompt, completion, spent = details
-        pending[requests] += 1
-        pending[prompt] += prompt_tokens
-        pending[completion] += completion_tokens
-        pending[spent] += cost
+        for subject, value in self.increments(**usage).items():
+            pending[subject] += value
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(int)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -47,29 +48,20 @@ class Accounting:
         """Record the usage: before the reply leaves when a budget or quota depends on it
         (the caller's next request must see it), batched otherwise."""
         tenancy = meta.tenancy or _ANONYMOUS
-        now = time.time()
+        record: dict[str, Any] = {
+            "tenant": tenancy.tenant,
+            "key_id": tenancy.key_id,
+            "model": model,
+            "deployment": deployment,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_usd": cost_usd,
+            "at": time.time(),
+        }
         if tenancy.metered:
-            await self.recorder.record_now(
-                tenant=tenancy.tenant,
-                key_id=tenancy.key_id,
-                model=model,
-                deployment=deployment,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=cost_usd,
-                at=now,
-            )
+            await self.recorder.record_now(**record)
         else:
-            self.recorder.add(
-                tenant=tenancy.tenant,
-                key_id=tenancy.key_id,
-                model=model,
-                deployment=deployment,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cost_usd=cost_usd,
-                at=now,
-            )
+            self.recorder.add(**record)
         if tenancy.key_id != ANONYMOUS_KEY and usage.total_tokens != tenancy.estimate:
             task = asyncio.create_task(self.admission.settle(tenancy, usage.total_tokens))
             self._tasks.add(task)
