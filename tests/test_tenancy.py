@@ -79,6 +79,19 @@ def tenancy(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator
                         "deployments": [{"provider": "mock", "max_concurrency": 64, **priced}],
                     },
                     {"model_name": "other-model", "deployments": [{"provider": "mock"}]},
+                    {
+                        "model_name": "fragile-gpt",  # one deployment always fails: failover
+                        "deployments": [
+                            {
+                                "provider": "openai",
+                                "name": "dead-dep",
+                                "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                                "retry": {"max_attempts": 1},
+                                "breaker": {"failure_threshold": 1000, "min_requests": 1000},
+                            },
+                            {"provider": "mock", "name": "live-dep"},
+                        ],
+                    },
                 ],
             }
         )
@@ -129,6 +142,18 @@ def test_missing_unknown_and_revoked_keys_get_401(tenancy: Tenancy) -> None:
     assert tenancy.admin("POST", f"/admin/keys/{key_id}/revoke").status_code == 200
     for base in tenancy.ingresses:  # the revocation reached every ingress
         assert tenancy.chat(key, base=base).status_code == 401
+
+
+def test_a_request_failed_over_to_another_deployment_keeps_its_key(tenancy: Tenancy) -> None:
+    """The worker that gives a request up re-queues it for another deployment with its
+    signed tenancy: the next worker serves it in the key's name instead of refusing it
+    as unauthenticated (the key itself is not in the re-queued message)."""
+    key = tenancy.create_key(tenant="movers")
+    answers = [tenancy.chat(key, f"move {i}", model="fragile-gpt") for i in range(8)]
+    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
+    assert all(a.headers["x-promptbus-deployment"] == "live-dep" for a in answers)
+    moved = [a for a in answers if a.headers.get("x-promptbus-failover-from") == "dead-dep"]
+    assert moved  # some were pulled by the dead deployment first
 
 
 def test_rotation_keeps_the_key_and_retires_the_old_secret(tenancy: Tenancy) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -81,14 +82,7 @@ class Failover:
         redelivered original forwarded twice is stored once, while two requests that
         happen to share a caller's request id stay two requests.
         """
-        moved = RequestMeta(
-            request_id=meta.request_id,
-            reply_to=meta.reply_to,
-            deadline_ms=meta.deadline_ms,
-            traceparent=meta.traceparent,
-            failed=failed,
-        )
-        headers = moved.to_headers()
+        headers = msgspec.structs.replace(meta, failed=failed).to_headers()
         origin = jsack.stream_sequence(msg.reply)
         headers[H_MSG_ID] = f"fwd:{self._subjects.stream}:{origin}:{subject}"
         if origin is None:  # not from JetStream (cannot happen for pulled requests)
