@@ -9,9 +9,9 @@ from typing import IO
 import msgspec
 from nats.aio.msg import Msg
 
-from broker.batches import decode_token
+from broker.batches import decode_token, line_index
 from schemas.batch import LineError, OutputLine, OutputResponse, encoder
-from schemas.envelope import H_REQUEST_ID, H_STATUS
+from schemas.envelope import H_CUSTOM_ID, H_REQUEST_ID, H_STATUS
 
 H_LINE_ERROR = "Pb-Batch-Error"  # a line refused before queueing: the error code
 
@@ -40,14 +40,18 @@ class Results:
         self.errors.close()
 
     def add(self, msg: Msg) -> None:
-        """One stored result; a line already seen (answered twice) is skipped."""
-        _, index_token, custom_token = msg.subject.rsplit(".", 2)
-        index = int(index_token)
-        if index >= self.total or self.done[index]:
+        """One stored result; a line already seen (answered twice) is skipped, and so is
+        a message that names no line of this batch."""
+        headers = msg.headers or {}
+        request_id = headers.get(H_REQUEST_ID, "")
+        try:
+            index = line_index(request_id)
+        except ValueError:
+            return
+        if not 0 <= index < self.total or self.done[index]:
             return
         self._mark(index)
-        headers = msg.headers or {}
-        custom_id = decode_token(custom_token)
+        custom_id = decode_token(headers.get(H_CUSTOM_ID, "%00"))
         code = headers.get(H_LINE_ERROR)
         if code is not None:  # refused before queueing: no HTTP response to report
             try:
@@ -58,7 +62,7 @@ class Results:
             return
         response = OutputResponse(
             status_code=int(headers.get(H_STATUS, "200")),
-            request_id=headers.get(H_REQUEST_ID, ""),
+            request_id=request_id,
             body=msgspec.Raw(msg.data),
         )
         self._write(index, custom_id, response, None)

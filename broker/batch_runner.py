@@ -7,8 +7,9 @@ resume is in NATS, so a restarted runner continues where the last one stopped:
 - the batch record's status (KV, compare-and-set);
 - a publishing checkpoint, written after every confirmed block of lines; lines past it
   are re-published with the same ``Nats-Msg-Id`` (JetStream drops the duplicates);
-- the results stream, which keeps one message per line (``max_msgs_per_subject=1``): a
-  line answered twice (a worker died between reply and ack) still counts once.
+- the results stream, one subject per batch; a line answered twice (a worker died
+  between reply and ack) is stored twice and counted once (``Results`` keeps a byte per
+  line).
 
 Memory per running batch: one byte per line (which lines are done), the stream sequence
 of each line still queued (at most ``batch.max_outstanding``) and two blocks of lines
@@ -36,8 +37,10 @@ from nats.js.errors import NotFoundError
 from broker.batch_results import H_LINE_ERROR, Results
 from broker.batches import (
     BatchStore,
+    encode_token,
     is_terminal,
     lane_subject,
+    line_request_id,
     result_subject,
 )
 from broker.block_publish import BlockPublisher, Message, PublishError
@@ -57,6 +60,7 @@ from schemas.batch import (
 from schemas.chat import request_decoder
 from schemas.config import Config
 from schemas.envelope import (
+    H_CUSTOM_ID,
     H_DEADLINE,
     H_KIND,
     H_MSG_ID,
@@ -347,7 +351,7 @@ class BatchRun:
             if seq is None:
                 return stalled >= UNKNOWN_STALL_S
             try:
-                await self.js.get_msg(self.subjects.stream, seq)
+                await self.js.get_msg(self.subjects.bulk_stream, seq)
             except NotFoundError:
                 return True
             except Exception:
@@ -422,10 +426,11 @@ class BatchRun:
     def _message(self, index: int, line: bytes) -> tuple[int, Message]:
         """The lane request for line ``index``, or (index -1) the line's error result."""
         parsed = line_decoder.decode(line)  # validated already
-        reply = result_subject(self.subjects, self.batch_id, index, parsed.custom_id)
+        reply = result_subject(self.subjects, self.batch_id)
         headers = {
-            H_REQUEST_ID: f"{self.batch_id}-{index}",
+            H_REQUEST_ID: line_request_id(self.batch_id, index),
             H_MSG_ID: f"{self.batch_id}:{parsed.custom_id}",
+            H_CUSTOM_ID: encode_token(parsed.custom_id),
         }
         try:
             model = self._check_line(parsed.method, parsed.url, bytes(parsed.body))
@@ -542,7 +547,7 @@ class BatchRun:
 
     async def _results_subscription(self) -> JetStreamContext.PullSubscription:
         return await self.js.pull_subscribe(
-            f"{self.subjects.bres(self.batch_id)}.>",
+            result_subject(self.subjects, self.batch_id),
             stream=self.subjects.results_stream,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.NONE,
@@ -587,7 +592,7 @@ class BatchRun:
 
         async def delete(seq: int) -> bool:
             try:
-                return bool(await self.js.delete_msg(self.subjects.stream, seq))
+                return bool(await self.js.delete_msg(self.subjects.bulk_stream, seq))
             except Exception:
                 return False  # acked (done) meanwhile, or held by a worker
 
@@ -641,7 +646,7 @@ class BatchRun:
         await self.store.update(self.batch_id, change)
         with contextlib.suppress(Exception):
             await self.js.purge_stream(
-                self.subjects.results_stream, subject=f"{self.subjects.bres(self.batch_id)}.>"
+                self.subjects.results_stream, subject=result_subject(self.subjects, self.batch_id)
             )
         await self.store.forget_checkpoint(self.batch_id)
         log.info(

@@ -52,10 +52,22 @@ def lane_subject(subjects: Subjects, model: str) -> str:
     return subjects.bulk(model)
 
 
-def result_subject(subjects: Subjects, batch_id: str, index: int, custom_id: str) -> str:
-    """The reply subject of input line ``index``: captured by the results stream, so the
-    result is stored whether or not anyone listens, one message per line."""
-    return f"{subjects.bres(batch_id)}.{index}.{encode_token(custom_id)}"
+def result_subject(subjects: Subjects, batch_id: str) -> str:
+    """The reply subject of every line of a batch: captured by the results stream, so a
+    result is stored whether or not anyone listens. One subject per batch, not per line:
+    nats-server keeps an index entry per subject (about 300 bytes), which for a batch of
+    a million lines was most of its memory. A reply names its line in headers: the
+    request id ``<batch>-<index>`` and the ``Pb-Custom-Id`` the worker echoes."""
+    return subjects.bres(batch_id)
+
+
+def line_request_id(batch_id: str, index: int) -> str:
+    return f"{batch_id}-{index}"
+
+
+def line_index(request_id: str) -> int:
+    """The input line a result answers, from its echoed request id (ValueError if none)."""
+    return int(request_id.rpartition("-")[2])
 
 
 def encode_token(text: str) -> str:

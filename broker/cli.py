@@ -38,6 +38,7 @@ def _start_embedded(config: Config) -> EmbeddedNats:
         host=config.nats.host,
         port=config.nats.port,
         log_file=store.parent / "nats-server.log",
+        memory_limit_mb=config.nats.memory_limit_mb,
     )
     try:
         return server.start()

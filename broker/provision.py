@@ -27,6 +27,7 @@ from nats.js.kv import KeyValue
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from broker.subjects import BATCHES, BREAKERS, CACHE, KEYS, RATELIMITS, WORKERS, Subjects, bucket
+from schemas.batch import COMPLETION_WINDOWS
 from schemas.config import Config, DeploymentConfig, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,7 @@ async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects
     stream = StreamConfig(
         name=subjects.stream,
         description="promptbus request queue (work queue: a message lives until acked)",
-        subjects=[
-            subjects.chat_wildcard,
-            subjects.dep_wildcard,
-            subjects.bulk_wildcard,
-            subjects.embed_wildcard,
-        ],
+        subjects=[subjects.chat_wildcard, subjects.dep_wildcard, subjects.embed_wildcard],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_age=config.nats.max_queue_age_s,
@@ -149,11 +145,9 @@ def deployment_consumer_config(
 
 
 @patient
-async def ensure_consumer(
-    js: JetStreamContext, consumer: ConsumerConfig, subjects: Subjects
-) -> str:
+async def ensure_consumer(js: JetStreamContext, consumer: ConsumerConfig, stream: str) -> str:
     try:
-        await js.add_consumer(subjects.stream, consumer)
+        await js.add_consumer(stream, consumer)
     except BadRequestError as exc:
         raise RuntimeError(
             f"cannot create consumer {consumer.durable_name!r}: {exc.description}"
@@ -261,23 +255,50 @@ async def ensure_ratelimits_bucket(js: JetStreamContext, config: Config) -> KeyV
     )
 
 
+@patient
+async def ensure_bulk_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """The batch lane's work queue. Apart from the interactive stream so that batch lines
+    never fill it (a full stream refuses new requests), may wait as long as a batch may
+    run, and are de-duplicated over a short window (``batch.duplicate_window_s``)."""
+    stream = StreamConfig(
+        name=subjects.bulk_stream,
+        description="promptbus batch lane (work queue: a line lives until acked)",
+        subjects=[subjects.bulk_wildcard],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=float(max(COMPLETION_WINDOWS.values())),
+        max_msgs=config.nats.max_queued_requests,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=config.batch.duplicate_window_s,
+        num_replicas=config.nats.replicas,
+    )
+    try:
+        await js.stream_info(subjects.bulk_stream)
+    except NotFoundError:
+        await js.add_stream(stream)
+        log.info("created stream %s", subjects.bulk_stream)
+        return
+    await js.update_stream(stream)
+
+
 async def provision(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
-    """Everything a client needs before publishing: the stream and the presence bucket."""
+    """Everything a client needs before publishing: the streams and the presence bucket."""
     await ensure_stream(js, config, subjects)
+    await ensure_bulk_stream(js, config, subjects)
     await ensure_workers_bucket(js, config)
 
 
 @patient
 async def ensure_results_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
-    """Batch results: the reply subjects of batch lines are captured here, one message per
-    subject (a redelivered line's second reply replaces its first), until collected."""
+    """Batch results: the reply subjects of batch lines are captured here until collected.
+    One subject per batch; a redelivered line's second reply is stored too, and the
+    reader keeps the first (``broker/batch_results.py``)."""
     stream = StreamConfig(
         name=subjects.results_stream,
-        description="promptbus batch results (one message per request)",
+        description="promptbus batch results (one subject per batch)",
         subjects=[subjects.bres_wildcard],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_msgs_per_subject=1,
         discard=DiscardPolicy.OLD,
         max_age=config.batch.results_max_age_s,
         duplicate_window=DUPLICATE_WINDOW_S,

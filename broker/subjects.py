@@ -72,6 +72,12 @@ class Subjects:
         return _consumer_name("bulk", model)
 
     @property
+    def bulk_stream(self) -> str:
+        """The work queue of the batch lane, apart from interactive requests: its own
+        de-duplication window, age limit and size (``ensure_bulk_stream``)."""
+        return f"{self.stream}_BULK"
+
+    @property
     def embed_wildcard(self) -> str:
         return f"{self.prefix}.embed.>"
 

@@ -123,11 +123,18 @@ class ModelConfig(_Config):
                 deployment.model = self.model_name
 
 
+# The embedded nats-server's default GOMEMLIMIT (see broker/embedded.py).
+NATS_MEMORY_LIMIT_MB = 200
+
+
 class NatsConfig(_Config):
     url: str | None = None  # None: start the embedded nats-server
     host: str = "127.0.0.1"  # embedded server only
     port: Port = 4222  # embedded server only; 0 picks a free port
     store_dir: str = ".promptbus/nats"  # embedded server's JetStream store
+    # Embedded server only: its Go runtime's soft memory limit (GOMEMLIMIT, which wins
+    # when set in the environment); None lets the heap grow to twice its live size.
+    memory_limit_mb: Annotated[int, Meta(ge=64)] | None = NATS_MEMORY_LIMIT_MB
     stream: str = "PB_REQUESTS"
     subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "pb"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
@@ -201,6 +208,11 @@ class BatchConfig(_Config):
     max_outstanding: Annotated[int, Meta(ge=1)] = 20_000  # lines queued per batch at once
     max_file_bytes: Annotated[int, Meta(ge=1024)] = 512 * 1024 * 1024
     results_max_age_s: PositiveFloat = 7 * 24 * 3600.0  # uncollected results expire
+    # The batch lane's de-duplication window. nats-server holds about 250 bytes per line
+    # published within it (for up to twice as long): 20 s at 5,000 lines/s is ~50 MB,
+    # where the 120 s of the interactive stream made 1M-line batches cost ~250 MB. It must
+    # outlast a block's publish timeout (10 s), when the block is published again.
+    duplicate_window_s: Annotated[float, Meta(ge=15)] = 20.0
 
 
 class Config(_Config):

@@ -25,6 +25,7 @@ H_TENANT = "Pb-Tenant"
 H_TOKEN_ESTIMATE = "Pb-Token-Estimate"  # tokens charged at admission, corrected after
 H_METERED = "Pb-Metered"  # "1": a budget or quota applies, record usage before replying
 H_ADMISSION = "Pb-Admission"  # HMAC by the admitting process: "already checked"
+H_CUSTOM_ID = "Pb-Custom-Id"  # the caller's tag for the request, echoed on its replies
 
 # Reply headers (worker -> client)
 H_KIND = "Pb-Kind"
@@ -56,6 +57,7 @@ class RequestMeta(Struct, frozen=True):
     traceparent: str | None = None
     failed: tuple[str, ...] = ()
     tenancy: Tenancy | None = None  # set once the request was admitted
+    custom_id: str | None = None  # echoed on replies: many requests can share a reply subject
 
     def to_headers(self) -> dict[str, str]:
         msg_id = self.request_id + (f":{len(self.failed)}" if self.failed else "")
@@ -70,6 +72,8 @@ class RequestMeta(Struct, frozen=True):
             headers[H_FAILED] = ",".join(self.failed)
         if self.tenancy is not None:
             headers.update(self.tenancy.to_headers())
+        if self.custom_id is not None:
+            headers[H_CUSTOM_ID] = self.custom_id
         return headers
 
     @classmethod
@@ -89,6 +93,7 @@ class RequestMeta(Struct, frozen=True):
             traceparent=headers.get(H_TRACEPARENT),
             failed=tuple(failed.split(",")) if failed else (),
             tenancy=Tenancy.from_headers(headers) if H_ADMISSION in headers else None,
+            custom_id=headers.get(H_CUSTOM_ID),
         )
 
     def remaining(self, now_ms: int | None = None) -> float | None:

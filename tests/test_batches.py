@@ -321,6 +321,41 @@ def test_line_errors_and_upstream_failures_go_to_the_error_file(env: BatchEnv) -
     assert errors["wrong-url"]["error"]["code"] == "invalid_url"
 
 
+def test_any_custom_id_comes_back_verbatim_through_the_batch_lane_stream(env: BatchEnv) -> None:
+    """custom_ids travel in a header (Pb-Custom-Id, percent-encoded) and come back on the
+    reply, since every line of a batch shares one reply subject. Lines wait in the batch
+    lane's own stream, not in the interactive one."""
+    import asyncio
+
+    import nats
+
+    async def last_seqs() -> tuple[int, int]:
+        nc = await nats.connect(env.nats.url)
+        js = nc.jetstream()
+        main, bulk = await js.stream_info("PB_REQUESTS"), await js.stream_info("PB_REQUESTS_BULK")
+        await nc.close()
+        return main.state.last_seq, bulk.state.last_seq
+
+    awkward = ["a.b.c", "with space", "ünïcødé ✓", "100%", "tab\there", 'quote"s', "*", ">"]
+    awkward += ["line\nbreak", "slash/and\\back", "x" * 300, "-7"]
+    lines = [chat_line(custom_id) for custom_id in awkward]
+    lines.append(chat_line("bad model. ✓", model="no-such-model"))
+    main_before, bulk_before = asyncio.run(last_seqs())
+    batch = env.done(env.submit(lines))
+    main_after, bulk_after = asyncio.run(last_seqs())
+    assert batch["request_counts"] == {"total": 13, "completed": 12, "failed": 1}, batch
+    output = env.file_lines(batch["output_file_id"])
+    assert sorted(line["custom_id"] for line in output) == sorted(awkward)
+    for line in output:
+        content = line["response"]["body"]["choices"][0]["message"]["content"]
+        assert content == f"mock reply to: {line['custom_id']}"
+    [error] = env.file_lines(batch["error_file_id"])
+    assert error["custom_id"] == "bad model. ✓"
+    assert error["error"]["code"] == "model_not_found"
+    assert bulk_after - bulk_before == 12  # the lines that could run, in the lane's stream
+    assert main_after == main_before
+
+
 # ---------------------------------------------------------------- crashes and cancel
 
 
@@ -433,8 +468,9 @@ def test_cli_submit_bare_lines_wait_and_resume(env: BatchEnv, tmp_path: Path) ->
 
 
 def test_raw_lane_results_are_kept_for_a_submitter_that_is_not_listening(env: BatchEnv) -> None:
-    """docs/subjects.md, "Bulk work": publish to pb.bulk.<model> with a pb.bres reply
-    subject, disconnect, and read the results back later with bare nats-py."""
+    """docs/subjects.md, "Bulk work": publish to pb.bulk.<model> with one pb.bres reply
+    subject for the whole job, disconnect, and read the results back later with bare
+    nats-py: each result names its request by the echoed request id and custom id."""
     import asyncio
 
     import nats
@@ -448,8 +484,9 @@ def test_raw_lane_results_are_kept_for_a_submitter_that_is_not_listening(env: Ba
                 "pb.bulk.batch-gpt",
                 json.dumps(body).encode(),
                 headers={
-                    "Pb-Reply-To": f"pb.bres.rawjob.{i}.r{i}",
+                    "Pb-Reply-To": "pb.bres.rawjob",
                     "Pb-Request-Id": f"rawjob-{i}",
+                    "Pb-Custom-Id": f"r{i}",
                     "Nats-Msg-Id": f"rawjob:{i}",
                 },
             )
@@ -457,19 +494,21 @@ def test_raw_lane_results_are_kept_for_a_submitter_that_is_not_listening(env: Ba
         await asyncio.sleep(1.0)
         nc = await nats.connect(env.nats.url)
         js = nc.jetstream()
-        sub = await js.pull_subscribe("pb.bres.rawjob.>", stream="PB_REQUESTS_RESULTS")
+        sub = await js.pull_subscribe("pb.bres.rawjob", stream="PB_REQUESTS_RESULTS")
         msgs = []
         while len(msgs) < 5:
             msgs += await sub.fetch(5 - len(msgs), timeout=10)
-        await js.purge_stream("PB_REQUESTS_RESULTS", subject="pb.bres.rawjob.>")
+        await js.purge_stream("PB_REQUESTS_RESULTS", subject="pb.bres.rawjob")
         await nc.close()
-        return [(m.subject, (m.headers or {}).get("Pb-Kind", ""), json.loads(m.data)) for m in msgs]
+        return [(m.subject, dict(m.headers or {}), json.loads(m.data)) for m in msgs]
 
     results = asyncio.run(scenario())
-    assert sorted(subject for subject, _, _ in results) == [
-        f"pb.bres.rawjob.{i}.r{i}" for i in range(5)
+    assert {subject for subject, _, _ in results} == {"pb.bres.rawjob"}
+    assert sorted(headers["Pb-Custom-Id"] for _, headers, _ in results) == [
+        f"r{i}" for i in range(5)
     ]
-    for subject, kind, body in results:
-        index = subject.split(".")[3]
-        assert kind == "response"
+    for _, headers, body in results:
+        index = headers["Pb-Request-Id"].removeprefix("rawjob-")
+        assert headers["Pb-Custom-Id"] == f"r{index}"
+        assert headers["Pb-Kind"] == "response"
         assert body["choices"][0]["message"]["content"] == f"mock reply to: raw {index}"

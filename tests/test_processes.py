@@ -41,7 +41,7 @@ def test_up_serves_and_stops_without_orphans(tmp_path: Path) -> None:
     config.write_text(
         yaml.safe_dump(
             {
-                "nats": {"port": nats_port, "store_dir": str(store)},
+                "nats": {"port": nats_port, "store_dir": str(store), "memory_limit_mb": 128},
                 "ingress": {"port": port},
                 "auth": {"required": True},
                 "model_list": [{"model_name": "mock-gpt", "deployments": [{"provider": "mock"}]}],
@@ -51,7 +51,10 @@ def test_up_serves_and_stops_without_orphans(tmp_path: Path) -> None:
     up = Proc([*PROMPTBUS, "up", "-c", str(config)], tmp_path / "up.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", up)
-        assert _pids_with(str(store)), "embedded nats-server not running"
+        [nats_pid] = _pids_with(str(store))
+        environ = Path(f"/proc/{nats_pid}/environ").read_bytes().split(b"\0")
+        expected = os.environ.get("GOMEMLIMIT", "128MiB")  # the environment's wins
+        assert f"GOMEMLIMIT={expected}".encode() in environ  # nats.memory_limit_mb
         chat = {"model": "mock-gpt", "messages": [{"role": "user", "content": "up"}]}
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         assert httpx.post(url, json=chat).status_code == 401  # auth.required: keys needed

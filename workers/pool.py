@@ -39,6 +39,7 @@ from schemas.chat import (
 )
 from schemas.config import DeploymentConfig, ModelConfig, TransformConfig
 from schemas.envelope import (
+    H_CUSTOM_ID,
     H_DEPLOYMENT,
     H_FAILOVER_FROM,
     H_KIND,
@@ -212,7 +213,8 @@ class DeploymentPool:
         key = id(msg)
         self._working[key] = (msg, time.monotonic())
         task = asyncio.current_task()
-        if task is not None:
+        cancellable = lane is Lane.INTERACTIVE  # batch lines share one reply subject
+        if cancellable and task is not None:
             self._by_reply[meta.reply_to] = task
         self._m_inflight.inc()
         settled = True
@@ -226,7 +228,8 @@ class DeploymentPool:
                 slots.release(lane)
         finally:
             del self._working[key]
-            self._by_reply.pop(meta.reply_to, None)
+            if cancellable:
+                self._by_reply.pop(meta.reply_to, None)
             self._m_inflight.dec()
             if settled:
                 await self._ack(msg)
@@ -562,6 +565,8 @@ class DeploymentPool:
 
     def _ok_headers(self, meta: RequestMeta, kind: dict[str, str] | None = None) -> dict[str, str]:
         headers = (kind or self._ok) | {H_REQUEST_ID: meta.request_id}
+        if meta.custom_id is not None:
+            headers[H_CUSTOM_ID] = meta.custom_id
         if meta.failed:
             headers[H_FAILOVER_FROM] = ",".join(meta.failed)
         return headers

@@ -8,6 +8,7 @@ from nats.aio.client import Client as NATS
 
 from broker import connection
 from schemas.envelope import (
+    H_CUSTOM_ID,
     H_DEPLOYMENT,
     H_ERROR_SOURCE,
     H_FAILOVER_FROM,
@@ -33,6 +34,8 @@ async def reply_error(nc: NATS, meta: RequestMeta, error: BrokerError, deploymen
         H_SHOULD_RETRY: "true" if error.retryable else "false",
         H_REQUEST_ID: meta.request_id,
     }
+    if meta.custom_id is not None:
+        headers[H_CUSTOM_ID] = meta.custom_id
     if error.retry_after is not None:
         headers[H_RETRY_AFTER] = f"{error.retry_after:.3f}"
     if error.detail.type == "upstream_error":

@@ -95,7 +95,7 @@ class Worker:
         self._accounting: Accounting | None = None
         self._intakes: list[PullConsumer] = []
         self._directory: WorkerDirectory | None = None
-        self._queues: set[str] = set()
+        self._queues: set[tuple[str, str]] = set()  # (stream, consumer)
         self._queue_watch: asyncio.Task[None] | None = None
         self._cancels: Subscription | None = None
         self._pools: list[DeploymentPool] = []
@@ -130,13 +130,13 @@ class Worker:
                 consumer = intake_consumer_config(model, config, subjects)
             else:
                 consumer = consumer_config(model, config, subjects)
-            queue = await ensure_consumer(js, consumer, subjects)
-            self._queues.add(queue)
+            queue = await ensure_consumer(js, consumer, subjects.stream)
+            self._queues.add((subjects.stream, queue))
             # The batch lane: every deployment pulls it directly (least-busy), routing or not.
             batch_queue = await ensure_consumer(
-                js, bulk_consumer_config(model, config, subjects), subjects
+                js, bulk_consumer_config(model, config, subjects), subjects.bulk_stream
             )
-            self._queues.add(batch_queue)
+            self._queues.add((subjects.bulk_stream, batch_queue))
             served: list[tuple[DeploymentPool, PullConsumer]] = []
             for deployment in model.deployments:
                 try:
@@ -146,8 +146,8 @@ class Worker:
                     continue
                 if routed:  # each deployment pulls from its own queue
                     own = deployment_consumer_config(deployment, config, subjects)
-                    pool_queue = await ensure_consumer(js, own, subjects)
-                    self._queues.add(pool_queue)
+                    pool_queue = await ensure_consumer(js, own, subjects.stream)
+                    self._queues.add((subjects.stream, pool_queue))
                 else:  # every deployment pulls from the model's queue: least-busy
                     pool_queue = queue
                 queues = (pool_queue, batch_queue)
@@ -175,9 +175,7 @@ class Worker:
             self._pace_task = asyncio.create_task(self._pace())
         await self._presence.start()
         self._cancels = await nc.subscribe(subjects.cancel, cb=self._on_cancel)
-        self._queue_watch = asyncio.create_task(
-            self._watch_queues(js, subjects.stream, sorted(self._queues))
-        )
+        self._queue_watch = asyncio.create_task(self._watch_queues(js, sorted(self._queues)))
         if config.worker.metrics_port is not None:
             prometheus_client.start_http_server(
                 config.worker.metrics_port, addr=config.worker.metrics_host
@@ -237,7 +235,7 @@ class Worker:
             return min(idle, pace()) if pace is not None else idle
 
         batch = PullConsumer(
-            nc, subjects.stream, batch_queue, capacity, pool.handle_batch, gate=idle_slots
+            nc, subjects.bulk_stream, batch_queue, capacity, pool.handle_batch, gate=idle_slots
         )
         if pacer is not None:
             self._pacers.append((pacer, interactive, batch))
@@ -277,10 +275,10 @@ class Worker:
             state = _BREAKER_GAUGE[pool.breaker.state]
             metrics.BREAKER_STATE.labels(pool.name).set(state)
 
-    async def _watch_queues(self, js: JetStreamContext, stream: str, queues: list[str]) -> None:
+    async def _watch_queues(self, js: JetStreamContext, queues: list[tuple[str, str]]) -> None:
         """Queue depths from JetStream for the metrics, every few seconds."""
         while True:
-            for queue in queues:
+            for stream, queue in queues:
                 with contextlib.suppress(Exception):
                     info = await js.consumer_info(stream, queue)
                     metrics.QUEUED.labels(queue).set(info.num_pending)
