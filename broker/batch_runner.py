@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from broker.batch_lease import BatchLease, new_owner
 from broker.batch_results import H_LINE_ERROR, Results
 from broker.batches import (
     BatchStore,
@@ -92,7 +93,7 @@ class MalformedLine(Exception):
 
 
 class Batcher:
-    """Finds unfinished batches and runs each one."""
+    """Finds unfinished batches and runs each one it can lease (broker/batch_lease.py)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -104,6 +105,7 @@ class Batcher:
         self._owns_connection = False
         self.store: BatchStore | None = None
         self.keys: KeyStore | None = None
+        self.owner = new_owner()  # this batcher's name in batch leases
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
         if nc is None:
@@ -129,16 +131,28 @@ class Batcher:
                     if is_terminal(record.batch):
                         self._finished.add(batch_id)
                         continue
+                    lease = BatchLease(
+                        self.store.kv, batch_id, self.owner, self.config.batch.lease_ttl_s
+                    )
+                    if not await lease.acquire():
+                        continue  # another batcher runs it
                     run = BatchRun(self.config, nc, self.store, batch_id, self.keys)
-                    task = asyncio.create_task(self._run(run))
+                    task = asyncio.create_task(self._run(run, lease))
                     self._running[batch_id] = task
             except Exception as exc:
                 log.warning("batch scan failed: %s", exc)
             await asyncio.sleep(SCAN_S)
 
-    async def _run(self, run: BatchRun) -> None:
+    async def _run(self, run: BatchRun, lease: BatchLease) -> None:
+        """Run the batch while holding its lease; stop if another batcher takes it."""
+        work = asyncio.create_task(run.run())
+        keeper = asyncio.create_task(lease.keep())
         try:
-            await run.run()
+            await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                log.warning("batch %s: lease lost; another batcher goes on", run.batch_id)
+                return
+            work.result()  # the run's exception, if any
             self._finished.add(run.batch_id)
         except asyncio.CancelledError:
             raise
@@ -146,6 +160,10 @@ class Batcher:
             log.exception("batch %s: run failed; it will be resumed", run.batch_id)
             await asyncio.sleep(SCAN_S)
         finally:
+            for task in (work, keeper):
+                task.cancel()
+            await asyncio.gather(work, keeper, return_exceptions=True)
+            await lease.release()
             self._running.pop(run.batch_id, None)
 
     async def stop(self) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from broker import logs
+from broker.cli_args import connection_options
 from broker.embedded import EmbeddedNats
 from broker.serve import http_server, run, serve_until, shared_socket, stop_event
 from broker.settings import ConfigError, load_config
@@ -325,13 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: object, help: str, *, nats: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(func=func)
-        sub.add_argument(
-            "--config", "-c", default=None, help="YAML config (default promptbus.yaml)"
-        )
-        if nats:
-            sub.add_argument(
-                "--nats-url", default=None, help="external NATS URL (overrides nats.url)"
-            )
+        connection_options(sub, nats=nats)
         return sub
 
     up = add("up", cmd_up, "all-in-one: embedded nats-server, a worker and the ingress")
@@ -371,16 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("batcher", cmd_batcher, "run batches: validate, publish lines, write output files")
     batch = add("batch", cmd_batch, "bulk batches from a JSONL file")
     actions = batch.add_subparsers(dest="batch_command", required=True)
-    submit = actions.add_parser("submit", help="upload a JSONL file and start (or resume) it")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=help, description=help)
+        connection_options(parser, leaf=True)
+        return parser
+
+    submit = action("submit", "upload a JSONL file and start (or resume) it")
     submit.add_argument("file")
     submit.add_argument("--model", "-m", default=None, help="model for lines that name none")
     submit.add_argument("--wait", action="store_true", help="show progress until it ends")
     submit.add_argument("--output", "-o", default=None, help="write the results here (waits)")
     for name, text in (("status", "the batch object"), ("cancel", "cancel a batch")):
-        actions.add_parser(name, help=text).add_argument("batch_id")
-    listing = actions.add_parser("list", help="recent batches")
+        action(name, text).add_argument("batch_id")
+    listing = action("list", "recent batches")
     listing.add_argument("--limit", type=int, default=20)
-    fetch = actions.add_parser("results", help="download the output (and error) file")
+    fetch = action("results", "download the output (and error) file")
     fetch.add_argument("batch_id")
     fetch.add_argument("--output", "-o", default=None, help="default <batch-id>.jsonl")
     fetch.add_argument("--wait", action="store_true", help="wait for the batch to end")

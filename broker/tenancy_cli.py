@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from broker import tenancy_admin
 from broker.admission import Admission
+from broker.cli_args import connection_options
 from broker.connection import connect
 from schemas.config import Config
 from schemas.errors import BrokerError
@@ -181,8 +182,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         """A sub-command that also takes the connection options after its name."""
         parser: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         parser.set_defaults(action=action)
-        parser.add_argument("--config", "-c", default=argparse.SUPPRESS, help="YAML config")
-        parser.add_argument("--nats-url", default=argparse.SUPPRESS, help="external NATS URL")
+        connection_options(parser, leaf=True)
         return parser
 
     def limit_options(parser: argparse.ArgumentParser) -> None:

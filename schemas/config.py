@@ -213,6 +213,8 @@ class BatchConfig(_Config):
     # where the 120 s of the interactive stream made 1M-line batches cost ~250 MB. It must
     # outlast a block's publish timeout (10 s), when the block is published again.
     duplicate_window_s: Annotated[float, Meta(ge=15)] = 20.0
+    # A batcher that stops renewing its hold on a batch (it died) is replaced after this.
+    lease_ttl_s: Annotated[float, Meta(ge=1)] = 15.0
 
 
 class Config(_Config):

@@ -119,6 +119,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchEnv]:
             {
                 "nats": {"url": nats.url},
                 "worker": {"ack_wait_s": 3, "heartbeat_s": 0.5, "presence_ttl_s": 3},
+                "batch": {"lease_ttl_s": 3},
                 "model_list": [
                     {
                         "model_name": "batch-gpt",
@@ -397,6 +398,40 @@ def test_batcher_sigkilled_mid_batch_resumes(env: BatchEnv) -> None:
     assert_exactly_once(env, batch, ids)
 
 
+def test_two_batchers_run_a_batch_once_and_the_survivor_takes_over(env: BatchEnv) -> None:
+    """A second batcher leaves a batch to the one holding its lease, and takes it over
+    when that one is killed: every line still answered exactly once."""
+    import asyncio
+
+    import nats
+
+    async def holder(batch_id: str) -> str:
+        nc = await nats.connect(env.nats.url)
+        entry = await (await nc.jetstream().key_value("pb_batches")).get(f"run.{batch_id}")
+        await nc.close()
+        assert entry.value
+        return str(json.loads(entry.value)["owner"])
+
+    assert env.batcher is not None
+    first = env.batcher
+    second = env.start_batcher()
+    ids = [f"ha-{i}" for i in range(1000)]
+    batch_id = env.submit([chat_line(i) for i in ids])
+    midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
+    assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
+    pid = int(asyncio.run(holder(batch_id)).split(":")[1])
+    by_pid = {first.popen.pid: first, second.popen.pid: second}
+    victim = by_pid[pid]
+    survivor = second if victim is first else first
+    env.batcher = survivor  # the one the other tests (and the teardown) know
+    assert f"{batch_id}: resuming" not in survivor.output()  # it left the batch alone
+    victim.signal(signal.SIGKILL)
+    victim.popen.wait()
+    batch = env.done(batch_id, timeout=120)
+    assert_exactly_once(env, batch, ids)
+    assert f"batch {batch_id}: taking over" in survivor.output()
+
+
 def test_cancel_mid_batch(env: BatchEnv) -> None:
     ids = [f"cancel-{i}" for i in range(400)]
     batch_id = env.submit([chat_line(i, model="batch-slow") for i in ids])
@@ -452,7 +487,13 @@ def test_cli_submit_bare_lines_wait_and_resume(env: BatchEnv, tmp_path: Path) ->
     assert again.stdout.split()[1] == batch_id
     assert "resuming" in again.stderr
 
-    status = run_cli(env, "status", batch_id)
+    status = subprocess.run(  # the options may follow the action too
+        [sys.executable, "-m", "broker.cli", "batch", "status", batch_id, "-c", str(env.config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert json.loads(status.stdout)["status"] == "completed"
     listing = run_cli(env, "list")
     assert batch_id in listing.stdout

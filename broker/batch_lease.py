@@ -1,0 +1,115 @@
+"""Which batcher runs a batch: a lease in the batches KV bucket.
+
+Several batchers may run (for availability, or by accident: ``--scale batcher=2``); each
+batch is run by one of them. The key ``run.<batch-id>`` names the holder and when its
+hold ends; the holder renews it every third of ``batch.lease_ttl_s``. Every change is a
+compare-and-set on the key's revision, so two batchers never both believe they hold it.
+A batcher that dies stops renewing, and another takes the batch over once the hold has
+ended, resuming from the checkpoint as a restarted batcher would.
+
+Expiry is judged by the batchers' wall clocks: clocks apart by more than the TTL would
+let two batchers run one batch at once (their results still count once per line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+log = logging.getLogger(__name__)
+
+
+class Hold(msgspec.Struct):
+    owner: str
+    until_ms: int  # wall clock, Unix epoch milliseconds
+
+
+_decoder = msgspec.json.Decoder(Hold)
+
+
+def new_owner() -> str:
+    """A batcher's name in leases: host and pid (for people), and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def lease_key(batch_id: str) -> str:
+    return f"run.{batch_id}"
+
+
+class BatchLease:
+    def __init__(self, kv: KeyValue, batch_id: str, owner: str, ttl_s: float) -> None:
+        self._kv = kv
+        self._key = lease_key(batch_id)
+        self.batch_id = batch_id
+        self.owner = owner
+        self.ttl_s = ttl_s
+        self._revision: int | None = None
+        self._until_ms = 0
+
+    @property
+    def held(self) -> bool:
+        return self._revision is not None
+
+    def _value(self) -> bytes:
+        self._until_ms = int((time.time() + self.ttl_s) * 1000)
+        return msgspec.json.encode(Hold(self.owner, self._until_ms))
+
+    async def acquire(self) -> bool:
+        """Take the lease if nobody holds it or the hold has ended; False otherwise."""
+        try:
+            entry = await self._kv.get(self._key)
+        except KeyNotFoundError:  # never held, or released (a delete marker)
+            try:
+                self._revision = await self._kv.create(self._key, self._value())
+            except KeyWrongLastSequenceError:
+                return False  # another batcher was quicker
+            return True
+        try:
+            hold = _decoder.decode(entry.value or b"")
+        except msgspec.DecodeError:
+            hold = Hold("", 0)  # unreadable: treat as ended
+        if hold.owner != self.owner and hold.until_ms > time.time() * 1000:
+            return False
+        try:
+            self._revision = await self._kv.update(self._key, self._value(), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        if hold.owner and hold.owner != self.owner:
+            log.info("batch %s: taking over from %s", self.batch_id, hold.owner)
+        return True
+
+    async def keep(self) -> None:
+        """Renew until cancelled; returns when the lease is lost (taken over, or not
+        renewed before it ended), and then the caller must stop running the batch."""
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                self._revision = await self._kv.update(
+                    self._key, self._value(), last=self._revision
+                )
+            except KeyWrongLastSequenceError:
+                self._revision = None
+                return
+            except Exception as exc:  # NATS unreachable: retry while the hold lasts
+                if time.time() * 1000 >= self._until_ms:
+                    log.warning("batch %s: lease not renewed in time (%s)", self.batch_id, exc)
+                    self._revision = None
+                    return
+
+    async def release(self) -> None:
+        """Let another batcher take the batch at once (a finished or failed run)."""
+        revision, self._revision = self._revision, None
+        if revision is None:
+            return
+        try:
+            await self._kv.delete(self._key, last=revision)
+        except Exception as exc:  # it ends by itself after the TTL
+            log.debug("batch %s: lease not released (%s)", self.batch_id, exc)
