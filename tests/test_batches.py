@@ -432,6 +432,83 @@ def test_two_batchers_run_a_batch_once_and_the_survivor_takes_over(env: BatchEnv
     assert f"batch {batch_id}: taking over" in survivor.output()
 
 
+def test_a_batch_past_its_window_expires_with_unanswered_lines_in_the_error_file(
+    env: BatchEnv,
+) -> None:
+    """As OpenAI does: what finished is in the output file, every line never answered is
+    in the error file with code batch_expired, and nothing is in both."""
+    import asyncio
+
+    import nats
+
+    async def expire_now(batch_id: str) -> None:
+        nc = await nats.connect(env.nats.url)
+        kv = await nc.jetstream().key_value("pb_batches")
+        entry = await kv.get(batch_id)
+        assert entry.value
+        record = json.loads(entry.value)
+        record["batch"]["expires_at"] = int(time.time())
+        await kv.update(batch_id, json.dumps(record).encode(), last=entry.revision)
+        await nc.close()
+
+    ids = [f"expiring-{i}" for i in range(60)]  # 300 ms each, 8 at a time: ~2.3 s
+    batch_id = env.submit([chat_line(i, model="batch-slow") for i in ids])
+    env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 8)
+    asyncio.run(expire_now(batch_id))
+    batch = env.done(batch_id)
+    assert batch["status"] == "expired" and batch["expired_at"], batch
+    output = env.file_lines(batch["output_file_id"])
+    errors = env.file_lines(batch["error_file_id"])
+    answered = {line["custom_id"] for line in output}
+    expired = {line["custom_id"] for line in errors}
+    assert len(answered) == len(output) >= 8 and len(expired) == len(errors) >= 1
+    assert answered | expired == set(ids) and not answered & expired
+    assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+    counts = batch["request_counts"]
+    assert counts == {"total": 60, "completed": len(output), "failed": len(errors)}
+
+
+def test_a_batcher_dying_while_finalizing_is_finished_by_the_next(env: BatchEnv) -> None:
+    """The record says finalizing and the results are still in the stream: the next run
+    reads them all again and writes the files, each line once."""
+    import asyncio
+
+    import nats
+
+    from broker.batch_runner import BatchRun
+    from broker.batches import BatchStore
+    from broker.settings import load_config
+
+    assert env.batcher is not None
+    env.batcher.signal(signal.SIGSTOP)  # this test runs the batch itself, up to a crash
+    try:
+        ids = [f"fin-{i}" for i in range(300)]
+        batch_id = env.submit([chat_line(i) for i in ids])
+
+        async def run_until_finalize() -> None:
+            config = load_config(env.config)
+            nc = await nats.connect(env.nats.url)
+            try:
+                store = await BatchStore.open(nc.jetstream(), config)
+                run = BatchRun(config, nc, store, batch_id)
+
+                async def crash(*_: object) -> None:
+                    raise RuntimeError("the batcher died while finalizing")
+
+                run.finalize = crash  # type: ignore[method-assign]
+                with pytest.raises(RuntimeError, match="finalizing"):
+                    await run.run()
+            finally:
+                await nc.close()
+
+        asyncio.run(run_until_finalize())
+        assert env.batch(batch_id)["status"] == "finalizing"
+    finally:
+        env.batcher.signal(signal.SIGCONT)
+    batch = env.done(batch_id)
+    assert_exactly_once(env, batch, ids)
+
+
 def test_cancel_mid_batch(env: BatchEnv) -> None:
     ids = [f"cancel-{i}" for i in range(400)]
     batch_id = env.submit([chat_line(i, model="batch-slow") for i in ids])
