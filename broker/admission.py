@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -194,17 +196,9 @@ class Admission:
             raise unauthorized(secret)
         tenant = self.keys.tenant(key.tenant) or TenantRecord(name=key.tenant)
         self._check_model(key, tenant, model)
-        now = time.time()
         # Spending checks and rate-limit takes run concurrently (one round trip in all);
         # the takes are refunded if spending refuses the request.
-        spending = [
-            *(self._check_budget("key", key.id, f"key {key.id}", b, now) for b in key.budgets),
-            *(
-                self._check_budget("tenant", tenant.name, f"tenant {tenant.name}", b, now)
-                for b in tenant.budgets
-            ),
-            self._check_quota(tenant, now),
-        ]
+        spending = self._spending(key, tenant, time.time())
         *checked, taken = await asyncio.gather(
             *spending, self._take(key, tenant, estimate), return_exceptions=True
         )
@@ -218,6 +212,29 @@ class Admission:
         assert isinstance(taken, list)
         metered = bool(key.budgets or tenant.budgets or tenant.quota)
         return Grant(Tenancy(key.id, tenant.name, estimate, metered), taken)
+
+    def _spending(
+        self, key: KeyRecord, tenant: TenantRecord, now: float
+    ) -> list[Coroutine[Any, Any, None]]:
+        """The budget and quota checks of a key's request (each raises a 429)."""
+        return [
+            *(self._check_budget("key", key.id, f"key {key.id}", b, now) for b in key.budgets),
+            *(
+                self._check_budget("tenant", tenant.name, f"tenant {tenant.name}", b, now)
+                for b in tenant.budgets
+            ),
+            self._check_quota(tenant, now),
+        ]
+
+    async def check_spending(self, key_id: str, tenant_name: str) -> None:
+        """Raise the 429 (``budget_exceeded``, ``quota_exceeded``) a request of this key
+        would get for spending, without taking from its rate limits: batch lines use
+        idle capacity and are not rate-limited, but budgets and quotas hold for them."""
+        key = self.keys.key(key_id)
+        if key is None:
+            return  # revoked since: the batch keeps running in its name
+        tenant = self.keys.tenant(tenant_name) or TenantRecord(name=tenant_name)
+        await asyncio.gather(*self._spending(key, tenant, time.time()))
 
     async def _refund(self, decisions: list[Decision], estimate: int) -> None:
         await asyncio.gather(

@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from broker.admission import Admission
 from broker.batch_lease import BatchLease, new_owner
 from broker.batch_results import H_LINE_ERROR, Results
 from broker.batches import (
@@ -46,8 +47,7 @@ from broker.batches import (
 )
 from broker.block_publish import BlockPublisher, Message, PublishError
 from broker.connection import connect
-from broker.keys import KeyStore
-from broker.provision import ensure_keys_bucket, provision
+from broker.provision import provision
 from broker.subjects import Subjects
 from schemas.batch import (
     BATCH_ENDPOINT,
@@ -86,6 +86,13 @@ WITHDRAW_QUIET_S = 2.0  # after a cancel, results still arriving are waited for 
 REPAIR_QUIET_S = 3.0  # no new result for this long: look for lost lines
 REPAIR_MAX_LINES = 1000  # ...if no more than this many are missing
 UNKNOWN_STALL_S = 60.0  # lines queued by an earlier run: published again after this stall
+SPENDING_CHECK_S = 1.0  # how often a metered key's budgets and quota are read
+
+
+EXPIRED_LINE = LineError(
+    code="batch_expired",
+    message="This request could not be executed before the completion window expired.",
+)
 
 
 class MalformedLine(Exception):
@@ -104,7 +111,7 @@ class Batcher:
         self._nc: NATS | None = None
         self._owns_connection = False
         self.store: BatchStore | None = None
-        self.keys: KeyStore | None = None
+        self.admission: Admission | None = None
         self.owner = new_owner()  # this batcher's name in batch leases
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
@@ -116,8 +123,7 @@ class Batcher:
         await provision(js, self.config, self.subjects)
         self.store = await BatchStore.open(js, self.config)
         if self.config.auth.required:  # lines run in the name of the batch's key
-            self.keys = KeyStore(await ensure_keys_bucket(js, self.config))
-            await self.keys.start()
+            self.admission = await Admission.open(js, self.config)
         self._scan_task = asyncio.create_task(self._scan(nc))
 
     async def _scan(self, nc: NATS) -> None:
@@ -136,7 +142,7 @@ class Batcher:
                     )
                     if not await lease.acquire():
                         continue  # another batcher runs it
-                    run = BatchRun(self.config, nc, self.store, batch_id, self.keys)
+                    run = BatchRun(self.config, nc, self.store, batch_id, self.admission)
                     task = asyncio.create_task(self._run(run, lease))
                     self._running[batch_id] = task
             except Exception as exc:
@@ -172,8 +178,8 @@ class Batcher:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
-        if self.keys is not None:
-            await self.keys.stop()
+        if self.admission is not None:
+            await self.admission.close()
         if self._nc is not None and self._owns_connection:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -188,7 +194,7 @@ class BatchRun:
         nc: NATS,
         store: BatchStore,
         batch_id: str,
-        keys: KeyStore | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config
         self.nc = nc
@@ -203,8 +209,11 @@ class BatchRun:
         self.stop_reason: BatchStatus | None = None
         self._progress = asyncio.Event()
         self._deadline_ms = 0
-        self._keys = keys
+        self._admission = admission
+        self._keys = admission.keys if admission is not None else None
         self._repairs = 0
+        self._refused: LineError | None = None  # the key's spending ran out
+        self._spending_checked = 0.0
         self._owner: Tenancy | None = None  # the batch's key, signed per line
         self._allowed: set[str] | None = None  # models the key may use (None: all)
 
@@ -222,11 +231,11 @@ class BatchRun:
         if batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
             self.total = batch.request_counts.total
             outcome, results = await self.process(record)
-            record = await self.store.update(self.batch_id, _finalizing(outcome))
+            record = await self.store.update(self.batch_id, _finalizing(outcome, self._refused))
             batch = record.batch
         if batch.status is BatchStatus.FINALIZING:
             self.total = batch.request_counts.total
-            await self.finalize(record.outcome or BatchStatus.COMPLETED, results)
+            await self.finalize(record.outcome or BatchStatus.COMPLETED, results, record.refused)
 
     def _own(self, record: BatchRecord) -> None:
         """Lines of a batch created with a key run as that key's requests: admitted here
@@ -321,6 +330,8 @@ class BatchRun:
         try:
             if record.batch.status is BatchStatus.CANCELLING:
                 self.stop_reason = BatchStatus.CANCELLED
+            elif await self._spending_refused():
+                self.stop_reason = BatchStatus.COMPLETED
             if self.stop_reason is None:
                 await self._publish_all(record)
             await self._await_results(record)
@@ -575,7 +586,8 @@ class BatchRun:
         )
 
     async def _monitor(self) -> None:
-        """Write the counts to the record; notice a cancel and the expiry."""
+        """Write the counts to the record; notice a cancel, the expiry, and the end of
+        the key's budget or quota."""
         while True:
             await asyncio.sleep(PROGRESS_S)
             try:
@@ -587,9 +599,34 @@ class BatchRun:
                 self.stop_reason = BatchStatus.CANCELLED
             elif time.time() >= record.batch.expires_at:
                 self.stop_reason = BatchStatus.EXPIRED
+            elif await self._spending_refused():
+                self.stop_reason = BatchStatus.COMPLETED  # what ran is the batch's output
             if self.stop_reason is not None:
                 self._progress.set()
                 return
+
+    async def _spending_refused(self) -> bool:
+        """Has the batch's key run out of budget or quota? Checked every
+        ``SPENDING_CHECK_S`` for keys with any; lines still queued are then withdrawn and
+        the unanswered ones fail with the admission's error, so spending stops within
+        the lines running at that moment, as for interactive requests."""
+        owner, admission = self._owner, self._admission
+        if owner is None or admission is None or not owner.metered:
+            return False
+        now = time.monotonic()
+        if now - self._spending_checked < SPENDING_CHECK_S:
+            return False
+        self._spending_checked = now
+        try:
+            await admission.check_spending(owner.key_id, owner.tenant)
+        except BrokerError as exc:
+            code = exc.detail.code or "insufficient_quota"
+            self._refused = LineError(code=code, message=exc.detail.message)
+            log.info("batch %s stopped: %s", self.batch_id, exc.detail.message)
+            return True
+        except Exception as exc:  # counters unreadable: try again at the next check
+            log.warning("batch %s: cannot check spending (%s)", self.batch_id, exc)
+        return False
 
     async def _write_counts(self) -> BatchRecord:
         completed, failed = self.results.completed, self.results.failed
@@ -630,7 +667,9 @@ class BatchRun:
 
     # ------------------------------------------------------------ output files
 
-    async def finalize(self, outcome: BatchStatus, results: Results | None) -> None:
+    async def finalize(
+        self, outcome: BatchStatus, results: Results | None, refused: LineError | None = None
+    ) -> None:
         """Store the output and error files, then the final record."""
         if results is None:  # finalizing was interrupted: read the results again
             results = Results(self.batch_id, self.total)
@@ -638,7 +677,9 @@ class BatchRun:
             await self._collect(results, drain=True)
         try:
             if outcome is BatchStatus.EXPIRED:
-                await self._expired_lines(results)
+                await self._unanswered_lines(results, EXPIRED_LINE)
+            elif refused is not None and outcome is BatchStatus.COMPLETED:
+                await self._unanswered_lines(results, refused)
             output_id = await self._store_file(results.output, "output")
             error_id = await self._store_file(results.errors, "errors")
         finally:
@@ -671,8 +712,9 @@ class BatchRun:
             "batch %s %s: %d completed, %d failed", self.batch_id, outcome.value, completed, failed
         )
 
-    async def _expired_lines(self, results: Results) -> None:
-        """An expired batch lists the lines it never answered, as OpenAI does."""
+    async def _unanswered_lines(self, results: Results, error: LineError) -> None:
+        """An expired batch lists the lines it never answered, as OpenAI does; so does a
+        batch stopped by its key's budget or quota."""
         record, _ = await self.store.record(self.batch_id)
         index = -1
         async for line in self.files.lines(record.batch.input_file_id):
@@ -680,15 +722,7 @@ class BatchRun:
                 continue
             index += 1
             if index < self.total and not results.done[index]:
-                results.add_error(
-                    index,
-                    _custom_id(line),
-                    LineError(
-                        code="batch_expired",
-                        message="This request could not be executed before the "
-                        "completion window expired.",
-                    ),
-                )
+                results.add_error(index, _custom_id(line), error)
 
     async def _store_file(self, data: IO[bytes], kind: str) -> str | None:
         if data.tell() == 0:
@@ -705,11 +739,14 @@ class BatchRun:
         return stored.id
 
 
-def _finalizing(outcome: BatchStatus) -> Callable[[BatchRecord], BatchRecord]:
+def _finalizing(
+    outcome: BatchStatus, refused: LineError | None
+) -> Callable[[BatchRecord], BatchRecord]:
     def change(record: BatchRecord) -> BatchRecord:
         record.batch.status = BatchStatus.FINALIZING
         record.batch.finalizing_at = int(time.time())
         record.outcome = outcome
+        record.refused = refused
         return record
 
     return change

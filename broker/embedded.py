@@ -59,8 +59,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _set_parent_death_signal() -> None:
-    """Linux: SIGKILL the server if its parent dies without cleaning up."""
+def die_with_parent() -> None:
+    """Linux, in a child before exec: SIGKILL it if its parent dies without cleaning up."""
     try:
         import ctypes
 
@@ -69,6 +69,11 @@ def _set_parent_death_signal() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
+
+
+def _set_parent_death_signal() -> None:
+    """The server dies with its parent, in a process group of its own."""
+    die_with_parent()
     os.setpgrp()
 
 

@@ -116,6 +116,8 @@ class BatchRecord(Struct, kw_only=True):
     outcome: BatchStatus | None = None
     key_id: str | None = None  # the API key that created it (auth.required): lines run as it
     tenant: str | None = None
+    # Its key's budget or quota ran out: the error of every line left unanswered.
+    refused: LineError | None = None
 
 
 # ---------------------------------------------------------------- lines

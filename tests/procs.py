@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from broker.embedded import die_with_parent
+
 PROMPTBUS = [sys.executable, "-m", "broker.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +32,7 @@ class Proc:
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            preexec_fn=die_with_parent,  # a test run that dies leaves no process behind
         )
 
     def alive(self) -> bool:

@@ -420,13 +420,13 @@ def test_two_batchers_run_a_batch_once_and_the_survivor_takes_over(env: BatchEnv
     midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
     assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
     pid = int(asyncio.run(holder(batch_id)).split(":")[1])
-    by_pid = {first.popen.pid: first, second.popen.pid: second}
-    victim = by_pid[pid]
+    victim = first if pid == first.popen.pid else second
     survivor = second if victim is first else first
     env.batcher = survivor  # the one the other tests (and the teardown) know
-    assert f"{batch_id}: resuming" not in survivor.output()  # it left the batch alone
     victim.signal(signal.SIGKILL)
     victim.popen.wait()
+    assert pid == victim.popen.pid
+    assert f"{batch_id}: resuming" not in survivor.output()  # it left the batch alone
     batch = env.done(batch_id, timeout=120)
     assert_exactly_once(env, batch, ids)
     assert f"batch {batch_id}: taking over" in survivor.output()

@@ -80,6 +80,12 @@ def tenancy(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator
                     },
                     {"model_name": "other-model", "deployments": [{"provider": "mock"}]},
                     {
+                        "model_name": "slow-gpt",  # 10 requests a second
+                        "deployments": [
+                            {"provider": "mock", "mock_latency_ms": 200, "max_concurrency": 2}
+                        ],
+                    },
+                    {
                         "model_name": "fragile-gpt",  # one deployment always fails: failover
                         "deployments": [
                             {
@@ -412,3 +418,66 @@ def test_batches_run_in_the_name_of_their_key(tenancy: Tenancy) -> None:
             break
         asyncio.run(asyncio.sleep(0.1))
     assert sum(row["requests"] for row in report["rows"]) == 2
+
+
+def _run_batch(
+    tenancy: Tenancy, key: str, lines: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Upload, create and wait for a batch: the batch and its output and error lines."""
+    base, auth = tenancy.ingresses[0], {"Authorization": f"Bearer {key}"}
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    upload = httpx.post(
+        f"{base}/v1/files", files={"file": ("q.jsonl", data)}, data={"purpose": "batch"},
+        headers=auth, timeout=10,
+    )  # fmt: skip
+    assert upload.status_code == 200, upload.text
+    spec = {"input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"}  # fmt: skip
+    batch = httpx.post(f"{base}/v1/batches", json=spec, headers=auth, timeout=10).json()
+    for _ in range(600):
+        batch = httpx.get(f"{base}/v1/batches/{batch['id']}", headers=auth, timeout=10).json()
+        if batch["status"] in ("completed", "failed", "cancelled", "expired"):
+            break
+        time.sleep(0.1)
+
+    def lines_of(file_id: str | None) -> list[dict[str, Any]]:
+        if file_id is None:
+            return []
+        content = httpx.get(f"{base}/v1/files/{file_id}/content", headers=auth, timeout=10)
+        return [json.loads(line) for line in content.text.splitlines()]
+
+    return batch, lines_of(batch["output_file_id"]), lines_of(batch["error_file_id"])
+
+
+def test_a_tenant_quota_stops_a_running_batch_and_refuses_the_next(tenancy: Tenancy) -> None:
+    """Batch lines are not rate-limited, but budgets and quotas hold: when the quota is
+    used up the batcher withdraws the queued lines, and they and the lines never queued
+    fail with quota_exceeded; what ran is in the output file. A batch created after
+    that runs nothing."""
+    put = tenancy.admin(
+        "PUT", "/admin/tenants/bulk-quota", json={"quota": {"tokens": 40, "period": "daily"}}
+    )
+    assert put.status_code == 200, put.text
+    key = tenancy.create_key(tenant="bulk-quota")
+    ids = [f"q{i}" for i in range(60)]  # 6 s of work at 10 a second; ~6 tokens each
+    lines = [
+        {
+            "custom_id": i,
+            "body": {"model": "slow-gpt", "messages": [{"role": "user", "content": "hi"}]},
+        }
+        for i in ids
+    ]
+    batch, output, errors = _run_batch(tenancy, key, lines)
+    assert batch["status"] == "completed", batch
+    answered = {line["custom_id"] for line in output}
+    refused = {line["custom_id"] for line in errors}
+    assert answered | refused == set(ids) and not answered & refused
+    assert 5 <= len(answered) <= 40 and len(refused) >= 20, (len(answered), len(refused))
+    assert {line["error"]["code"] for line in errors} == {"quota_exceeded"}
+    assert "token quota is used up" in errors[0]["error"]["message"]
+    counts = batch["request_counts"]
+    assert counts == {"total": 60, "completed": len(answered), "failed": len(refused)}
+
+    again, output, errors = _run_batch(tenancy, key, lines[:5])
+    assert again["request_counts"] == {"total": 5, "completed": 0, "failed": 5}, again
+    assert output == [] and {line["error"]["code"] for line in errors} == {"quota_exceeded"}
