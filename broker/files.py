@@ -8,7 +8,9 @@ of any size passes through in bounded memory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +36,9 @@ from schemas.config import Config
 from schemas.errors import BrokerError
 
 CHUNKS_PER_FETCH = 8  # 1 MiB of a file in hand at most
+READ_ATTEMPTS = 6  # cut reads in a row before a download fails (0.5 + 1 + ... 2.5 s apart)
+
+log = logging.getLogger(__name__)
 
 
 class _Attributes(msgspec.Struct, omit_defaults=True):
@@ -135,34 +140,54 @@ class FileStore:
         await self._store.delete(file_id)
 
     async def chunks(self, file_id: str) -> AsyncIterator[bytes]:
-        """The file's content in stored chunks, fetched a few at a time."""
+        """The file's content in stored chunks, fetched a few at a time. A read cut off
+        (a stream-leader election, a reconnect, a lost consumer) goes on from the next
+        chunk's stream sequence with a new consumer, so a download never restarts or
+        repeats bytes; it fails only after ``READ_ATTEMPTS`` cuts in a row."""
         try:
             info = await self._store.get_info(file_id)
         except NotFoundError:
             raise file_not_found(file_id) from None
         total = info.chunks or 0
-        if total == 0:
-            return
-        sub = await self._js.pull_subscribe(
-            f"$O.{self._bucket}.C.{info.nuid}",
+        seen, next_seq, cuts = 0, 0, 0
+        while seen < total:
+            sub: JetStreamContext.PullSubscription | None = None
+            try:
+                sub = await self._chunk_consumer(info.nuid or "", next_seq)
+                while seen < total:
+                    for msg in await sub.fetch(min(CHUNKS_PER_FETCH, total - seen), timeout=10):
+                        seen += 1
+                        next_seq = msg.metadata.sequence.stream + 1
+                        cuts = 0
+                        yield msg.data
+            except Exception as exc:  # not GeneratorExit or CancelledError: a cut read
+                cuts += 1
+                if cuts >= READ_ATTEMPTS:
+                    raise
+                log.warning("file %s: reading on from chunk %d (%s)", file_id, seen, exc)
+                await asyncio.sleep(0.5 * cuts)
+            finally:
+                if sub is not None:
+                    await self._drop(sub)
+
+    async def _chunk_consumer(self, nuid: str, start_seq: int) -> JetStreamContext.PullSubscription:
+        """An ephemeral consumer of an object's chunks, from ``start_seq`` (0: the first)."""
+        return await self._js.pull_subscribe(
+            f"$O.{self._bucket}.C.{nuid}",
             stream=f"OBJ_{self._bucket}",
             config=ConsumerConfig(
                 ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.ALL,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
+                opt_start_seq=start_seq or None,
                 inactive_threshold=60.0,
             ),
         )
-        try:
-            seen = 0
-            while seen < total:
-                for msg in await sub.fetch(min(CHUNKS_PER_FETCH, total - seen), timeout=10):
-                    seen += 1
-                    yield msg.data
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await self._js.delete_consumer(f"OBJ_{self._bucket}", sub._consumer)
+
+    async def _drop(self, sub: JetStreamContext.PullSubscription) -> None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self._js.delete_consumer(f"OBJ_{self._bucket}", sub._consumer)
 
     async def lines(self, file_id: str) -> AsyncIterator[bytes]:
         """The file's lines without their line ends, blank lines included."""
