@@ -67,11 +67,17 @@ async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=config.nats.replicas,
     )
+    await _create_or_update(js, stream)
+
+
+async def _create_or_update(js: JetStreamContext, stream: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to this configuration."""
+    assert stream.name is not None
     try:
-        await js.stream_info(subjects.stream)
+        await js.stream_info(stream.name)
     except NotFoundError:
         await js.add_stream(stream)
-        log.info("created stream %s", subjects.stream)
+        log.info("created stream %s", stream.name)
         return
     await js.update_stream(stream)
 
@@ -272,13 +278,7 @@ async def ensure_bulk_stream(js: JetStreamContext, config: Config, subjects: Sub
         duplicate_window=config.batch.duplicate_window_s,
         num_replicas=config.nats.replicas,
     )
-    try:
-        await js.stream_info(subjects.bulk_stream)
-    except NotFoundError:
-        await js.add_stream(stream)
-        log.info("created stream %s", subjects.bulk_stream)
-        return
-    await js.update_stream(stream)
+    await _create_or_update(js, stream)
 
 
 async def provision(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
@@ -304,12 +304,7 @@ async def ensure_results_stream(js: JetStreamContext, config: Config, subjects: 
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=config.nats.replicas,
     )
-    try:
-        await js.stream_info(subjects.results_stream)
-    except NotFoundError:
-        await js.add_stream(stream)
-        return
-    await js.update_stream(stream)
+    await _create_or_update(js, stream)
 
 
 async def ensure_batches_bucket(js: JetStreamContext, config: Config) -> KeyValue:

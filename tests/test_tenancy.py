@@ -375,8 +375,10 @@ def test_cli_manages_keys_and_reports_usage(tenancy: Tenancy) -> None:
 def test_batches_run_in_the_name_of_their_key(tenancy: Tenancy) -> None:
     base = tenancy.ingresses[0]
     assert httpx.get(f"{base}/v1/batches", timeout=10).status_code == 401
+    spec = {"input_file_id": "file-x", "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"}  # fmt: skip
+    assert httpx.post(f"{base}/v1/batches", json=spec, timeout=10).status_code == 401
     key = tenancy.create_key(tenant="batch-co", models=["mock-gpt"])
-    auth = {"Authorization": f"Bearer {key}"}
     lines = [
         {
             "custom_id": f"b{i}",
@@ -384,29 +386,10 @@ def test_batches_run_in_the_name_of_their_key(tenancy: Tenancy) -> None:
         }
         for i, model in enumerate(["mock-gpt", "mock-gpt", "other-model"])
     ]
-    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    upload = httpx.post(
-        f"{base}/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"},
-        headers=auth, timeout=10,
-    )  # fmt: skip
-    assert upload.status_code == 200, upload.text
-    spec = {"input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions",
-            "completion_window": "24h"}  # fmt: skip
-    assert httpx.post(f"{base}/v1/batches", json=spec, timeout=10).status_code == 401
-    created = httpx.post(f"{base}/v1/batches", json=spec, headers=auth, timeout=10)
-    assert created.status_code == 200, created.text
-    batch = created.json()
-    for _ in range(300):
-        batch = httpx.get(f"{base}/v1/batches/{batch['id']}", headers=auth, timeout=10).json()
-        if batch["status"] == "completed":
-            break
-        asyncio.run(asyncio.sleep(0.1))
+    batch, _, errors = _run_batch(tenancy, key, lines)
     assert batch["status"] == "completed", batch
     assert batch["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
-    errors = httpx.get(
-        f"{base}/v1/files/{batch['error_file_id']}/content", headers=auth, timeout=10
-    ).text
-    assert json.loads(errors)["error"]["code"] == "model_not_allowed"
+    assert [line["error"]["code"] for line in errors] == ["model_not_allowed"]
     other = {"Authorization": f"Bearer {tenancy.create_key(tenant='someone-else')}"}
     for path in (f"/v1/batches/{batch['id']}", f"/v1/files/{batch['error_file_id']}/content"):
         assert httpx.get(f"{base}{path}", headers=other, timeout=10).status_code == 404
