@@ -16,10 +16,10 @@ writes as prompt tokens. Stream events (``message_start``, ``content_block_start
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from schemas.chat import (
@@ -53,7 +53,7 @@ from schemas.chat import (
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, ErrorDetail, upstream_error
 from workers.providers import translate as t
-from workers.providers.http import new_session, sse_data, transport_error
+from workers.providers.http import Upstream, decode_answer
 from workers.upstream_errors import classify
 
 PROVIDER = "Anthropic"
@@ -232,22 +232,10 @@ def to_anthropic(
         request.response_format, ResponseFormatText
     ):
         raise t.unsupported(PROVIDER, "response_format", "a JSON response format")
-    if request.logprobs:
-        raise t.unsupported(PROVIDER, "logprobs", "log probabilities")
-    if request.audio is not None or (request.modalities and "audio" in request.modalities):
-        raise t.unsupported(PROVIDER, "modalities", "audio output")
-    if request.functions or request.function_call:
-        raise t.unsupported(PROVIDER, "functions", "legacy `functions` (use `tools`)")
+    t.refuse_openai_only(request, PROVIDER)
     system: list[str] = []
-    messages: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
+    turns = t.Turns("content")
+    add = turns.add
 
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"
@@ -271,7 +259,7 @@ def to_anthropic(
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": request.max_completion_tokens or request.max_tokens or default_max_tokens,
-        "messages": messages,
+        "messages": turns.turns,
     }
     if system:
         body["system"] = "\n\n".join(system)
@@ -400,24 +388,17 @@ class StreamTranslator:
 
 class AnthropicProvider:
     def __init__(self, deployment: DeploymentConfig, api_key: str | None) -> None:
-        assert deployment.base_url is not None
         self.name = deployment.name
         self._deployment = deployment
         self._model = deployment.model or deployment.name
-        self._base_url = deployment.base_url.rstrip("/")
-        self._url = f"{self._base_url}/v1/messages"
+        self._upstream = Upstream(deployment, self._http_error)
+        self._url = f"{self._upstream.base_url}/v1/messages"
         self._headers = {
             "Content-Type": "application/json",
             "anthropic-version": deployment.api_version or ANTHROPIC_VERSION,
         }
         if api_key:
             self._headers["x-api-key"] = api_key
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = new_session(self._deployment)
-        return self._session
 
     def _request_headers(self, traceparent: str | None, stream: bool) -> dict[str, str]:
         headers = self._headers
@@ -432,7 +413,7 @@ class AnthropicProvider:
             to_anthropic(request, self._model, self._deployment.default_max_tokens)
         )
 
-    def _http_error(self, status: int, body: bytes, headers: Any) -> BrokerError:
+    def _http_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> BrokerError:
         try:
             info = error_decoder.decode(body).error
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -443,50 +424,27 @@ class AnthropicProvider:
     async def complete(
         self, request: ChatCompletionRequest, traceparent: str | None = None
     ) -> bytes:
-        body = self._body(request)
-        try:
-            async with self._client().post(
-                self._url, data=body, headers=self._request_headers(traceparent, False)
-            ) as response:
-                answer = await response.read()
-                if response.status >= 400:
-                    raise self._http_error(response.status, answer, response.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(self.name, self._base_url, exc) from None
-        try:
-            message = message_decoder.decode(answer)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise upstream_error(502, self.name, f"invalid response body: {exc}") from None
+        headers = self._request_headers(traceparent, False)
+        answer = await self._upstream.post(self._url, self._body(request), headers)
+        message = decode_answer(message_decoder, answer, self.name, "response body")
         return encoder.encode(from_anthropic(message))
 
     async def stream(
         self, request: ChatCompletionRequest, traceparent: str | None = None
     ) -> AsyncIterator[bytes]:
-        body = self._body(request)
         options = request.stream_options
         translator = StreamTranslator(
             self.name, self._model, bool(options and options.include_usage)
         )
-        try:
-            async with self._client().post(
-                self._url, data=body, headers=self._request_headers(traceparent, True)
-            ) as response:
-                if response.status >= 400:
-                    answer = await response.read()
-                    raise self._http_error(response.status, answer, response.headers)
-                async for data in sse_data(response):
-                    try:
-                        event = event_decoder.decode(data)
-                    except (msgspec.ValidationError, msgspec.DecodeError):
-                        raise upstream_error(
-                            502, self.name, f"invalid stream event: {data[:200]!r}"
-                        ) from None
-                    for chunk in translator.feed(event):
-                        yield encoder.encode(chunk)
-                    if translator.done:
-                        return
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(self.name, self._base_url, exc) from None
+        headers = self._request_headers(traceparent, True)
+        events = self._upstream.post_events(self._url, self._body(request), headers)
+        async with contextlib.aclosing(events):
+            async for data in events:
+                event = decode_answer(event_decoder, data, self.name, "stream event")
+                for chunk in translator.feed(event):
+                    yield encoder.encode(chunk)
+                if translator.done:
+                    return
         raise upstream_error(
             502, self.name, "the stream ended before message_stop", code="upstream_transport_error"
         )
@@ -497,5 +455,4 @@ class AnthropicProvider:
         raise t.unsupported(PROVIDER, "model", "embeddings")
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._upstream.aclose()

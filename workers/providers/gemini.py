@@ -16,13 +16,13 @@ safety system blocked (``promptFeedback.blockReason``, no candidates) is a 400
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import msgspec
 
 from schemas.chat import (
@@ -58,9 +58,9 @@ from schemas.chat import (
     encoder,
 )
 from schemas.config import DeploymentConfig
-from schemas.errors import BrokerError, ErrorDetail, upstream_error
+from schemas.errors import BrokerError, ErrorDetail
 from workers.providers import translate as t
-from workers.providers.http import new_session, sse_data, transport_error
+from workers.providers.http import Upstream, decode_answer
 from workers.upstream_errors import classify, content_filtered
 
 PROVIDER = "Gemini"
@@ -233,23 +233,11 @@ def _generation_config(request: ChatCompletionRequest) -> dict[str, Any]:
 
 def to_gemini(request: ChatCompletionRequest) -> dict[str, Any]:
     """The ``generateContent`` body for an OpenAI chat request (the model is in the URL)."""
-    if request.logprobs:
-        raise t.unsupported(PROVIDER, "logprobs", "log probabilities")
-    if request.audio is not None or (request.modalities and "audio" in request.modalities):
-        raise t.unsupported(PROVIDER, "modalities", "audio output")
-    if request.functions or request.function_call:
-        raise t.unsupported(PROVIDER, "functions", "legacy `functions` (use `tools`)")
+    t.refuse_openai_only(request, PROVIDER)
     system: list[str] = []
-    contents: list[dict[str, Any]] = []
+    turns = t.Turns("parts")
+    add = turns.add
     call_names: dict[str, str] = {}  # tool call id -> function name, for the responses
-
-    def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if not parts:
-            return
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
 
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"
@@ -286,7 +274,7 @@ def to_gemini(request: ChatCompletionRequest) -> dict[str, Any]:
             add("user", [{"functionResponse": {"name": name, "response": response}}])
         elif isinstance(message, FunctionMessage):
             raise t.unsupported(PROVIDER, f"{where}.role", "the legacy `function` role")
-    body: dict[str, Any] = {"contents": contents}
+    body: dict[str, Any] = {"contents": turns.turns}
     if system:
         body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
     if request.tools:
@@ -452,25 +440,17 @@ def _retry_after(error: GoogleError) -> str | None:
 
 class GeminiProvider:
     def __init__(self, deployment: DeploymentConfig, api_key: str | None) -> None:
-        assert deployment.base_url is not None
         self.name = deployment.name
-        self._deployment = deployment
         self._model = (deployment.model or deployment.name).removeprefix("models/")
-        self._base_url = deployment.base_url.rstrip("/")
+        self._upstream = Upstream(deployment, self._http_error)
         version = deployment.api_version or API_VERSION
-        root = f"{self._base_url}/{version}/models/{quote(self._model, safe='')}"
+        root = f"{self._upstream.base_url}/{version}/models/{quote(self._model, safe='')}"
         self._url = f"{root}:generateContent"
         self._stream_url = f"{root}:streamGenerateContent?alt=sse"
         self._embed_url = f"{root}:batchEmbedContents"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["x-goog-api-key"] = api_key
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = new_session(self._deployment)
-        return self._session
 
     def _request_headers(self, traceparent: str | None) -> dict[str, str]:
         return (
@@ -491,26 +471,12 @@ class GeminiProvider:
         detail = ErrorDetail(error.message, error.status, code=reasons[0] if reasons else None)
         return classify(self.name, status, body, headers, detail=detail)
 
-    async def _post(self, url: str, body: bytes, traceparent: str | None) -> bytes:
-        try:
-            async with self._client().post(
-                url, data=body, headers=self._request_headers(traceparent)
-            ) as response:
-                answer = await response.read()
-                if response.status >= 400:
-                    raise self._http_error(response.status, answer, response.headers)
-                return answer
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(self.name, self._base_url, exc) from None
-
     async def complete(
         self, request: ChatCompletionRequest, traceparent: str | None = None
     ) -> bytes:
-        answer = await self._post(self._url, encoder.encode(to_gemini(request)), traceparent)
-        try:
-            response = response_decoder.decode(answer)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise upstream_error(502, self.name, f"invalid response body: {exc}") from None
+        body, headers = encoder.encode(to_gemini(request)), self._request_headers(traceparent)
+        answer = await self._upstream.post(self._url, body, headers)
+        response = decode_answer(response_decoder, answer, self.name, "response body")
         return encoder.encode(from_gemini(response, self.name, self._model))
 
     async def stream(
@@ -522,24 +488,12 @@ class GeminiProvider:
             self.name, self._model, bool(options and options.include_usage)
         )
         headers = self._request_headers(traceparent) | {"Accept": "text/event-stream"}
-        try:
-            async with self._client().post(
-                self._stream_url, data=body, headers=headers
-            ) as response:
-                if response.status >= 400:
-                    answer = await response.read()
-                    raise self._http_error(response.status, answer, response.headers)
-                async for data in sse_data(response):
-                    try:
-                        part = response_decoder.decode(data)
-                    except (msgspec.ValidationError, msgspec.DecodeError):
-                        raise upstream_error(
-                            502, self.name, f"invalid stream chunk: {data[:200]!r}"
-                        ) from None
-                    for chunk in translator.feed(part):
-                        yield encoder.encode(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(self.name, self._base_url, exc) from None
+        events = self._upstream.post_events(self._stream_url, body, headers)
+        async with contextlib.aclosing(events):
+            async for data in events:
+                part = decode_answer(response_decoder, data, self.name, "stream chunk")
+                for chunk in translator.feed(part):
+                    yield encoder.encode(chunk)
         for chunk in translator.close():
             yield encoder.encode(chunk)
 
@@ -555,11 +509,9 @@ class GeminiProvider:
                 item | {"content": {"parts": [{"text": text}]}} for text in request.texts()
             ]
         }
-        answer = await self._post(self._embed_url, encoder.encode(body), traceparent)
-        try:
-            embeddings = embed_decoder.decode(answer).embeddings
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise upstream_error(502, self.name, f"invalid embeddings body: {exc}") from None
+        headers = self._request_headers(traceparent)
+        answer = await self._upstream.post(self._embed_url, encoder.encode(body), headers)
+        embeddings = decode_answer(embed_decoder, answer, self.name, "embeddings body").embeddings
         return EmbeddingList(
             data=[Embedding(index=i, embedding=e.values) for i, e in enumerate(embeddings)],
             model=self._model,
@@ -567,5 +519,4 @@ class GeminiProvider:
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._upstream.aclose()

@@ -1,4 +1,5 @@
-"""What every HTTP adapter shares: the pooled aiohttp session, SSE framing, transport errors.
+"""What every HTTP adapter shares: the pooled aiohttp session, SSE framing, transport errors,
+and for the translating adapters the POSTs themselves (``Upstream``).
 
 One ``aiohttp.ClientSession`` per deployment: a keep-alive connection pool sized to the
 deployment's concurrency, so no request pays for connection set-up. aiohttp rather
@@ -9,9 +10,11 @@ the same server, aiohttp spends 0.2-0.3 ms of CPU per request against httpx's 1.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import TypeVar
 
 import aiohttp
+import msgspec
 
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, upstream_error
@@ -71,3 +74,65 @@ def transport_error(deployment: str, url: str, exc: BaseException) -> BrokerErro
         f"transport error with {url}: {type(exc).__name__}: {exc}",
         code="upstream_transport_error",
     )
+
+
+ErrorReader = Callable[[int, bytes, Mapping[str, str]], BrokerError]
+T = TypeVar("T")
+
+
+class Upstream:
+    """A translating adapter's HTTP side (Anthropic, Gemini): the pooled session, and
+    POSTs whose failures come back as upstream errors. ``read_error`` turns an HTTP error
+    answer into the provider's error category."""
+
+    def __init__(self, deployment: DeploymentConfig, read_error: ErrorReader) -> None:
+        assert deployment.base_url is not None
+        self.name = deployment.name
+        self.base_url = deployment.base_url.rstrip("/")
+        self._deployment = deployment
+        self._read_error = read_error
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = new_session(self._deployment)
+        return self._session
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+        """The answer's body; an HTTP error or transport failure raises ``BrokerError``."""
+        try:
+            async with self._client().post(url, data=body, headers=headers) as response:
+                answer = await response.read()
+                if response.status >= 400:
+                    raise self._read_error(response.status, answer, response.headers)
+                return answer
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(self.name, self.base_url, exc) from None
+
+    async def post_events(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> AsyncGenerator[bytes, None]:
+        """The ``data:`` payloads of a streamed answer. Use it in ``contextlib.aclosing``
+        when you may stop early, so the connection goes back to the pool at once."""
+        try:
+            async with self._client().post(url, data=body, headers=headers) as response:
+                if response.status >= 400:
+                    answer = await response.read()
+                    raise self._read_error(response.status, answer, response.headers)
+                async for data in sse_data(response):
+                    yield data
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(self.name, self.base_url, exc) from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def decode_answer(decoder: msgspec.json.Decoder[T], data: bytes, deployment: str, what: str) -> T:
+    """An upstream's JSON, or a 502 that says which part was not what the provider
+    documents (``what``: "response body", "stream event", ...)."""
+    try:
+        return decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise upstream_error(502, deployment, f"invalid {what}: {exc} in {data[:200]!r}") from None

@@ -11,6 +11,7 @@ import msgspec
 
 from schemas.chat import (
     ChatCompletionChunk,
+    ChatCompletionRequest,
     ChunkChoice,
     Delta,
     TextPart,
@@ -55,6 +56,33 @@ def unsupported(provider: str, param: str, what: str) -> BrokerError:
         param=param,
         code="unsupported_parameter",
     )
+
+
+def refuse_openai_only(request: ChatCompletionRequest, provider: str) -> None:
+    """The 400 for what neither Anthropic nor Gemini can do."""
+    if request.logprobs:
+        raise unsupported(provider, "logprobs", "log probabilities")
+    if request.audio is not None or (request.modalities and "audio" in request.modalities):
+        raise unsupported(provider, "modalities", "audio output")
+    if request.functions or request.function_call:
+        raise unsupported(provider, "functions", "legacy `functions` (use `tools`)")
+
+
+class Turns:
+    """A conversation in a provider's shape, where consecutive items of one role must be
+    one turn: ``{"role": ..., <key>: [items]}``, merged as they are added."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.turns: list[dict[str, Any]] = []
+
+    def add(self, role: str, items: list[dict[str, Any]]) -> None:
+        if not items:
+            return
+        if self.turns and self.turns[-1]["role"] == role:
+            self.turns[-1][self.key].extend(items)
+        else:
+            self.turns.append({"role": role, self.key: items})
 
 
 def tool_arguments(call: ToolCall, where: str) -> Any:
