@@ -73,6 +73,13 @@ class Result:
         )
 
 
+FIRST_ERRORS: dict[str, str] = {}  # target -> its first error, printed with the results
+
+
+def _note_error(name: str, exc: Exception) -> None:
+    FIRST_ERRORS.setdefault(name, f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
 async def closed_loop(name: str, call: Call, concurrency: int, duration: float) -> Result:
     latencies: list[float] = []
     errors = 0
@@ -85,8 +92,9 @@ async def closed_loop(name: str, call: Call, concurrency: int, duration: float) 
             try:
                 await call()
                 latencies.append(time.perf_counter() - started)
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                _note_error(name, exc)
 
     started = time.perf_counter()
     await asyncio.gather(*(user() for _ in range(concurrency)))
@@ -104,8 +112,9 @@ async def paced(name: str, call: Call, rate: float, duration: float) -> Result:
         try:
             await call()
             latencies.append(time.perf_counter() - scheduled)
-        except Exception:
+        except Exception as exc:
             errors += 1
+            _note_error(name, exc)
 
     started = time.perf_counter()
     total = int(rate * duration)
@@ -290,6 +299,8 @@ def main() -> None:
     )
     best = max(r.rate for r in results if r.name.startswith("(d)"))
     print(f"NATS client path through one worker process: {best:.0f} req/s (target >= 10000)")
+    for name, error in FIRST_ERRORS.items():
+        print(f"first error of {name}: {error}")
 
 
 if __name__ == "__main__":

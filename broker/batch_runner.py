@@ -415,6 +415,7 @@ class BatchRun:
         self._progress.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._progress.wait(), PROGRESS_S)
+        raise_if_cancelled()
 
     async def _publish_all(self, record: BatchRecord) -> None:
         start = await self.store.checkpoint(self.batch_id)
@@ -555,7 +556,9 @@ class BatchRun:
                     try:
                         msgs = await sub.fetch(FETCH, timeout=1.0)
                     except TimeoutError:
+                        raise_if_cancelled()
                         continue
+                    raise_if_cancelled()
                     for msg in msgs:
                         results.add(msg)
                     remaining -= len(msgs)
@@ -737,6 +740,16 @@ class BatchRun:
             tenant=self._owner.tenant if self._owner is not None else None,
         )
         return stored.id
+
+
+def raise_if_cancelled() -> None:
+    """Python 3.11's ``wait_for`` (inside nats-py's fetch too) can return a result that
+    arrived together with a cancellation and drop the cancellation: a loop that goes on
+    after it would never end (a batch once hung in ``finalizing`` this way). The task
+    still counts the request (``cancelling()``), so honour it here."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _finalizing(

@@ -53,6 +53,7 @@ from schemas.envelope import (
 from schemas.errors import (
     BrokerError,
     from_validation_error,
+    internal_error,
     model_not_found,
     queue_unavailable,
 )
@@ -296,14 +297,7 @@ def create_app(
             log.warning("NATS error on %s: %s", request.url.path, exc)
             return error_response(queue_unavailable(f"NATS: {exc}"))
         log.exception("unhandled error on %s", request.url.path)
-        return error_response(
-            BrokerError(
-                500,
-                f"internal error: {type(exc).__name__}",
-                type="api_error",
-                code="internal_error",
-            )
-        )
+        return error_response(internal_error(exc))
 
     return Starlette(
         routes=[

@@ -134,6 +134,13 @@ def no_capacity() -> BrokerError:
     )
 
 
+def internal_error(exc: BaseException) -> BrokerError:
+    """A bug of ours, said as such (the details are in the log, not the answer)."""
+    return BrokerError(
+        500, f"internal error: {type(exc).__name__}", type="api_error", code="internal_error"
+    )
+
+
 def queue_unavailable(reason: str) -> BrokerError:
     return BrokerError(
         503,

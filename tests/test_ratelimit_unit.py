@@ -51,6 +51,23 @@ async def test_adjust_gives_back_and_take_all_is_all_or_nothing(
     assert (await two.take(requests, 5)).allowed  # the refused call took nothing
 
 
+async def test_a_hot_key_taken_concurrently_counts_every_take_exactly(
+    limiter: tuple[RateLimiter, RateLimiter],
+) -> None:
+    """Hundreds of requests of one key at once, from two processes: none fails for
+    contention (each process takes a bucket one request at a time), and the limit
+    admits exactly its burst."""
+    one, two = limiter
+    bucket = Bucket("hot.rpm", "requests", limit=60, burst=150)
+    takes = [(one if i % 2 else two).take(bucket, 1) for i in range(400)]
+    decisions = await asyncio.gather(*takes)
+    assert sum(d.allowed for d in decisions) == 150
+    adjustments = [one.adjust(bucket, -1) for _ in range(50)]  # given back concurrently
+    await asyncio.gather(*adjustments)
+    again = await asyncio.gather(*(two.take(bucket, 1) for _ in range(80)))
+    assert sum(d.allowed for d in again) == 50
+
+
 async def test_a_request_larger_than_the_burst_passes_only_on_a_full_bucket(
     limiter: tuple[RateLimiter, RateLimiter],
 ) -> None:

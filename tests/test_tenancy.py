@@ -462,5 +462,9 @@ def test_a_tenant_quota_stops_a_running_batch_and_refuses_the_next(tenancy: Tena
     assert counts == {"total": 60, "completed": len(answered), "failed": len(refused)}
 
     again, output, errors = _run_batch(tenancy, key, lines[:5])
-    assert again["request_counts"] == {"total": 5, "completed": 0, "failed": 5}, again
+    assert again["request_counts"] == {"total": 5, "completed": 0, "failed": 5}, (
+        again["status"],
+        again["request_counts"],
+        tenancy.logs[1].read_text()[-3000:],  # the batcher's
+    )
     assert output == [] and {line["error"]["code"] for line in errors} == {"quota_exceeded"}

@@ -53,6 +53,7 @@ from schemas.errors import (
     circuit_open,
     deadline_exceeded,
     from_validation_error,
+    internal_error,
     upstream_error,
 )
 from workers import embeddings
@@ -224,6 +225,9 @@ class DeploymentPool:
                 await slots.acquire(lane)
             try:
                 settled = await self._serve(msg, meta)
+            except Exception as exc:  # a bug: answer it now rather than let the caller time out
+                log.exception("request %s failed in the worker", meta.request_id)
+                await self._error(meta, internal_error(exc))
             finally:
                 slots.release(lane)
         finally:
@@ -329,15 +333,7 @@ class DeploymentPool:
             )
         except Exception as exc:
             log.exception("request %s failed in %s", meta.request_id, self.name)
-            await self._error(
-                meta,
-                BrokerError(
-                    500,
-                    f"internal error in worker: {type(exc).__name__}",
-                    type="api_error",
-                    code="internal_error",
-                ),
-            )
+            await self._error(meta, internal_error(exc))
         finally:
             if charged and self._pacer is not None:
                 self._pacer.correct(estimate, usage.total_tokens if usage else estimate)
