@@ -143,6 +143,9 @@ class UsageRecorder:
         self._subjects = Subjects(prefix)
         self._pending: dict[str, int] = defaultdict(int)
         self._task: asyncio.Task[None] | None = None
+        self._urgent: dict[str, int] = defaultdict(int)  # record_now's, not yet published
+        self._urgent_done: asyncio.Future[None] | None = None  # when they will be
+        self._urgent_flusher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -193,8 +196,41 @@ class UsageRecorder:
         return tuple(costs), tokens, details
 
     async def record_now(self, **usage: Any) -> None:
-        """Publish before returning: a budget or quota's next admission must see it."""
-        await self._publish(self.increments(**usage))
+        """Publish before returning: a budget or quota's next admission must see it.
+        Only the counters admission reads wait (9); the per-day detail goes with the
+        next batch.
+
+        Concurrent callers share the publishes
+        (group commit): what arrives while one group is being published goes out, summed
+        per counter, in the next, and each caller returns once its own group is stored."""
+        values = self.increments(**usage)
+        _, _, details = self._names(
+            usage["tenant"], usage["key_id"], usage["model"], usage["deployment"], int(usage["at"])
+        )
+        for subject in details:  # nobody checks these before the next batch
+            self._pending[subject] += values.pop(subject)
+        urgent = self._urgent
+        for subject, value in values.items():
+            urgent[subject] += value
+        if self._urgent_done is None:
+            self._urgent_done = asyncio.get_running_loop().create_future()
+        done = self._urgent_done
+        if self._urgent_flusher is None:
+            self._urgent_flusher = asyncio.create_task(self._flush_urgent())
+        await asyncio.shield(done)
+
+    async def _flush_urgent(self) -> None:
+        try:
+            while self._urgent:
+                group, self._urgent = self._urgent, defaultdict(int)
+                done, self._urgent_done = self._urgent_done, None
+                try:
+                    await self._publish(group)
+                finally:
+                    if done is not None and not done.done():
+                        done.set_result(None)
+        finally:
+            self._urgent_flusher = None
 
     def add(self, **usage: Any) -> None:
         """Recorded with the next batch, within ``FLUSH_S`` (no I/O on the request path)."""
@@ -236,6 +272,7 @@ class UsageView:
         self._config = config
         self._subjects = Subjects(config.nats.subject_prefix)
         self._values: dict[str, int] = {}
+        self._reading: dict[str, asyncio.Future[int]] = {}  # subject -> its read in flight
         self._sub: object | None = None
 
     async def start(self) -> None:
@@ -266,8 +303,17 @@ class UsageView:
 
     async def current(self, scope: str, ident: str, period: Period, metric: str, at: float) -> int:
         """The counter's value read from the server now (one direct get), for checks that
-        must not trail the ledger by even a moment: budgets and quotas."""
+        must not trail the ledger: budgets and quotas. Concurrent checks of one counter
+        share the read in flight (it started at most a round trip before)."""
         subject = self._subjects.aggregate(scope, ident, period, at, metric)
+        reading = self._reading.get(subject)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(subject))
+            self._reading[subject] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(subject, None))
+        return await asyncio.shield(reading)
+
+    async def _read(self, subject: str) -> int:
         try:
             msg = await self._js.get_last_msg(usage_stream(self._config), subject, direct=True)
         except NotFoundError:

@@ -229,7 +229,11 @@ def test_budget_stops_spending_at_the_limit(tenancy: Tenancy) -> None:
     assert error["code"] == "budget_exceeded" and error["type"] == "insufficient_quota"
     assert "limit $20.0000, spent $21.0000" in error["message"] and "resets at" in error["message"]
     assert refused.headers["x-should-retry"] == "false" and int(refused.headers["retry-after"]) > 0
-    report = tenancy.admin("GET", "/admin/usage", params={"tenant": "thrifty"}).json()
+    for _ in range(50):  # the per-day detail is recorded with the next batch (0.2 s)
+        report = tenancy.admin("GET", "/admin/usage", params={"tenant": "thrifty"}).json()
+        if report["cost_usd"] >= 21.0:
+            break
+        time.sleep(0.1)
     assert report["cost_usd"] == pytest.approx(21.0)
     (row,) = report["rows"]
     assert (row["model"], row["deployment"], row["requests"]) == ("mock-gpt", "mock-gpt/0", 3)
