@@ -360,11 +360,18 @@ def test_any_custom_id_comes_back_verbatim_through_the_batch_lane_stream(env: Ba
 # ---------------------------------------------------------------- crashes and cancel
 
 
-def test_worker_sigkilled_mid_batch_loses_and_duplicates_nothing(env: BatchEnv) -> None:
-    ids = [f"kill-{i}" for i in range(1000)]
+def start_midway(env: BatchEnv, prefix: str) -> tuple[str, list[str]]:
+    """A batch of 1,000 lines, returned once 200 to 900 of them are answered: the moment
+    the crash tests strike."""
+    ids = [f"{prefix}-{i}" for i in range(1000)]
     batch_id = env.submit([chat_line(i) for i in ids])
     midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
     assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
+    return batch_id, ids
+
+
+def test_worker_sigkilled_mid_batch_loses_and_duplicates_nothing(env: BatchEnv) -> None:
+    batch_id, ids = start_midway(env, "kill")
     victim = env.workers[0]
     victim.signal(signal.SIGKILL)
     victim.popen.wait()
@@ -374,10 +381,7 @@ def test_worker_sigkilled_mid_batch_loses_and_duplicates_nothing(env: BatchEnv) 
 
 
 def test_nats_server_restarted_mid_batch(env: BatchEnv) -> None:
-    ids = [f"restart-{i}" for i in range(1000)]
-    batch_id = env.submit([chat_line(i) for i in ids])
-    midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
-    assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
+    batch_id, ids = start_midway(env, "restart")
     env.nats.stop()
     time.sleep(1.0)
     env.nats.start()
@@ -386,10 +390,7 @@ def test_nats_server_restarted_mid_batch(env: BatchEnv) -> None:
 
 
 def test_batcher_sigkilled_mid_batch_resumes(env: BatchEnv) -> None:
-    ids = [f"batcher-{i}" for i in range(1000)]
-    batch_id = env.submit([chat_line(i) for i in ids])
-    midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
-    assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
+    batch_id, ids = start_midway(env, "batcher")
     assert env.batcher is not None
     env.batcher.signal(signal.SIGKILL)
     env.batcher.popen.wait()
@@ -415,10 +416,7 @@ def test_two_batchers_run_a_batch_once_and_the_survivor_takes_over(env: BatchEnv
     assert env.batcher is not None
     first = env.batcher
     second = env.start_batcher()
-    ids = [f"ha-{i}" for i in range(1000)]
-    batch_id = env.submit([chat_line(i) for i in ids])
-    midway = env.wait_until(batch_id, lambda b: b["request_counts"]["completed"] >= 200)
-    assert midway["request_counts"]["completed"] < 900, "the batch ended before the crash"
+    batch_id, ids = start_midway(env, "ha")
     pid = int(asyncio.run(holder(batch_id)).split(":")[1])
     victim = first if pid == first.popen.pid else second
     survivor = second if victim is first else first
