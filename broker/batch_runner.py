@@ -745,7 +745,7 @@ class BatchRun:
 def raise_if_cancelled() -> None:
     """Python 3.11's ``wait_for`` (inside nats-py's fetch too) can return a result that
     arrived together with a cancellation and drop the cancellation: a loop that goes on
-    after it would never end (a batch once hung in ``finalizing`` this way). The task
+    after it would never end (a batch stopped by its quota once hung before finalizing). The task
     still counts the request (``cancelling()``), so honour it here."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():

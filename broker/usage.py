@@ -157,7 +157,7 @@ class UsageRecorder:
                 await self._task
         await self.flush()
 
-    def increments(
+    def _increments(
         self,
         *,
         tenant: str,
@@ -168,13 +168,15 @@ class UsageRecorder:
         completion_tokens: int,
         cost_usd: float,
         at: float,
-    ) -> dict[str, int]:
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """A request's counter increments: those budgets and quotas read (cost and tokens
+        per period), and the per-day detail behind the usage report."""
         costs, tokens, details = self._names(tenant, key_id, model, deployment, int(at))
         cost = round(cost_usd * NANO)
-        out = dict.fromkeys(costs, cost) | dict.fromkeys(tokens, prompt_tokens + completion_tokens)
+        checked = dict.fromkeys(costs, cost)
+        checked.update(dict.fromkeys(tokens, prompt_tokens + completion_tokens))
         values = (1, prompt_tokens, completion_tokens, cost)
-        out.update(zip(details, values, strict=True))
-        return out
+        return checked, dict(zip(details, values, strict=True))
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (one recorder per process)
     def _names(
@@ -197,20 +199,15 @@ class UsageRecorder:
 
     async def record_now(self, **usage: Any) -> None:
         """Publish before returning: a budget or quota's next admission must see it.
-        Only the counters admission reads wait (9); the per-day detail goes with the
-        next batch.
-
-        Concurrent callers share the publishes
-        (group commit): what arrives while one group is being published goes out, summed
-        per counter, in the next, and each caller returns once its own group is stored."""
-        values = self.increments(**usage)
-        _, _, details = self._names(
-            usage["tenant"], usage["key_id"], usage["model"], usage["deployment"], int(usage["at"])
-        )
-        for subject in details:  # nobody checks these before the next batch
-            self._pending[subject] += values.pop(subject)
-        urgent = self._urgent
-        for subject, value in values.items():
+        Only the counters admission reads wait (9 of 13); the per-day detail goes with
+        the next batch. Concurrent callers share the publishes (group commit): what
+        arrives while one group is being published goes out, summed per counter, in the
+        next, and each caller returns once its own group is stored."""
+        checked, details = self._increments(**usage)
+        pending, urgent = self._pending, self._urgent
+        for subject, value in details.items():
+            pending[subject] += value
+        for subject, value in checked.items():
             urgent[subject] += value
         if self._urgent_done is None:
             self._urgent_done = asyncio.get_running_loop().create_future()
@@ -235,8 +232,9 @@ class UsageRecorder:
     def add(self, **usage: Any) -> None:
         """Recorded with the next batch, within ``FLUSH_S`` (no I/O on the request path)."""
         pending = self._pending
-        for subject, value in self.increments(**usage).items():
-            pending[subject] += value
+        for increments in self._increments(**usage):
+            for subject, value in increments.items():
+                pending[subject] += value
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(int)

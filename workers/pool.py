@@ -226,7 +226,7 @@ class DeploymentPool:
             try:
                 settled = await self._serve(msg, meta)
             except Exception as exc:  # a bug: answer it now rather than let the caller time out
-                log.exception("request %s failed in the worker", meta.request_id)
+                log.exception("request %s failed in %s", meta.request_id, self.name)
                 await self._error(meta, internal_error(exc))
             finally:
                 slots.release(lane)
@@ -331,9 +331,6 @@ class DeploymentPool:
             await self._error(
                 meta, deadline_exceeded(remaining or 0, "while the provider was answering")
             )
-        except Exception as exc:
-            log.exception("request %s failed in %s", meta.request_id, self.name)
-            await self._error(meta, internal_error(exc))
         finally:
             if charged and self._pacer is not None:
                 self._pacer.correct(estimate, usage.total_tokens if usage else estimate)
