@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from array import array
 from collections.abc import Callable
@@ -59,7 +60,8 @@ from schemas.batch import (
     line_decoder,
 )
 from schemas.chat import request_decoder
-from schemas.config import Config
+from schemas.config import HEADER_ROOM, Config
+from schemas.depth import check_depth, decode_checked
 from schemas.envelope import (
     H_CUSTOM_ID,
     H_DEADLINE,
@@ -71,7 +73,7 @@ from schemas.envelope import (
     ReplyKind,
     Tenancy,
 )
-from schemas.errors import BrokerError, from_validation_error
+from schemas.errors import BrokerError, request_too_large
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,8 @@ class BatchRun:
         self._spending_checked = 0.0
         self._owner: Tenancy | None = None  # the batch's key, signed per line
         self._allowed: set[str] | None = None  # models the key may use (None: all)
+        # A line whose request NATS could not carry fails alone, in the error file.
+        self._max_line_bytes = nc.max_payload - HEADER_ROOM
 
     # ------------------------------------------------------------ the whole run
 
@@ -455,14 +459,17 @@ class BatchRun:
 
     def _message(self, index: int, line: bytes) -> tuple[int, Message]:
         """The lane request for line ``index``, or (index -1) the line's error result."""
-        parsed = line_decoder.decode(line)  # validated already
+        custom_id = _custom_id(line)  # validated already
         reply = result_subject(self.subjects, self.batch_id)
         headers = {
             H_REQUEST_ID: line_request_id(self.batch_id, index),
-            H_MSG_ID: f"{self.batch_id}:{parsed.custom_id}",
-            H_CUSTOM_ID: encode_token(parsed.custom_id),
+            H_MSG_ID: f"{self.batch_id}:{custom_id}",
+            H_CUSTOM_ID: encode_token(custom_id),
         }
         try:
+            if len(line) > self._max_line_bytes:
+                raise request_too_large(self._max_line_bytes, "The line's request body")
+            parsed = decode_checked(line_decoder, line)
             model = self._check_line(parsed.method, parsed.url, bytes(parsed.body))
         except BrokerError as exc:
             headers |= {
@@ -491,10 +498,7 @@ class BatchRun:
                 f"Unsupported url `{url}`: this batch serves {BATCH_ENDPOINT}.",
                 code="invalid_url",
             )
-        try:
-            request = request_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise from_validation_error(exc) from None
+        request = decode_checked(request_decoder, body)
         if request.stream:
             raise BrokerError(
                 400,
@@ -772,7 +776,22 @@ class _Head(msgspec.Struct):
 _head_decoder = msgspec.json.Decoder(_Head)
 
 
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
 def _custom_id(line: bytes) -> str:
+    try:
+        check_depth(line)
+    except BrokerError:
+        # Too deep to decode (the line fails with json_too_deep in the error file): its
+        # custom_id is still needed to name it there.
+        match = _CUSTOM_ID.search(line)
+        if match is None:
+            raise MalformedLine("missing_custom_id", "The line has no `custom_id`.") from None
+        try:
+            return str(msgspec.json.decode(match.group(1)))
+        except msgspec.DecodeError:
+            raise MalformedLine("invalid_json_line", "The line is not valid JSON.") from None
     try:
         return _head_decoder.decode(line).custom_id
     except msgspec.ValidationError as exc:

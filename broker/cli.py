@@ -10,6 +10,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 from broker import logs
 from broker.cli_args import connection_options
@@ -40,11 +41,18 @@ def _start_embedded(config: Config) -> EmbeddedNats:
         port=config.nats.port,
         log_file=store.parent / "nats-server.log",
         memory_limit_mb=config.nats.memory_limit_mb,
+        max_payload=config.nats.max_payload_bytes,
     )
     try:
         return server.start()
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         raise SystemExit(f"promptbus: cannot start embedded nats-server: {exc}") from None
+
+
+def _ingress_protocol(config: Config) -> Any:
+    from ingress.connections import bounded_protocol
+
+    return bounded_protocol(config.ingress.header_timeout_s, config.ingress.max_connections)
 
 
 def _hello_body(model: str) -> str:
@@ -80,7 +88,9 @@ async def _up(config: Config, url: str, port: int) -> None:
     try:
         # A local all-in-one gets an admin key of its own unless one is set.
         admin_key = os.environ.setdefault(config.admin.api_key_env, secrets.token_urlsafe(18))
-        server = http_server(create_app(config, nats_url=url), config.ingress.host, port)
+        server = http_server(
+            create_app(config, nats_url=url), config.ingress.host, port, _ingress_protocol(config)
+        )
         model = config.model_list[0].model_name
         base = f"http://{config.ingress.host}:{port}"
         auth = demo = ""
@@ -207,7 +217,9 @@ def cmd_ingress(args: argparse.Namespace) -> None:
 
     async def serve() -> None:
         stop = stop_event()
-        server = http_server(create_app(config, nats_url=url), host, port)
+        server = http_server(
+            create_app(config, nats_url=url), host, port, _ingress_protocol(config)
+        )
         sockets = [shared_socket(host, port)] if args.reuse_port else None
 
         async def announce() -> None:  # once started: replicas on one port are told apart

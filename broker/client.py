@@ -24,6 +24,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import ConnectionReconnectingError, MaxPayloadError, OutboundBufferLimitError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -59,12 +60,13 @@ from schemas.chat import (
     embedding_list_decoder,
     encoder,
 )
-from schemas.config import Config
+from schemas.config import HEADER_ROOM, Config
 from schemas.envelope import (
     H_AGE,
     H_AUTHORIZATION,
     H_CACHE,
     H_DEPLOYMENT,
+    H_ENQUEUE_BY,
     H_KIND,
     H_MSG_ID,
     H_REPLY_TO,
@@ -84,6 +86,7 @@ from schemas.errors import (
     no_capacity,
     no_worker,
     queue_unavailable,
+    request_too_large,
     wrong_endpoint,
 )
 
@@ -198,6 +201,7 @@ class BrokerClient:
         self._prefix = ""
         self._sub: Subscription | None = None
         self._sent: dict[str, _Sent] = {}  # token -> how to ask again (non-streamed requests)
+        self._parts: dict[str, list[bytes]] = {}  # token -> leading pieces of a large reply
         self._reasker: asyncio.Task[None] | None = None
         self.reasked = 0  # requests asked again after a reply was lost in a reconnect
 
@@ -297,7 +301,11 @@ class BrokerClient:
             pass
         if not _waiting(self._pending.get(token)):
             return
-        headers = {**sent.headers, H_MSG_ID: f"{sent.headers[H_MSG_ID]}.{sent.seq}"}
+        headers = {
+            **sent.headers,
+            H_MSG_ID: f"{sent.headers[H_MSG_ID]}.{sent.seq}",
+            H_ENQUEUE_BY: str(deadline_after(PUBLISH_ACK_TIMEOUT_S)),
+        }
         seq = await self._publish_until_acked(
             sent.subject, sent.body, headers, f"{token}.r", sent.timeout
         )
@@ -317,7 +325,15 @@ class BrokerClient:
         key = msg.subject[self._prefix_len :]
         pending = self._pending.get(key)
         if pending is None:
+            self._parts.pop(key, None)
             return  # late reply for a request that timed out or was cancelled
+        headers = msg.headers
+        if headers is not None and headers.get(H_KIND) == "part":
+            parts = self._parts.setdefault(key, [])
+            parts.append(msg.data)
+            return
+        if self._parts and key in self._parts:  # the last piece of a reply sent in parts
+            msg.data = b"".join([*self._parts.pop(key), msg.data])
         if isinstance(pending, ReplyStream):
             pending.queue.put_nowait(Reply.from_msg(msg))
         elif not pending.done():
@@ -350,6 +366,13 @@ class BrokerClient:
                 return self.subjects.dep(target.name), ()
         return self.subjects.queue(model, mode), ()
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body this client can queue: the configured limit, and never
+        more than the connected server's ``max_payload`` carries beside the headers."""
+        configured = self.config.ingress.max_body_bytes or self.nc.max_payload
+        return max(0, min(configured, self.nc.max_payload - HEADER_ROOM))
+
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
             return self.config.ingress.default_timeout_s
@@ -380,6 +403,9 @@ class BrokerClient:
             traceparent=traceparent,
             failed=failed,
             tenancy=tenancy,
+            # Stored after this, the request was reported failed (503): workers drop it.
+            enqueue_by_ms=deadline_after(min(timeout, PUBLISH_ACK_TIMEOUT_S)),
+            accepts_parts=True,
         )
         ack_key = f"{token}.a"
         self._pending[token] = pending
@@ -411,11 +437,25 @@ class BrokerClient:
         reason = "no publish acknowledgement from JetStream"
         try:
             while (left := deadline - loop.time()) > 0:
+                if not self.nc.is_connected:
+                    # Not into nats-py's reconnect buffer: sent after we reported the
+                    # request failed, it would run anyway (Pb-Enqueue-By catches the
+                    # few publishes already buffered when the connection dropped).
+                    reason = "not connected to NATS"
+                    await asyncio.sleep(min(0.1, left))
+                    continue
                 ack: asyncio.Future[Reply] = loop.create_future()
                 self._pending[ack_key] = ack
-                await self.nc.publish(
-                    subject, body, reply=f"{self._prefix}.{ack_key}", headers=headers
-                )
+                try:
+                    await self.nc.publish(
+                        subject, body, reply=f"{self._prefix}.{ack_key}", headers=headers
+                    )
+                except MaxPayloadError:
+                    raise request_too_large(self.max_body_bytes) from None
+                except (OutboundBufferLimitError, ConnectionReconnectingError):
+                    reason = "not connected to NATS"
+                    await asyncio.sleep(min(0.1, max(0.0, left)))
+                    continue
                 try:
                     async with asyncio.timeout(min(left, PUBLISH_ATTEMPT_S)):
                         reply = await ack

@@ -83,10 +83,15 @@ class LocalCluster:
         self.store.mkdir(parents=True, exist_ok=True)
         self.upstream_port = free_port()
         self.config_path = self._render(Path(config_path))
-        self.nats = EmbeddedCluster(self.store / "nats", size=nats_nodes, log_dir=self.store)
+        config = load_config(self.config_path, env={})
+        self.nats = EmbeddedCluster(
+            self.store / "nats",
+            size=nats_nodes,
+            log_dir=self.store,
+            max_payload=config.nats.max_payload_bytes,
+        )
         self.ingress_port = ingress_port or free_port()
         self.ingress_count = ingresses
-        config = load_config(self.config_path, env={})
         self.worker_models = worker_models or [[m.model_name] for m in config.model_list]
         self.env = {
             "PROMPTBUS__NATS__URL": self.nats.url,

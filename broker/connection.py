@@ -8,8 +8,68 @@ import time
 import weakref
 
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError
 
 log = logging.getLogger(__name__)
+
+# What a message's headers cost on the wire beyond their keys and values:
+# ``NATS/1.0\r\n`` + ``\r\n`` at the end, and ``: `` + ``\r\n`` per header.
+_HEADER_FRAME = 12
+_PER_HEADER = 4
+
+
+def message_size(payload: bytes, headers: dict[str, str] | None) -> int:
+    """The bytes nats-server counts against ``max_payload``: headers and body together."""
+    if not headers:
+        return len(payload)
+    keys = sum(map(len, headers))
+    values = sum(map(len, headers.values()))  # characters: exact for ASCII values
+    return len(payload) + _HEADER_FRAME + keys + values + _PER_HEADER * len(headers)
+
+
+def _exact_message_size(payload: bytes, headers: dict[str, str] | None) -> int:
+    if not headers:
+        return len(payload)
+    values = sum(len(v.encode()) for v in headers.values())
+    return (
+        len(payload) + _HEADER_FRAME + sum(map(len, headers)) + values + _PER_HEADER * len(headers)
+    )
+
+
+class GuardedNATS(NATS):
+    """nats-py's client with two guards against losing the connection to our own traffic.
+
+    - nats-py checks only the body against the server's ``max_payload``; headers push a
+      message over it, nats-server answers ``-ERR 'Maximum Payload Violation'`` and closes
+      the connection, and nats-py then closes the client for good. Here the whole message
+      is checked first and refused with :class:`MaxPayloadError`, nothing sent.
+    - A server error that still arrives (another client library's bug, a server with a
+      lower limit after a failover) makes the client reconnect instead of closing.
+    """
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        size = message_size(payload, headers)
+        if (
+            size > self._max_payload - 4096
+            and _exact_message_size(payload, headers) > self._max_payload
+        ):
+            raise MaxPayloadError
+        await super().publish(subject, payload, reply, headers)
+
+    async def _process_err(self, err_msg: str) -> None:
+        if "maximum payload" in err_msg.lower():
+            log.warning("nats-server refused a message (%s): reconnecting", err_msg.strip("'"))
+            await self._process_op_err(NatsError(f"nats: {err_msg.strip(chr(39))}"))
+            return
+        await super()._process_err(err_msg)
+
 
 # After a reconnect, how long core-NATS replies wait so that the callers (who reconnect
 # too, 0.5 s apart at most) have re-subscribed their inboxes: a reply sent earlier
@@ -43,8 +103,15 @@ def server_list(url: str | list[str]) -> list[str]:
     return [u.strip() for u in urls if u.strip()]
 
 
-async def connect(url: str | list[str], name: str) -> NATS:
-    """Connect with unlimited reconnects: a broker outlives nats-server restarts."""
+async def connect(
+    url: str | list[str], name: str, *, buffer_while_disconnected: bool = True
+) -> NATS:
+    """Connect with unlimited reconnects: a broker outlives nats-server restarts.
+
+    ``buffer_while_disconnected=False`` makes a publish fail at once while the connection
+    is down instead of being held and sent on reconnect: a process that tells its caller
+    "failed, try again" must not have the request run later anyway (the ingress).
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats %s: %s", name, exc)
@@ -57,7 +124,7 @@ async def connect(url: str | list[str], name: str) -> NATS:
         _reconnected_at[nc] = time.monotonic()
         log.info("nats %s: reconnected", name)
 
-    nc = NATS()
+    nc = GuardedNATS()
     await nc.connect(
         servers=server_list(url),
         name=name,
@@ -68,6 +135,6 @@ async def connect(url: str | list[str], name: str) -> NATS:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
-        pending_size=64 * 1024 * 1024,
+        pending_size=64 * 1024 * 1024 if buffer_while_disconnected else 0,
     )
     return nc

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from schemas.config import NATS_MEMORY_LIMIT_MB
+from schemas.config import NATS_MAX_PAYLOAD, NATS_MEMORY_LIMIT_MB
 
 # A soft memory limit for the Go runtime of the servers started here (GOMEMLIMIT). Without
 # it the heap grows to twice its live size between collections: a 100,000-line batch
@@ -33,6 +33,18 @@ def server_environment(memory_limit_mb: int | None) -> dict[str, str]:
     if memory_limit_mb is not None and "GOMEMLIMIT" not in env:
         env["GOMEMLIMIT"] = f"{memory_limit_mb}MiB"
     return env
+
+
+def write_server_config(directory: Path, max_payload: int) -> Path:
+    """The settings nats-server takes only from a file (its flags have no max_payload):
+    ``nats-server.conf`` beside the store, passed with ``-c``; flags override the rest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "nats-server.conf"
+    path.write_text(
+        "# Written by promptbus at every start (broker/embedded.py); edits are replaced.\n"
+        f"max_payload: {max_payload}\n"
+    )
+    return path
 
 
 def find_nats_server() -> str:
@@ -88,9 +100,11 @@ class EmbeddedNats:
         port: int = 0,
         log_file: str | Path | None = None,
         memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB,
+        max_payload: int = NATS_MAX_PAYLOAD,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
+        self.max_payload = max_payload
         self.port = port or free_port(host)
         self.log_file = Path(log_file) if log_file else None
         self.memory_limit_mb = memory_limit_mb
@@ -102,8 +116,10 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 15.0) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = write_server_config(self.store_dir, self.max_payload)
         args = [
             find_nats_server(),
+            "-c", str(conf),
             "--addr", self.host,
             "--port", str(self.port),
             "--jetstream",
@@ -190,9 +206,11 @@ class EmbeddedCluster:
         name: str = "promptbus",
         ports: list[int] | None = None,
         log_dir: str | Path | None = None,
+        max_payload: int = NATS_MAX_PAYLOAD,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
+        self.max_payload = max_payload
         self.store_dir = Path(store_dir)
         self.host = host
         self.name = name
@@ -219,8 +237,10 @@ class EmbeddedCluster:
             for i, port in enumerate(self.cluster_ports)
             if i != index
         )
+        conf = write_server_config(self.store_dir / f"n{index}", self.max_payload)
         return [
             find_nats_server(),
+            "-c", str(conf),
             "--addr", self.host,
             "--port", str(self.ports[index]),
             "--jetstream",

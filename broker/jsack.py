@@ -40,6 +40,35 @@ def queued_seconds(ack_subject: str | None, now_ns: int) -> float | None:
         return None
 
 
+def stored_ns(ack_subject: str | None) -> int | None:
+    """When the stream stored the message (nats-server's clock, Unix nanoseconds)."""
+    parsed = _tokens(ack_subject)
+    if parsed is None:
+        return None
+    tokens, base = parsed
+    try:
+        return int(tokens[base + 5])
+    except ValueError:
+        return None
+
+
+def delivery_count(ack_subject: str | None) -> int:
+    """How many times this message was delivered, this time included (1 if unknown)."""
+    parsed = _tokens(ack_subject)
+    if parsed is None:
+        return 1
+    tokens, base = parsed
+    try:
+        return int(tokens[base + 2])
+    except ValueError:
+        return 1
+
+
+def stream_name(ack_subject: str | None) -> str | None:
+    parsed = _tokens(ack_subject)
+    return None if parsed is None else parsed[0][parsed[1]]
+
+
 def stream_sequence(ack_subject: str | None) -> int | None:
     """The message's sequence in its stream: the same on every redelivery."""
     parsed = _tokens(ack_subject)

@@ -118,6 +118,16 @@ REFUSED = Counter(
     "budget_exceeded, quota_exceeded",
     ["code"],
 )
+POISON = Counter(
+    "promptbus_poison_requests_total",
+    "Requests given up after worker.max_deliver unanswered starts (moved to dead letters)",
+    ["model"],
+)
+ABANDONED = Counter(
+    "promptbus_abandoned_requests_total",
+    "Requests dropped unrun: stored after their publisher had reported them failed",
+    ["model"],
+)
 RETRIES = Counter("promptbus_retries_total", "Provider calls retried", ["deployment"])
 FAILOVERS = Counter(
     "promptbus_failovers_total", "Requests moved on to another deployment or model", ["deployment"]

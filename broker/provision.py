@@ -26,7 +26,17 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from broker.subjects import BATCHES, BREAKERS, CACHE, KEYS, RATELIMITS, WORKERS, Subjects, bucket
+from broker.subjects import (
+    ATTEMPTS,
+    BATCHES,
+    BREAKERS,
+    CACHE,
+    KEYS,
+    RATELIMITS,
+    WORKERS,
+    Subjects,
+    bucket,
+)
 from schemas.batch import COMPLETION_WINDOWS
 from schemas.config import Config, DeploymentConfig, ModelConfig
 
@@ -315,6 +325,47 @@ async def ensure_batches_bucket(js: JetStreamContext, config: Config) -> KeyValu
             bucket=bucket(config.nats.subject_prefix, BATCHES),
             description="promptbus batches",
             history=1,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+DEAD_LETTER_MAX_AGE_S = 7 * 86_400.0
+DEAD_LETTER_MAX_BYTES = 1024 * 1024 * 1024
+
+
+@patient
+async def ensure_dead_letter_stream(
+    js: JetStreamContext, config: Config, subjects: Subjects
+) -> None:
+    """Poison requests (``<prefix>.dead.<model>``): the body and headers as queued, plus
+    ``Pb-Dead-Reason``; kept a week (or 1 GiB, oldest dropped first) for an operator."""
+    stream = StreamConfig(
+        name=subjects.dead_stream,
+        description="promptbus dead letters (requests that crashed or stalled workers)",
+        subjects=[subjects.dead_wildcard],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=DEAD_LETTER_MAX_AGE_S,
+        max_bytes=DEAD_LETTER_MAX_BYTES,
+        num_replicas=config.nats.replicas,
+    )
+    await _create_or_update(js, stream)
+
+
+async def ensure_attempts_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Starts of redelivered requests (key ``<stream>.<seq>``): a request that ends its
+    worker every time is recognised on its ``nats.max_deliver``-th start. Written only for
+    redeliveries, never on the hot path; entries outlive any queued request."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, ATTEMPTS),
+            description="promptbus redelivered-request attempts",
+            history=1,
+            ttl=float(max(COMPLETION_WINDOWS.values())) + config.nats.max_queue_age_s,
             storage=StorageType.FILE,
             replicas=config.nats.replicas,
         ),

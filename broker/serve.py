@@ -22,13 +22,15 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def http_server(app: Any, host: str, port: int) -> QuietServer:
+def http_server(app: Any, host: str, port: int, protocol: Any = "httptools") -> QuietServer:
+    """``protocol``: uvicorn's name or class of the HTTP protocol (the ingress passes one
+    with a header timeout and a connection cap, ingress/connections.py)."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="none",  # the running loop (uvloop when installed, see run())
-        http="httptools",
+        http=protocol,
         access_log=False,
         log_level="warning",
         lifespan="on",

@@ -7,6 +7,8 @@
                                      (chat) requests leave idle
     <prefix>.cancel                  core NATS: drop the request answering to Pb-Reply-To
     <prefix>.bres.<batch>.<line>...  batch results: replies captured by the results stream
+    <prefix>.dead.<model-token>      dead letters: requests that crashed or stalled workers
+                                     ``nats.max_deliver`` times, kept by the dead stream
 
 A model alias becomes one subject token: characters NATS gives meaning to ('.', '*',
 '>', whitespace) and '%' itself are percent-encoded, so ``llama3.1:8b`` is served on
@@ -28,6 +30,7 @@ CACHE = "cache"
 KEYS = "keys"
 RATELIMITS = "ratelimits"
 BATCHES = "batches"
+ATTEMPTS = "attempts"  # how many times workers began serving a redelivered request
 FILES = "files"  # an Object Store bucket
 
 
@@ -96,6 +99,18 @@ class Subjects:
     def results_stream(self) -> str:
         """The stream that keeps batch results until they are collected."""
         return f"{self.stream}_RESULTS"
+
+    @property
+    def dead_stream(self) -> str:
+        """Requests given up as poison, kept for an operator (``nats stream view``)."""
+        return f"{self.stream}_DEAD"
+
+    @property
+    def dead_wildcard(self) -> str:
+        return f"{self.prefix}.dead.>"
+
+    def dead(self, model: str) -> str:
+        return f"{self.prefix}.dead.{model_token(model)}"
 
     @property
     def bres_wildcard(self) -> str:

@@ -35,7 +35,9 @@ from starlette.routing import Route
 from broker import admin, metrics, tenancy_admin
 from broker.admission import Admission
 from broker.client import BrokerClient
+from ingress.http_io import read_body
 from schemas.config import Config
+from schemas.depth import check_depth
 from schemas.errors import BrokerError, from_validation_error
 from schemas.tenancy import KeySpec, TenantSpec
 
@@ -48,9 +50,11 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 T = TypeVar("T")
+ADMIN_MAX_BODY_BYTES = 1024 * 1024  # a key or tenant spec
 
 
 def _decode(body: bytes, kind: type[T]) -> T:
+    check_depth(body)
     try:
         return msgspec.json.decode(body, type=kind)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -115,7 +119,7 @@ def admin_routes(
 
     async def create_key(request: Request) -> Response:
         authorize(request)
-        spec = _decode(await request.body(), KeySpec)
+        spec = _decode(await read_body(request, ADMIN_MAX_BODY_BYTES), KeySpec)
         admission().check_spec(spec)
         issued = await admission().keys.create_key(spec)
         return _json(tenancy_admin.issued_view(issued), 201)
@@ -149,7 +153,7 @@ def admin_routes(
 
     async def set_tenant(request: Request) -> Response:
         authorize(request)
-        spec = _decode(await request.body(), TenantSpec)
+        spec = _decode(await read_body(request, ADMIN_MAX_BODY_BYTES), TenantSpec)
         record = await admission().keys.set_tenant(request.path_params["name"], spec)
         return _json(record)
 

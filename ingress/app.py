@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 from nats.errors import Error as NatsError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -41,6 +40,7 @@ from schemas.chat import (
     request_decoder,
 )
 from schemas.config import Config
+from schemas.depth import decode_checked
 from schemas.envelope import (
     H_AGE,
     H_CACHE,
@@ -52,7 +52,6 @@ from schemas.envelope import (
 )
 from schemas.errors import (
     BrokerError,
-    from_validation_error,
     internal_error,
     model_not_found,
     queue_unavailable,
@@ -155,11 +154,8 @@ def create_app(
 
     async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Response:
         require_json(request)
-        body = await read_body(request, config.ingress.max_body_bytes)
-        try:
-            chat = request_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise from_validation_error(exc) from None
+        body = await read_body(request, state["client"].max_body_bytes)
+        chat = decode_checked(request_decoder, body)
         context["model"], context["stream"] = chat.model, bool(chat.stream)
         broker = state["client"]
         request_id = str(context["request_id"])
@@ -206,11 +202,8 @@ def create_app(
         model = "-"
         try:
             require_json(request)
-            body = await read_body(request, config.ingress.max_body_bytes)
-            try:
-                parsed = embedding_request_decoder.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                raise from_validation_error(exc) from None
+            body = await read_body(request, state["client"].max_body_bytes)
+            parsed = decode_checked(embedding_request_decoder, body)
             model = parsed.model if config.model(parsed.model) else "-"
             admission = admissions["admission"]  # the same keys, budgets and limits as chat
             grant = await admission.admit(api_key(request), parsed.model, len(body) // 4)
@@ -253,8 +246,9 @@ def create_app(
 
     async def retrieve_model(request: Request) -> Response:
         name = request.path_params["model"]
+        allowed = admissions["admission"].allowed_models(api_key(request))  # 401 first
         model = config.model(name)
-        if model is None:
+        if model is None or (allowed is not None and name not in allowed):
             raise model_not_found(name)
         return Response(
             encoder.encode(Model(id=name, created=0, owned_by=model.owned_by)),

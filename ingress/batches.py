@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-import msgspec
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -19,13 +18,17 @@ from broker.batches import BatchStore
 from ingress.http_io import read_body, require_json
 from schemas.batch import FileList, create_decoder, encoder
 from schemas.config import Config
-from schemas.errors import BrokerError, from_validation_error
+from schemas.depth import decode_checked
+from schemas.errors import BrokerError
 
 PURPOSES = ("batch",)
 
 
 def _json(value: object) -> Response:
     return Response(encoder.encode(value), media_type="application/json")
+
+
+CREATE_MAX_BYTES = 1024 * 1024  # a batch's create body names a file; it is never large
 
 
 def batch_routes(
@@ -107,11 +110,8 @@ def batch_routes(
     async def create_batch(request: Request) -> Response:
         owner = authorize(request)
         require_json(request)
-        body = await read_body(request, config.ingress.max_body_bytes)
-        try:
-            create = create_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise from_validation_error(exc) from None
+        body = await read_body(request, CREATE_MAX_BYTES)
+        create = decode_checked(create_decoder, body)
         return _json(await stores().create(create, owner))
 
     async def list_batches(request: Request) -> Response:

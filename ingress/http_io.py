@@ -7,7 +7,7 @@ import math
 from starlette.requests import Request
 from starlette.responses import Response
 
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, request_too_large
 
 
 def error_response(error: BrokerError) -> Response:
@@ -33,11 +33,7 @@ def require_json(request: Request) -> None:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing early (413) once it exceeds ``limit`` bytes."""
-    too_large = BrokerError(
-        413,
-        f"Request body exceeds the {limit} byte limit.",
-        code="request_too_large",
-    )
+    too_large = request_too_large(limit)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -51,6 +47,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MIN_TIMEOUT_S = 0.05
+
+
 def request_timeout(request: Request) -> float | None:
     """The client's own timeout, if it sent one: ours, or the one the OpenAI SDK sends."""
     for header in ("x-promptbus-timeout", "x-stainless-timeout"):
@@ -61,10 +60,11 @@ def request_timeout(request: Request) -> float | None:
             seconds = float(value)
         except ValueError:
             seconds = -1.0
-        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        if not seconds >= MIN_TIMEOUT_S or seconds == float("inf"):
             raise BrokerError(
                 400,
-                f"Header {header} must be a positive number of seconds, got `{value}`.",
+                f"Header {header} must be a number of seconds of at least {MIN_TIMEOUT_S} "
+                f"(the time a request needs to reach a worker and come back), got `{value}`.",
                 param=header,
                 code="invalid_header",
             )

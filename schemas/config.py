@@ -28,6 +28,15 @@ class _Config(Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+# nats-server's largest message. Its default is 1 MiB; NATS advises at most 8 MiB (the hard
+# ceiling is 64 MiB), and prompts with long documents or many images need more than 1 MiB.
+# Set deliberately on every server we start (embedded, cluster, compose: deploy/nats.conf).
+NATS_MAX_PAYLOAD = 8 * 1024 * 1024
+# What a request's envelope headers may take beside its body in one NATS message. The
+# ingress refuses bodies over ``max_payload - HEADER_ROOM`` with a 413 (docs/architecture.md).
+HEADER_ROOM = 64 * 1024
+
+
 class RetryConfig(_Config):
     """Retries of one deployment: exponential backoff with full jitter, capped twice."""
 
@@ -140,14 +149,26 @@ class NatsConfig(_Config):
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     max_queue_age_s: PositiveFloat = 3600.0  # requests older than this are discarded
     max_queued_requests: Annotated[int, Meta(ge=1)] = 1_000_000  # beyond: 503 no_capacity
+    # The embedded server's (and cluster's) max_payload; an external server's own setting
+    # wins at run time: every process reads the limit from the server it connects to.
+    max_payload_bytes: Annotated[int, Meta(ge=HEADER_ROOM + 1024, le=64 * 1024 * 1024)] = (
+        NATS_MAX_PAYLOAD
+    )
 
 
 class IngressConfig(_Config):
     host: str = "127.0.0.1"
     port: Port = 8080
-    max_body_bytes: Annotated[int, Meta(ge=1024)] = 10 * 1024 * 1024
+    # None: as large as a NATS message can carry (nats max_payload - 64 KiB of headers).
+    # Lower it to refuse smaller bodies; higher than NATS can carry is a config error.
+    max_body_bytes: Annotated[int, Meta(ge=1024)] | None = None
     default_timeout_s: PositiveFloat = 600.0
     max_timeout_s: PositiveFloat = 3600.0
+    # A connection whose request headers are not all in by then gets 408 and is closed
+    # (slow clients cannot hold descriptors for ever); past max_connections a new one
+    # gets 503 at once. Keep max_connections under the process's open-file limit.
+    header_timeout_s: PositiveFloat = 10.0
+    max_connections: Annotated[int, Meta(ge=1)] = 4096
 
 
 class SemanticCacheConfig(_Config):
@@ -196,6 +217,14 @@ class AdminConfig(_Config):
 
 class WorkerConfig(_Config):
     ack_wait_s: PositiveFloat = 30.0  # redelivery delay if a worker dies holding a request
+    # The largest answer a worker sends: over NATS's max_payload it goes in parts to
+    # callers that reassemble them (BrokerClient, the ingress); larger: 502.
+    max_reply_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
+    # A request workers began serving this many times without answering it (it crashed
+    # or stalled the worker each time) is answered 500 `poison_request` on its next
+    # delivery and moved to the dead-letter subject `<prefix>.dead.<model>`. Counted in
+    # starts, not JetStream deliveries: a request handed back (nak) is not an attempt.
+    max_deliver: Annotated[int, Meta(ge=1, le=100)] = 3
     metrics_port: Port | None = None  # serve Prometheus metrics on this port (None: off)
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for Prometheus to scrape
     heartbeat_s: PositiveFloat = 2.0  # presence heartbeat period
@@ -230,6 +259,15 @@ class Config(_Config):
     batch: BatchConfig = field(default_factory=BatchConfig)
 
     def __post_init__(self) -> None:
+        carried = self.nats.max_payload_bytes - HEADER_ROOM
+        if self.ingress.max_body_bytes is None:
+            self.ingress.max_body_bytes = carried
+        elif self.ingress.max_body_bytes > carried:
+            raise ValueError(
+                f"ingress.max_body_bytes ({self.ingress.max_body_bytes}) is more than a NATS "
+                f"message carries: nats.max_payload_bytes ({self.nats.max_payload_bytes}) "
+                f"- {HEADER_ROOM} bytes of headers = {carried}"
+            )
         seen: set[str] = set()
         deployments: set[str] = set()
         for model in self.model_list:

@@ -26,6 +26,8 @@ H_TOKEN_ESTIMATE = "Pb-Token-Estimate"  # tokens charged at admission, corrected
 H_METERED = "Pb-Metered"  # "1": a budget or quota applies, record usage before replying
 H_ADMISSION = "Pb-Admission"  # HMAC by the admitting process: "already checked"
 H_CUSTOM_ID = "Pb-Custom-Id"  # the caller's tag for the request, echoed on its replies
+H_ENQUEUE_BY = "Pb-Enqueue-By"  # epoch ms: stored later, the caller was told it failed
+H_ACCEPT_PARTS = "Pb-Accept-Parts"  # "1": the caller reassembles a reply sent in parts
 
 # Reply headers (worker -> client)
 H_KIND = "Pb-Kind"
@@ -45,6 +47,7 @@ class ReplyKind(StrEnum):
     RESPONSE = "response"  # complete non-streamed response body
     CHUNK = "chunk"  # one chat.completion.chunk of a stream
     END = "end"  # end of stream marker, empty body
+    PART = "part"  # a leading piece of a reply too large for one message (docs/subjects.md)
     ERROR = "error"  # OpenAI error body; ends the exchange
 
 
@@ -58,6 +61,8 @@ class RequestMeta(Struct, frozen=True):
     failed: tuple[str, ...] = ()
     tenancy: Tenancy | None = None  # set once the request was admitted
     custom_id: str | None = None  # echoed on replies: many requests can share a reply subject
+    enqueue_by_ms: int | None = None  # the publisher gave up on a store later than this
+    accepts_parts: bool = False  # a reply over one message may come in parts
 
     def to_headers(self) -> dict[str, str]:
         msg_id = self.request_id + (f":{len(self.failed)}" if self.failed else "")
@@ -74,6 +79,10 @@ class RequestMeta(Struct, frozen=True):
             headers.update(self.tenancy.to_headers())
         if self.custom_id is not None:
             headers[H_CUSTOM_ID] = self.custom_id
+        if self.enqueue_by_ms is not None:
+            headers[H_ENQUEUE_BY] = str(self.enqueue_by_ms)
+        if self.accepts_parts:
+            headers[H_ACCEPT_PARTS] = "1"
         return headers
 
     @classmethod
@@ -86,6 +95,7 @@ class RequestMeta(Struct, frozen=True):
         except ValueError:
             deadline_ms = None
         failed = headers.get(H_FAILED)
+        enqueue_by = headers.get(H_ENQUEUE_BY)
         return cls(
             request_id=headers.get(H_REQUEST_ID) or headers.get(H_MSG_ID) or "",
             reply_to=headers.get(H_REPLY_TO),
@@ -94,6 +104,8 @@ class RequestMeta(Struct, frozen=True):
             failed=tuple(failed.split(",")) if failed else (),
             tenancy=Tenancy.from_headers(headers) if H_ADMISSION in headers else None,
             custom_id=headers.get(H_CUSTOM_ID),
+            enqueue_by_ms=int(enqueue_by) if enqueue_by and enqueue_by.isdigit() else None,
+            accepts_parts=headers.get(H_ACCEPT_PARTS) == "1",
         )
 
     def remaining(self, now_ms: int | None = None) -> float | None:

@@ -134,6 +134,39 @@ def no_capacity() -> BrokerError:
     )
 
 
+def request_too_large(limit: int, what: str = "Request body") -> BrokerError:
+    """A message NATS cannot carry (nats-server's ``max_payload`` less the headers)."""
+    return BrokerError(
+        413,
+        f"{what} exceeds the {limit} byte limit (ingress.max_body_bytes, bounded by the "
+        "NATS server's max_payload).",
+        code="request_too_large",
+    )
+
+
+def response_too_large(limit: int) -> BrokerError:
+    """An answer over the reply limit: said to the caller instead of never arriving."""
+    return BrokerError(
+        502,
+        f"The upstream's answer exceeds the {limit} byte reply limit "
+        "(worker.max_reply_bytes); ask for less (fewer inputs, lower max_tokens).",
+        type="upstream_error",
+        code="response_too_large",
+    )
+
+
+def poison_request(deliveries: int) -> BrokerError:
+    """A request whose handling ended the worker (crash or hang) on every delivery."""
+    return BrokerError(
+        500,
+        f"The request was taken by a worker {deliveries} times and never answered (it "
+        "crashed or stalled the worker each time); it was moved to the dead-letter subject "
+        "and will not run again.",
+        type="api_error",
+        code="poison_request",
+    )
+
+
 def internal_error(exc: BaseException) -> BrokerError:
     """A bug of ours, said as such (the details are in the log, not the answer)."""
     return BrokerError(
@@ -204,6 +237,7 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
 def from_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> BrokerError:
@@ -219,6 +253,10 @@ def from_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) ->
         if match:
             param = match.group("path").lstrip(".") or None
             text = text[: match.start()]
+        missing = _MISSING.search(text)
+        if missing:  # the field itself, not the object that lacks it
+            field = missing.group("field")
+            param = f"{param}.{field}" if param else field
         return invalid_request(
             f"Invalid request: {text}" + (f" (at `{param}`)" if param else ""),
             param=param,

@@ -82,7 +82,8 @@ class Failover:
         redelivered original forwarded twice is stored once, while two requests that
         happen to share a caller's request id stay two requests.
         """
-        headers = msgspec.structs.replace(meta, failed=failed).to_headers()
+        # Accepted once already: no enqueue-by limit on the copy (it is stored late).
+        headers = msgspec.structs.replace(meta, failed=failed, enqueue_by_ms=None).to_headers()
         origin = jsack.stream_sequence(msg.reply)
         headers[H_MSG_ID] = f"fwd:{self._subjects.stream}:{origin}:{subject}"
         if origin is None:  # not from JetStream (cannot happen for pulled requests)

@@ -38,6 +38,7 @@ from schemas.chat import (
     request_decoder,
 )
 from schemas.config import DeploymentConfig, ModelConfig, TransformConfig
+from schemas.depth import decode_checked
 from schemas.envelope import (
     H_CUSTOM_ID,
     H_DEPLOYMENT,
@@ -54,6 +55,7 @@ from schemas.errors import (
     deadline_exceeded,
     from_validation_error,
     internal_error,
+    poison_request,
     upstream_error,
 )
 from workers import embeddings
@@ -62,8 +64,9 @@ from workers.breaker import CircuitBreaker
 from workers.failover import Failover
 from workers.lanes import Lane, PrioritySlots
 from workers.pacing import Pacer
+from workers.poison import PoisonGuard
 from workers.providers.base import Provider
-from workers.replies import reply_error
+from workers.replies import publish_reply, reply_error
 from workers.retry import call_with_retries
 from workers.transforms import Transforms
 
@@ -109,6 +112,11 @@ HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back t
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
 
 
+def _stored_too_late(msg: Msg, enqueue_by_ms: int) -> bool:
+    stored = jsack.stored_ns(msg.reply)
+    return stored is not None and stored // 1_000_000 > enqueue_by_ms
+
+
 class DeploymentPool:
     def __init__(
         self,
@@ -120,6 +128,8 @@ class DeploymentPool:
         failover: Failover,
         ack_wait: float,
         pacer: Pacer | None = None,
+        max_reply_bytes: int = 64 * 1024 * 1024,
+        poison: PoisonGuard | None = None,
         accounting: Accounting | None = None,
         transforms: Transforms | None = None,
         profiles: Mapping[str, TransformConfig] | None = None,
@@ -139,6 +149,8 @@ class DeploymentPool:
         self.name = deployment.name
         self._progress_every = max(ack_wait / 3, 0.5)
         self._ack_wait = ack_wait
+        self._max_reply_bytes = max_reply_bytes
+        self._poison = poison
         self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, started)
         self._by_reply: dict[str, asyncio.Task[object]] = {}  # reply subject -> its task
         self._sweeper: asyncio.Task[None] | None = None
@@ -211,6 +223,12 @@ class DeploymentPool:
         waited = jsack.queued_seconds(msg.reply, time.time_ns())
         if waited is not None:
             self._m_queue_wait[lane].observe(waited)
+        if meta.enqueue_by_ms is not None and _stored_too_late(msg, meta.enqueue_by_ms):
+            # Its publisher had given up waiting for the store and told its caller the
+            # request failed (503, retry): running it now would run it twice.
+            metrics.ABANDONED.labels(self.model.model_name).inc()
+            await msg.term()
+            return
         key = id(msg)
         self._working[key] = (msg, time.monotonic())
         task = asyncio.current_task()
@@ -262,13 +280,13 @@ class DeploymentPool:
             await self._error(meta, deadline_exceeded(0, "while the request waited in the queue"))
             return True
         request: ChatCompletionRequest | EmbeddingRequest
-        try:
+        try:  # a NATS caller's body was not checked at any door before
             if self.model.mode == "embeddings":
-                request = embedding_request_decoder.decode(msg.data)
+                request = decode_checked(embedding_request_decoder, msg.data)
             else:
-                request = request_decoder.decode(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            await self._error(meta, from_validation_error(exc))
+                request = decode_checked(request_decoder, msg.data)
+        except BrokerError as exc:
+            await self._error(meta, exc)
             return True
         if self._accounting is not None:
             try:
@@ -291,6 +309,12 @@ class DeploymentPool:
             wait = self.breaker.retry_after()
             await msg.nak(delay=min(wait, remaining) if remaining is not None else wait)
             return False
+        if self._poison is not None:
+            starts = await self._poison.starts(msg)
+            if starts > self._poison.max_deliver:
+                await self._poison.bury(msg, self.model.model_name, starts)
+                await self._error(meta, poison_request(starts - 1))
+                return True
         attempt_timeout = self._attempt_timeout(remaining)
         estimate = len(msg.data) // 4  # ~4 bytes a token: charged until usage is reported
         usage: Usage | None = None
@@ -318,8 +342,7 @@ class DeploymentPool:
                     if transforms is not None:
                         body = transforms.response(body)
                     body = self._stamp(body, meta)
-                    await connection.settled(self._nc)  # callers re-subscribed after a reconnect
-                    await self._nc.publish(reply_to, body, headers=self._ok_headers(meta))
+                    await self._reply(meta, body, self._ok_headers(meta))
                     self._m_ok[_lane.get()].inc()
         except BrokerError as exc:
             context = exc.detail.code == "context_length_exceeded"
@@ -436,8 +459,7 @@ class DeploymentPool:
         rename = transforms.response if transforms is not None else None
         if first is not None:
             first = rename(first) if rename else first
-            await connection.settled(self._nc)  # callers re-subscribed after a reconnect
-            await self._nc.publish(reply_to, self._stamp(first, meta), headers=headers)
+            await self._reply(meta, self._stamp(first, meta), headers)
             usage = self._count_tokens(first)
             try:
                 async for chunk in chunks:
@@ -446,10 +468,7 @@ class DeploymentPool:
                         usage = counted
                         if not relay_usage and _USAGE_ONLY in chunk:
                             continue  # asked for on the caller's behalf only
-                    await connection.settled(self._nc)  # callers re-subscribed after a reconnect
-                    await self._nc.publish(
-                        reply_to, rename(chunk) if rename else chunk, headers=headers
-                    )
+                    await self._reply(meta, rename(chunk) if rename else chunk, headers)
             except BrokerError as exc:
                 # Part of the answer was delivered: end the stream with the error, no
                 # retry and no failover (the caller would see the start twice).
@@ -501,8 +520,7 @@ class DeploymentPool:
         transforms = _transforms.get()
         model = transforms.response_model if transforms is not None else None
         body = self._stamp(embeddings.reply_body(result, request, model), meta)
-        await connection.settled(self._nc)  # callers re-subscribed after a reconnect
-        await self._nc.publish(meta.reply_to, body, headers=self._ok_headers(meta))
+        await self._reply(meta, body, self._ok_headers(meta))
         self._m_ok[_lane.get()].inc()
         return usage
 
@@ -555,6 +573,9 @@ class DeploymentPool:
             return body
         stamp = self._stamp_plain if not meta.failed else _stamp_json(self._shown, meta.failed)
         return body[: start + 1] + stamp + body[start + 1 :]
+
+    async def _reply(self, meta: RequestMeta, body: bytes, headers: dict[str, str]) -> None:
+        await publish_reply(self._nc, meta, body, headers, self._max_reply_bytes)
 
     def _ok_headers(self, meta: RequestMeta, kind: dict[str, str] | None = None) -> dict[str, str]:
         headers = (kind or self._ok) | {H_REQUEST_ID: meta.request_id}

@@ -20,7 +20,40 @@ from schemas.envelope import (
     ReplyKind,
     RequestMeta,
 )
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, response_too_large
+
+# Room left in each part for the subject-independent part headers and framing.
+_PART_HEADROOM = 1024
+
+
+async def publish_reply(
+    nc: NATS, meta: RequestMeta, body: bytes, headers: dict[str, str], max_reply_bytes: int
+) -> None:
+    """Publish one reply (a response or a stream chunk) however large it is.
+
+    A reply that fits the server's ``max_payload`` is one message. A larger one goes as
+    ``Pb-Kind: part`` messages followed by the reply itself carrying the last piece, to a
+    caller that said it reassembles them (``Pb-Accept-Parts: 1``); core NATS keeps one
+    publisher's messages to one subscriber in order. Any other caller (and any reply over
+    ``max_reply_bytes``) gets :func:`response_too_large` raised here, to answer instead:
+    our own publish never costs the connection, and the caller is not left waiting.
+    """
+    assert meta.reply_to is not None
+    await connection.settled(nc)  # callers re-subscribed after a reconnect
+    limit = nc.max_payload
+    if connection.message_size(body, headers) <= limit:
+        await nc.publish(meta.reply_to, body, headers=headers)
+        return
+    if not meta.accepts_parts or len(body) > max_reply_bytes:
+        raise response_too_large(max_reply_bytes if meta.accepts_parts else limit)
+    part_headers = {H_KIND: ReplyKind.PART.value, H_REQUEST_ID: meta.request_id}
+    piece = limit - connection.message_size(b"", headers | part_headers) - _PART_HEADROOM
+    last = len(body) - piece
+    start = 0
+    while start < last:
+        await nc.publish(meta.reply_to, body[start : start + piece], headers=part_headers)
+        start += piece
+    await nc.publish(meta.reply_to, body[start:], headers=headers)
 
 
 async def reply_error(nc: NATS, meta: RequestMeta, error: BrokerError, deployment: str) -> None:

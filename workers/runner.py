@@ -24,8 +24,10 @@ from broker.provision import (
     bulk_consumer_config,
     consumer_config,
     deployment_consumer_config,
+    ensure_attempts_bucket,
     ensure_breakers_bucket,
     ensure_consumer,
+    ensure_dead_letter_stream,
     ensure_workers_bucket,
     intake_consumer_config,
     provision,
@@ -42,6 +44,7 @@ from workers.breaker import BreakerBoard
 from workers.failover import Failover
 from workers.intake import Intake
 from workers.pacing import Pacer
+from workers.poison import PoisonGuard
 from workers.pool import DeploymentPool
 from workers.providers import Provider, ProviderUnavailable, make_provider
 from workers.transforms import Transforms
@@ -103,6 +106,7 @@ class Worker:
         self._breakers: BreakerBoard | None = None
         self._nc: NATS | None = None
         self._owns_connection = False
+        self._poison: PoisonGuard | None = None
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
         if nc is None:
@@ -117,6 +121,10 @@ class Worker:
         self._presence = PresencePublisher(kv, self.worker_id, config.worker.heartbeat_s)
         self._directory = WorkerDirectory(kv, config.worker.presence_ttl_s)
         board = BreakerBoard(await ensure_breakers_bucket(js, config), self.worker_id)
+        await ensure_dead_letter_stream(js, config, subjects)
+        self._poison = PoisonGuard(
+            nc, await ensure_attempts_bucket(js, config), subjects, config.worker.max_deliver
+        )
         recorder = UsageRecorder(nc, config.nats.subject_prefix)
         self._accounting = Accounting(await Admission.open(js, config), recorder)
         recorder.start()
@@ -211,6 +219,8 @@ class Worker:
             failover,
             self.config.worker.ack_wait_s,
             pacer=pacer,
+            max_reply_bytes=self.config.worker.max_reply_bytes,
+            poison=self._poison,
             accounting=self._accounting,
             transforms=Transforms.build(self.config.transforms, model.transforms),
             profiles=self.config.transforms,
