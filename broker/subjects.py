@@ -44,9 +44,24 @@ def model_token(model: str) -> str:
     return _UNSAFE_TOKEN.sub(lambda m: f"%{ord(m.group()):02X}", model)
 
 
+_UNSAFE_KV_KEY = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def kv_key(name: str) -> str:
+    """Any name (a deployment's ``mock-gpt/0``, an alias ``llama3.1:8b``) as one KV key
+    token. KV keys allow only ``-/_=.`` and alphanumerics, and ``.`` and ``/`` would split
+    the name: everything else becomes ``=XX`` (hex of each UTF-8 byte), ``=`` included."""
+    if not _UNSAFE_KV_KEY.search(name):
+        return name
+    return "".join(
+        ch if not _UNSAFE_KV_KEY.match(ch) else "".join(f"={b:02X}" for b in ch.encode())
+        for ch in name
+    )
+
+
 def breaker_key(deployment: str) -> str:
-    """KV key of a deployment's breaker (KV keys also exclude '/')."""
-    return model_token(deployment).replace("/", "%2F")
+    """KV key of a deployment's breaker."""
+    return kv_key(deployment)
 
 
 class Subjects:

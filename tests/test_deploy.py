@@ -48,6 +48,20 @@ def test_three_nats_nodes_clustered_with_jetstream(compose: dict[str, Any]) -> N
     assert cluster_ports == {"6222"}
 
 
+def test_every_nats_node_has_the_max_payload_promptbus_expects(compose: dict[str, Any]) -> None:
+    """The ingress refuses bodies a message cannot carry; compose's servers must carry
+    what promptbus.compose.yaml says they do (nats.max_payload_bytes)."""
+    conf = (ROOT / "deploy" / "nats.conf").read_text()
+    match = re.search(r"^max_payload:\s*(\d+)\s*$", conf, re.MULTILINE)
+    assert match is not None
+    config = load_config(ROOT / "deploy" / "promptbus.compose.yaml", env={})
+    assert int(match.group(1)) == config.nats.max_payload_bytes
+    for node in NODES:
+        service = compose["services"][node]
+        path = _flag(service["command"], "-c")
+        assert f"./deploy/nats.conf:{path}:ro" in service["volumes"]
+
+
 def test_promptbus_services_use_all_nodes_and_r3(compose: dict[str, Any]) -> None:
     services = _promptbus_services(compose)
     assert {"upstream", "worker-mock", "worker-upstream", "ingress-1", "ingress-2"} <= set(services)

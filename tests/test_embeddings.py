@@ -93,7 +93,7 @@ def test_openai_compatible_embeddings(openai_client: openai.OpenAI) -> None:
             "input[0]",
         ),
         ("/v1/embeddings", {"model": "embed-mock", "input": []}, 400, "invalid_value", "input"),
-        ("/v1/embeddings", {"model": "embed-mock"}, 400, "invalid_request", None),
+        ("/v1/embeddings", {"model": "embed-mock"}, 400, "invalid_value", "input"),
     ],
 )
 def test_bad_requests(

@@ -69,6 +69,21 @@ def test_chunked_body_over_limit_is_413(http: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
+    ("sent", "param"),
+    [
+        ({"model": "mock-gpt"}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+    ],
+)
+def test_missing_required_fields_name_the_param(
+    http: httpx.Client, sent: dict[str, Any], param: str
+) -> None:
+    error = error_of(http.post(CHAT, json=sent), 400)
+    assert error["param"] == param
+    assert f"`{param}`" in error["message"]
+
+
+@pytest.mark.parametrize(
     ("overrides", "param"),
     [
         ({"temperature": 2.5}, "temperature"),
@@ -79,7 +94,7 @@ def test_chunked_body_over_limit_is_413(http: httpx.Client) -> None:
         ({"n": 0}, "n"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user"}]}, "messages[0]"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),  # the missing field itself
         ({"model": ""}, "model"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"frequency_penalty": 3}, "frequency_penalty"),

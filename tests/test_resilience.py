@@ -139,6 +139,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
             "deployments": [deployment("small-dep", upstream, breaker=CALM_BREAKER)],
         },
         {"model_name": "large-context", "deployments": [{"provider": "mock", "name": "large-dep"}]},
+        # Unnamed: the deployment is called `default-named/0`, which no KV key may hold.
+        {"model_name": "default-named", "deployments": [{"provider": "mock"}]},
         {
             "model_name": "shared-model",
             "deployments": [
@@ -437,6 +439,27 @@ def test_admin_force_open_and_close(env: Env) -> None:
     assert env.chat("retrying").status_code == 200
     unknown = env.http.post("/admin/breakers/nope/open", headers=ADMIN)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "deployment_not_found"
+
+
+@pytest.mark.parametrize("path", ["default-named%2F0", "default-named/0"])
+def test_admin_breakers_of_default_named_deployments(env: Env, path: str) -> None:
+    """``<model>/<n>``, encoded or not, works as a breaker's name in every admin route."""
+    opened = env.http.post(f"/admin/breakers/{path}/open", headers=ADMIN)
+    assert opened.status_code == 200, opened.text
+    assert opened.json()["forced"] is True
+    time.sleep(0.3)  # workers follow the KV bucket
+    listed = {
+        b["deployment"]: b for b in env.http.get("/admin/breakers", headers=ADMIN).json()["data"]
+    }
+    assert listed["default-named/0"]["state"] == "open"
+    assert env.chat("default-named", timeout=1).status_code == 504  # held in the queue
+    closed = env.http.post(f"/admin/breakers/{path}/close", headers=ADMIN)
+    assert closed.status_code == 200 and closed.json()["state"] == "closed"
+    time.sleep(0.3)
+    assert env.chat("default-named").status_code == 200
+    deployments = env.http.get("/admin/deployments", headers=ADMIN)
+    assert deployments.status_code == 200
+    assert "default-named/0" in deployments.text
 
 
 def test_admin_deployments_report_traffic(env: Env) -> None:
