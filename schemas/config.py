@@ -216,7 +216,11 @@ class AdminConfig(_Config):
 
 
 class WorkerConfig(_Config):
-    ack_wait_s: PositiveFloat = 30.0  # redelivery delay if a worker dies holding a request
+    # How long a dead worker's requests (and the slots they hold: the consumer's
+    # max_ack_pending) wait before another worker gets them. Live calls are kept alive by
+    # in-progress acks every ack_wait/3, so it can be short; on a cluster keep it above a
+    # JetStream leader election (4-9 s), e.g. 10 s (deploy/cluster.yaml).
+    ack_wait_s: PositiveFloat = 5.0
     # The largest answer a worker sends: over NATS's max_payload it goes in parts to
     # callers that reassemble them (BrokerClient, the ingress); larger: 502.
     max_reply_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
