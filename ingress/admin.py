@@ -119,7 +119,7 @@ def admin_routes(
 
     async def create_key(request: Request) -> Response:
         authorize(request)
-        spec = _decode(await read_body(request, ADMIN_MAX_BODY_BYTES), KeySpec)
+        spec = _decode(await read_body(request, ADMIN_MAX_BODY_BYTES, "an admin spec"), KeySpec)
         admission().check_spec(spec)
         issued = await admission().keys.create_key(spec)
         return _json(tenancy_admin.issued_view(issued), 201)
@@ -153,7 +153,7 @@ def admin_routes(
 
     async def set_tenant(request: Request) -> Response:
         authorize(request)
-        spec = _decode(await read_body(request, ADMIN_MAX_BODY_BYTES), TenantSpec)
+        spec = _decode(await read_body(request, ADMIN_MAX_BODY_BYTES, "an admin spec"), TenantSpec)
         record = await admission().keys.set_tenant(request.path_params["name"], spec)
         return _json(record)
 

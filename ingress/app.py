@@ -280,11 +280,14 @@ def create_app(
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return error_response(
+        response = error_response(
             BrokerError(
                 exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code
             )
         )
+        if exc.headers:  # 405: Allow names the methods the route takes
+            response.headers.update(exc.headers)
+        return response
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         if isinstance(exc, NatsError):  # NATS answered late or not at all (leader election)
@@ -293,7 +296,7 @@ def create_app(
         log.exception("unhandled error on %s", request.url.path)
         return error_response(internal_error(exc))
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
@@ -317,6 +320,10 @@ def create_app(
             Exception: on_unexpected,
         },
     )
+    # No 307 to the path without its trailing slash: an API client does not follow
+    # redirects of a POST or DELETE, and `/v1/files/%2F` is simply not found.
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _sse(first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:

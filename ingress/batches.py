@@ -110,7 +110,7 @@ def batch_routes(
     async def create_batch(request: Request) -> Response:
         owner = authorize(request)
         require_json(request)
-        body = await read_body(request, CREATE_MAX_BYTES)
+        body = await read_body(request, CREATE_MAX_BYTES, "a batch's create body names a file")
         create = decode_checked(create_decoder, body)
         return _json(await stores().create(create, owner))
 

@@ -31,9 +31,10 @@ def require_json(request: Request) -> None:
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing early (413) once it exceeds ``limit`` bytes."""
-    too_large = request_too_large(limit)
+async def read_body(request: Request, limit: int, why: str | None = None) -> bytes:
+    """The whole body, refusing early (413) once it exceeds ``limit`` bytes; ``why``
+    names the limit when it is not the NATS one."""
+    too_large = request_too_large(limit, why=why) if why else request_too_large(limit)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large

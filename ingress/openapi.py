@@ -45,8 +45,9 @@ _ERRORS = {
     "400": "Invalid request body or header (OpenAI error body, `param` names the field)",
     "401": "Missing or unknown API key (auth.required)",
     "403": "The key may not use this model",
-    "404": "Unknown model",
-    "413": "Request body over ingress.max_body_bytes",
+    "404": "Unknown model, file or batch (or another tenant's)",
+    "409": "The batch already ended: it cannot be cancelled",
+    "413": "Request body over ingress.max_body_bytes (the NATS server's max_payload - 64 KiB)",
     "415": "Content-Type is not application/json",
     "429": "Rate limit, budget or quota exceeded (retry-after header)",
     "502": "The upstream provider failed (which one and why in the message)",
@@ -167,7 +168,7 @@ def _files_and_batches() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _json("BatchCreate")},
                 "responses": {
                     "200": {"description": "The batch", "content": _json("Batch")},
-                    **_errors("400", "401", "404", "415"),
+                    **_errors("400", "401", "404", "413", "415"),
                 },
             },
             "get": _get("listBatches", "Recent batches", "BatchList"),
@@ -182,7 +183,7 @@ def _files_and_batches() -> dict[str, Any]:
                 "parameters": [_path_param("batch_id")],
                 "responses": {
                     "200": {"description": "The batch", "content": _json("Batch")},
-                    **_errors("401", "404"),
+                    **_errors("401", "404", "409"),
                 },
             }
         },
@@ -204,7 +205,12 @@ def openapi_document(title: str = "promptbus ingress", version: str = "0.1.0") -
         "info": {
             "title": title,
             "version": version,
-            "description": "OpenAI-compatible API; requests are queued on NATS JetStream.",
+            "description": (
+                "OpenAI-compatible API; requests are queued on NATS JetStream. Any route "
+                "may also answer 405 (another method; `Allow` lists the methods), 408 (the "
+                "request headers took longer than ingress.header_timeout_s) and 503 "
+                "too_many_connections (past ingress.max_connections)."
+            ),
         },
         "paths": {
             "/v1/chat/completions": _post(
@@ -240,7 +246,7 @@ def openapi_document(title: str = "promptbus ingress", version: str = "0.1.0") -
                     ],
                     "responses": {
                         "200": {"description": "The model", "content": _json("Model")},
-                        **_errors("404"),
+                        **_errors("401", "404"),
                     },
                 }
             },

@@ -134,13 +134,16 @@ def no_capacity() -> BrokerError:
     )
 
 
-def request_too_large(limit: int, what: str = "Request body") -> BrokerError:
-    """A message NATS cannot carry (nats-server's ``max_payload`` less the headers)."""
+_NATS_LIMIT = "ingress.max_body_bytes, bounded by the NATS server's max_payload"
+
+
+def request_too_large(
+    limit: int, what: str = "Request body", why: str = _NATS_LIMIT
+) -> BrokerError:
+    """A body over its limit: by default one NATS cannot carry (``max_payload`` less the
+    headers)."""
     return BrokerError(
-        413,
-        f"{what} exceeds the {limit} byte limit (ingress.max_body_bytes, bounded by the "
-        "NATS server's max_payload).",
-        code="request_too_large",
+        413, f"{what} exceeds the {limit} byte limit ({why}).", code="request_too_large"
     )
 
 

@@ -201,7 +201,11 @@ def test_unreachable_upstream_is_502_naming_it(http: httpx.Client) -> None:
 
 def test_unknown_route_and_method_are_json_errors(http: httpx.Client) -> None:
     assert error_of(http.get("/v1/nothing-here"), 404)["code"] == "not_found"
-    assert error_of(http.get(CHAT), 405)["code"] == "method_not_allowed"
+    wrong_method = http.get(CHAT)
+    assert error_of(wrong_method, 405)["code"] == "method_not_allowed"
+    assert wrong_method.headers["allow"] == "POST"
+    slash = http.delete("/v1/files/%2F")  # no redirect to another path
+    assert slash.status_code == 404
 
 
 def test_service_survives_the_abuse(http: httpx.Client) -> None:
