@@ -84,7 +84,7 @@ async def live_beats(js: JetStreamContext, config: Config) -> list[WorkerBeat]:
             beat = beat_decoder.decode(value)
         except msgspec.DecodeError:
             continue
-        if beat.ts >= horizon:
+        if beat.ts >= horizon and beat.unavailable is None:
             beats.append(beat)
     return beats
 

@@ -78,6 +78,13 @@ def _mask(secret: str) -> str:
     return f"{secret[:6]}...{secret[-4:]}" if len(secret) > 12 else "***"
 
 
+def usd(amount: float) -> str:
+    """Dollars as set, not rounded away: ``$5.00``, ``$0.00005``, ``$0.1234``."""
+    text = f"{amount:.8f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -268,7 +275,7 @@ class Admission:
             raise BrokerError(
                 429,
                 f"The {owner}'s {budget.period} budget is spent: limit "
-                f"${budget.max_usd:.4f}, spent ${spent:.4f}; it resets at {_when(resets)}.",
+                f"{usd(budget.max_usd)}, spent {usd(spent)}; it resets at {_when(resets)}.",
                 type="insufficient_quota",
                 code="budget_exceeded",
                 retry_after=max(1.0, resets - now),

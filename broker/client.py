@@ -359,7 +359,7 @@ class BrokerClient:
             for fallback in config.fallbacks:
                 if self.directory.is_served(fallback):
                     return self.subjects.queue(fallback, mode), skipped
-            raise no_worker(model)
+            raise no_worker(model, self.directory.why_unserved(model))
         if config.routing != "least-busy":
             target = self.router.choose(config)
             if target is not None:

@@ -34,11 +34,17 @@ class PresencePublisher:
         self._worker_id = worker_id
         self._period = period
         self._models: dict[str, Callable[[], list[DeploymentStats]]] = {}
+        self._unavailable: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
     def serve(self, model: str, stats: Callable[[], list[DeploymentStats]]) -> None:
         """Announce ``model``; ``stats`` describes its deployments at each beat."""
         self._models[model] = stats
+
+    def cannot_serve(self, model: str, reason: str) -> None:
+        """Announce that this worker was asked for ``model`` and cannot serve it, and why:
+        callers are told the real cause instead of "start a worker"."""
+        self._unavailable[model] = reason
 
     def _key(self, model: str) -> str:
         return f"{model_token(model)}.{self._worker_id}"
@@ -59,6 +65,15 @@ class PresencePublisher:
                 ts=time.time(),
             )
             await self._kv.put(self._key(model), _encoder.encode(beat))
+        for model, reason in self._unavailable.items():
+            beat = WorkerBeat(
+                worker_id=self._worker_id,
+                model=model,
+                deployments=[],
+                ts=time.time(),
+                unavailable=reason,
+            )
+            await self._kv.put(self._key(model), _encoder.encode(beat))
 
     async def _loop(self) -> None:
         while True:
@@ -71,7 +86,7 @@ class PresencePublisher:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-        for model in self._models:
+        for model in [*self._models, *self._unavailable]:
             with contextlib.suppress(Exception):
                 await self._kv.delete(self._key(model))
 
@@ -86,6 +101,8 @@ class WorkerDirectory:
         self._ttl = ttl
         self._seen: dict[str, dict[str, float]] = {}  # token -> worker_id -> monotonic ts
         self._beats: dict[str, WorkerBeat] = {}  # "<token>.<worker_id>" -> last beat
+        # token -> worker_id -> (monotonic ts, why it cannot serve the model)
+        self._unserved: dict[str, dict[str, tuple[float, str]]] = {}
         self._follower = KVFollower(kv, self._apply)
         self._heard = time.monotonic()  # the last update of any key
 
@@ -105,6 +122,7 @@ class WorkerDirectory:
         token, _, worker_id = key.rpartition(".")
         if value is None:
             self._seen.get(token, {}).pop(worker_id, None)
+            self._unserved.get(token, {}).pop(worker_id, None)
             self._beats.pop(key, None)
             return
         try:
@@ -112,6 +130,12 @@ class WorkerDirectory:
         except msgspec.DecodeError:
             return
         age = max(0.0, time.time() - beat.ts)
+        if beat.unavailable is not None:
+            self._unserved.setdefault(token, {})[worker_id] = (
+                time.monotonic() - age,
+                beat.unavailable,
+            )
+            return
         self._seen.setdefault(token, {})[worker_id] = time.monotonic() - age
         self._beats[key] = beat
 
@@ -121,6 +145,14 @@ class WorkerDirectory:
             return False
         horizon = self._horizon()
         return any(ts > horizon for ts in workers.values())
+
+    def why_unserved(self, model: str) -> str | None:
+        """What a live worker asked to serve ``model`` said stops it, if one did."""
+        horizon = self._horizon()
+        for ts, reason in self._unserved.get(model_token(model), {}).values():
+            if ts > horizon:
+                return reason
+        return None
 
     def deployment_stats(self, model: str) -> dict[str, list[DeploymentStats]]:
         """The live workers' latest stats of each deployment of ``model``."""

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from nats.errors import Error as NatsError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,8 +40,8 @@ from schemas.chat import (
     encoder,
     request_decoder,
 )
-from schemas.config import Config
-from schemas.depth import decode_checked
+from schemas.config import Config, ModelConfig
+from schemas.depth import check_depth, decode_checked
 from schemas.envelope import (
     H_AGE,
     H_CACHE,
@@ -83,6 +84,22 @@ _RELAYED = (
     (H_CACHE, "x-promptbus-cache"),
     (H_AGE, "age"),
 )
+
+
+class _ModelOnly(msgspec.Struct):
+    model: str = ""
+
+
+_model_decoder = msgspec.json.Decoder(_ModelOnly)
+
+
+def model_named_in(body: bytes) -> str:
+    """The ``model`` of a body that failed validation, if it has a readable one."""
+    try:
+        check_depth(body)
+        return _model_decoder.decode(body).model
+    except (BrokerError, msgspec.ValidationError, msgspec.DecodeError):
+        return ""
 
 
 def _request_id(request: Request) -> str:
@@ -128,6 +145,7 @@ def create_app(
         except BrokerError as exc:
             response = error_response(exc)
             context["error"] = exc.detail.code
+            metrics.ERRORS.labels("-", exc.detail.code or f"http_{exc.status}").inc()
         finally:
             metrics.INGRESS_INFLIGHT.dec()
         response.headers["x-request-id"] = str(context["request_id"])
@@ -155,7 +173,11 @@ def create_app(
     async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Response:
         require_json(request)
         body = await read_body(request, state["client"].max_body_bytes)
-        chat = decode_checked(request_decoder, body)
+        try:
+            chat = decode_checked(request_decoder, body)
+        except BrokerError:
+            context["model"] = model_named_in(body)  # for the metrics of the refusal
+            raise
         context["model"], context["stream"] = chat.model, bool(chat.stream)
         broker = state["client"]
         request_id = str(context["request_id"])
@@ -200,6 +222,7 @@ def create_app(
         trace = tracing.accept(request.headers.get("traceparent"))
         request_id = _request_id(request)
         model = "-"
+        body = b""
         try:
             require_json(request)
             body = await read_body(request, state["client"].max_body_bytes)
@@ -224,6 +247,10 @@ def create_app(
             )
         except BrokerError as exc:
             response = error_response(exc)
+            metrics.ERRORS.labels("-", exc.detail.code or f"http_{exc.status}").inc()
+            if model == "-":
+                named = model_named_in(body)
+                model = named if config.model(named) else "-"
         response.headers["x-request-id"] = request_id
         response.headers["traceparent"] = trace
         metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), "false").inc()
@@ -235,11 +262,16 @@ def create_app(
 
     async def list_models(request: Request) -> Response:
         allowed = admissions["admission"].allowed_models(api_key(request))
+        live = state["client"].directory.is_served
+
+        def servable(model: ModelConfig) -> bool:  # by a worker of its own or a fallback's
+            return live(model.model_name) or any(live(f) for f in model.fallbacks)
+
         models = ModelList(
             data=[
                 Model(id=m.model_name, created=0, owned_by=m.owned_by)
                 for m in config.model_list
-                if allowed is None or m.model_name in allowed
+                if (allowed is None or m.model_name in allowed) and servable(m)
             ]
         )
         return Response(encoder.encode(models), media_type="application/json")

@@ -112,11 +112,16 @@ def wrong_endpoint(model: str, mode: str) -> BrokerError:
     )
 
 
-def no_worker(model: str) -> BrokerError:
+def no_worker(model: str, reason: str | None = None) -> BrokerError:
+    """``reason``: what the workers asked to serve the model said stops them."""
+    advice = (
+        f"a worker cannot serve it: {reason}"
+        if reason
+        else "start a worker pool for it (`promptbus worker`) or try again later"
+    )
     return BrokerError(
         503,
-        f"No worker is currently serving model `{model}`; start a worker pool for it "
-        "(`promptbus worker`) or try again later.",
+        f"No worker is currently serving model `{model}`; {advice}.",
         type="service_unavailable_error",
         code="no_worker_available",
         retryable=True,

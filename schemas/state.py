@@ -36,6 +36,9 @@ class WorkerBeat(msgspec.Struct, kw_only=True):
     capacity: int = 0
     inflight: int = 0
     ts: float = 0.0
+    # Set when this worker was asked to serve the model and cannot (e.g. every deployment's
+    # key variable is unset): the reason, shown in the 503 callers get. Not a server.
+    unavailable: str | None = None
 
 
 class BreakerState(StrEnum):

@@ -119,3 +119,36 @@ def test_outcome_window_forgets_old_buckets() -> None:
     assert window.rate(now=200.0) == 0.0
     window.add(failed=True, now=200.0)
     assert window.counts(now=200.5) == (1, 1)  # a reused slot starts from zero
+
+
+class _EchoingBucket:
+    """A KV bucket whose watch delivers our own write before ``put`` returns, as the
+    real one can: the transition's log line must still name the state it left."""
+
+    def __init__(self) -> None:
+        self.breaker: CircuitBreaker | None = None
+        self.revision = 0
+
+    async def put(self, key: str, value: bytes) -> int:
+        import msgspec
+
+        self.revision += 1
+        assert self.breaker is not None
+        self.breaker.adopt(msgspec.json.decode(value, type=BreakerRecord), self.revision)
+        return self.revision
+
+
+async def test_transition_logs_name_the_previous_state(caplog) -> None:  # type: ignore[no-untyped-def]
+    bucket = _EchoingBucket()
+    b = CircuitBreaker(
+        "dep",
+        BreakerConfig(failure_threshold=1, cooldown_s=0.01),
+        owner_id="me",
+        kv=bucket,  # type: ignore[arg-type]
+    )
+    bucket.breaker = b
+    with caplog.at_level("WARNING", logger="workers.breaker"):
+        await b.record_failure("x")
+    assert b.state is BreakerState.OPEN
+    assert "closed -> open" in caplog.text
+    assert "open -> open" not in caplog.text

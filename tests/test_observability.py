@@ -194,3 +194,20 @@ def test_cost_and_cache_metrics(stack: Stack) -> None:
             ingress_before, "promptbus_cache_requests_total", **labels
         )
         assert grown == 1
+
+
+def test_refusals_are_counted_with_the_model_they_named(stack: Stack) -> None:
+    """A request refused at the door (400 here) counts in promptbus_errors_total, and
+    under the model it asked for when that model exists."""
+    before = samples(f"{stack.ingress}/metrics")
+    assert chat(stack, "mock-gpt", "x", temperature=9).status_code == 400
+    assert chat(stack, "no-such-model", "x").status_code == 404
+    after = samples(f"{stack.ingress}/metrics")
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    refused = {"model": "mock-gpt", "status": "400", "stream": "false"}
+    assert grew("promptbus_ingress_requests_total", **refused) == 1
+    assert grew("promptbus_errors_total", deployment="-", code="invalid_value") == 1
+    assert grew("promptbus_errors_total", deployment="-", code="model_not_found") == 1

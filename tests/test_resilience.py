@@ -139,6 +139,11 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
             "deployments": [deployment("small-dep", upstream, breaker=CALM_BREAKER)],
         },
         {"model_name": "large-context", "deployments": [{"provider": "mock", "name": "large-dep"}]},
+        # Its key variable is never set either, and it has no fallback: nobody serves it.
+        {
+            "model_name": "keyless-model",
+            "deployments": [deployment("keyless-dep", upstream, api_key_env="PB_NEVER_SET")],
+        },
         # Unnamed: the deployment is called `default-named/0`, which no KV key may hold.
         {"model_name": "default-named", "deployments": [{"provider": "mock"}]},
         {
@@ -681,3 +686,16 @@ def test_client_hanging_up_mid_stream_cancels_the_upstream_call(env: Env) -> Non
     assert stats["streams_abandoned"] == 1  # the worker dropped the upstream call
     assert time.monotonic() - started < 3  # long before the stream would have ended
     env.reset("retry-dep")
+
+
+def test_a_model_no_worker_can_serve_says_why(env: Env) -> None:
+    """The worker was asked for it but its key variable is unset: the 503 says so, rather
+    than "start a worker", and /v1/models does not offer it."""
+    response = env.chat("keyless-model", "anyone?")
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "no_worker_available"
+    assert "PB_NEVER_SET is not set" in error["message"]
+    listed = {m["id"] for m in env.http.get("/v1/models").json()["data"]}
+    assert "keyless-model" not in listed
+    assert {"large-context", "unserved-model"} <= listed  # served, or by its fallback

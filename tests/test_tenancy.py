@@ -227,7 +227,7 @@ def test_budget_stops_spending_at_the_limit(tenancy: Tenancy) -> None:
     refused = tenancy.chat(key)
     error = _error(refused)
     assert error["code"] == "budget_exceeded" and error["type"] == "insufficient_quota"
-    assert "limit $20.0000, spent $21.0000" in error["message"] and "resets at" in error["message"]
+    assert "limit $20.00, spent $21.00" in error["message"] and "resets at" in error["message"]
     assert refused.headers["x-should-retry"] == "false" and int(refused.headers["retry-after"]) > 0
     for _ in range(50):  # the per-day detail is recorded with the next batch (0.2 s)
         report = tenancy.admin("GET", "/admin/usage", params={"tenant": "thrifty"}).json()

@@ -170,6 +170,7 @@ class CircuitBreaker:
         async with self._lock:
             if self.record.forced:
                 return
+            previous = self.record.state  # the watch may apply our own write before we log
             record = BreakerRecord(
                 deployment=self.deployment,
                 state=state,
@@ -188,9 +189,7 @@ class CircuitBreaker:
                 except KeyWrongLastSequenceError:
                     return  # another process moved it first; its record arrives by the watch
                 self._revision = revision
-            log.warning(
-                "breaker %s: %s -> %s (%s)", self.deployment, self.record.state, state, reason
-            )
+            log.warning("breaker %s: %s -> %s (%s)", self.deployment, previous, state, reason)
             self._apply(record)
 
     def adopt(self, record: BreakerRecord, revision: int | None) -> None:

@@ -146,11 +146,13 @@ class Worker:
             )
             self._queues.add((subjects.bulk_stream, batch_queue))
             served: list[tuple[DeploymentPool, PullConsumer]] = []
+            skipped: list[str] = []
             for deployment in model.deployments:
                 try:
                     provider = make_provider(deployment)
                 except ProviderUnavailable as exc:
                     log.warning("not serving %s: %s", model.model_name, exc)
+                    skipped.append(str(exc))
                     continue
                 if routed:  # each deployment pulls from its own queue
                     own = deployment_consumer_config(deployment, config, subjects)
@@ -163,6 +165,7 @@ class Worker:
                     self._pool(nc, subjects, queues, provider, deployment, model, failover)
                 )
             if not served:
+                self._presence.cannot_serve(model.model_name, "; ".join(skipped))
                 continue
             if routed:
                 intake = Intake(nc, model, failover)

@@ -70,3 +70,22 @@ async def test_restart_single_nats_server_mid_batch(
     result = await run_batch(single_client, n, "mock-gpt", disrupt=restart)
     print("\n" + result.line("embedded nats-server restart mid-batch"))
     assert_all_answered_once(result, n)
+
+
+@short_and_long(short=600, long=10_000)
+async def test_kill_9_single_nats_server_mid_batch(
+    single: tuple[EmbeddedNats, Path], single_client: BrokerClient, n: int
+) -> None:
+    """SIGKILL, no clean shutdown: the store is what the server had written (the OS
+    keeps it; only a power loss would not), and the same guarantees hold."""
+    server, _ = single
+
+    async def kill_and_start() -> None:
+        assert server.process is not None
+        server.process.kill()
+        await asyncio.to_thread(server.process.wait)
+        await asyncio.to_thread(server.start)
+
+    result = await run_batch(single_client, n, "mock-gpt", disrupt=kill_and_start)
+    print("\n" + result.line("embedded nats-server kill -9 mid-batch"))
+    assert_all_answered_once(result, n)
