@@ -194,7 +194,7 @@ class BrokerClient:
         self.subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
         self.directory = directory
         self.breakers = breakers
-        self.router = Router(directory, breakers.is_open)
+        self.router = Router(directory, breakers.state)
         self._owns_connection = owns_connection
         self._pending: dict[str, _Pending] = {}
         self._tokens = itertools.count()

@@ -10,7 +10,11 @@ Strategies (``model_list[].routing``):
   measured yet is tried first, and 5% of choices explore, so estimates stay fresh.
 - ``lowest-cost``: the lowest ``input_cost_per_mtok + output_cost_per_mtok``.
 
-Only deployments with a live worker and a closed breaker are candidates. Lowest-latency
+Only deployments with a live worker and a closed breaker are candidates, with one
+exception, whatever the strategy: a half-open deployment gets one request (the probe
+that can close its breaker) every ``PROBE_INTERVAL_S`` from each choosing process.
+Otherwise nothing would ever be sent to it, and it would stay half-open for good; the
+deployment's pool lets only ``half_open_probes`` of them through at once. Lowest-latency
 and lowest-cost skip a deployment whose workers report it full (in-flight at capacity)
 while another has room, so overflow spills to the next best instead of queueing.
 """
@@ -18,28 +22,37 @@ while another has room, so overflow spills to the next best instead of queueing.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Collection
 
 from broker.presence import WorkerDirectory
 from schemas.config import DeploymentConfig, ModelConfig
-from schemas.state import DeploymentStats
+from schemas.state import BreakerState, DeploymentStats
 
 EXPLORE = 0.05
+PROBE_INTERVAL_S = 1.0
 
 
 class Router:
-    def __init__(self, directory: WorkerDirectory, is_open: Callable[[str], bool]) -> None:
+    def __init__(
+        self, directory: WorkerDirectory, breaker_state: Callable[[str], BreakerState]
+    ) -> None:
         self._directory = directory
-        self._is_open = is_open
+        self._state = breaker_state
         self._turns: dict[str, int] = {}
+        self._probed: dict[str, float] = {}  # deployment -> when it last got a probe
 
     def choose(self, model: ModelConfig, exclude: Collection[str] = ()) -> DeploymentConfig | None:
         stats = self._directory.deployment_stats(model.model_name)
-        candidates = [
-            d
-            for d in model.deployments
-            if d.name in stats and d.name not in exclude and not self._is_open(d.name)
-        ]
+        candidates = []
+        for d in model.deployments:
+            if d.name not in stats or d.name in exclude:
+                continue
+            state = self._state(d.name)
+            if state is BreakerState.CLOSED:
+                candidates.append(d)
+            elif state is BreakerState.HALF_OPEN and self._probe_due(d.name):
+                return d
         if not candidates:
             return None
         strategy = model.routing
@@ -63,6 +76,14 @@ class Router:
                 ),
             )
         return random.choice(candidates)  # least-busy has no chooser; any will do
+
+
+    def _probe_due(self, deployment: str) -> bool:
+        now = time.monotonic()
+        if now - self._probed.get(deployment, -PROBE_INTERVAL_S) < PROBE_INTERVAL_S:
+            return False
+        self._probed[deployment] = now
+        return True
 
 
 def _full(stats: list[DeploymentStats]) -> bool:

@@ -26,6 +26,8 @@ ADMIN_KEY = "admin-test-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FAST_RETRY = {"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.05}
 CALM_BREAKER = {"failure_threshold": 1000, "min_requests": 1000}
+QUICK_BREAKER = {"failure_threshold": 2, "min_requests": 1000, "cooldown_s": 1.0}
+ROUTED = ["weighted", "round-robin", "lowest-latency", "lowest-cost"]
 
 
 class Env:
@@ -139,6 +141,31 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
             "deployments": [deployment("small-dep", upstream, breaker=CALM_BREAKER)],
         },
         {"model_name": "large-context", "deployments": [{"provider": "mock", "name": "large-dep"}]},
+        # Breakers that open fast and cool down in a second, one model per routing strategy:
+        # the half-open probes must be sent whatever the strategy.
+        *(
+            {
+                "model_name": f"probe-{strategy}",
+                "routing": strategy,
+                "deployments": [
+                    deployment(
+                        f"{strategy}-a",
+                        upstream,
+                        retry={"max_attempts": 1},
+                        breaker=QUICK_BREAKER,
+                        input_cost_per_mtok=0.1,  # the cheap one: lowest-cost's choice
+                    ),
+                    deployment(
+                        f"{strategy}-b",
+                        upstream,
+                        retry={"max_attempts": 1},
+                        breaker=QUICK_BREAKER,
+                        input_cost_per_mtok=9,
+                    ),
+                ],
+            }
+            for strategy in ROUTED
+        ),
         # Its key variable is never set either, and it has no fallback: nobody serves it.
         {
             "model_name": "keyless-model",
@@ -699,3 +726,31 @@ def test_a_model_no_worker_can_serve_says_why(env: Env) -> None:
     listed = {m["id"] for m in env.http.get("/v1/models").json()["data"]}
     assert "keyless-model" not in listed
     assert {"large-context", "unserved-model"} <= listed  # served, or by its fallback
+
+
+@pytest.mark.parametrize("strategy", ROUTED)
+async def test_every_routing_strategy_probes_and_closes_a_half_open_breaker(
+    env: Env, strategy: str
+) -> None:
+    """A routed deployment whose upstream died and came back is probed once its cool-down
+    is over and its breaker closes, whatever the strategy (it used to stay half-open,
+    and every request went to the other deployment)."""
+    model, victim = f"probe-{strategy}", f"{strategy}-a"
+    env.control(victim, error_rate=1.0, error_status=503)
+    for i in range(40):  # until its breaker opens (requests fail over to the other)
+        answer = await asyncio.to_thread(env.chat, model, f"o{i}")
+        assert answer.status_code == 200, answer.text
+        if await breaker_state(env.nats_url, victim) == "open":
+            break
+    assert await breaker_state(env.nats_url, victim) == "open"
+    env.reset(victim)  # the upstream is back
+    before = env.received(victim)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        answer = await asyncio.to_thread(env.chat, model, "after")
+        assert answer.status_code == 200, answer.text
+        if await breaker_state(env.nats_url, victim) == "closed":
+            break
+        await asyncio.sleep(0.1)
+    assert await breaker_state(env.nats_url, victim) == "closed"
+    assert env.received(victim) > before  # the probes reached it

@@ -250,6 +250,13 @@ class BreakerBoard:
             return
         breaker.adopt(record or BreakerRecord(deployment=breaker.deployment), revision)
 
+    def state(self, deployment: str) -> BreakerState:
+        """The breaker's state as this process knows it (its own, else the shared one)."""
+        breaker = self.breakers.get(breaker_key(deployment))
+        if breaker is not None:
+            return breaker.state
+        return self.shared.state(deployment) if self.shared is not None else BreakerState.CLOSED
+
     def is_open(self, deployment: str) -> bool:
         """Known not to take requests now (open, or half-open and probed elsewhere)."""
         breaker = self.breakers.get(breaker_key(deployment))

@@ -129,7 +129,7 @@ class Worker:
         self._accounting = Accounting(await Admission.open(js, config), recorder)
         recorder.start()
         self._breakers = board
-        router = Router(self._directory, board.is_open)
+        router = Router(self._directory, board.state)
         failover = Failover(config, subjects, js, board.is_open, router)
         board.on_change(self._repace)
         for model in self.models:
