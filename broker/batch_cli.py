@@ -20,6 +20,7 @@ from typing import IO, Any
 import msgspec
 from nats.aio.client import Client as NATS
 
+from broker.admission import Admission
 from broker.batches import BatchStore, is_terminal
 from broker.connection import connect
 from schemas.batch import BATCH_ENDPOINT, Batch, BatchCreate, BatchStatus
@@ -85,21 +86,51 @@ async def submit(
     model: str | None,
     wait: bool,
     output: Path | None,
+    api_key: str | None = None,
 ) -> None:
+    """Upload and start (or resume) a batch; with ``wait``/``output``, follow it to its end
+    and exit non-zero when no line succeeded. ``api_key``: whose requests the lines are
+    (needed when auth.required; refused up front if it is not a valid key)."""
     nc, store = await _open(config, url)
     try:
-        batch = await _submit(store, path, model)
+        owner = await _owner(config, nc, api_key)
+        batch = await _submit(store, path, model, owner)
         print(f"batch {batch.id} ({batch.status.value})", flush=True)
         if wait or output:
             batch = await follow(store, batch.id)
             if output:
                 await download(store, batch, output)
+            if _nothing_succeeded(batch):
+                raise SystemExit(
+                    f"promptbus batch: batch {batch.id} {batch.status.value}: no line succeeded"
+                )
     finally:
         await nc.drain()
 
 
-async def _submit(store: BatchStore, path: Path, model: str | None) -> Batch:
+async def _owner(config: Config, nc: NATS, api_key: str | None) -> tuple[str, str] | None:
+    """(key id, tenant) of the key the batch runs as; None when keys are not required."""
+    if not config.auth.required:
+        return None
+    admission = await Admission.open(nc.jetstream(), config)
+    try:
+        return admission.owner(api_key)  # 401 (a BrokerError) for a missing or bad key
+    finally:
+        await admission.close()
+
+
+def _nothing_succeeded(batch: Batch) -> bool:
+    counts = batch.request_counts
+    return batch.status in _RESTART or (counts.completed == 0 and counts.failed > 0)
+
+
+async def _submit(
+    store: BatchStore, path: Path, model: str | None, owner: tuple[str, str] | None = None
+) -> Batch:
+    tenant = owner[1] if owner else None
     digest = file_digest(path, model)
+    if tenant:  # each tenant resumes its own batches
+        digest = hashlib.sha256(f"{digest}\0{tenant}".encode()).hexdigest()
     remembered = await store.source(digest)
     source = msgspec.json.decode(remembered, type=_Source) if remembered else None
     if source is not None and source.batch_id is not None:
@@ -107,12 +138,13 @@ async def _submit(store: BatchStore, path: Path, model: str | None) -> Batch:
             batch = await store.get(source.batch_id)
         except BrokerError:
             batch = None
-        if batch is not None and batch.status not in _RESTART:
+        if batch is not None and not _nothing_succeeded(batch):
             print(f"resuming batch {batch.id} for {path}", file=sys.stderr, flush=True)
             return batch
     file_id = None
     if source is not None:
         try:
+            await store.files.check_owner(source.file_id, tenant)
             file_id = (await store.files.info(source.file_id)).id
         except BrokerError:
             file_id = None
@@ -120,12 +152,13 @@ async def _submit(store: BatchStore, path: Path, model: str | None) -> Batch:
         with path.open("rb") as raw, tempfile.TemporaryFile() as converted:
             lines = convert_lines(raw, converted, model)
             converted.seek(0)
-            stored = await store.files.put(converted, path.name, "batch")
+            stored = await store.files.put(converted, path.name, "batch", tenant=tenant)
         file_id = stored.id
         print(f"uploaded {lines} lines as {file_id}", file=sys.stderr, flush=True)
         await store.remember_source(digest, msgspec.json.encode(_Source(file_id=file_id)))
     batch = await store.create(
-        BatchCreate(input_file_id=file_id, endpoint=BATCH_ENDPOINT, completion_window="24h")
+        BatchCreate(input_file_id=file_id, endpoint=BATCH_ENDPOINT, completion_window="24h"),
+        owner,
     )
     await store.remember_source(
         digest, msgspec.json.encode(_Source(file_id=file_id, batch_id=batch.id))

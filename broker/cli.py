@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import logs
-from broker.cli_args import connection_options
+from broker.cli_args import api_key_option, connection_options, resolve_api_key
 from broker.embedded import EmbeddedNats
 from broker.serve import http_server, run, serve_until, shared_socket, stop_event
 from broker.settings import ConfigError, load_config
@@ -47,6 +47,11 @@ def _start_embedded(config: Config) -> EmbeddedNats:
         return server.start()
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         raise SystemExit(f"promptbus: cannot start embedded nats-server: {exc}") from None
+
+
+def _demo_key_file(config: Config) -> Path:
+    """Where ``promptbus up`` keeps the demo key it prints (beside the NATS store)."""
+    return Path(config.nats.store_dir).parent / "demo-key"
 
 
 def _ingress_protocol(config: Config) -> Any:
@@ -118,7 +123,7 @@ async def _demo_key(config: Config, url: str) -> str:
 
     nc = await connect(url, "promptbus-up")
     try:
-        return await demo_key(config, nc, Path(config.nats.store_dir).parent / "demo-key")
+        return await demo_key(config, nc, _demo_key_file(config))
     finally:
         await nc.close()
 
@@ -192,7 +197,13 @@ def cmd_batch(args: argparse.Namespace) -> None:
     output = Path(args.output) if getattr(args, "output", None) else None
     calls = {
         "submit": lambda: batch_cli.submit(
-            config, url, Path(args.file), args.model, args.wait, output
+            config,
+            url,
+            Path(args.file),
+            args.model,
+            args.wait,
+            output,
+            resolve_api_key(getattr(args, "api_key", None), _demo_key_file(config)),
         ),
         "status": lambda: batch_cli.status(config, url, args.batch_id),
         "list": lambda: batch_cli.list_batches(config, url, args.limit),
@@ -260,7 +271,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     config = _config(args)
     model = args.model or config.model_list[0].model_name
     url = _nats_url(args, config)
-    run(_chat(config, url, model, args.prompt, args.stream, args.timeout, args.api_key))
+    api_key = resolve_api_key(args.api_key, _demo_key_file(config))
+    run(_chat(config, url, model, args.prompt, args.stream, args.timeout, api_key))
 
 
 async def _chat(
@@ -367,11 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", "-m", default=None)
     chat.add_argument("--stream", action="store_true")
     chat.add_argument("--timeout", type=float, default=60.0)
-    chat.add_argument(
-        "--api-key",
-        default=os.environ.get("PROMPTBUS_API_KEY"),
-        help="virtual key when auth.required is on (default: $PROMPTBUS_API_KEY)",
-    )
+    api_key_option(chat)
     from broker import tenancy_cli
 
     tenancy_cli.add_commands(lambda name, _, help: add(name, cmd_tenancy, help))
@@ -388,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("file")
     submit.add_argument("--model", "-m", default=None, help="model for lines that name none")
     submit.add_argument("--wait", action="store_true", help="show progress until it ends")
-    submit.add_argument("--output", "-o", default=None, help="write the results here (waits)")
+    submit.add_argument(
+        "--output", "-o", default=None, help="write the results here, errors to OUT.errors.jsonl"
+    )
+    api_key_option(submit, leaf=True)
     for name, text in (("status", "the batch object"), ("cancel", "cancel a batch")):
         action(name, text).add_argument("batch_id")
     listing = action("list", "recent batches")

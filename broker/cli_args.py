@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def connection_options(
@@ -19,3 +21,30 @@ def connection_options(
         parser.add_argument(
             "--nats-url", default=default, help="external NATS URL (overrides nats.url)"
         )
+
+
+API_KEY_ENV = "PROMPTBUS_API_KEY"
+
+
+def api_key_option(parser: argparse.ArgumentParser, *, leaf: bool = False) -> None:
+    """``--api-key``: the virtual key a client command acts with when auth.required."""
+    parser.add_argument(
+        "--api-key",
+        default=argparse.SUPPRESS if leaf else None,
+        help=f"virtual key when auth.required is on (default: ${API_KEY_ENV}, else the "
+        "demo key `make run` printed, from .promptbus/demo-key)",
+    )
+
+
+def resolve_api_key(given: str | None, demo_key_file: Path) -> str | None:
+    """The key a client command uses: given, else ``$PROMPTBUS_API_KEY``, else the demo
+    key of this machine's ``make run`` (so the README's commands work as written)."""
+    if given:
+        return given
+    from_env = os.environ.get(API_KEY_ENV)
+    if from_env:
+        return from_env
+    try:
+        return demo_key_file.read_text().strip() or None
+    except OSError:
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -472,3 +473,47 @@ def test_a_tenant_quota_stops_a_running_batch_and_refuses_the_next(tenancy: Tena
         tenancy.logs[1].read_text()[-3000:],  # the batcher's
     )
     assert output == [] and {line["error"]["code"] for line in errors} == {"quota_exceeded"}
+
+
+def test_cli_batches_and_chat_act_with_a_key(tenancy: Tenancy, tmp_path: Path) -> None:
+    """With auth.required, `promptbus batch submit` and `promptbus chat` take --api-key
+    (or $PROMPTBUS_API_KEY): lines run as the key's requests. Without a key the command
+    fails at once, saying why, instead of a batch whose every line is a 401; a batch in
+    which no line succeeded exits non-zero, and submitting again starts a new one."""
+    key = tenancy.create_key(tenant="cli-batch")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            f'{{"custom_id": "p{i}", "messages": [{{"role": "user", "content": "n{i}"}}]}}\n'
+            for i in range(5)
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PROMPTBUS_API_KEY"}
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*PROMPTBUS, *args, "-c", str(tenancy.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env | extra,
+            cwd=tmp_path,  # no .promptbus/demo-key here
+        )
+
+    refused = cli("batch", "submit", str(prompts), "-m", "mock-gpt", "--wait")
+    assert refused.returncode != 0 and "API key" in refused.stderr
+    done = cli("batch", "submit", str(prompts), "-m", "mock-gpt", "-o", str(out), "--api-key", key)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(line["custom_id"] for line in lines) == [f"p{i}" for i in range(5)]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    chat = cli("chat", "hello", "-m", "mock-gpt", PROMPTBUS_API_KEY=key)
+    assert chat.returncode == 0 and "mock reply to: hello" in chat.stdout
+
+    bad = tmp_path / "bad.jsonl"  # every line names a model the broker does not have
+    bad.write_text('{"custom_id": "x", "messages": [{"role": "user", "content": "x"}]}\n')
+    failed = cli("batch", "submit", str(bad), "-m", "no-such-model", "--wait", "--api-key", key)
+    assert failed.returncode != 0 and "no line succeeded" in failed.stderr
+    again = cli("batch", "submit", str(bad), "-m", "no-such-model", "--api-key", key)
+    assert "resuming" not in again.stderr
