@@ -278,10 +278,9 @@ class BatchRun:
             hashes.append(_hash64(custom_id))
         if not errors and not hashes:
             errors.append(BatchError(code="empty_file", message="The input file has no lines."))
-        if not errors:
-            duplicate = _first_duplicate(hashes)
-            if duplicate is not None:
-                errors.append(await self._duplicate_error(record, duplicate))
+        duplicate = _first_duplicate(hashes) if len(errors) < MAX_FILE_ERRORS else None
+        if duplicate is not None:  # reported beside the other errors, not instead of them
+            errors.append(await self._duplicate_error(record, duplicate))
         now = int(time.time())
 
         def change(current: BatchRecord) -> BatchRecord | None:
@@ -295,7 +294,8 @@ class BatchRun:
             else:
                 batch.status = BatchStatus.IN_PROGRESS
                 batch.in_progress_at = now
-            batch.request_counts.total = len(hashes)
+            # A failed batch runs nothing: no requests to count (as OpenAI reports it).
+            batch.request_counts.total = 0 if errors else len(hashes)
             return current
 
         record = await self.store.update(self.batch_id, change)
@@ -311,7 +311,10 @@ class BatchRun:
             number += 1
             if not line.strip():
                 continue
-            custom_id = _custom_id(line)
+            try:
+                custom_id = _custom_id(line)
+            except MalformedLine:
+                continue  # reported already
             if _hash64(custom_id) == digest:
                 if seen:
                     return BatchError(

@@ -288,6 +288,57 @@ def test_malformed_file_fails_validation_with_the_reason(env: BatchEnv) -> None:
         assert error["message"]
 
 
+def test_validation_reports_every_kind_of_problem(env: BatchEnv) -> None:
+    """The issue's file: a line, one without custom_id, one not JSON, the first again.
+    All three problems are reported, and a failed batch counts no requests."""
+    a = json.dumps(chat_line("a")).encode()
+    data = b"\n".join([a, b'{"method": "POST"}', b"not json", a]) + b"\n"
+    upload = env.http.post(
+        "/v1/files", files={"file": ("bad.jsonl", data)}, data={"purpose": "batch"}
+    )
+    created = env.http.post(
+        "/v1/batches",
+        json={
+            "input_file_id": upload.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        },
+    )
+    batch = env.done(created.json()["id"])
+    assert batch["status"] == "failed"
+    found = [(e["code"], e["line"]) for e in batch["errors"]["data"]]
+    assert found == [("missing_custom_id", 2), ("invalid_json_line", 3), ("duplicate_custom_id", 4)]
+    assert batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+
+
+def test_a_line_too_deep_or_too_large_fails_alone(env: BatchEnv) -> None:
+    """JSON nested thousands deep, or a request NATS could not carry, is that line's
+    error in the error file; the batch and every other line go on."""
+    head = json.dumps(chat_line("deep"))[: -len("}}")]  # the body object left open
+    deep = (head + ', "tool_choice": ' + "[" * 3000 + "]" * 3000 + "}}").encode()
+    large_line = chat_line("large")
+    large_line["body"]["messages"][0]["content"] = "y" * (8 * 1024 * 1024)
+    large = json.dumps(large_line).encode()
+    data = b"\n".join([json.dumps(chat_line("ok")).encode(), deep, large]) + b"\n"
+    upload = env.http.post(
+        "/v1/files", files={"file": ("edge.jsonl", data)}, data={"purpose": "batch"}
+    )
+    created = env.http.post(
+        "/v1/batches",
+        json={
+            "input_file_id": upload.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        },
+    )
+    batch = env.done(created.json()["id"])
+    assert batch["status"] == "completed", batch
+    assert batch["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    errors = env.http.get(f"/v1/files/{batch['error_file_id']}/content").text.splitlines()
+    codes = {json.loads(line)["custom_id"]: json.loads(line)["error"]["code"] for line in errors}
+    assert codes == {"deep": "json_too_deep", "large": "request_too_large"}
+
+
 def test_line_errors_and_upstream_failures_go_to_the_error_file(env: BatchEnv) -> None:
     lines = [
         chat_line("ok-1"),
