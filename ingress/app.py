@@ -38,10 +38,9 @@ from schemas.chat import (
     ModelList,
     embedding_request_decoder,
     encoder,
-    request_decoder,
 )
 from schemas.config import Config, ModelConfig
-from schemas.depth import check_depth, decode_checked
+from schemas.depth import check_depth, decode_chat_request, decode_checked
 from schemas.envelope import (
     H_AGE,
     H_CACHE,
@@ -174,10 +173,11 @@ def create_app(
         require_json(request)
         body = await read_body(request, state["client"].max_body_bytes)
         try:
-            chat = decode_checked(request_decoder, body)
+            chat, unknown = decode_chat_request(body)
         except BrokerError:
             context["model"] = model_named_in(body)  # for the metrics of the refusal
             raise
+        cacheable = None if unknown else chat  # the cache key knows only our fields
         context["model"], context["stream"] = chat.model, bool(chat.stream)
         broker = state["client"]
         request_id = str(context["request_id"])
@@ -194,7 +194,7 @@ def create_app(
         cache_control = request.headers.get("cache-control")
         if chat.stream:
             stream = await broker.open_stream(
-                chat.model, body, parsed=chat, cache_control=cache_control, **options
+                chat.model, body, parsed=cacheable, cache_control=cache_control, **options
             )
             try:
                 first = await stream.__anext__()  # errors before the first chunk get a status
@@ -208,7 +208,7 @@ def create_app(
                 _sse(first, stream), media_type="text/event-stream", headers=headers
             )
         reply = await broker.request(
-            chat.model, body, parsed=chat, cache_control=cache_control, **options
+            chat.model, body, parsed=cacheable, cache_control=cache_control, **options
         )
         return Response(
             reply.body,

@@ -413,6 +413,45 @@ def check_transform_fields(strip: list[str], values: dict[str, Any], cap: dict[s
 
 # Encoders and decoders are built once: msgspec caches type info per decoder instance.
 request_decoder = msgspec.json.Decoder(ChatCompletionRequest)
+
+
+class _ExactChatCompletionRequest(ChatCompletionRequest, forbid_unknown_fields=True):
+    """The same request, refusing top-level fields it does not know: decoding with it
+    first costs nothing extra when there are none (the usual case)."""
+
+
+_exact_request_decoder = msgspec.json.Decoder(_ExactChatCompletionRequest)
+_top_level_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+KNOWN_REQUEST_FIELDS = frozenset(
+    f.encode_name for f in msgspec.structs.fields(ChatCompletionRequest)
+)
+
+# Fields a request does not define, as the caller sent them (``top_k``, ``min_p``,
+# ``repetition_penalty``...): forwarded to OpenAI-compatible upstreams, which define many
+# of their own (vLLM, Ollama, OpenRouter), refused by native adapters (docs/providers.md).
+UnknownFields = dict[str, msgspec.Raw]
+
+
+def decode_with_unknown_fields(body: bytes) -> tuple[ChatCompletionRequest, UnknownFields]:
+    """The request and its unknown top-level fields (msgspec errors propagate)."""
+    try:
+        return _exact_request_decoder.decode(body), {}
+    except msgspec.ValidationError as exc:
+        if "unknown field" not in str(exc):
+            raise
+    request = request_decoder.decode(body)
+    fields = _top_level_decoder.decode(body)
+    return request, {k: v for k, v in fields.items() if k not in KNOWN_REQUEST_FIELDS}
+
+
+def with_fields(encoded: bytes, fields: UnknownFields) -> bytes:
+    """``encoded`` (a JSON object) with ``fields`` added at its top level."""
+    if not fields:
+        return encoded
+    extra = b"".join(b"," + msgspec.json.encode(k) + b":" + bytes(v) for k, v in fields.items())
+    return encoded[:-1] + (extra[1:] if encoded == b"{}" else extra) + b"}"
+
+
 completion_decoder = msgspec.json.Decoder(ChatCompletion)
 chunk_decoder = msgspec.json.Decoder(ChatCompletionChunk)
 embedding_request_decoder = msgspec.json.Decoder(EmbeddingRequest)

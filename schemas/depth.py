@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import msgspec
 
+from schemas.chat import ChatCompletionRequest, UnknownFields, decode_with_unknown_fields
 from schemas.errors import BrokerError, from_validation_error
 
 MAX_JSON_DEPTH = 64
@@ -86,4 +87,15 @@ def decode_checked(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise from_validation_error(exc) from None
     except RecursionError:  # a limit passed to check_depth above the decoder's own
+        raise too_deep(None) from None
+
+
+def decode_chat_request(body: bytes) -> tuple[ChatCompletionRequest, UnknownFields]:
+    """A chat request and its unknown top-level fields, checked like :func:`decode_checked`."""
+    check_depth(body)
+    try:
+        return decode_with_unknown_fields(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise from_validation_error(exc) from None
+    except RecursionError:
         raise too_deep(None) from None

@@ -175,6 +175,17 @@ def poison_request(deliveries: int) -> BrokerError:
     )
 
 
+def unknown_field(name: str, provider: str) -> BrokerError:
+    """A field promptbus does not define, for a native provider that could not take it."""
+    return BrokerError(
+        400,
+        f"Unknown parameter `{name}`: the model's provider ({provider}) has no such field. "
+        "Unknown fields are forwarded only to OpenAI-compatible upstreams.",
+        param=name,
+        code="unsupported_parameter",
+    )
+
+
 def internal_error(exc: BaseException) -> BrokerError:
     """A bug of ours, said as such (the details are in the log, not the answer)."""
     return BrokerError(

@@ -152,3 +152,38 @@ def test_health_and_readiness(stack: Stack) -> None:
     assert httpx.get(f"{stack.ingress}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{stack.ingress}/readyz")
     assert ready.status_code == 200 and ready.json()["stream"] == "PB_REQUESTS"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_unknown_fields_reach_openai_compatible_upstreams(
+    openai_client: openai.OpenAI, stack: Stack, stream: bool
+) -> None:
+    """vLLM's `top_k`, `repetition_penalty`: fields the OpenAI schema lacks reach an
+    OpenAI-compatible upstream as sent (as LiteLLM does), streamed or not."""
+    extra = {"top_k": 5, "repetition_penalty": 1.1, "guided_choice": ["a", "b"]}
+    created = openai_client.chat.completions.create(
+        model="upstream-gpt",
+        messages=[{"role": "user", "content": "with extras"}],
+        temperature=0,
+        stream=stream,
+        extra_body=extra,
+    )
+    if stream:
+        assert "".join(c.choices[0].delta.content or "" for c in created if c.choices)
+    else:
+        assert created.choices[0].message.content  # type: ignore[union-attr]
+    seen = httpx.get(f"{stack.upstream}/_stats").json()["last_unknown_fields"]
+    assert seen == extra
+
+
+def test_unknown_fields_for_a_native_provider_are_a_400_naming_them(
+    openai_client: openai.OpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.chat.completions.create(
+            model="claude",
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"repetition_penalty": 1.1},
+        )
+    assert err.value.code == "unsupported_parameter"
+    assert err.value.param == "repetition_penalty"  # type: ignore[attr-defined]

@@ -31,8 +31,8 @@ from schemas.chat import (
     EmbeddingUsage,
     Model,
     ModelList,
+    decode_with_unknown_fields,
     encoder,
-    request_decoder,
 )
 from schemas.errors import BrokerError, from_validation_error, invalid_request
 from workers import mock_content
@@ -65,6 +65,9 @@ class Stats(msgspec.Struct):
     streams_abandoned: int = 0  # the client hung up before the last chunk
     errors: int = 0
     last_traceparent: str | None = None
+    # Top-level fields of the last chat request that the OpenAI schema does not define,
+    # as received (what a vLLM would read: top_k, repetition_penalty...).
+    last_unknown_fields: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class _Upstream:
@@ -165,11 +168,12 @@ class MockUpstream:
                 )
                 return
         try:
-            request = request_decoder.decode(body)
+            request, unknown = decode_with_unknown_fields(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             stats.errors += 1
             await _error(send, from_validation_error(exc))
             return
+        stats.last_unknown_fields = {k: msgspec.json.decode(v) for k, v in unknown.items()}
         directives = request.metadata or {}
         if settings.hang:
             await asyncio.sleep(3600)

@@ -33,12 +33,12 @@ from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingRequest,
     StreamOptions,
+    UnknownFields,
     Usage,
     embedding_request_decoder,
-    request_decoder,
 )
 from schemas.config import DeploymentConfig, ModelConfig, TransformConfig
-from schemas.depth import decode_checked
+from schemas.depth import decode_chat_request, decode_checked
 from schemas.envelope import (
     H_CUSTOM_ID,
     H_DEPLOYMENT,
@@ -56,6 +56,7 @@ from schemas.errors import (
     from_validation_error,
     internal_error,
     poison_request,
+    unknown_field,
     upstream_error,
 )
 from workers import embeddings
@@ -281,10 +282,13 @@ class DeploymentPool:
             return True
         request: ChatCompletionRequest | EmbeddingRequest
         try:  # a NATS caller's body was not checked at any door before
+            unknown: UnknownFields = {}
             if self.model.mode == "embeddings":
                 request = decode_checked(embedding_request_decoder, msg.data)
             else:
-                request = decode_checked(request_decoder, msg.data)
+                request, unknown = decode_chat_request(msg.data)
+                if unknown and not self.provider.forwards_unknown_fields:
+                    raise unknown_field(next(iter(unknown)), self.deployment.provider)
         except BrokerError as exc:
             await self._error(meta, exc)
             return True
@@ -327,11 +331,12 @@ class DeploymentPool:
                 if isinstance(request, EmbeddingRequest):
                     usage = await self._embed(meta, request, remaining, attempt_timeout)
                 elif request.stream:
-                    usage = await self._stream(meta, request, remaining, attempt_timeout)
+                    usage = await self._stream(meta, request, remaining, attempt_timeout, unknown)
                 else:
                     body = await call_with_retries(
                         lambda: self._attempt(
-                            self.provider.complete(request, _next_hop(meta)), attempt_timeout
+                            self.provider.complete(request, _next_hop(meta), unknown),
+                            attempt_timeout,
                         ),
                         self.deployment.retry,
                         remaining,
@@ -426,6 +431,7 @@ class DeploymentPool:
         request: ChatCompletionRequest,
         remaining: float | None,
         attempt_timeout: float | None,
+        unknown: UnknownFields,
     ) -> Usage | None:
         """Retries happen only until the first chunk: after that, bytes reached the client.
         Returns the usage the stream reported, if any.
@@ -443,7 +449,7 @@ class DeploymentPool:
             request = msgspec.structs.replace(request, stream_options=upstream_options)
 
         async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
-            chunks = self.provider.stream(request, _next_hop(meta)).__aiter__()
+            chunks = self.provider.stream(request, _next_hop(meta), unknown).__aiter__()
             try:
                 first = await self._attempt(anext(chunks), attempt_timeout, stream=True)
             except StopAsyncIteration:

@@ -45,6 +45,7 @@ from schemas.chat import (
     ToolCall,
     ToolCallDelta,
     ToolMessage,
+    UnknownFields,
     Usage,
     UserContentPart,
     UserMessage,
@@ -421,8 +422,13 @@ class AnthropicProvider:
         detail = ErrorDetail(info.message, info.type, code=info.type)
         return classify(self.name, status, body, headers, detail=detail)
 
+    forwards_unknown_fields = False  # refused with a 400 naming the field
+
     async def complete(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> bytes:
         headers = self._request_headers(traceparent, False)
         answer = await self._upstream.post(self._url, self._body(request), headers)
@@ -430,7 +436,10 @@ class AnthropicProvider:
         return encoder.encode(from_anthropic(message))
 
     async def stream(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> AsyncIterator[bytes]:
         options = request.stream_options
         translator = StreamTranslator(

@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from schemas.chat import ChatCompletionRequest, EmbeddingList, EmbeddingRequest
+from schemas.chat import ChatCompletionRequest, EmbeddingList, EmbeddingRequest, UnknownFields
 
 
 class Provider(Protocol):
     """A provider answers with OpenAI JSON bodies and raises ``BrokerError`` on failure."""
 
     name: str
+    # Does the upstream take request fields promptbus does not define (``unknown``, as
+    # the caller sent them)? OpenAI-compatible APIs do; native adapters refuse them.
+    forwards_unknown_fields: bool
 
     async def complete(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> bytes:
         """The ``chat.completion`` body for a non-streamed request.
 
@@ -23,7 +29,10 @@ class Provider(Protocol):
         ...
 
     def stream(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> AsyncIterator[bytes]:
         """The ``chat.completion.chunk`` bodies of a streamed request, in order."""
         ...

@@ -52,6 +52,7 @@ from schemas.chat import (
     ToolCall,
     ToolCallDelta,
     ToolMessage,
+    UnknownFields,
     Usage,
     UserContentPart,
     UserMessage,
@@ -471,8 +472,13 @@ class GeminiProvider:
         detail = ErrorDetail(error.message, error.status, code=reasons[0] if reasons else None)
         return classify(self.name, status, body, headers, detail=detail)
 
+    forwards_unknown_fields = False  # refused with a 400 naming the field
+
     async def complete(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> bytes:
         body, headers = encoder.encode(to_gemini(request)), self._request_headers(traceparent)
         answer = await self._upstream.post(self._url, body, headers)
@@ -480,7 +486,10 @@ class GeminiProvider:
         return encoder.encode(from_gemini(response, self.name, self._model))
 
     async def stream(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> AsyncIterator[bytes]:
         body = encoder.encode(to_gemini(request))
         options = request.stream_options

@@ -11,6 +11,7 @@ from schemas.chat import (
     EmbeddingList,
     EmbeddingRequest,
     EmbeddingUsage,
+    UnknownFields,
     encoder,
 )
 from schemas.config import DeploymentConfig
@@ -23,15 +24,23 @@ class MockProvider:
         self._model = deployment.model or deployment.name
         self._latency = deployment.mock_latency_ms / 1000.0
 
+    forwards_unknown_fields = True  # an OpenAI-like stand-in: takes them, ignores them
+
     async def complete(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> bytes:
         if self._latency:
             await asyncio.sleep(self._latency)
         return encoder.encode(mock_content.completion(request, self._model))
 
     async def stream(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> AsyncIterator[bytes]:
         if self._latency:
             await asyncio.sleep(self._latency)

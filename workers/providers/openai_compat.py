@@ -15,10 +15,12 @@ from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingList,
     EmbeddingRequest,
+    UnknownFields,
     chunk_decoder,
     completion_decoder,
     embedding_list_decoder,
     encoder,
+    with_fields,
 )
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
@@ -47,18 +49,24 @@ class OpenAICompatProvider:
             self._session = new_session(self._deployment)
         return self._session
 
-    def _body(self, request: ChatCompletionRequest) -> bytes:
-        return encoder.encode(msgspec.structs.replace(request, model=self._model))
+    forwards_unknown_fields = True  # vLLM's top_k, OpenRouter's provider, Ollama's options
+
+    def _body(self, request: ChatCompletionRequest, unknown: UnknownFields | None) -> bytes:
+        body = encoder.encode(msgspec.structs.replace(request, model=self._model))
+        return with_fields(body, unknown) if unknown else body
 
     async def complete(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> bytes:
         headers = (
             self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
         )
         try:
             async with self._client().post(
-                self._url, data=self._body(request), headers=headers
+                self._url, data=self._body(request, unknown), headers=headers
             ) as response:
                 body = await response.read()
                 if response.status >= 400:
@@ -72,14 +80,17 @@ class OpenAICompatProvider:
         return body
 
     async def stream(
-        self, request: ChatCompletionRequest, traceparent: str | None = None
+        self,
+        request: ChatCompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
     ) -> AsyncIterator[bytes]:
         headers = self._stream_headers
         if traceparent is not None:
             headers = headers | {"traceparent": traceparent}
         try:
             async with self._client().post(
-                self._url, data=self._body(request), headers=headers
+                self._url, data=self._body(request, unknown), headers=headers
             ) as response:
                 if response.status >= 400:
                     body = await response.read()
