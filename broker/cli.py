@@ -367,12 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mock = commands.add_parser("mock-upstream", help="a fake OpenAI-compatible HTTP server")
     mock.set_defaults(func=cmd_mock_upstream)
-    mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=9090)
-    mock.add_argument("--latency-ms", type=float, default=0.0)
-    mock.add_argument("--error-rate", type=float, default=0.0)
-    mock.add_argument("--error-status", type=int, default=500)
-    mock.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    mock.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    mock.add_argument("--port", type=int, default=9090, help="port to listen on")
+    mock.add_argument(
+        "--latency-ms", type=float, default=0.0, help="delay before each answer (default 0)"
+    )
+    mock.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of requests answered with an error"
+    )
+    mock.add_argument(
+        "--error-status", type=int, default=500, help="the HTTP status of those errors"
+    )
+    mock.add_argument(
+        "--chunk-delay-ms", type=float, default=0.0, help="delay between streamed chunks"
+    )
     mock.add_argument("--api-key", default=None, help="require this bearer key")
     chat = add("chat", cmd_chat, "send one chat request over NATS and print the answer")
     chat.add_argument("prompt")
@@ -397,7 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--model", "-m", default=None, help="model for lines that name none")
     submit.add_argument("--wait", action="store_true", help="show progress until it ends")
     submit.add_argument(
-        "--output", "-o", default=None, help="write the results here, errors to OUT.errors.jsonl"
+        "--output",
+        "-o",
+        default=None,
+        help="write the results here (out.jsonl: errors to out.errors.jsonl)",
     )
     api_key_option(submit, leaf=True)
     for name, text in (("status", "the batch object"), ("cancel", "cancel a batch")):

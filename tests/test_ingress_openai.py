@@ -27,6 +27,24 @@ def test_chat_non_stream_mock(openai_client: openai.OpenAI) -> None:
     assert completion.model_extra is not None and completion.model_extra["x_promptbus"] == stamp
 
 
+@pytest.mark.parametrize("model", ["mock-gpt", "upstream-gpt"])
+def test_a_stream_of_n_choices_carries_every_choice(
+    openai_client: openai.OpenAI, model: str
+) -> None:
+    chunks = list(
+        openai_client.chat.completions.create(model=model, messages=HELLO, stream=True, n=2)
+    )
+    texts: dict[int, str] = {}
+    finished: set[int] = set()
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert texts == {0: "mock reply to: hello there", 1: "mock reply to: hello there"}
+    assert finished == {0, 1}
+
+
 def test_request_id_is_echoed(openai_client: openai.OpenAI) -> None:
     raw = openai_client.chat.completions.with_raw_response.create(
         model="mock-gpt", messages=HELLO, extra_headers={"x-request-id": "req-abc-123"}

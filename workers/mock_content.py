@@ -85,23 +85,26 @@ def completion(request: ChatCompletionRequest, model: str) -> ChatCompletion:
 
 
 def chunks(request: ChatCompletionRequest, model: str) -> list[ChatCompletionChunk]:
-    """One role chunk, one chunk per word, a finish chunk and, if asked, a usage chunk."""
+    """For each of the ``n`` choices: a role chunk, one chunk per word and a finish chunk
+    (choices in turn, as OpenAI interleaves them); then, if asked, a usage chunk."""
     text = answer_text(request)
     ident = _completion_id()
     created = int(time.time())
 
-    def chunk(delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
+    def chunk(index: int, delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
             id=ident,
             created=created,
             model=model,
-            choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)],
+            choices=[ChunkChoice(index=index, delta=delta, finish_reason=finish)],
         )
 
     words = text.split(" ")
-    out = [chunk(Delta(role="assistant", content=""))]
-    out += [chunk(Delta(content=w if i == 0 else f" {w}")) for i, w in enumerate(words)]
-    out.append(chunk(Delta(), _finish_reason(request, text)))
+    choices = range(request.n or 1)
+    out = [chunk(c, Delta(role="assistant", content="")) for c in choices]
+    for i, word in enumerate(words):
+        out += [chunk(c, Delta(content=word if i == 0 else f" {word}")) for c in choices]
+    out += [chunk(c, Delta(), _finish_reason(request, text)) for c in choices]
     if request.stream_options is not None and request.stream_options.include_usage:
         out.append(
             ChatCompletionChunk(
