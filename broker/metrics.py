@@ -49,9 +49,10 @@ Gauge: Any = prometheus_client.Gauge if ENABLED else _Off
 Histogram: Any = prometheus_client.Histogram if ENABLED else _Off
 
 # Latencies of LLM calls span milliseconds to minutes.
+# Fine where a gateway's own time lies (1-5 ms), coarse where providers' does.
 LATENCY_BUCKETS = (
-    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
-    *(1, 2.5, 5, 10, 30, 60, 120, 300),
+    *(0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02),
+    *(0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 
 # ---------------------------------------------------------------- ingress
