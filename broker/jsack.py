@@ -28,18 +28,6 @@ def _tokens(ack_subject: str | None) -> tuple[list[str], int] | None:
     return None
 
 
-def queued_seconds(ack_subject: str | None, now_ns: int) -> float | None:
-    """How long the message waited in the stream before this delivery."""
-    parsed = _tokens(ack_subject)
-    if parsed is None:
-        return None
-    tokens, base = parsed
-    try:
-        return max(0.0, (now_ns - int(tokens[base + 5])) / 1e9)
-    except ValueError:
-        return None
-
-
 def stored_ns(ack_subject: str | None) -> int | None:
     """When the stream stored the message (nats-server's clock, Unix nanoseconds)."""
     parsed = _tokens(ack_subject)

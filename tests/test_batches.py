@@ -58,7 +58,10 @@ class BatchEnv:
         return result
 
     def submit(self, lines: list[dict[str, Any]]) -> str:
-        data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        return self.submit_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+
+    def submit_bytes(self, data: bytes) -> str:
+        """Upload ``data`` as a batch input file and create the batch: its id."""
         upload = self.http.post(
             "/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"}
         )
@@ -293,18 +296,7 @@ def test_validation_reports_every_kind_of_problem(env: BatchEnv) -> None:
     All three problems are reported, and a failed batch counts no requests."""
     a = json.dumps(chat_line("a")).encode()
     data = b"\n".join([a, b'{"method": "POST"}', b"not json", a]) + b"\n"
-    upload = env.http.post(
-        "/v1/files", files={"file": ("bad.jsonl", data)}, data={"purpose": "batch"}
-    )
-    created = env.http.post(
-        "/v1/batches",
-        json={
-            "input_file_id": upload.json()["id"],
-            "endpoint": "/v1/chat/completions",
-            "completion_window": "24h",
-        },
-    )
-    batch = env.done(created.json()["id"])
+    batch = env.done(env.submit_bytes(data))
     assert batch["status"] == "failed"
     found = [(e["code"], e["line"]) for e in batch["errors"]["data"]]
     assert found == [("missing_custom_id", 2), ("invalid_json_line", 3), ("duplicate_custom_id", 4)]
@@ -320,18 +312,7 @@ def test_a_line_too_deep_or_too_large_fails_alone(env: BatchEnv) -> None:
     large_line["body"]["messages"][0]["content"] = "y" * (8 * 1024 * 1024)
     large = json.dumps(large_line).encode()
     data = b"\n".join([json.dumps(chat_line("ok")).encode(), deep, large]) + b"\n"
-    upload = env.http.post(
-        "/v1/files", files={"file": ("edge.jsonl", data)}, data={"purpose": "batch"}
-    )
-    created = env.http.post(
-        "/v1/batches",
-        json={
-            "input_file_id": upload.json()["id"],
-            "endpoint": "/v1/chat/completions",
-            "completion_window": "24h",
-        },
-    )
-    batch = env.done(created.json()["id"])
+    batch = env.done(env.submit_bytes(data))
     assert batch["status"] == "completed", batch
     assert batch["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
     errors = env.http.get(f"/v1/files/{batch['error_file_id']}/content").text.splitlines()

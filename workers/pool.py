@@ -113,11 +113,6 @@ HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back t
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
 
 
-def _stored_too_late(msg: Msg, enqueue_by_ms: int) -> bool:
-    stored = jsack.stored_ns(msg.reply)
-    return stored is not None and stored // 1_000_000 > enqueue_by_ms
-
-
 class DeploymentPool:
     def __init__(
         self,
@@ -221,10 +216,14 @@ class DeploymentPool:
         if self.name in meta.failed:
             await msg.nak(delay=HAND_BACK_DELAY_S)  # for another deployment of the alias
             return
-        waited = jsack.queued_seconds(msg.reply, time.time_ns())
-        if waited is not None:
-            self._m_queue_wait[lane].observe(waited)
-        if meta.enqueue_by_ms is not None and _stored_too_late(msg, meta.enqueue_by_ms):
+        stored = jsack.stored_ns(msg.reply)
+        if stored is not None:
+            self._m_queue_wait[lane].observe(max(0.0, (time.time_ns() - stored) / 1e9))
+        if (
+            meta.enqueue_by_ms is not None
+            and stored is not None
+            and stored // 1_000_000 > meta.enqueue_by_ms
+        ):
             # Its publisher had given up waiting for the store and told its caller the
             # request failed (503, retry): running it now would run it twice.
             metrics.ABANDONED.labels(self.model.model_name).inc()
