@@ -328,7 +328,7 @@ class BrokerClient:
             self._parts.pop(key, None)
             return  # late reply for a request that timed out or was cancelled
         headers = msg.headers
-        if headers is not None and headers.get(H_KIND) == "part":
+        if headers is not None and headers.get(H_KIND) == ReplyKind.PART:
             parts = self._parts.setdefault(key, [])
             parts.append(msg.data)
             return

@@ -17,24 +17,21 @@ log = logging.getLogger(__name__)
 # ``NATS/1.0\r\n`` + ``\r\n`` at the end, and ``: `` + ``\r\n`` per header.
 _HEADER_FRAME = 12
 _PER_HEADER = 4
+# Within this of the limit by the cheap count, the headers' UTF-8 bytes are counted.
+_NON_ASCII_SLACK = 4096
 
 
-def message_size(payload: bytes, headers: dict[str, str] | None) -> int:
-    """The bytes nats-server counts against ``max_payload``: headers and body together."""
+def message_size(payload: bytes, headers: dict[str, str] | None, *, exact: bool = False) -> int:
+    """The bytes nats-server counts against ``max_payload``: headers and body together.
+    Header values are counted in characters (exact for ASCII) unless ``exact``."""
     if not headers:
         return len(payload)
     keys = sum(map(len, headers))
-    values = sum(map(len, headers.values()))  # characters: exact for ASCII values
+    if exact:
+        values = sum(len(v.encode()) for v in headers.values())
+    else:
+        values = sum(map(len, headers.values()))
     return len(payload) + _HEADER_FRAME + keys + values + _PER_HEADER * len(headers)
-
-
-def _exact_message_size(payload: bytes, headers: dict[str, str] | None) -> int:
-    if not headers:
-        return len(payload)
-    values = sum(len(v.encode()) for v in headers.values())
-    return (
-        len(payload) + _HEADER_FRAME + sum(map(len, headers)) + values + _PER_HEADER * len(headers)
-    )
 
 
 class GuardedNATS(NATS):
@@ -55,10 +52,9 @@ class GuardedNATS(NATS):
         reply: str = "",
         headers: dict[str, str] | None = None,
     ) -> None:
-        size = message_size(payload, headers)
-        if (
-            size > self._max_payload - 4096
-            and _exact_message_size(payload, headers) > self._max_payload
+        limit = self._max_payload
+        if message_size(payload, headers) > limit - _NON_ASCII_SLACK and (
+            message_size(payload, headers, exact=True) > limit
         ):
             raise MaxPayloadError
         await super().publish(subject, payload, reply, headers)
@@ -103,14 +99,11 @@ def server_list(url: str | list[str]) -> list[str]:
     return [u.strip() for u in urls if u.strip()]
 
 
-async def connect(
-    url: str | list[str], name: str, *, buffer_while_disconnected: bool = True
-) -> NATS:
+async def connect(url: str | list[str], name: str) -> NATS:
     """Connect with unlimited reconnects: a broker outlives nats-server restarts.
 
-    ``buffer_while_disconnected=False`` makes a publish fail at once while the connection
-    is down instead of being held and sent on reconnect: a process that tells its caller
-    "failed, try again" must not have the request run later anyway (the ingress).
+    Publishes made while disconnected are buffered and sent on reconnect; callers that
+    report failure (BrokerClient) do not publish while disconnected.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -135,6 +128,6 @@ async def connect(
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
-        pending_size=64 * 1024 * 1024 if buffer_while_disconnected else 0,
+        pending_size=64 * 1024 * 1024,
     )
     return nc

@@ -11,6 +11,7 @@ the request object itself counted: far beyond any real tool or response schema.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
@@ -81,21 +82,19 @@ T = TypeVar("T")
 def decode_checked(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     """Decode a caller's JSON body: the depth limit first, then the schema; every
     failure a 400 naming its param (never a RecursionError)."""
-    check_depth(body)
-    try:
-        return decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise from_validation_error(exc) from None
-    except RecursionError:  # a limit passed to check_depth above the decoder's own
-        raise too_deep(None) from None
+    return _checked(decoder.decode, body)
 
 
 def decode_chat_request(body: bytes) -> tuple[ChatCompletionRequest, UnknownFields]:
     """A chat request and its unknown top-level fields, checked like :func:`decode_checked`."""
+    return _checked(decode_with_unknown_fields, body)
+
+
+def _checked(decode: Callable[[bytes], T], body: bytes) -> T:
     check_depth(body)
     try:
-        return decode_with_unknown_fields(body)
+        return decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise from_validation_error(exc) from None
-    except RecursionError:
+    except RecursionError:  # a limit passed to check_depth above the decoder's own
         raise too_deep(None) from None

@@ -142,6 +142,30 @@ def limits(
         server.stop()
 
 
+def ask_over_nats(
+    stack: LimitStack, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[dict[str, str], bytes] | None:
+    """Queue ``body`` on pb.chat.mock-gpt as a plain NATS client (no reply parts): the
+    reply's headers and body, or None if none came within ``timeout``."""
+
+    async def ask() -> tuple[dict[str, str], bytes] | None:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)
+            sent = {"Pb-Reply-To": inbox, **headers}
+            await nc.jetstream().publish("pb.chat.mock-gpt", body, headers=sent)
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                return None
+            return dict(msg.headers or {}), msg.data
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
 def _still_serving(stack: LimitStack) -> None:
     assert httpx.get(f"{stack.ingress}/readyz", timeout=5).status_code == 200
     answer = stack.chat("still there?")
@@ -200,26 +224,12 @@ def test_a_nats_caller_gets_an_error_for_a_reply_it_cannot_take_whole(limits: Li
     """A plain NATS client that does not reassemble parts is told the reply is too large
     instead of waiting out its deadline; the worker keeps its connection and serves on."""
 
-    async def ask() -> tuple[dict[str, str], bytes]:
-        nc = await nats.connect(limits.nats_url)
-        try:
-            inbox = nc.new_inbox()
-            sub = await nc.subscribe(inbox)
-            body = json.dumps(
-                {
-                    "model": "mock-gpt",
-                    "n": 2,
-                    "messages": [{"role": "user", "content": "w" * 700_000}],
-                }
-            ).encode()
-            headers = {"Pb-Reply-To": inbox, "Pb-Request-Id": "too-large-reply"}
-            await nc.jetstream().publish("pb.chat.mock-gpt", body, headers=headers)
-            msg = await sub.next_msg(timeout=20)
-            return dict(msg.headers or {}), msg.data
-        finally:
-            await nc.close()
-
-    headers, data = asyncio.run(ask())
+    body = json.dumps(
+        {"model": "mock-gpt", "n": 2, "messages": [{"role": "user", "content": "w" * 700_000}]}
+    ).encode()
+    reply = ask_over_nats(limits, body, {"Pb-Request-Id": "too-large-reply"}, 20)
+    assert reply is not None
+    headers, data = reply
     assert headers["Pb-Kind"] == "error"
     assert headers["Pb-Status"] == "502"
     assert json.loads(data)["error"]["code"] == "response_too_large"
@@ -256,26 +266,15 @@ def test_json_nested_thousands_deep_is_a_400_naming_the_param(
 
 
 def test_deep_json_sent_over_nats_is_refused_by_the_worker(limits: LimitStack) -> None:
-    async def ask() -> tuple[dict[str, str], bytes]:
-        nc = await nats.connect(limits.nats_url)
-        try:
-            inbox = nc.new_inbox()
-            sub = await nc.subscribe(inbox)
-            body = (
-                '{"model":"mock-gpt","messages":[{"role":"user","content":"hi"}],"tool_choice":'
-                + "[" * 5000
-                + "]" * 5000
-                + "}"
-            ).encode()
-            await nc.jetstream().publish(
-                "pb.chat.mock-gpt", body, headers={"Pb-Reply-To": inbox, "Pb-Request-Id": "deep"}
-            )
-            msg = await sub.next_msg(timeout=20)
-            return dict(msg.headers or {}), msg.data
-        finally:
-            await nc.close()
-
-    headers, data = asyncio.run(ask())
+    body = (
+        '{"model":"mock-gpt","messages":[{"role":"user","content":"hi"}],"tool_choice":'
+        + "[" * 5000
+        + "]" * 5000
+        + "}"
+    ).encode()
+    reply = ask_over_nats(limits, body, {"Pb-Request-Id": "deep"}, 20)
+    assert reply is not None
+    headers, data = reply
     assert headers["Pb-Status"] == "400"
     assert json.loads(data)["error"]["param"] == "tool_choice"
     _still_serving(limits)
@@ -295,33 +294,19 @@ def test_a_request_stored_after_its_publisher_gave_up_never_runs(limits: LimitSt
     """What a NATS outage leaves behind: a publish that reaches the stream after the
     ingress told its caller 503. The worker drops it unrun and unanswered."""
 
-    async def publish_late() -> bool:
+    body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "late"}]})
+    gave_up = str(int(time.time() * 1000) - 5000)  # the publisher gave up 5 s ago
+    headers = {"Pb-Request-Id": "late", "Pb-Enqueue-By": gave_up}
+    assert ask_over_nats(limits, body.encode(), headers, 3) is None
+
+    async def queued() -> int:
         nc = await nats.connect(limits.nats_url)
         try:
-            inbox = nc.new_inbox()
-            sub = await nc.subscribe(inbox)
-            body = json.dumps(
-                {"model": "mock-gpt", "messages": [{"role": "user", "content": "late"}]}
-            )
-            headers = {
-                "Pb-Reply-To": inbox,
-                "Pb-Request-Id": "late",
-                "Pb-Enqueue-By": str(int(time.time() * 1000) - 5000),  # gave up 5 s ago
-            }
-            await nc.jetstream().publish("pb.chat.mock-gpt", body.encode(), headers=headers)
-            try:
-                await sub.next_msg(timeout=3)
-            except nats.errors.TimeoutError:
-                answered = False
-            else:
-                answered = True
-            info = await nc.jetstream().stream_info("PB_REQUESTS")
-            assert info.state.messages == 0  # taken off the queue, not left to come back
-            return answered
+            return (await nc.jetstream().stream_info("PB_REQUESTS")).state.messages
         finally:
             await nc.close()
 
-    assert asyncio.run(publish_late()) is False
+    assert asyncio.run(queued()) == 0  # taken off the queue, not left to come back
     _still_serving(limits)
 
 

@@ -28,7 +28,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from broker import connection, jsack, metrics, tracing
+from broker import jsack, metrics, tracing
 from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -273,8 +273,6 @@ class DeploymentPool:
 
     async def _serve(self, msg: Msg, meta: RequestMeta) -> bool:
         """Answer or move the request on; False when it was left in the queue (nak)."""
-        reply_to = meta.reply_to
-        assert reply_to is not None
         remaining = meta.remaining()
         if remaining is not None and remaining <= 0:
             await self._error(meta, deadline_exceeded(0, "while the request waited in the queue"))
@@ -437,8 +435,6 @@ class DeploymentPool:
 
         The provider is always asked for usage (costs, budgets and token limits need it);
         a caller who did not ask for it does not get the usage-only chunk."""
-        reply_to = meta.reply_to
-        assert reply_to is not None
         options = request.stream_options
         relay_usage = options is not None and bool(options.include_usage)
         if not relay_usage:
@@ -482,8 +478,7 @@ class DeploymentPool:
                 await self._error(meta, exc)
                 return usage
         await self._account(meta, usage)
-        await connection.settled(self._nc)  # callers re-subscribed after a reconnect
-        await self._nc.publish(reply_to, b"", headers=self._ok_headers(meta, kind=self._end))
+        await self._reply(meta, b"", self._ok_headers(meta, kind=self._end))
         self._m_ok[_lane.get()].inc()
         return usage
 
@@ -507,7 +502,6 @@ class DeploymentPool:
         remaining: float | None,
         attempt_timeout: float | None,
     ) -> Usage:
-        assert meta.reply_to is not None
         result = await call_with_retries(
             lambda: self._attempt(self.provider.embed(request, _next_hop(meta)), attempt_timeout),
             self.deployment.retry,
