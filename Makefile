@@ -36,7 +36,7 @@ bench-failover: $(STAMP)
 	$(BIN)/python bench/failover.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check schemas broker workers ingress tests bench
+	$(BIN)/ruff check schemas broker workers ingress cli tests bench
 	$(BIN)/mypy
 
 clean:

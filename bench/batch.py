@@ -23,7 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.embedded import EmbeddedNats
+from broker.nats.embedded import EmbeddedNats
 from tests.procs import PROMPTBUS, ROOT, Proc
 
 MODEL = "bench-gpt"

@@ -20,8 +20,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.overhead import Result, closed_loop, paced
-from broker import serve
-from broker.embedded import EmbeddedNats, free_port
+from broker.nats.embedded import EmbeddedNats, free_port
+from cli import serve
 from tests.procs import PROMPTBUS, Proc, wait_http
 
 

@@ -25,10 +25,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.overhead import Call, Result, closed_loop, paced
-from broker import serve
 from broker.client import BrokerClient
-from broker.embedded import EmbeddedNats
-from broker.settings import load_config
+from broker.nats.embedded import EmbeddedNats
+from cli import serve
+from schemas.settings import load_config
 from tests.procs import Proc
 
 CORE_SUBJECT = "bench.core.mock"
@@ -42,7 +42,7 @@ async def responder(url: str) -> None:
     import nats
 
     from schemas.chat import encoder, request_decoder
-    from workers import mock_content
+    from workers.mock import content as mock_content
 
     nc = await nats.connect(url)
 
@@ -128,7 +128,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "broker.cli",
+                    "cli.main",
                     "--log-level",
                     "WARNING",
                     "worker",

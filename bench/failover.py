@@ -26,11 +26,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker import serve
 from broker.client import BrokerClient
-from broker.embedded import EmbeddedNats, free_port
-from broker.settings import load_config
+from broker.nats.embedded import EmbeddedNats, free_port
+from cli import serve
 from schemas.errors import BrokerError
+from schemas.settings import load_config
 from tests.procs import PROMPTBUS, Proc, wait_port
 
 PAYLOAD = msgspec.json.encode(

@@ -31,13 +31,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker import serve
-from broker.admission import Admission
 from broker.client import BrokerClient
-from broker.connection import connect
-from broker.embedded import EmbeddedNats, free_port
-from broker.settings import load_config
+from broker.nats.connection import connect
+from broker.nats.embedded import EmbeddedNats, free_port
+from broker.tenancy.admission import Admission
+from cli import serve
 from schemas.config import Config
+from schemas.settings import load_config
 from schemas.tenancy import Budget, KeySpec, Limits, TenantSpec
 from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
 

@@ -19,9 +19,9 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker import serve
-from broker.embedded import free_port
-from broker.semantic_cache import SemanticCache
+from broker.cache.semantic import SemanticCache
+from broker.nats.embedded import free_port
+from cli import serve
 from schemas.chat import ChatCompletionRequest
 from schemas.config import SemanticCacheConfig
 from tests.procs import PROMPTBUS, Proc, wait_port

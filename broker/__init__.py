@@ -1,1 +1,2 @@
-"""NATS plumbing: connection, subjects, provisioning, embedded server, client and CLI."""
+"""The broker: NATS plumbing (``nats/``) and the features kept in shared state (tenancy, batches,
+cache, routing), plus the Python ``BrokerClient``."""

@@ -28,9 +28,7 @@ from nats.errors import ConnectionReconnectingError, MaxPayloadError, OutboundBu
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from broker import metrics
-from broker.breakers import BreakerRecords
-from broker.cache import (
+from broker.cache.exact import (
     BoundedMemoryCache,
     CachedReply,
     CachePolicy,
@@ -38,17 +36,19 @@ from broker.cache import (
     ResponseCache,
     chunks_from_completion,
 )
-from broker.connection import connect
-from broker.presence import WorkerDirectory
-from broker.provision import (
+from broker.cache.semantic import SemanticCache
+from broker.nats.connection import connect
+from broker.nats.provision import (
     ensure_breakers_bucket,
     ensure_cache_bucket,
     ensure_workers_bucket,
     provision,
 )
-from broker.routing import Router
-from broker.semantic_cache import SemanticCache
-from broker.subjects import Subjects
+from broker.nats.subjects import Subjects
+from broker.observability import metrics
+from broker.routing.breaker_board import BreakerRecords
+from broker.routing.presence import WorkerDirectory
+from broker.routing.router import Router
 from schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,

@@ -32,9 +32,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from broker import admin, metrics, tenancy_admin
-from broker.admission import Admission
 from broker.client import BrokerClient
+from broker.observability import metrics
+from broker.routing import views as routing_views
+from broker.tenancy import views as tenancy_views
+from broker.tenancy.admission import Admission
 from ingress.http_io import read_body
 from schemas.config import Config
 from schemas.depth import check_depth
@@ -86,14 +88,15 @@ def admin_routes(
 
     async def list_breakers(request: Request) -> Response:
         client = authorize(request)
-        return _json({"object": "list", "data": await admin.breakers_view(client.js, config)})
+        views = await routing_views.breakers_view(client.js, config)
+        return _json({"object": "list", "data": views})
 
     async def change_breaker(request: Request) -> Response:
         client = authorize(request)
         action = request.path_params["action"]
         if action not in ("open", "close", "reset"):
             raise BrokerError(404, f"Unknown breaker action `{action}`.", code="not_found")
-        record = await admin.set_breaker(
+        record = await routing_views.set_breaker(
             client.js,
             config,
             request.path_params["deployment"],
@@ -103,13 +106,13 @@ def admin_routes(
 
     async def list_deployments(request: Request) -> Response:
         client = authorize(request)
-        views = await admin.deployments_view(client.js, config, client.subjects)
+        views = await routing_views.deployments_view(client.js, config, client.subjects)
         return _json({"object": "list", "data": views})
 
     async def overview(request: Request) -> Response:
         """Everything the dashboard shows in one call."""
         client = authorize(request)
-        views = await admin.deployments_view(client.js, config, client.subjects)
+        views = await routing_views.deployments_view(client.js, config, client.subjects)
         cost = round(sum(view.cost_usd for view in views), 6)
         return _json({"deployments": views, "ingress": metrics.ingress_summary(), "cost": cost})
 
@@ -122,12 +125,12 @@ def admin_routes(
         spec = _decode(await read_body(request, ADMIN_MAX_BODY_BYTES, "an admin spec"), KeySpec)
         admission().check_spec(spec)
         issued = await admission().keys.create_key(spec)
-        return _json(tenancy_admin.issued_view(issued), 201)
+        return _json(tenancy_views.issued_view(issued), 201)
 
     async def list_keys(request: Request) -> Response:
         authorize(request)
         records = admission().keys.keys(request.query_params.get("tenant"))
-        return _json({"object": "list", "data": [tenancy_admin.key_view(r) for r in records]})
+        return _json({"object": "list", "data": [tenancy_views.key_view(r) for r in records]})
 
     async def change_key(request: Request) -> Response:
         authorize(request)
@@ -137,18 +140,18 @@ def admin_routes(
         if action == "rotate":
             issued = await keys.rotate_key(key_id)
             if issued is not None:
-                return _json(tenancy_admin.issued_view(issued))
+                return _json(tenancy_views.issued_view(issued))
         elif action == "revoke":
             record = await keys.revoke_key(key_id)
             if record is not None:
-                return _json(tenancy_admin.key_view(record))
+                return _json(tenancy_views.key_view(record))
         else:
             raise BrokerError(404, f"Unknown key action `{action}`.", code="not_found")
         raise BrokerError(404, f"No active key `{key_id}`.", code="key_not_found")
 
     async def list_tenants(request: Request) -> Response:
         authorize(request)
-        views = await tenancy_admin.tenants_view(admission())
+        views = await tenancy_views.tenants_view(admission())
         return _json({"object": "list", "data": views})
 
     async def set_tenant(request: Request) -> Response:
@@ -166,7 +169,7 @@ def admin_routes(
             raise BrokerError(400, "`days` must be an integer.", param="days") from None
         if not 1 <= days <= 366:
             raise BrokerError(400, "`days` must be between 1 and 366.", param="days")
-        report = await tenancy_admin.usage_report(client.js, config, days, query.get("tenant"))
+        report = await tenancy_views.usage_report(client.js, config, days, query.get("tenant"))
         return _json(report)
 
     return [

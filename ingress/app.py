@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from broker import metrics, tracing
-from broker.admission import Admission, bearer
-from broker.batches import BatchStore
+from broker.batches.store import BatchStore
 from broker.client import BrokerClient, Reply, ReplyStream
+from broker.observability import metrics, tracing
+from broker.tenancy.admission import Admission, bearer
 from ingress.admin import admin_routes
 from ingress.batches import batch_routes
 from ingress.http_io import error_response, read_body, request_timeout, require_json

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from broker.batches import BatchStore
+from broker.batches.store import BatchStore
 from ingress.http_io import read_body, require_json
 from schemas.batch import FileList, create_decoder, encoder
 from schemas.config import Config

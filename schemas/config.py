@@ -132,7 +132,7 @@ class ModelConfig(_Config):
                 deployment.model = self.model_name
 
 
-# The embedded nats-server's default GOMEMLIMIT (see broker/embedded.py).
+# The embedded nats-server's default GOMEMLIMIT (see broker/nats/embedded.py).
 NATS_MEMORY_LIMIT_MB = 200
 
 
@@ -172,7 +172,7 @@ class IngressConfig(_Config):
 
 
 class SemanticCacheConfig(_Config):
-    """Opt-in: serve answers to prompts close in meaning (broker/semantic_cache.py)."""
+    """Opt-in: serve answers to prompts close in meaning (broker/cache/semantic.py)."""
 
     enabled: bool = False
     threshold: Annotated[float, Meta(gt=0, le=1)] = 0.95  # cosine similarity for a hit
@@ -187,7 +187,7 @@ class SemanticCacheConfig(_Config):
 
 
 class CacheConfig(_Config):
-    """The exact response cache (broker/cache.py)."""
+    """The exact response cache (broker/cache/exact.py)."""
 
     enabled: bool = True
     backend: Literal["memory", "nats"] = "memory"  # nats: one cache for every process
@@ -236,7 +236,7 @@ class WorkerConfig(_Config):
 
 
 class BatchConfig(_Config):
-    """Bulk batches (broker/batch_runner.py)."""
+    """Bulk batches (broker/batches/batcher.py)."""
 
     max_outstanding: Annotated[int, Meta(ge=1)] = 20_000  # lines queued per batch at once
     max_file_bytes: Annotated[int, Meta(ge=1024)] = 512 * 1024 * 1024

@@ -123,7 +123,7 @@ def deadline_after(seconds: float) -> int:
 
 class Tenancy(Struct, frozen=True):
     """Who an admitted request belongs to, vouched for by ``signature`` (see
-    broker/admission.py): workers trust it instead of checking the key again."""
+    broker/tenancy/admission.py): workers trust it instead of checking the key again."""
 
     key_id: str
     tenant: str

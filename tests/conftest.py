@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from broker.embedded import EmbeddedNats, free_port
+from broker.nats.embedded import EmbeddedNats, free_port
 from tests.fakes import stack as fake_providers
 from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from broker.embedded import die_with_parent
+from broker.nats.embedded import die_with_parent
 
-PROMPTBUS = [sys.executable, "-m", "broker.cli"]
+PROMPTBUS = [sys.executable, "-m", "cli.main"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

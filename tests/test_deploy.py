@@ -11,8 +11,8 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from broker import metrics
-from broker.settings import load_config
+from broker.observability import metrics
+from schemas.settings import load_config
 from tests.procs import ROOT
 
 NODES = ["nats-1", "nats-2", "nats-3"]
@@ -155,7 +155,7 @@ def test_grafana_dashboard_is_provisioned_and_queries_real_metrics(
 
 
 def _registered() -> set[str]:
-    """Names of the metrics broker/metrics.py defines (counters without ``_total``)."""
+    """Names of the metrics in broker/observability/metrics.py (counters without ``_total``)."""
     return {v._name for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)}
 
 

@@ -25,11 +25,11 @@ import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from broker.breakers import BreakerRecords
-from broker.subjects import breaker_key
+from broker.nats.subjects import breaker_key
+from broker.routing.breaker_board import BreakerRecords
 from schemas.config import BreakerConfig
 from schemas.state import BreakerRecord, BreakerState
-from workers.window import OutcomeWindow
+from workers.outcome_window import OutcomeWindow
 
 log = logging.getLogger(__name__)
 

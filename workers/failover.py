@@ -16,9 +16,9 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from broker import jsack
-from broker.routing import Router
-from broker.subjects import Subjects
+from broker.nats import acks
+from broker.nats.subjects import Subjects
+from broker.routing.router import Router
 from schemas.config import Config, ModelConfig
 from schemas.envelope import H_MSG_ID, RequestMeta
 
@@ -84,7 +84,7 @@ class Failover:
         """
         # Accepted once already: no enqueue-by limit on the copy (it is stored late).
         headers = msgspec.structs.replace(meta, failed=failed, enqueue_by_ms=None).to_headers()
-        origin = jsack.stream_sequence(msg.reply)
+        origin = acks.stream_sequence(msg.reply)
         headers[H_MSG_ID] = f"fwd:{self._subjects.stream}:{origin}:{subject}"
         if origin is None:  # not from JetStream (cannot happen for pulled requests)
             del headers[H_MSG_ID]

@@ -1,5 +1,5 @@
 """The intake of a routed model: move each request to the queue of the deployment the
-model's strategy picks (see broker/routing.py). Clients that route themselves (the
+model's strategy picks (see broker/routing/router.py). Clients that route themselves (the
 Python client, the ingress) publish to the deployment's queue directly and skip this hop;
 plain NATS clients publishing to ``pb.chat.<model>`` go through it."""
 

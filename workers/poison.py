@@ -19,8 +19,9 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from broker import jsack, metrics
-from broker.subjects import Subjects
+from broker.nats import acks
+from broker.nats.subjects import Subjects
+from broker.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,9 @@ class PoisonGuard:
         the attempts bucket. A delivery that was handed back before it started (nak)
         makes the count at most one too high. Unreadable state counts as a first start:
         the guard never stops a request from being served."""
-        if jsack.delivery_count(msg.reply) <= 1:
+        if acks.delivery_count(msg.reply) <= 1:
             return 1
-        key = f"{jsack.stream_name(msg.reply)}.{jsack.stream_sequence(msg.reply)}"
+        key = f"{acks.stream_name(msg.reply)}.{acks.stream_sequence(msg.reply)}"
         try:
             try:
                 entry = await self._attempts.get(key)

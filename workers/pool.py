@@ -9,7 +9,7 @@ The pool never acks before the reply is published (or the request re-queued). Bo
 out on the same connection, in that order, so NATS delivers the reply before it
 processes the ack; a worker that dies in between leaves the request un-acked and
 JetStream redelivers it after ``ack_wait``. The ack waits for JetStream's confirmation
-and is repeated until it comes (broker/jsack.py): a stream leader dying mid-batch does
+and is repeated until it comes (broker/nats/acks.py): a stream leader dying mid-batch does
 not make answered requests come back.
 """
 
@@ -28,7 +28,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from broker import jsack, metrics, tracing
+from broker.nats import acks
+from broker.observability import metrics, tracing
 from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -59,11 +60,11 @@ from schemas.errors import (
     unknown_field,
     upstream_error,
 )
-from workers import embeddings
-from workers.accounting import Accounting
+from workers import embedding_reply
 from workers.breaker import CircuitBreaker
 from workers.failover import Failover
 from workers.lanes import Lane, PrioritySlots
+from workers.metering import Accounting
 from workers.pacing import Pacer
 from workers.poison import PoisonGuard
 from workers.providers.base import Provider
@@ -216,7 +217,7 @@ class DeploymentPool:
         if self.name in meta.failed:
             await msg.nak(delay=HAND_BACK_DELAY_S)  # for another deployment of the alias
             return
-        stored = jsack.stored_ns(msg.reply)
+        stored = acks.stored_ns(msg.reply)
         if stored is not None:
             self._m_queue_wait[lane].observe(max(0.0, (time.time_ns() - stored) / 1e9))
         if (
@@ -259,7 +260,7 @@ class DeploymentPool:
     async def _ack(self, msg: Msg) -> None:
         """A confirmed ack, retried while ``ack_wait`` lasts: after a cluster node dies,
         an answered request must not be redelivered and answered (and billed) again."""
-        if not await jsack.confirmed_ack(self._nc, msg, self._ack_wait):
+        if not await acks.confirmed_ack(self._nc, msg, self._ack_wait):
             log.warning("ack of %s not confirmed within ack_wait", msg.subject)
 
     def cancel(self, reply_to: str) -> bool:
@@ -518,7 +519,7 @@ class DeploymentPool:
         await self._account(meta, usage)
         transforms = _transforms.get()
         model = transforms.response_model if transforms is not None else None
-        body = self._stamp(embeddings.reply_body(result, request, model), meta)
+        body = self._stamp(embedding_reply.reply_body(result, request, model), meta)
         await self._reply(meta, body, self._ok_headers(meta))
         self._m_ok[_lane.get()].inc()
         return usage

@@ -6,7 +6,7 @@ import contextlib
 
 from nats.aio.client import Client as NATS
 
-from broker import connection
+from broker.nats import connection
 from schemas.envelope import (
     H_CUSTOM_ID,
     H_DEPLOYMENT,

@@ -2,7 +2,7 @@
 ``.../embeddings`` with the required ``api-version`` query parameter and ``api-key`` header.
 
 Bodies are the OpenAI format (validated with the broker's own schema); answers come from
-``workers.mock_content``, reporting the model behind the deployment. Azure's refusals are
+``workers.mock.content``, reporting the model behind the deployment. Azure's refusals are
 imitated: no ``api-version`` is a 404, a wrong key a 401, and a scripted content-filter
 error carries Azure's ``content_filter`` code and ``innererror``.
 """
@@ -29,7 +29,7 @@ from schemas.chat import (
     request_decoder,
 )
 from tests.fakes.server import FakeUpstream
-from workers import mock_content
+from workers.mock import content as mock_content
 
 API_VERSIONS = ("2024-10-21", "2024-06-01", "2025-01-01-preview")
 UNDERLYING_MODEL = "gpt-4o-2024-08-06"

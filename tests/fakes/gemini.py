@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.server import FakeUpstream, Scripted
-from workers import mock_content
+from workers.mock import content as mock_content
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):

@@ -11,7 +11,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from broker.embedded import free_port
+from broker.nats.embedded import free_port
 
 
 @dataclass

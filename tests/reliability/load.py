@@ -26,6 +26,7 @@ class BatchResult:
     ok: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     replies: collections.Counter[str] = field(default_factory=collections.Counter)
+    reconnects: int = 0  # of the caller's connection during the run
     seconds: float = 0.0
     reasked: int = 0  # asked again by the client after a reply was lost in a reconnect
 
@@ -69,6 +70,7 @@ async def run_batch(
     result = BatchResult(n)
     spy = client.nc  # what reaches the caller
     reasked_before = client.reasked
+    reconnects_before = client.nc.stats["reconnects"]
     prefix = client._prefix  # the client's reply inbox: <prefix>.<token>
     prefix_len = len(prefix) + 1
 
@@ -107,4 +109,5 @@ async def run_batch(
     await asyncio.sleep(0.5)  # a late duplicate reply would arrive by now
     await sub.unsubscribe()
     result.reasked = client.reasked - reasked_before
+    result.reconnects = client.nc.stats["reconnects"] - reconnects_before
     return result

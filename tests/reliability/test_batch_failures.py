@@ -1,6 +1,6 @@
 """Bulk batches (issue 5) on the R3 cluster: kill a worker or the stream leader mid-batch;
 every line ends in the output file exactly once. The single-server restart mid-batch is
-in tests/test_batches.py (1,000 lines); its 10,000-line run is here."""
+in tests/broker/batches/test_batches.py (1,000 lines); its 10,000-line run is here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.cluster import LocalCluster
+from broker.nats.cluster import LocalCluster
 from tests.reliability.conftest import (
     ACK_WAIT,
     CLUSTER_CONFIG,

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from broker.client import BrokerClient
-from broker.cluster import LocalCluster
+from broker.nats.cluster import LocalCluster
 from tests.reliability.conftest import (
     assert_all_answered_once,
     cluster_config,

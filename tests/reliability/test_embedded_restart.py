@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from broker.client import BrokerClient
-from broker.embedded import EmbeddedNats
-from broker.settings import load_config
+from broker.nats.embedded import EmbeddedNats
+from schemas.settings import load_config
 from tests.procs import PROMPTBUS, Proc
 from tests.reliability.conftest import CLUSTER_CONFIG, assert_all_answered_once, short_and_long
 from tests.reliability.load import run_batch

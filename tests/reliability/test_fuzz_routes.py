@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.embedded import free_port
+from broker.nats.embedded import free_port
 from ingress.openapi import _TYPES
 from schemas.depth import MAX_JSON_DEPTH
 from tests.procs import PROMPTBUS, Proc, wait_http

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from broker.cluster import LocalCluster
+from broker.nats.cluster import LocalCluster
 from tests.reliability.conftest import ACK_WAIT, CLUSTER_CONFIG, wait_served
 
 MODEL = "mock-gpt"

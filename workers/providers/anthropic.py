@@ -54,8 +54,8 @@ from schemas.chat import (
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, ErrorDetail, upstream_error
 from workers.providers import translate as t
+from workers.providers.errors import classify
 from workers.providers.http import Upstream, decode_answer
-from workers.upstream_errors import classify
 
 PROVIDER = "Anthropic"
 ANTHROPIC_VERSION = "2023-06-01"

@@ -61,8 +61,8 @@ from schemas.chat import (
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, ErrorDetail
 from workers.providers import translate as t
+from workers.providers.errors import classify, content_filtered
 from workers.providers.http import Upstream, decode_answer
-from workers.upstream_errors import classify, content_filtered
 
 PROVIDER = "Gemini"
 API_VERSION = "v1beta"

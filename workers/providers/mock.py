@@ -15,7 +15,7 @@ from schemas.chat import (
     encoder,
 )
 from schemas.config import DeploymentConfig
-from workers import mock_content
+from workers.mock import content as mock_content
 
 
 class MockProvider:

@@ -24,8 +24,8 @@ from schemas.chat import (
 )
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
+from workers.providers.errors import classify
 from workers.providers.http import new_session, transport_error
-from workers.upstream_errors import classify
 
 
 class OpenAICompatProvider:

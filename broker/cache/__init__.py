@@ -1,0 +1,1 @@
+"""Response caching: exact (hash of the request) and semantic (embedding similarity)."""

@@ -1,0 +1,372 @@
+"""Create the JetStream stream, consumers and KV buckets promptbus needs, idempotently.
+
+Every component calls this at start-up; creating what exists already is a no-op and a
+changed setting (say a new max_concurrency) updates the existing object in place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from broker.nats.subjects import (
+    ATTEMPTS,
+    BATCHES,
+    BREAKERS,
+    CACHE,
+    KEYS,
+    RATELIMITS,
+    WORKERS,
+    Subjects,
+    bucket,
+)
+from schemas.batch import COMPLETION_WINDOWS
+from schemas.config import Config, DeploymentConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_S = 120.0
+INTAKE_MAX_ACK_PENDING = 1024
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def patient(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Retry a JetStream API call that timed out: a cluster creating R3 streams for
+    several processes starting at once, or electing a leader, answers late. Every step
+    here is idempotent, so a retry after a timeout that did succeed is harmless."""
+    wrapped: Callable[P, Awaitable[T]] = retry(
+        retry=retry_if_exception_type(NatsTimeoutError),
+        stop=stop_after_attempt(5),
+        wait=wait_fixed(0.5),
+        reraise=True,
+    )(fn)
+    return wrapped
+
+
+@patient
+async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """The work-queue stream that holds every request until a worker acks it."""
+    stream = StreamConfig(
+        name=subjects.stream,
+        description="promptbus request queue (work queue: a message lives until acked)",
+        subjects=[subjects.chat_wildcard, subjects.dep_wildcard, subjects.embed_wildcard],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=config.nats.max_queue_age_s,
+        max_msgs=config.nats.max_queued_requests,
+        discard=DiscardPolicy.NEW,  # a full queue refuses new requests, never drops queued ones
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=config.nats.replicas,
+    )
+    await _create_or_update(js, stream)
+
+
+async def _create_or_update(js: JetStreamContext, stream: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to this configuration."""
+    assert stream.name is not None
+    try:
+        await js.stream_info(stream.name)
+    except NotFoundError:
+        await js.add_stream(stream)
+        log.info("created stream %s", stream.name)
+        return
+    await js.update_stream(stream)
+
+
+def _work_consumer(
+    name: str, description: str, subject: str, max_ack_pending: int, config: Config
+) -> ConsumerConfig:
+    """A durable pull consumer of the work queue: explicit acks, nothing in hand beyond
+    ``max_ack_pending`` (the excess waits in the stream, not in worker memory)."""
+    return ConsumerConfig(
+        durable_name=name,
+        description=description,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=config.worker.ack_wait_s,
+        max_ack_pending=max_ack_pending,
+        max_waiting=1024,
+        num_replicas=config.nats.replicas,
+    )
+
+
+def consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> ConsumerConfig:
+    """A model's queue: ``max_ack_pending`` is the sum of its deployments' concurrency."""
+    return _work_consumer(
+        subjects.queue_consumer(model.model_name, model.mode),
+        f"{model.mode} requests for model {model.model_name}",
+        subjects.queue(model.model_name, model.mode),
+        sum(d.max_concurrency for d in model.deployments),
+        config,
+    )
+
+
+def bulk_consumer_config(model: ModelConfig, config: Config, subjects: Subjects) -> ConsumerConfig:
+    """A model's batch lane: every deployment pool pulls from it with the slots its
+    interactive queue leaves idle, so the cap is the same as the interactive one."""
+    return _work_consumer(
+        subjects.bulk_consumer(model.model_name),
+        f"batch lane for model {model.model_name}",
+        subjects.bulk(model.model_name),
+        sum(d.max_concurrency for d in model.deployments),
+        config,
+    )
+
+
+def intake_consumer_config(
+    model: ModelConfig, config: Config, subjects: Subjects
+) -> ConsumerConfig:
+    """A routed model's intake: requests published to the alias wait here until a worker
+    routes them to a deployment's queue. Routing is cheap, so the cap is generous."""
+    return _work_consumer(
+        subjects.queue_consumer(model.model_name, model.mode),
+        f"intake for routed model {model.model_name} ({model.routing})",
+        subjects.queue(model.model_name, model.mode),
+        INTAKE_MAX_ACK_PENDING,
+        config,
+    )
+
+
+def deployment_consumer_config(
+    deployment: DeploymentConfig, config: Config, subjects: Subjects
+) -> ConsumerConfig:
+    """One deployment's own queue (routed models): ``max_ack_pending`` = its concurrency."""
+    return _work_consumer(
+        subjects.dep_consumer(deployment.name),
+        f"requests routed to deployment {deployment.name}",
+        subjects.dep(deployment.name),
+        deployment.max_concurrency,
+        config,
+    )
+
+
+@patient
+async def ensure_consumer(js: JetStreamContext, consumer: ConsumerConfig, stream: str) -> str:
+    try:
+        await js.add_consumer(stream, consumer)
+    except BadRequestError as exc:
+        raise RuntimeError(
+            f"cannot create consumer {consumer.durable_name!r}: {exc.description}"
+        ) from exc
+    assert consumer.durable_name is not None
+    return consumer.durable_name
+
+
+@patient
+async def _ensure_bucket(js: JetStreamContext, kv: KeyValueConfig) -> KeyValue:
+    try:
+        bucket = await js.key_value(kv.bucket)
+    except NotFoundError:  # BucketNotFoundError is a NotFoundError
+        return await js.create_key_value(kv)
+    await ensure_replicas(js, f"KV_{kv.bucket}", kv.replicas)
+    return bucket
+
+
+@patient
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Scale an existing stream (a KV bucket is one) to ``nats.replicas``: moving from
+    the embedded R1 to a cluster's R3 needs no manual step, and an equal count is a no-op."""
+    info = await js.stream_info(stream)
+    if info.config.num_replicas == replicas:
+        return
+    info.config.num_replicas = replicas
+    await js.update_stream(info.config)
+    log.info("stream %s now has %d replicas", stream, replicas)
+
+
+async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Presence of live workers: key ``<model-token>.<worker-id>``, expiring on its own."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, WORKERS),
+            description="promptbus worker presence",
+            history=1,
+            ttl=config.worker.presence_ttl_s,
+            storage=StorageType.FILE,  # survives a nats-server restart like the queue does
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+async def ensure_cache_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """The shared response cache (cache.backend: nats); entries outlive no model's TTL."""
+    ttls = [config.cache.ttl_s, *(m.cache_ttl_s or 0 for m in config.model_list)]
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, CACHE),
+            description="promptbus response cache",
+            history=1,
+            ttl=max(ttls) or None,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+async def ensure_breakers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Circuit breaker state shared by every worker: key = deployment token."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, BREAKERS),
+            description="promptbus circuit breakers",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+async def ensure_keys_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Virtual API keys (digests only) and tenants: ``key.<id>``, ``tenant.<name>``."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, KEYS),
+            description="promptbus API keys (SHA-256 digests) and tenants",
+            history=5,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+RATELIMIT_TTL_S = 86_400.0  # an untouched bucket is full long before this
+
+
+async def ensure_ratelimits_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Token-bucket state (one GCRA time per bucket) shared by every process."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, RATELIMITS),
+            description="promptbus rate limit buckets",
+            history=1,
+            ttl=RATELIMIT_TTL_S,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+@patient
+async def ensure_bulk_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """The batch lane's work queue. Apart from the interactive stream so that batch lines
+    never fill it (a full stream refuses new requests), may wait as long as a batch may
+    run, and are de-duplicated over a short window (``batch.duplicate_window_s``)."""
+    stream = StreamConfig(
+        name=subjects.bulk_stream,
+        description="promptbus batch lane (work queue: a line lives until acked)",
+        subjects=[subjects.bulk_wildcard],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=float(max(COMPLETION_WINDOWS.values())),
+        max_msgs=config.nats.max_queued_requests,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=config.batch.duplicate_window_s,
+        num_replicas=config.nats.replicas,
+    )
+    await _create_or_update(js, stream)
+
+
+async def provision(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """Everything a client needs before publishing: the streams and the presence bucket."""
+    await ensure_stream(js, config, subjects)
+    await ensure_bulk_stream(js, config, subjects)
+    await ensure_workers_bucket(js, config)
+
+
+@patient
+async def ensure_results_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """Batch results: the reply subjects of batch lines are captured here until collected.
+    One subject per batch; a redelivered line's second reply is stored too, and the
+    reader keeps the first (``broker/batches/results.py``)."""
+    stream = StreamConfig(
+        name=subjects.results_stream,
+        description="promptbus batch results (one subject per batch)",
+        subjects=[subjects.bres_wildcard],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=config.batch.results_max_age_s,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=config.nats.replicas,
+    )
+    await _create_or_update(js, stream)
+
+
+async def ensure_batches_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Batch records (key = batch id), publishing checkpoints and resume keys."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, BATCHES),
+            description="promptbus batches",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )
+
+
+DEAD_LETTER_MAX_AGE_S = 7 * 86_400.0
+DEAD_LETTER_MAX_BYTES = 1024 * 1024 * 1024
+
+
+@patient
+async def ensure_dead_letter_stream(
+    js: JetStreamContext, config: Config, subjects: Subjects
+) -> None:
+    """Poison requests (``<prefix>.dead.<model>``): the body and headers as queued, plus
+    ``Pb-Dead-Reason``; kept a week (or 1 GiB, oldest dropped first) for an operator."""
+    stream = StreamConfig(
+        name=subjects.dead_stream,
+        description="promptbus dead letters (requests that crashed or stalled workers)",
+        subjects=[subjects.dead_wildcard],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=DEAD_LETTER_MAX_AGE_S,
+        max_bytes=DEAD_LETTER_MAX_BYTES,
+        num_replicas=config.nats.replicas,
+    )
+    await _create_or_update(js, stream)
+
+
+async def ensure_attempts_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+    """Starts of redelivered requests (key ``<stream>.<seq>``): a request that ends its
+    worker every time is recognised on its ``nats.max_deliver``-th start. Written only for
+    redeliveries, never on the hot path; entries outlive any queued request."""
+    return await _ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=bucket(config.nats.subject_prefix, ATTEMPTS),
+            description="promptbus redelivered-request attempts",
+            history=1,
+            ttl=float(max(COMPLETION_WINDOWS.values())) + config.nats.max_queue_age_s,
+            storage=StorageType.FILE,
+            replicas=config.nats.replicas,
+        ),
+    )

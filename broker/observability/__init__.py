@@ -1,0 +1,1 @@
+"""What operators see: Prometheus metrics, trace context and JSON logs."""

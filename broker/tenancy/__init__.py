@@ -1,0 +1,2 @@
+"""Tenancy: virtual keys, admission, rate limits, usage and budgets. Every metering rule
+lives here."""

@@ -1,0 +1,198 @@
+"""Virtual API keys and tenants in the ``<prefix>_keys`` KV bucket.
+
+Every ingress and worker follows the bucket into memory (``KeyStore.start``), so checking
+a key on the request path is a SHA-256 and a dict lookup, and a revocation reaches every
+process within milliseconds. Secrets are never stored: only their digest and a hint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from broker.nats.kvwatch import KVFollower
+from broker.nats.subjects import model_token
+from schemas.tenancy import (
+    IssuedKey,
+    KeyRecord,
+    KeySpec,
+    TenantRecord,
+    TenantSpec,
+    key_decoder,
+    tenant_decoder,
+)
+
+KEY_PREFIX = "sk-pb-"
+_SECRET_ENTRY = "admission-secret"
+_encoder = msgspec.json.Encoder()
+
+
+def digest(secret: str) -> str:
+    """Keys are random 256-bit strings: a plain SHA-256 is enough (no password hashing)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _tenant_entry(name: str) -> str:
+    return "tenant." + model_token(name).replace("/", "%2F")
+
+
+class KeyStore:
+    """The bucket's keys and tenants, followed live; writes go straight to the bucket."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._by_digest: dict[str, KeyRecord] = {}
+        self._by_id: dict[str, KeyRecord] = {}
+        self._tenants: dict[str, TenantRecord] = {}
+        self._follower = KVFollower(kv, self._apply)
+        self.admission_secret = b""
+
+    async def start(self) -> None:
+        self.admission_secret = await self._shared_secret()
+        await self._follower.start()
+
+    async def stop(self) -> None:
+        await self._follower.stop()
+
+    async def _shared_secret(self) -> bytes:
+        """The HMAC key with which ingresses vouch for requests they admitted: made once
+        by whichever process comes first, then read by all."""
+        try:
+            await self._kv.create(_SECRET_ENTRY, secrets.token_bytes(32))
+        except KeyWrongLastSequenceError:
+            pass
+        entry = await self._kv.get(_SECRET_ENTRY)
+        assert entry.value is not None
+        return entry.value
+
+    def _apply(self, key: str, value: bytes | None, revision: int | None) -> None:
+        kind, _, name = key.partition(".")
+        if kind == "key":
+            old = self._by_id.pop(name, None)
+            if old is not None:
+                self._by_digest.pop(old.digest, None)
+            if value is not None:
+                record = key_decoder.decode(value)
+                self._by_id[record.id] = record
+                self._by_digest[record.digest] = record
+        elif kind == "tenant":
+            if value is None:
+                self._tenants = {n: t for n, t in self._tenants.items() if _tenant_entry(n) != key}
+            else:
+                tenant = tenant_decoder.decode(value)
+                self._tenants[tenant.name] = tenant
+
+    # ------------------------------------------------------------ reads (request path)
+
+    def lookup(self, secret: str) -> KeyRecord | None:
+        record = self._by_digest.get(digest(secret))
+        if record is None or record.revoked_at is not None:
+            return None
+        return record
+
+    def tenant(self, name: str) -> TenantRecord | None:
+        return self._tenants.get(name)
+
+    def keys(self, tenant: str | None = None) -> list[KeyRecord]:
+        records = sorted(self._by_id.values(), key=lambda r: r.created_at)
+        return [r for r in records if tenant is None or r.tenant == tenant]
+
+    def tenants(self) -> list[TenantRecord]:
+        return sorted(self._tenants.values(), key=lambda t: t.name)
+
+    def key(self, key_id: str) -> KeyRecord | None:
+        return self._by_id.get(key_id)
+
+    def sign(self, message: str) -> str:
+        return hmac.new(self.admission_secret, message.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def verify(self, message: str, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(message), signature)
+
+    # ------------------------------------------------------------ writes (admin)
+
+    async def create_key(self, spec: KeySpec) -> IssuedKey:
+        secret = new_secret()
+        hashed = digest(secret)
+        record = KeyRecord(
+            id="key_" + hashed[:12],
+            digest=hashed,
+            hint=f"{KEY_PREFIX}...{secret[-4:]}",
+            tenant=spec.tenant,
+            name=spec.name,
+            models=spec.models,
+            limits=spec.limits,
+            budgets=spec.budgets,
+            transforms=spec.transforms,
+            created_at=time.time(),
+        )
+        await self._put_key(record)
+        if spec.tenant not in self._tenants:
+            await self.set_tenant(spec.tenant, TenantSpec(), keep_existing=True)
+        return IssuedKey(key=secret, record=record)
+
+    async def rotate_key(self, key_id: str) -> IssuedKey | None:
+        """A new secret for the same key (id, tenant, limits, usage): the old one stops
+        working at once."""
+        old = self._by_id.get(key_id) or await self._read_key(key_id)
+        if old is None or old.revoked_at is not None:
+            return None
+        secret = new_secret()
+        record = msgspec.structs.replace(
+            old, digest=digest(secret), hint=f"{KEY_PREFIX}...{secret[-4:]}"
+        )
+        await self._put_key(record)
+        return IssuedKey(key=secret, record=record)
+
+    async def revoke_key(self, key_id: str) -> KeyRecord | None:
+        old = self._by_id.get(key_id) or await self._read_key(key_id)
+        if old is None:
+            return None
+        record = msgspec.structs.replace(old, revoked_at=old.revoked_at or time.time())
+        await self._put_key(record)
+        return record
+
+    async def set_tenant(
+        self, name: str, spec: TenantSpec, *, keep_existing: bool = False
+    ) -> TenantRecord:
+        record = TenantRecord(
+            name=name,
+            limits=spec.limits,
+            budgets=spec.budgets,
+            quota=spec.quota,
+            models=spec.models,
+            created_at=time.time(),
+        )
+        entry = _tenant_entry(name)
+        if keep_existing:
+            try:
+                await self._kv.create(entry, _encoder.encode(record))
+            except KeyWrongLastSequenceError:
+                pass
+        else:
+            await self._kv.put(entry, _encoder.encode(record))
+        if keep_existing:
+            return self._tenants.setdefault(name, record)
+        self._tenants[name] = record
+        return record
+
+    async def _put_key(self, record: KeyRecord) -> None:
+        await self._kv.put(f"key.{record.id}", _encoder.encode(record))
+        self._apply(f"key.{record.id}", _encoder.encode(record), None)  # read-your-writes
+
+    async def _read_key(self, key_id: str) -> KeyRecord | None:
+        try:
+            entry = await self._kv.get(f"key.{key_id}")
+        except KeyNotFoundError:
+            return None
+        return key_decoder.decode(entry.value) if entry.value else None

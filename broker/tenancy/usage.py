@@ -1,0 +1,358 @@
+"""The usage ledger: tokens and costs per key, tenant, model and deployment, in NATS.
+
+JetStream counters (a stream with ``allow_msg_counter``): a publish with a ``Nats-Incr``
+header adds to the subject's total atomically on the server, so any number of workers
+record without coordination, and the total is the subject's last message. Two families:
+
+    <prefix>.usage.a.<scope>.<id>.<period>.<metric>    aggregates read at admission
+    <prefix>.usage.d.<YYYYMMDD>.<tenant>.<key>.<model>.<deployment>.<metric>   reports
+
+scope is ``key`` or ``tenant``; period is ``h2026112503``, ``d20261125``, ``w2026-48``,
+``m202611`` or ``all``; metrics are ``tokens`` and ``cost`` (nano-USD, integers).
+Admission reads aggregates from a live local copy (an ordered consumer delivering the
+last value of each subject, then every change), so a budget check is a dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import functools
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from broker.nats.provision import ensure_replicas, patient
+from broker.nats.subjects import model_token
+from schemas.config import Config
+from schemas.tenancy import Period, UsageRow
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "-"  # the key id of requests without a key (auth.required off)
+NANO = 1_000_000_000  # cost counters count nano-dollars
+FLUSH_S = 0.2  # unmetered usage is recorded in batches this often
+
+
+class _Counter(msgspec.Struct):
+    val: str = "0"
+
+
+_counter = msgspec.json.Decoder(_Counter)
+
+
+def usage_stream(config: Config) -> str:
+    return f"{config.nats.stream}_USAGE"
+
+
+@patient
+async def ensure_usage_stream(js: JetStreamContext, config: Config) -> None:
+    prefix = config.nats.subject_prefix
+    stream = StreamConfig(
+        name=usage_stream(config),
+        description="promptbus usage counters (tokens, costs) per key, tenant, model",
+        subjects=[f"{prefix}.usage.>"],
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,  # a counter's total is its last message
+        allow_msg_counter=True,
+        allow_direct=True,
+        num_replicas=config.nats.replicas,
+    )
+    try:
+        await js.stream_info(stream.name or "")
+    except NotFoundError:
+        await js.add_stream(stream)
+        return
+    await ensure_replicas(js, stream.name or "", config.nats.replicas)
+
+
+# ---------------------------------------------------------------- periods
+
+
+def period_key(period: Period, at: float) -> str:
+    t = datetime.fromtimestamp(at, UTC)
+    if period == "hourly":
+        return t.strftime("h%Y%m%d%H")
+    if period == "daily":
+        return t.strftime("d%Y%m%d")
+    if period == "weekly":
+        year, week, _ = t.isocalendar()
+        return f"w{year}-{week:02d}"
+    if period == "monthly":
+        return t.strftime("m%Y%m")
+    return "all"
+
+
+def period_end(period: Period, at: float) -> float | None:
+    """When the period containing ``at`` ends (UTC); None for ``never``."""
+    t = datetime.fromtimestamp(at, UTC)
+    if period == "hourly":
+        start = t.replace(minute=0, second=0, microsecond=0)
+        return (start + timedelta(hours=1)).timestamp()
+    if period == "daily":
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return (start + timedelta(days=1)).timestamp()
+    if period == "weekly":
+        start = (t - timedelta(days=t.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+        return (start + timedelta(days=7)).timestamp()
+    if period == "monthly":
+        days = calendar.monthrange(t.year, t.month)[1]
+        start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        return (start + timedelta(days=days)).timestamp()
+    return None
+
+
+QUOTA_PERIODS: tuple[Period, ...] = ("hourly", "daily", "weekly", "monthly", "never")
+BUDGET_PERIODS: tuple[Period, ...] = ("daily", "monthly")
+
+
+def _token(value: str) -> str:
+    return model_token(value).replace("/", "%2F") or "-"
+
+
+class Subjects:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def aggregate(self, scope: str, ident: str, period: Period, at: float, metric: str) -> str:
+        return f"{self.prefix}.usage.a.{scope}.{_token(ident)}.{period_key(period, at)}.{metric}"
+
+    def detail(
+        self, at: float, tenant: str, key_id: str, model: str, deployment: str, metric: str
+    ) -> str:
+        day = datetime.fromtimestamp(at, UTC).strftime("%Y%m%d")
+        parts = (_token(tenant), _token(key_id), _token(model), _token(deployment))
+        return f"{self.prefix}.usage.d.{day}.{'.'.join(parts)}.{metric}"
+
+
+class UsageRecorder:
+    """Adds a request's usage to the counters; batched unless the caller waits for it."""
+
+    def __init__(self, nc: NATS, prefix: str) -> None:
+        self._nc = nc
+        self._subjects = Subjects(prefix)
+        self._pending: dict[str, int] = defaultdict(int)
+        self._task: asyncio.Task[None] | None = None
+        self._urgent: dict[str, int] = defaultdict(int)  # record_now's, not yet published
+        self._urgent_done: asyncio.Future[None] | None = None  # when they will be
+        self._urgent_flusher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    def _increments(
+        self,
+        *,
+        tenant: str,
+        key_id: str,
+        model: str,
+        deployment: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        at: float,
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """A request's counter increments: those budgets and quotas read (cost and tokens
+        per period), and the per-day detail behind the usage report."""
+        costs, tokens, details = self._names(tenant, key_id, model, deployment, int(at))
+        cost = round(cost_usd * NANO)
+        checked = dict.fromkeys(costs, cost)
+        checked.update(dict.fromkeys(tokens, prompt_tokens + completion_tokens))
+        values = (1, prompt_tokens, completion_tokens, cost)
+        return checked, dict(zip(details, values, strict=True))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one recorder per process)
+    def _names(
+        self, tenant: str, key_id: str, model: str, deployment: str, second: int
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """The counters one request adds to, built once per second (the hot path pays
+        dict updates, not string formatting)."""
+        s, at = self._subjects, float(second)
+        costs: list[str] = []
+        if key_id != ANONYMOUS:  # budgets and quotas exist only for keys
+            for period in BUDGET_PERIODS:
+                costs.append(s.aggregate("key", key_id, period, at, "cost"))
+                costs.append(s.aggregate("tenant", tenant, period, at, "cost"))
+            tokens = tuple(s.aggregate("tenant", tenant, p, at, "tokens") for p in QUOTA_PERIODS)
+        else:
+            tokens = ()
+        metrics = ("requests", "prompt", "completion", "cost")
+        details = tuple(s.detail(at, tenant, key_id, model, deployment, m) for m in metrics)
+        return tuple(costs), tokens, details
+
+    async def record_now(self, **usage: Any) -> None:
+        """Publish before returning: a budget or quota's next admission must see it.
+        Only the counters admission reads wait (9 of 13); the per-day detail goes with
+        the next batch. Concurrent callers share the publishes (group commit): what
+        arrives while one group is being published goes out, summed per counter, in the
+        next, and each caller returns once its own group is stored."""
+        checked, details = self._increments(**usage)
+        pending, urgent = self._pending, self._urgent
+        for subject, value in details.items():
+            pending[subject] += value
+        for subject, value in checked.items():
+            urgent[subject] += value
+        if self._urgent_done is None:
+            self._urgent_done = asyncio.get_running_loop().create_future()
+        done = self._urgent_done
+        if self._urgent_flusher is None:
+            self._urgent_flusher = asyncio.create_task(self._flush_urgent())
+        await asyncio.shield(done)
+
+    async def _flush_urgent(self) -> None:
+        try:
+            while self._urgent:
+                group, self._urgent = self._urgent, defaultdict(int)
+                done, self._urgent_done = self._urgent_done, None
+                try:
+                    await self._publish(group)
+                finally:
+                    if done is not None and not done.done():
+                        done.set_result(None)
+        finally:
+            self._urgent_flusher = None
+
+    def add(self, **usage: Any) -> None:
+        """Recorded with the next batch, within ``FLUSH_S`` (no I/O on the request path)."""
+        pending = self._pending
+        for increments in self._increments(**usage):
+            for subject, value in increments.items():
+                pending[subject] += value
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, defaultdict(int)
+        if pending:
+            await self._publish(pending)
+
+    async def _publish(self, increments: dict[str, int]) -> None:
+        async def one(subject: str, value: int) -> None:
+            if value:
+                await self._nc.request(subject, b"", timeout=5, headers={"Nats-Incr": str(value)})
+
+        results = await asyncio.gather(
+            *(one(s, v) for s, v in increments.items()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("usage not recorded: %s", result)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("usage flush failed")
+
+
+class UsageView:
+    """A live local copy of the aggregate counters, for admission checks."""
+
+    def __init__(self, js: JetStreamContext, config: Config) -> None:
+        self._js = js
+        self._config = config
+        self._subjects = Subjects(config.nats.subject_prefix)
+        self._values: dict[str, int] = {}
+        self._reading: dict[str, asyncio.Future[int]] = {}  # subject -> its read in flight
+        self._sub: object | None = None
+
+    async def start(self) -> None:
+        prefix = self._config.nats.subject_prefix
+        self._sub = await self._js.subscribe(
+            f"{prefix}.usage.a.>",
+            stream=usage_stream(self._config),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            cb=self._on_msg,
+        )
+
+    async def _on_msg(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError, ValueError):
+            self._values[msg.subject] = int(_counter.decode(msg.data).val)
+
+    async def stop(self) -> None:
+        sub = self._sub
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+
+    def value(self, scope: str, ident: str, period: Period, metric: str, at: float) -> int:
+        return self._values.get(self._subjects.aggregate(scope, ident, period, at, metric), 0)
+
+    def spent_usd(self, scope: str, ident: str, period: Period, at: float) -> float:
+        return self.value(scope, ident, period, "cost", at) / NANO
+
+    async def current(self, scope: str, ident: str, period: Period, metric: str, at: float) -> int:
+        """The counter's value read from the server now (one direct get), for checks that
+        must not trail the ledger: budgets and quotas. Concurrent checks of one counter
+        share the read in flight (it started at most a round trip before)."""
+        subject = self._subjects.aggregate(scope, ident, period, at, metric)
+        reading = self._reading.get(subject)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read(subject))
+            self._reading[subject] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(subject, None))
+        return await asyncio.shield(reading)
+
+    async def _read(self, subject: str) -> int:
+        try:
+            msg = await self._js.get_last_msg(usage_stream(self._config), subject, direct=True)
+        except NotFoundError:
+            return 0
+        value = int(_counter.decode(msg.data or b"{}").val)
+        self._values[subject] = value
+        return value
+
+
+async def report(
+    js: JetStreamContext, config: Config, days: list[str], tenant: str | None = None
+) -> list[UsageRow]:
+    """Usage rows for the given days (YYYYMMDD), optionally one tenant's."""
+    prefix = config.nats.subject_prefix
+    rows: dict[tuple[str, ...], UsageRow] = {}
+    stream = usage_stream(config)
+    for day in days:
+        scope = f"{prefix}.usage.d.{day}.{_token(tenant) if tenant else '*'}.>"
+        info = await js.stream_info(stream, subjects_filter=scope)
+        subjects = sorted((info.state.subjects or {}) if info.state else {})
+        for subject in subjects:
+            msg = await js.get_last_msg(stream, subject, direct=True)
+            _add(rows, subject, int(_counter.decode(msg.data or b"{}").val), day)
+    return sorted(rows.values(), key=lambda r: (r.day, r.tenant, r.key_id, r.model, r.deployment))
+
+
+def _add(rows: dict[tuple[str, ...], UsageRow], subject: str, value: int, day: str) -> None:
+    parts = subject.split(".")
+    tenant, key_id, model, deployment, metric = (unquote(p) for p in parts[-5:])
+    ident = (day, tenant, key_id, model, deployment)
+    row = rows.get(ident)
+    if row is None:
+        iso = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+        row = rows[ident] = UsageRow(
+            day=iso, tenant=tenant, key_id=key_id, model=model, deployment=deployment
+        )
+    if metric == "requests":
+        row.requests += value
+    elif metric == "prompt":
+        row.prompt_tokens += value
+    elif metric == "completion":
+        row.completion_tokens += value
+    elif metric == "cost":
+        row.cost_usd += value / NANO

@@ -1,0 +1,221 @@
+"""``promptbus keys|tenants|usage``: manage virtual keys and read usage over NATS directly
+(the same operations as the admin API, for operators with access to NATS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from broker.nats.connection import connect
+from broker.tenancy import views
+from broker.tenancy.admission import Admission
+from cli.options import connection_options
+from schemas.config import Config
+from schemas.errors import BrokerError
+from schemas.tenancy import Budget, KeySpec, Limits, Quota, TenantSpec
+
+Action = Callable[[NATS, Admission], Awaitable[Any]]
+
+
+async def _with_admission(config: Config, url: str, action: Action) -> Any:
+    nc = await connect(url, "promptbus-admin")
+    try:
+        admission = await Admission.open(nc.jetstream(), config)
+        try:
+            return await action(nc, admission)
+        finally:
+            await admission.close()
+    finally:
+        await nc.close()
+
+
+def _budget(text: str) -> Budget:
+    """``5`` or ``5/daily`` or ``20/monthly`` (USD)."""
+    amount, _, period = text.partition("/")
+    try:
+        return Budget(max_usd=float(amount), period=period or "monthly")  # type: ignore[arg-type]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget {text!r}: use USD[/daily|/monthly]") from None
+
+
+def _quota(text: str) -> Quota:
+    """``1000000`` or ``1000000/daily`` (tokens; hourly|daily|weekly|monthly|never)."""
+    amount, _, period = text.partition("/")
+    try:
+        return Quota(tokens=int(amount), period=period or "monthly")  # type: ignore[arg-type]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quota {text!r}: use TOKENS[/period]") from None
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits(rpm=args.rpm, tpm=args.tpm, rpm_burst=args.rpm_burst, tpm_burst=args.tpm_burst)
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+async def keys_create(args: argparse.Namespace, config: Config, url: str) -> None:
+    spec = KeySpec(
+        tenant=args.tenant,
+        name=args.name or "",
+        models=args.model,
+        limits=_limits(args),
+        budgets=args.budget or [],
+        transforms=args.transform or [],
+    )
+
+    async def action(nc: NATS, admission: Admission) -> None:
+        try:
+            admission.check_spec(spec)
+        except BrokerError as exc:
+            raise SystemExit(f"promptbus: {exc.message}") from None
+        issued = await admission.keys.create_key(spec)
+        _print(views.issued_view(issued))
+        print("\nstore the key now: it is not shown again.")
+
+    await _with_admission(config, url, action)
+
+
+async def keys_list(args: argparse.Namespace, config: Config, url: str) -> None:
+    async def action(nc: NATS, admission: Admission) -> None:
+        for record in admission.keys.keys(args.tenant):
+            state = "active" if record.revoked_at is None else "revoked"
+            models = ",".join(record.models) if record.models is not None else "*"
+            print(
+                f"{record.id}  {record.hint}  tenant={record.tenant}  {state}  "
+                f"models={models}  {record.name}"
+            )
+
+    await _with_admission(config, url, action)
+
+
+async def keys_change(args: argparse.Namespace, config: Config, url: str) -> None:
+    async def action(nc: NATS, admission: Admission) -> None:
+        if args.keys_command == "rotate":
+            issued = await admission.keys.rotate_key(args.key_id)
+            if issued is None:
+                raise SystemExit(f"promptbus: no active key {args.key_id}")
+            _print(views.issued_view(issued))
+        else:
+            record = await admission.keys.revoke_key(args.key_id)
+            if record is None:
+                raise SystemExit(f"promptbus: no key {args.key_id}")
+            print(f"{record.id} revoked")
+
+    await _with_admission(config, url, action)
+
+
+async def tenants_set(args: argparse.Namespace, config: Config, url: str) -> None:
+    spec = TenantSpec(
+        limits=_limits(args), budgets=args.budget or [], quota=args.quota, models=args.model
+    )
+
+    async def action(nc: NATS, admission: Admission) -> None:
+        _print(views.key_free(await admission.keys.set_tenant(args.name, spec)))
+
+    await _with_admission(config, url, action)
+
+
+async def tenants_list(args: argparse.Namespace, config: Config, url: str) -> None:
+    async def action(nc: NATS, admission: Admission) -> None:
+        _print(await views.tenants_view(admission))
+
+    await _with_admission(config, url, action)
+
+
+async def usage(args: argparse.Namespace, config: Config, url: str) -> None:
+    async def action(nc: NATS, admission: Admission) -> None:
+        report = await views.usage_report(nc.jetstream(), config, args.days, args.tenant)
+        if args.json:
+            _print(report)
+            return
+        print(
+            f"{'day':<10} {'tenant':<14} {'key':<16} {'model':<18} {'deployment':<20} "
+            f"{'requests':>8} {'tokens':>10} {'cost_usd':>12}"
+        )
+        for row in report["rows"]:
+            tokens = row["prompt_tokens"] + row["completion_tokens"]
+            print(
+                f"{row['day']:<10} {row['tenant']:<14} {row['key_id']:<16} {row['model']:<18} "
+                f"{row['deployment']:<20} {row['requests']:>8} {tokens:>10} "
+                f"{row['cost_usd']:>12.6f}"
+            )
+        print(f"total cost: ${report['cost_usd']:.6f}")
+
+    await _with_admission(config, url, action)
+
+
+async def demo_key(config: Config, nc: NATS, path: Path) -> str:
+    """The all-in-one's ready-to-use key (tenant ``demo``), kept in ``path`` between runs."""
+    admission = await Admission.open(nc.jetstream(), config)
+    try:
+        secret = _read_secret(path)
+        if secret and admission.keys.lookup(secret) is not None:
+            return secret
+        issued = await admission.keys.create_key(KeySpec(tenant="demo", name="make run demo key"))
+        _write_secret(path, issued.key)
+        return issued.key
+    finally:
+        await admission.close()
+
+
+def _read_secret(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+
+
+def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register ``keys``, ``tenants`` and ``usage`` on the CLI's sub-command factory."""
+
+    def leaf(parent: Any, name: str, action: Any, help: str) -> argparse.ArgumentParser:
+        """A sub-command that also takes the connection options after its name."""
+        parser: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        parser.set_defaults(action=action)
+        connection_options(parser, leaf=True)
+        return parser
+
+    def limit_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--rpm", type=int, default=None, help="requests per minute")
+        parser.add_argument("--tpm", type=int, default=None, help="tokens per minute")
+        parser.add_argument("--rpm-burst", type=int, default=None)
+        parser.add_argument("--tpm-burst", type=int, default=None)
+        parser.add_argument("--budget", type=_budget, action="append", help="USD[/daily|/monthly]")
+        parser.add_argument("--model", action="append", help="allowed model (repeatable)")
+
+    keys = add("keys", None, "create, list, rotate and revoke virtual API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = leaf(keys_sub, "create", keys_create, "a new key (the secret is printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default="")
+    create.add_argument("--transform", action="append", help="transformation profile (repeatable)")
+    limit_options(create)
+    listing = leaf(keys_sub, "list", keys_list, "keys (never their secrets)")
+    listing.add_argument("--tenant", default=None)
+    for verb in ("rotate", "revoke"):
+        change = leaf(keys_sub, verb, keys_change, f"{verb} a key by id")
+        change.add_argument("key_id")
+
+    tenants = add("tenants", None, "set and list tenants' limits, budgets and quotas")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True)
+    setter = leaf(tenants_sub, "set", tenants_set, "create or replace a tenant's settings")
+    setter.add_argument("name")
+    limit_options(setter)
+    setter.add_argument("--quota", type=_quota, default=None, help="TOKENS[/period]")
+    leaf(tenants_sub, "list", tenants_list, "tenants and their usage")
+
+    report = add("usage", None, "tokens and cost per day, tenant, key, model, deployment")
+    report.set_defaults(action=usage)
+    report.add_argument("--tenant", default=None)
+    report.add_argument("--days", type=int, default=1, help="the last N days (default: today)")
+    report.add_argument("--json", action="store_true")

@@ -1,0 +1,92 @@
+"""GCRA buckets on a real KV bucket, and the ledger's period arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import nats
+import pytest
+from nats.js.api import KeyValueConfig
+
+from broker.tenancy.ratelimit import Bucket, RateLimiter
+from broker.tenancy.usage import period_end, period_key
+
+
+@pytest.fixture
+async def limiter(nats_url: str) -> AsyncIterator[tuple[RateLimiter, RateLimiter]]:
+    nc = await nats.connect(nats_url)
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=f"rl_{uuid.uuid4().hex}"))
+    yield RateLimiter(kv), RateLimiter(kv)  # two "processes" sharing one bucket
+    await nc.close()
+
+
+async def test_burst_then_refusal_with_retry_after(
+    limiter: tuple[RateLimiter, RateLimiter],
+) -> None:
+    one, two = limiter
+    bucket = Bucket("k.rpm", "requests", limit=60, burst=3)  # 1/s, holds 3
+    decisions = [await (one if i % 2 else two).take(bucket, 1) for i in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions[:3]] == [2, 1, 0]
+    assert 0.9 < decisions[3].retry_after_s <= 1.0  # the next unit arrives within a second
+    await asyncio.sleep(decisions[3].retry_after_s + 0.05)
+    assert (await one.take(bucket, 1)).allowed
+
+
+async def test_adjust_gives_back_and_take_all_is_all_or_nothing(
+    limiter: tuple[RateLimiter, RateLimiter],
+) -> None:
+    one, two = limiter
+    tokens = Bucket("k.tpm", "tokens", limit=600, burst=100)
+    assert (await one.take(tokens, 90)).allowed
+    assert not (await two.take(tokens, 50)).allowed
+    await one.adjust(tokens, -60)  # the request used 30, not 90
+    assert (await two.take(tokens, 50)).allowed
+    requests = Bucket("k2.rpm", "requests", limit=60, burst=5)
+    decisions = await one.take_all([(requests, 1), (tokens, 100)])
+    assert [d.allowed for d in decisions] == [True, False]
+    assert (await two.take(requests, 5)).allowed  # the refused call took nothing
+
+
+async def test_a_hot_key_taken_concurrently_counts_every_take_exactly(
+    limiter: tuple[RateLimiter, RateLimiter],
+) -> None:
+    """Hundreds of requests of one key at once, from two processes: none fails for
+    contention (each process takes a bucket one request at a time), and the limit
+    admits exactly its burst."""
+    one, two = limiter
+    bucket = Bucket("hot.rpm", "requests", limit=60, burst=150)
+    takes = [(one if i % 2 else two).take(bucket, 1) for i in range(400)]
+    decisions = await asyncio.gather(*takes)
+    assert sum(d.allowed for d in decisions) == 150
+    adjustments = [one.adjust(bucket, -1) for _ in range(50)]  # given back concurrently
+    await asyncio.gather(*adjustments)
+    again = await asyncio.gather(*(two.take(bucket, 1) for _ in range(80)))
+    assert sum(d.allowed for d in again) == 50
+
+
+async def test_a_request_larger_than_the_burst_passes_only_on_a_full_bucket(
+    limiter: tuple[RateLimiter, RateLimiter],
+) -> None:
+    one, _ = limiter
+    bucket = Bucket("big.tpm", "tokens", limit=600, burst=100)
+    assert (await one.take(bucket, 500)).allowed  # full: let it through, once
+    assert not (await one.take(bucket, 500)).allowed
+
+
+def test_periods_and_their_ends() -> None:
+    at = datetime(2026, 12, 31, 23, 30, tzinfo=UTC).timestamp()
+    assert period_key("hourly", at) == "h2026123123"
+    assert period_key("daily", at) == "d20261231"
+    assert period_key("weekly", at) == "w2026-53"
+    assert period_key("monthly", at) == "m202612"
+    assert period_key("never", at) == "all"
+    new_year = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
+    assert period_end("hourly", at) == new_year
+    assert period_end("daily", at) == new_year
+    assert period_end("monthly", at) == new_year
+    assert period_end("weekly", at) == datetime(2027, 1, 4, tzinfo=UTC).timestamp()  # Monday
+    assert period_end("never", at) is None

@@ -1,0 +1,154 @@
+"""The breaker's state machine on its own (no KV): thresholds, window, probes, operator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from schemas.config import BreakerConfig
+from schemas.state import BreakerRecord, BreakerState
+from workers.breaker import CircuitBreaker
+
+
+def breaker(**config: float) -> CircuitBreaker:
+    return CircuitBreaker("dep", BreakerConfig(**config), owner_id="me")  # type: ignore[arg-type]
+
+
+async def test_opens_after_consecutive_failures_only() -> None:
+    b = breaker(failure_threshold=3, min_requests=1000)
+    await b.record_failure("x")
+    await b.record_failure("x")
+    b.record_success()  # resets the run
+    await b.record_failure("x")
+    await b.record_failure("x")
+    assert b.state is BreakerState.CLOSED
+    await b.record_failure("x")
+    assert b.state is BreakerState.OPEN
+    assert b.slots(10) == 0 and not b.allows()
+    assert "3 consecutive failures" in b.record.reason
+
+
+async def test_opens_on_error_rate_over_the_window() -> None:
+    b = breaker(failure_threshold=100, min_requests=10, error_rate=0.5, window_s=30)
+    for _ in range(5):
+        b.record_success()
+        await b.record_failure("x")
+    assert b.state is BreakerState.OPEN  # 5 of 10 failed, never 2 in a row
+    assert "error rate 50%" in b.record.reason
+
+
+async def test_needs_min_requests_for_the_rate() -> None:
+    b = breaker(failure_threshold=100, min_requests=10, error_rate=0.5)
+    for _ in range(4):
+        await b.record_failure("x")
+        b.record_success()
+    assert b.state is BreakerState.CLOSED
+
+
+async def test_half_open_after_cooldown_probes_bounded_and_closes() -> None:
+    b = breaker(failure_threshold=1, cooldown_s=0.05, half_open_probes=2, success_threshold=2)
+    await b.record_failure("x")
+    assert b.state is BreakerState.OPEN
+    await b.tick()
+    assert b.state is BreakerState.OPEN  # cool-down not over
+    await asyncio.sleep(0.06)
+    await b.tick()
+    assert b.state is BreakerState.HALF_OPEN and b.record.owner == "me"
+    assert b.slots(10) == 2
+    b.begin()
+    b.begin()
+    assert not b.allows()  # two probes running: no third
+    b.record_success()
+    assert b.state is BreakerState.HALF_OPEN
+    b.record_success()
+    await asyncio.sleep(0.01)  # the closing transition runs as its own task
+    assert b.state is BreakerState.CLOSED and b.slots(10) == 10
+
+
+async def test_probe_failure_reopens() -> None:
+    b = breaker(failure_threshold=1, cooldown_s=0.01)
+    await b.record_failure("x")
+    await asyncio.sleep(0.02)
+    await b.tick()
+    b.begin()
+    await b.record_failure("still down")
+    assert b.state is BreakerState.OPEN and "probe failed" in b.record.reason
+
+
+def test_half_open_owned_elsewhere_takes_nothing() -> None:
+    b = breaker()
+    b.adopt(
+        BreakerRecord(
+            deployment="dep", state=BreakerState.HALF_OPEN, since=time.time(), owner="other"
+        ),
+        5,
+    )
+    assert b.slots(10) == 0 and not b.allows()
+
+
+async def test_forced_open_ignores_cooldown_and_successes() -> None:
+    b = breaker(cooldown_s=0.01)
+    b.adopt(
+        BreakerRecord(
+            deployment="dep", state=BreakerState.OPEN, since=time.time() - 60, forced=True
+        ),
+        7,
+    )
+    await b.tick()
+    assert b.state is BreakerState.OPEN
+    b.adopt(BreakerRecord(deployment="dep", state=BreakerState.CLOSED, since=time.time()), 8)
+    assert b.state is BreakerState.CLOSED
+
+
+async def test_retry_after_reports_the_cooldown_left() -> None:
+    b = breaker(failure_threshold=1, cooldown_s=10)
+    assert b.retry_after() == 0.0
+    await b.record_failure("x")
+    assert 9 <= b.retry_after() <= 10
+
+
+def test_outcome_window_forgets_old_buckets() -> None:
+    from workers.outcome_window import OutcomeWindow
+
+    window = OutcomeWindow(window_s=3)
+    window.add(failed=True, now=100.2)
+    window.add(failed=False, now=101.5)
+    window.add(failed=False, now=102.9)
+    assert window.counts(now=102.9) == (3, 1)
+    assert window.counts(now=103.1) == (2, 0)  # the bucket of second 100 left the window
+    assert window.rate(now=200.0) == 0.0
+    window.add(failed=True, now=200.0)
+    assert window.counts(now=200.5) == (1, 1)  # a reused slot starts from zero
+
+
+class _EchoingBucket:
+    """A KV bucket whose watch delivers our own write before ``put`` returns, as the
+    real one can: the transition's log line must still name the state it left."""
+
+    def __init__(self) -> None:
+        self.breaker: CircuitBreaker | None = None
+        self.revision = 0
+
+    async def put(self, key: str, value: bytes) -> int:
+        import msgspec
+
+        self.revision += 1
+        assert self.breaker is not None
+        self.breaker.adopt(msgspec.json.decode(value, type=BreakerRecord), self.revision)
+        return self.revision
+
+
+async def test_transition_logs_name_the_previous_state(caplog) -> None:  # type: ignore[no-untyped-def]
+    bucket = _EchoingBucket()
+    b = CircuitBreaker(
+        "dep",
+        BreakerConfig(failure_threshold=1, cooldown_s=0.01),
+        owner_id="me",
+        kv=bucket,  # type: ignore[arg-type]
+    )
+    bucket.breaker = b
+    with caplog.at_level("WARNING", logger="workers.breaker"):
+        await b.record_failure("x")
+    assert b.state is BreakerState.OPEN
+    assert "closed -> open" in caplog.text
+    assert "open -> open" not in caplog.text

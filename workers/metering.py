@@ -1,0 +1,68 @@
+"""The worker's side of tenancy: admit what NATS callers queued directly, then record
+what every request used (tokens, cost) and correct its token-rate estimate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from broker.tenancy.admission import ANONYMOUS_KEY, DEFAULT_TENANT, Admission, bearer
+from broker.tenancy.usage import UsageRecorder
+from schemas.chat import Usage
+from schemas.envelope import H_AUTHORIZATION, RequestMeta, Tenancy
+
+_ANONYMOUS = Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT)
+
+
+class Accounting:
+    def __init__(self, admission: Admission, recorder: UsageRecorder) -> None:
+        self.admission = admission
+        self.recorder = recorder
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def vet(self, msg: Msg, meta: RequestMeta, model: str) -> RequestMeta:
+        """The request's meta with a vouched-for tenancy; raises ``BrokerError`` (401,
+        403, 429) when a directly queued request may not run."""
+        if not self.admission.required or self.admission.vouched(meta.request_id, meta.tenancy):
+            return meta  # without auth there is nothing to check (nor to vouch for)
+        secret = bearer((msg.headers or {}).get(H_AUTHORIZATION))
+        grant = await self.admission.admit(secret, model, len(msg.data) // 4)
+        tenancy = self.admission.sign(meta.request_id, grant.tenancy)
+        return msgspec.structs.replace(meta, tenancy=tenancy)
+
+    def key_transforms(self, meta: RequestMeta) -> tuple[str, ...]:
+        """The transformation profiles of the request's key, if it has any."""
+        tenancy = meta.tenancy
+        if tenancy is None or tenancy.key_id == ANONYMOUS_KEY:
+            return ()
+        key = self.admission.keys.key(tenancy.key_id)
+        return tuple(key.transforms) if key is not None else ()
+
+    async def settle(
+        self, meta: RequestMeta, model: str, deployment: str, usage: Usage, cost_usd: float
+    ) -> None:
+        """Record the usage: before the reply leaves when a budget or quota depends on it
+        (the caller's next request must see it), batched otherwise."""
+        tenancy = meta.tenancy or _ANONYMOUS
+        record: dict[str, Any] = {
+            "tenant": tenancy.tenant,
+            "key_id": tenancy.key_id,
+            "model": model,
+            "deployment": deployment,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_usd": cost_usd,
+            "at": time.time(),
+        }
+        if tenancy.metered:
+            await self.recorder.record_now(**record)
+        else:
+            self.recorder.add(**record)
+        if tenancy.key_id != ANONYMOUS_KEY and usage.total_tokens != tenancy.estimate:
+            task = asyncio.create_task(self.admission.settle(tenancy, usage.total_tokens))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
