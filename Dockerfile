@@ -8,6 +8,7 @@ COPY schemas schemas
 COPY broker broker
 COPY workers workers
 COPY ingress ingress
+COPY cli cli
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
