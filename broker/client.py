@@ -39,12 +39,10 @@ from broker.cache.exact import (
 from broker.cache.semantic import SemanticCache
 from broker.nats.connection import connect
 from broker.nats.provision import (
-    ensure_breakers_bucket,
-    ensure_cache_bucket,
-    ensure_workers_bucket,
+    ensure_bucket,
     provision,
 )
-from broker.nats.subjects import Subjects
+from broker.nats.subjects import BREAKERS, CACHE, WORKERS, Subjects
 from broker.observability import metrics
 from broker.routing.breaker_board import BreakerRecords
 from broker.routing.presence import WorkerDirectory
@@ -191,7 +189,7 @@ class BrokerClient:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.config = config
-        self.subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        self.subjects = Subjects.of(config)
         self.directory = directory
         self.breakers = breakers
         self.router = Router(directory, breakers.state)
@@ -229,12 +227,12 @@ class BrokerClient:
     async def over(cls, nc: NATS, config: Config, *, owns_connection: bool = False) -> BrokerClient:
         """A client on an existing connection (the all-in-one process shares one)."""
         js = nc.jetstream()
-        subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        subjects = Subjects.of(config)
         await provision(js, config, subjects)
         directory = WorkerDirectory(
-            await ensure_workers_bucket(js, config), config.worker.presence_ttl_s
+            await ensure_bucket(js, config, WORKERS), config.worker.presence_ttl_s
         )
-        breakers = BreakerRecords(await ensure_breakers_bucket(js, config))
+        breakers = BreakerRecords(await ensure_bucket(js, config, BREAKERS))
         await directory.start()
         await breakers.start()
         cache = await _response_cache(js, config)
@@ -666,7 +664,7 @@ async def _response_cache(js: JetStreamContext, config: Config) -> ResponseCache
     if not settings.enabled:
         return None
     if settings.backend == "nats":
-        return ResponseCache(settings, NatsKVCache(await ensure_cache_bucket(js, config)))
+        return ResponseCache(settings, NatsKVCache(await ensure_bucket(js, config, CACHE)))
     return ResponseCache(settings, BoundedMemoryCache(settings.max_entries, settings.max_bytes))
 
 

@@ -7,8 +7,8 @@ import sys
 import time
 
 from broker.nats.connection import connect
-from broker.nats.provision import ensure_breakers_bucket, ensure_workers_bucket
-from broker.nats.subjects import Subjects
+from broker.nats.provision import ensure_bucket
+from broker.nats.subjects import BREAKERS, WORKERS, Subjects
 from broker.routing import views
 from schemas.config import Config
 
@@ -53,9 +53,9 @@ async def show(config: Config, url: str, watch: float | None) -> None:
     nc = await connect(url, "promptbus-status")
     try:
         js = nc.jetstream()
-        await ensure_workers_bucket(js, config)
-        await ensure_breakers_bucket(js, config)
-        subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        await ensure_bucket(js, config, WORKERS)
+        await ensure_bucket(js, config, BREAKERS)
+        subjects = Subjects.of(config)
         while True:
             table = render(await views.deployments_view(js, config, subjects))
             if watch is None:

@@ -31,7 +31,7 @@ class Accounting:
             return meta  # without auth there is nothing to check (nor to vouch for)
         secret = bearer((msg.headers or {}).get(H_AUTHORIZATION))
         grant = await self.admission.admit(secret, model, len(msg.data) // 4)
-        tenancy = self.admission.sign(meta.request_id, grant.tenancy)
+        tenancy = self.admission.keys.sign_tenancy(meta.request_id, grant.tenancy)
         return msgspec.structs.replace(meta, tenancy=tenancy)
 
     def key_transforms(self, meta: RequestMeta) -> tuple[str, ...]:

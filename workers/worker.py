@@ -18,19 +18,18 @@ from nats.js import JetStreamContext
 
 from broker.nats.connection import connect
 from broker.nats.provision import (
+    StreamKind,
     bulk_consumer_config,
     consumer_config,
     deployment_consumer_config,
-    ensure_attempts_bucket,
-    ensure_breakers_bucket,
+    ensure_bucket,
     ensure_consumer,
-    ensure_dead_letter_stream,
-    ensure_workers_bucket,
+    ensure_stream,
     intake_consumer_config,
     provision,
 )
 from broker.nats.pull import PullConsumer
-from broker.nats.subjects import Subjects
+from broker.nats.subjects import ATTEMPTS, BREAKERS, WORKERS, Subjects
 from broker.observability import metrics
 from broker.routing.presence import PresencePublisher, WorkerDirectory
 from broker.routing.router import Router
@@ -115,15 +114,15 @@ class Worker:
         self._nc = nc
         js = nc.jetstream()
         config = self.config
-        subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        subjects = Subjects.of(config)
         await provision(js, config, subjects)
-        kv = await ensure_workers_bucket(js, config)
+        kv = await ensure_bucket(js, config, WORKERS)
         self._presence = PresencePublisher(kv, self.worker_id, config.worker.heartbeat_s)
         self._directory = WorkerDirectory(kv, config.worker.presence_ttl_s)
-        board = BreakerBoard(await ensure_breakers_bucket(js, config), self.worker_id)
-        await ensure_dead_letter_stream(js, config, subjects)
+        board = BreakerBoard(await ensure_bucket(js, config, BREAKERS), self.worker_id)
+        await ensure_stream(js, config, subjects, StreamKind.DEAD)
         self._poison = PoisonGuard(
-            nc, await ensure_attempts_bucket(js, config), subjects, config.worker.max_deliver
+            nc, await ensure_bucket(js, config, ATTEMPTS), subjects, config.worker.max_deliver
         )
         recorder = UsageRecorder(nc, config.nats.subject_prefix)
         self._accounting = Accounting(await Admission.open(js, config), recorder)

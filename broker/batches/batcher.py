@@ -39,7 +39,7 @@ from broker.batches.lease import BatchLease, new_owner
 from broker.batches.results import H_LINE_ERROR, Results
 from broker.batches.store import (
     BatchStore,
-    encode_token,
+    encode_custom_id,
     is_terminal,
     lane_subject,
     line_request_id,
@@ -106,7 +106,7 @@ class Batcher:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
+        self.subjects = Subjects.of(config)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._finished: set[str] = set()
         self._scan_task: asyncio.Task[None] | None = None
@@ -467,7 +467,7 @@ class BatchRun:
         headers = {
             H_REQUEST_ID: line_request_id(self.batch_id, index),
             H_MSG_ID: f"{self.batch_id}:{custom_id}",
-            H_CUSTOM_ID: encode_token(custom_id),
+            H_CUSTOM_ID: encode_custom_id(custom_id),
         }
         try:
             if len(line) > self._max_line_bytes:
@@ -485,8 +485,7 @@ class BatchRun:
         headers |= {H_REPLY_TO: reply, H_DEADLINE: str(self._deadline_ms)}
         if self._owner is not None and self._keys is not None:
             owner = msgspec.structs.replace(self._owner, estimate=len(body) // 4)
-            signature = self._keys.sign(owner.signed_part(headers[H_REQUEST_ID]))
-            headers |= msgspec.structs.replace(owner, signature=signature).to_headers()
+            headers |= self._keys.sign_tenancy(headers[H_REQUEST_ID], owner).to_headers()
         return index, (lane_subject(self.subjects, model), body, headers)
 
     def _check_line(self, method: str, url: str, body: bytes) -> str:

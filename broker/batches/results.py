@@ -9,7 +9,7 @@ from typing import IO
 import msgspec
 from nats.aio.msg import Msg
 
-from broker.batches.store import decode_token, line_index
+from broker.batches.store import decode_custom_id, line_index
 from schemas.batch import LineError, OutputLine, OutputResponse, encoder
 from schemas.envelope import H_CUSTOM_ID, H_REQUEST_ID, H_STATUS
 
@@ -51,7 +51,7 @@ class Results:
         if not 0 <= index < self.total or self.done[index]:
             return
         self._mark(index)
-        custom_id = decode_token(headers.get(H_CUSTOM_ID, "%00"))
+        custom_id = decode_custom_id(headers.get(H_CUSTOM_ID, "%00"))
         code = headers.get(H_LINE_ERROR)
         if code is not None:  # refused before queueing: no HTTP response to report
             try:

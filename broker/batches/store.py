@@ -21,8 +21,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.batches.files import FileStore
-from broker.nats.provision import ensure_batches_bucket, ensure_results_stream
-from broker.nats.subjects import Subjects
+from broker.nats.provision import StreamKind, ensure_bucket, ensure_stream
+from broker.nats.subjects import BATCHES, Subjects
 from schemas.batch import (
     BATCH_ENDPOINT,
     COMPLETION_WINDOWS,
@@ -70,12 +70,13 @@ def line_index(request_id: str) -> int:
     return int(request_id.rpartition("-")[2])
 
 
-def encode_token(text: str) -> str:
-    """Any string as one subject token: percent-encoded UTF-8, '.' included."""
+def encode_custom_id(text: str) -> str:
+    """A line's ``custom_id`` as a ``Pb-Custom-Id`` header value: any string, percent-encoded
+    UTF-8 (a header holds no line breaks and, through nats-py, only ASCII reliably)."""
     return quote(text, safe="").replace(".", "%2E") or "%00"
 
 
-def decode_token(token: str) -> str:
+def decode_custom_id(token: str) -> str:
     return "" if token == "%00" else unquote(token)
 
 
@@ -91,9 +92,9 @@ class BatchStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, config: Config) -> BatchStore:
-        subjects = Subjects(config.nats.subject_prefix, config.nats.stream)
-        await ensure_results_stream(js, config, subjects)
-        kv = await ensure_batches_bucket(js, config)
+        subjects = Subjects.of(config)
+        await ensure_stream(js, config, subjects, StreamKind.RESULTS)
+        kv = await ensure_bucket(js, config, BATCHES)
         return cls(kv, await FileStore.open(js, config), subjects)
 
     # ------------------------------------------------------------ records

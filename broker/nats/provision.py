@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from enum import StrEnum
+from typing import NamedTuple, ParamSpec, TypeVar
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -62,34 +63,6 @@ def patient(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapped
 
 
-@patient
-async def ensure_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
-    """The work-queue stream that holds every request until a worker acks it."""
-    stream = StreamConfig(
-        name=subjects.stream,
-        description="promptbus request queue (work queue: a message lives until acked)",
-        subjects=[subjects.chat_wildcard, subjects.dep_wildcard, subjects.embed_wildcard],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        max_age=config.nats.max_queue_age_s,
-        max_msgs=config.nats.max_queued_requests,
-        discard=DiscardPolicy.NEW,  # a full queue refuses new requests, never drops queued ones
-        duplicate_window=DUPLICATE_WINDOW_S,
-        num_replicas=config.nats.replicas,
-    )
-    await _create_or_update(js, stream)
-
-
-async def _create_or_update(js: JetStreamContext, stream: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to this configuration."""
-    assert stream.name is not None
-    try:
-        await js.stream_info(stream.name)
-    except NotFoundError:
-        await js.add_stream(stream)
-        log.info("created stream %s", stream.name)
-        return
-    await js.update_stream(stream)
 
 
 def _work_consumer(
@@ -172,14 +145,6 @@ async def ensure_consumer(js: JetStreamContext, consumer: ConsumerConfig, stream
     return consumer.durable_name
 
 
-@patient
-async def _ensure_bucket(js: JetStreamContext, kv: KeyValueConfig) -> KeyValue:
-    try:
-        bucket = await js.key_value(kv.bucket)
-    except NotFoundError:  # BucketNotFoundError is a NotFoundError
-        return await js.create_key_value(kv)
-    await ensure_replicas(js, f"KV_{kv.bucket}", kv.replicas)
-    return bucket
 
 
 @patient
@@ -194,89 +159,30 @@ async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> N
     log.info("stream %s now has %d replicas", stream, replicas)
 
 
-async def ensure_workers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
-    """Presence of live workers: key ``<model-token>.<worker-id>``, expiring on its own."""
-    return await _ensure_bucket(
-        js,
-        KeyValueConfig(
-            bucket=bucket(config.nats.subject_prefix, WORKERS),
-            description="promptbus worker presence",
-            history=1,
-            ttl=config.worker.presence_ttl_s,
-            storage=StorageType.FILE,  # survives a nats-server restart like the queue does
-            replicas=config.nats.replicas,
-        ),
+# ---------------------------------------------------------------- streams
+
+
+def _requests(config: Config, subjects: Subjects) -> StreamConfig:
+    """The work queue that holds every interactive request until a worker acks it."""
+    return StreamConfig(
+        name=subjects.stream,
+        description="promptbus request queue (work queue: a message lives until acked)",
+        subjects=[subjects.chat_wildcard, subjects.dep_wildcard, subjects.embed_wildcard],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=config.nats.max_queue_age_s,
+        max_msgs=config.nats.max_queued_requests,
+        discard=DiscardPolicy.NEW,  # a full queue refuses new requests, never drops queued ones
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=config.nats.replicas,
     )
 
 
-async def ensure_cache_bucket(js: JetStreamContext, config: Config) -> KeyValue:
-    """The shared response cache (cache.backend: nats); entries outlive no model's TTL."""
-    ttls = [config.cache.ttl_s, *(m.cache_ttl_s or 0 for m in config.model_list)]
-    return await _ensure_bucket(
-        js,
-        KeyValueConfig(
-            bucket=bucket(config.nats.subject_prefix, CACHE),
-            description="promptbus response cache",
-            history=1,
-            ttl=max(ttls) or None,
-            storage=StorageType.FILE,
-            replicas=config.nats.replicas,
-        ),
-    )
-
-
-async def ensure_breakers_bucket(js: JetStreamContext, config: Config) -> KeyValue:
-    """Circuit breaker state shared by every worker: key = deployment token."""
-    return await _ensure_bucket(
-        js,
-        KeyValueConfig(
-            bucket=bucket(config.nats.subject_prefix, BREAKERS),
-            description="promptbus circuit breakers",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=config.nats.replicas,
-        ),
-    )
-
-
-async def ensure_keys_bucket(js: JetStreamContext, config: Config) -> KeyValue:
-    """Virtual API keys (digests only) and tenants: ``key.<id>``, ``tenant.<name>``."""
-    return await _ensure_bucket(
-        js,
-        KeyValueConfig(
-            bucket=bucket(config.nats.subject_prefix, KEYS),
-            description="promptbus API keys (SHA-256 digests) and tenants",
-            history=5,
-            storage=StorageType.FILE,
-            replicas=config.nats.replicas,
-        ),
-    )
-
-
-RATELIMIT_TTL_S = 86_400.0  # an untouched bucket is full long before this
-
-
-async def ensure_ratelimits_bucket(js: JetStreamContext, config: Config) -> KeyValue:
-    """Token-bucket state (one GCRA time per bucket) shared by every process."""
-    return await _ensure_bucket(
-        js,
-        KeyValueConfig(
-            bucket=bucket(config.nats.subject_prefix, RATELIMITS),
-            description="promptbus rate limit buckets",
-            history=1,
-            ttl=RATELIMIT_TTL_S,
-            storage=StorageType.FILE,
-            replicas=config.nats.replicas,
-        ),
-    )
-
-
-@patient
-async def ensure_bulk_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+def _bulk(config: Config, subjects: Subjects) -> StreamConfig:
     """The batch lane's work queue. Apart from the interactive stream so that batch lines
     never fill it (a full stream refuses new requests), may wait as long as a batch may
     run, and are de-duplicated over a short window (``batch.duplicate_window_s``)."""
-    stream = StreamConfig(
+    return StreamConfig(
         name=subjects.bulk_stream,
         description="promptbus batch lane (work queue: a line lives until acked)",
         subjects=[subjects.bulk_wildcard],
@@ -288,22 +194,13 @@ async def ensure_bulk_stream(js: JetStreamContext, config: Config, subjects: Sub
         duplicate_window=config.batch.duplicate_window_s,
         num_replicas=config.nats.replicas,
     )
-    await _create_or_update(js, stream)
 
 
-async def provision(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
-    """Everything a client needs before publishing: the streams and the presence bucket."""
-    await ensure_stream(js, config, subjects)
-    await ensure_bulk_stream(js, config, subjects)
-    await ensure_workers_bucket(js, config)
-
-
-@patient
-async def ensure_results_stream(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+def _results(config: Config, subjects: Subjects) -> StreamConfig:
     """Batch results: the reply subjects of batch lines are captured here until collected.
     One subject per batch; a redelivered line's second reply is stored too, and the
     reader keeps the first (``broker/batches/results.py``)."""
-    stream = StreamConfig(
+    return StreamConfig(
         name=subjects.results_stream,
         description="promptbus batch results (one subject per batch)",
         subjects=[subjects.bres_wildcard],
@@ -314,34 +211,16 @@ async def ensure_results_stream(js: JetStreamContext, config: Config, subjects: 
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=config.nats.replicas,
     )
-    await _create_or_update(js, stream)
-
-
-async def ensure_batches_bucket(js: JetStreamContext, config: Config) -> KeyValue:
-    """Batch records (key = batch id), publishing checkpoints and resume keys."""
-    return await _ensure_bucket(
-        js,
-        KeyValueConfig(
-            bucket=bucket(config.nats.subject_prefix, BATCHES),
-            description="promptbus batches",
-            history=1,
-            storage=StorageType.FILE,
-            replicas=config.nats.replicas,
-        ),
-    )
 
 
 DEAD_LETTER_MAX_AGE_S = 7 * 86_400.0
 DEAD_LETTER_MAX_BYTES = 1024 * 1024 * 1024
 
 
-@patient
-async def ensure_dead_letter_stream(
-    js: JetStreamContext, config: Config, subjects: Subjects
-) -> None:
+def _dead(config: Config, subjects: Subjects) -> StreamConfig:
     """Poison requests (``<prefix>.dead.<model>``): the body and headers as queued, plus
     ``Pb-Dead-Reason``; kept a week (or 1 GiB, oldest dropped first) for an operator."""
-    stream = StreamConfig(
+    return StreamConfig(
         name=subjects.dead_stream,
         description="promptbus dead letters (requests that crashed or stalled workers)",
         subjects=[subjects.dead_wildcard],
@@ -352,21 +231,126 @@ async def ensure_dead_letter_stream(
         max_bytes=DEAD_LETTER_MAX_BYTES,
         num_replicas=config.nats.replicas,
     )
-    await _create_or_update(js, stream)
 
 
-async def ensure_attempts_bucket(js: JetStreamContext, config: Config) -> KeyValue:
-    """Starts of redelivered requests (key ``<stream>.<seq>``): a request that ends its
-    worker every time is recognised on its ``nats.max_deliver``-th start. Written only for
-    redeliveries, never on the hot path; entries outlive any queued request."""
-    return await _ensure_bucket(
-        js,
-        KeyValueConfig(
-            bucket=bucket(config.nats.subject_prefix, ATTEMPTS),
-            description="promptbus redelivered-request attempts",
-            history=1,
-            ttl=float(max(COMPLETION_WINDOWS.values())) + config.nats.max_queue_age_s,
-            storage=StorageType.FILE,
-            replicas=config.nats.replicas,
-        ),
+def _usage(config: Config, subjects: Subjects) -> StreamConfig:
+    """Usage counters (``<prefix>.usage.>``): one message per counter, its total, kept by
+    server-side message counters."""
+    return StreamConfig(
+        name=subjects.usage_stream,
+        description="promptbus usage counters (tokens, costs) per key, tenant, model",
+        subjects=[subjects.usage_wildcard],
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,  # a counter's total is its last message
+        allow_msg_counter=True,
+        allow_direct=True,
+        num_replicas=config.nats.replicas,
     )
+
+
+class StreamKind(StrEnum):
+    REQUESTS = "requests"
+    BULK = "bulk"
+    RESULTS = "results"
+    DEAD = "dead"
+    USAGE = "usage"
+
+
+STREAMS: dict[StreamKind, Callable[[Config, Subjects], StreamConfig]] = {
+    StreamKind.REQUESTS: _requests,
+    StreamKind.BULK: _bulk,
+    StreamKind.RESULTS: _results,
+    StreamKind.DEAD: _dead,
+    StreamKind.USAGE: _usage,
+}
+# Counter streams cannot be updated in place; an existing one is only scaled.
+_CREATE_ONLY = frozenset({StreamKind.USAGE})
+
+
+@patient
+async def ensure_stream(
+    js: JetStreamContext, config: Config, subjects: Subjects, kind: StreamKind
+) -> None:
+    """Create the stream of this kind, or bring an existing one to this configuration."""
+    stream = STREAMS[kind](config, subjects)
+    assert stream.name is not None
+    try:
+        await js.stream_info(stream.name)
+    except NotFoundError:
+        await js.add_stream(stream)
+        log.info("created stream %s", stream.name)
+        return
+    if kind in _CREATE_ONLY:
+        await ensure_replicas(js, stream.name, config.nats.replicas)
+    else:
+        await js.update_stream(stream)
+
+
+# ---------------------------------------------------------------- KV buckets
+
+
+class BucketSpec(NamedTuple):
+    description: str
+    history: int = 1
+    ttl: Callable[[Config], float | None] = lambda _: None
+
+
+RATELIMIT_TTL_S = 86_400.0  # an untouched bucket is full long before this
+
+
+def _cache_ttl(config: Config) -> float | None:
+    """Cache entries outlive no model's TTL."""
+    return max([config.cache.ttl_s, *(m.cache_ttl_s or 0 for m in config.model_list)]) or None
+
+
+BUCKETS: dict[str, BucketSpec] = {
+    # key <model-token>.<worker-id>, expiring on its own
+    WORKERS: BucketSpec("promptbus worker presence", ttl=lambda c: c.worker.presence_ttl_s),
+    # the shared response cache (cache.backend: nats)
+    CACHE: BucketSpec("promptbus response cache", ttl=_cache_ttl),
+    # circuit breaker state shared by every worker: key = kv_key(deployment)
+    BREAKERS: BucketSpec("promptbus circuit breakers"),
+    # virtual API keys (digests only) and tenants: key.<id>, tenant.<name>
+    KEYS: BucketSpec("promptbus API keys (SHA-256 digests) and tenants", history=5),
+    # token-bucket state (one GCRA time per bucket) shared by every process
+    RATELIMITS: BucketSpec("promptbus rate limit buckets", ttl=lambda _: RATELIMIT_TTL_S),
+    # batch records (key = batch id), publishing checkpoints and resume keys
+    BATCHES: BucketSpec("promptbus batches"),
+    # starts of redelivered requests (key <stream>.<seq>): a request that ends its worker
+    # every time is recognised on its nats.max_deliver-th start; written only for
+    # redeliveries, never on the hot path; entries outlive any queued request
+    ATTEMPTS: BucketSpec(
+        "promptbus redelivered-request attempts",
+        ttl=lambda c: float(max(COMPLETION_WINDOWS.values())) + c.nats.max_queue_age_s,
+    ),
+}
+
+
+@patient
+async def ensure_bucket(js: JetStreamContext, config: Config, kind: str) -> KeyValue:
+    """The KV bucket of this kind (``BUCKETS``), created or scaled to ``nats.replicas``.
+    File storage: every bucket survives a nats-server restart like the queue does."""
+    spec = BUCKETS[kind]
+    name = bucket(config.nats.subject_prefix, kind)
+    try:
+        kv = await js.key_value(name)
+    except NotFoundError:  # BucketNotFoundError is a NotFoundError
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=name,
+                description=spec.description,
+                history=spec.history,
+                ttl=spec.ttl(config),
+                storage=StorageType.FILE,
+                replicas=config.nats.replicas,
+            )
+        )
+    await ensure_replicas(js, f"KV_{name}", config.nats.replicas)
+    return kv
+
+
+async def provision(js: JetStreamContext, config: Config, subjects: Subjects) -> None:
+    """Everything a client needs before publishing: the streams and the presence bucket."""
+    await ensure_stream(js, config, subjects, StreamKind.REQUESTS)
+    await ensure_stream(js, config, subjects, StreamKind.BULK)
+    await ensure_bucket(js, config, WORKERS)

@@ -9,16 +9,27 @@
     <prefix>.bres.<batch>.<line>...  batch results: replies captured by the results stream
     <prefix>.dead.<model-token>      dead letters: requests that crashed or stalled workers
                                      ``nats.max_deliver`` times, kept by the dead stream
+    <prefix>.usage.a.<scope>.<name-token>.<period>.<metric>
+                                     usage counters admission reads (per key or tenant)
+    <prefix>.usage.d.<day>.<tenant>.<key>.<model>.<deployment>.<metric>
+                                     usage detail rows for reports (name tokens)
 
-A model alias becomes one subject token: characters NATS gives meaning to ('.', '*',
-'>', whitespace) and '%' itself are percent-encoded, so ``llama3.1:8b`` is served on
-``pb.chat.llama3%2E1:8b``. Consumer names additionally drop '/' and '\\'.
+A model alias becomes one subject token (``subject_token``): characters NATS gives
+meaning to ('.', '*', '>', whitespace) and '%' itself are percent-encoded, so
+``llama3.1:8b`` is served on ``pb.chat.llama3%2E1:8b``. Names of tenants and keys also
+encode '/' (``name_token``); ``decode_token`` reverses both. Consumer names additionally
+drop '/' and '\\'; KV keys have their own, stricter alphabet (``kv_key``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    from schemas.config import Config
 
 _UNSAFE_TOKEN = re.compile(r"[.*>%\s]")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -39,9 +50,20 @@ def bucket(prefix: str, kind: str) -> str:
     return f"{prefix}_{kind}"
 
 
-def model_token(model: str) -> str:
-    """Encode a model alias as a single NATS subject token."""
-    return _UNSAFE_TOKEN.sub(lambda m: f"%{ord(m.group()):02X}", model)
+def subject_token(name: str) -> str:
+    """Any name (a model alias, a deployment, a batch id) as a single NATS subject token."""
+    return _UNSAFE_TOKEN.sub(lambda m: f"%{ord(m.group()):02X}", name)
+
+
+def name_token(name: str) -> str:
+    """A tenant's, key's or counter's name as one token that never holds '/' either (the
+    usage report and the keys bucket split on neither); empty becomes ``-``."""
+    return subject_token(name).replace("/", "%2F") or "-"
+
+
+def decode_token(token: str) -> str:
+    """The name a ``subject_token`` or ``name_token`` was made from."""
+    return unquote(token)
 
 
 _UNSAFE_KV_KEY = re.compile(r"[^A-Za-z0-9_-]")
@@ -71,12 +93,17 @@ class Subjects:
         self.prefix = prefix
         self.stream = stream
 
+    @classmethod
+    def of(cls, config: Config) -> Subjects:
+        """The names of the broker this config describes."""
+        return cls(config.nats.subject_prefix, config.nats.stream)
+
     @property
     def chat_wildcard(self) -> str:
         return f"{self.prefix}.chat.>"
 
     def chat(self, model: str) -> str:
-        return f"{self.prefix}.chat.{model_token(model)}"
+        return f"{self.prefix}.chat.{subject_token(model)}"
 
     @property
     def bulk_wildcard(self) -> str:
@@ -84,7 +111,7 @@ class Subjects:
 
     def bulk(self, model: str) -> str:
         """The batch lane of a model: same envelope as ``chat``, lower priority."""
-        return f"{self.prefix}.bulk.{model_token(model)}"
+        return f"{self.prefix}.bulk.{subject_token(model)}"
 
     def bulk_consumer(self, model: str) -> str:
         return _consumer_name("bulk", model)
@@ -92,7 +119,7 @@ class Subjects:
     @property
     def bulk_stream(self) -> str:
         """The work queue of the batch lane, apart from interactive requests: its own
-        de-duplication window, age limit and size (``ensure_bulk_stream``)."""
+        de-duplication window, age limit and size (``provision.STREAMS``)."""
         return f"{self.stream}_BULK"
 
     @property
@@ -101,7 +128,7 @@ class Subjects:
 
     def embed(self, model: str) -> str:
         """Embeddings requests (``POST /v1/embeddings`` bodies) for a model alias."""
-        return f"{self.prefix}.embed.{model_token(model)}"
+        return f"{self.prefix}.embed.{subject_token(model)}"
 
     def queue(self, model: str, mode: str = "chat") -> str:
         """Where requests for a model alias of this ``mode`` (chat, embeddings) wait."""
@@ -125,7 +152,7 @@ class Subjects:
         return f"{self.prefix}.dead.>"
 
     def dead(self, model: str) -> str:
-        return f"{self.prefix}.dead.{model_token(model)}"
+        return f"{self.prefix}.dead.{subject_token(model)}"
 
     @property
     def bres_wildcard(self) -> str:
@@ -133,7 +160,7 @@ class Subjects:
 
     def bres(self, batch_id: str) -> str:
         """Prefix of one batch's result subjects: ``<prefix>.bres.<batch-id>``."""
-        return f"{self.prefix}.bres.{model_token(batch_id)}"
+        return f"{self.prefix}.bres.{subject_token(batch_id)}"
 
     @property
     def cancel(self) -> str:
@@ -145,7 +172,7 @@ class Subjects:
         return f"{self.prefix}.dep.>"
 
     def dep(self, deployment: str) -> str:
-        return f"{self.prefix}.dep.{model_token(deployment)}"
+        return f"{self.prefix}.dep.{subject_token(deployment)}"
 
     def chat_consumer(self, model: str) -> str:
         """Durable consumer name for a model's queue: readable, unique, NATS-safe."""
@@ -154,8 +181,44 @@ class Subjects:
     def dep_consumer(self, deployment: str) -> str:
         return _consumer_name("dep", deployment)
 
+    # ------------------------------------------------------------ usage counters
+
+    @property
+    def usage_stream(self) -> str:
+        return f"{self.stream}_USAGE"
+
+    @property
+    def usage_wildcard(self) -> str:
+        return f"{self.prefix}.usage.>"
+
+    @property
+    def usage_aggregates(self) -> str:
+        return f"{self.prefix}.usage.a.>"
+
+    def usage_aggregate(self, scope: str, ident: str, period_key: str, metric: str) -> str:
+        """The counter admission reads: one key's or tenant's ``metric`` in one period."""
+        return f"{self.prefix}.usage.a.{scope}.{name_token(ident)}.{period_key}.{metric}"
+
+    def usage_detail(
+        self, day: str, tenant: str, key_id: str, model: str, deployment: str, metric: str
+    ) -> str:
+        """A report row's counter: ``day`` is YYYYMMDD (UTC)."""
+        names = ".".join(name_token(n) for n in (tenant, key_id, model, deployment))
+        return f"{self.prefix}.usage.d.{day}.{names}.{metric}"
+
+    def usage_details(self, day: str, tenant: str | None = None) -> str:
+        """Every report row of one day, or of one tenant's day."""
+        return f"{self.prefix}.usage.d.{day}.{name_token(tenant) if tenant else '*'}.>"
+
+
 
 def _consumer_name(kind: str, name: str) -> str:
     readable = _UNSAFE_NAME.sub("_", name)[:48]
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
     return f"{kind}_{readable}_{digest}"
+
+
+def parse_usage_detail(subject: str) -> tuple[str, str, str, str, str]:
+    """(tenant, key id, model, deployment, metric) of a ``usage_detail`` subject."""
+    tenant, key_id, model, deployment, metric = (decode_token(p) for p in subject.split(".")[-5:])
+    return tenant, key_id, model, deployment, metric

@@ -17,7 +17,7 @@ import msgspec
 from nats.js.kv import KeyValue
 
 from broker.nats.kvwatch import KVFollower
-from broker.nats.subjects import model_token
+from broker.nats.subjects import subject_token
 from schemas.state import DeploymentStats, WorkerBeat, beat_decoder
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class PresencePublisher:
         self._unavailable[model] = reason
 
     def _key(self, model: str) -> str:
-        return f"{model_token(model)}.{self._worker_id}"
+        return f"{subject_token(model)}.{self._worker_id}"
 
     async def start(self) -> None:
         await self.beat()
@@ -140,7 +140,7 @@ class WorkerDirectory:
         self._beats[key] = beat
 
     def is_served(self, model: str) -> bool:
-        workers = self._seen.get(model_token(model))
+        workers = self._seen.get(subject_token(model))
         if not workers:
             return False
         horizon = self._horizon()
@@ -149,14 +149,14 @@ class WorkerDirectory:
     def why_unserved(self, model: str) -> str | None:
         """What a live worker asked to serve ``model`` said stops it, if one did."""
         horizon = self._horizon()
-        for ts, reason in self._unserved.get(model_token(model), {}).values():
+        for ts, reason in self._unserved.get(subject_token(model), {}).values():
             if ts > horizon:
                 return reason
         return None
 
     def deployment_stats(self, model: str) -> dict[str, list[DeploymentStats]]:
         """The live workers' latest stats of each deployment of ``model``."""
-        token = model_token(model)
+        token = subject_token(model)
         horizon = time.time() - self._ttl
         stats: dict[str, list[DeploymentStats]] = {}
         for worker_id, _ in self._seen.get(token, {}).items():

@@ -26,12 +26,12 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from broker.nats.provision import ensure_keys_bucket, ensure_ratelimits_bucket
-from broker.nats.subjects import model_token
+from broker.nats.provision import StreamKind, ensure_bucket, ensure_stream
+from broker.nats.subjects import KEYS, RATELIMITS, Subjects, name_token
 from broker.observability import metrics
 from broker.tenancy.keys import KeyStore
 from broker.tenancy.ratelimit import Bucket, Decision, RateLimiter
-from broker.tenancy.usage import ANONYMOUS, NANO, UsageView, ensure_usage_stream, period_end
+from broker.tenancy.usage import ANONYMOUS, NANO, UsageView, period_end
 from schemas.config import Config
 from schemas.envelope import Tenancy
 from schemas.errors import BrokerError
@@ -113,9 +113,9 @@ class Admission:
     async def open(cls, js: JetStreamContext, config: Config) -> Admission:
         """Provision the keys and rate-limit buckets and the usage stream, and follow
         them (keys and usage aggregates stay in memory, live)."""
-        await ensure_usage_stream(js, config)
-        keys = KeyStore(await ensure_keys_bucket(js, config))
-        limiter = RateLimiter(await ensure_ratelimits_bucket(js, config))
+        await ensure_stream(js, config, Subjects.of(config), StreamKind.USAGE)
+        keys = KeyStore(await ensure_bucket(js, config, KEYS))
+        limiter = RateLimiter(await ensure_bucket(js, config, RATELIMITS))
         usage = UsageView(js, config)
         await keys.start()
         await usage.start()
@@ -129,20 +129,14 @@ class Admission:
     def required(self) -> bool:
         return self.config.auth.required
 
-    def sign(self, request_id: str, tenancy: Tenancy) -> Tenancy:
-        signature = self.keys.sign(tenancy.signed_part(request_id))
-        return Tenancy(tenancy.key_id, tenancy.tenant, tenancy.estimate, tenancy.metered, signature)
-
     def vouch(self, request_id: str, grant: Grant) -> Tenancy | None:
         """The signed tenancy to send with an admitted request; None without auth (the
         worker has nothing to check, and the request travels five headers lighter)."""
-        return self.sign(request_id, grant.tenancy) if self.required else None
+        return self.keys.sign_tenancy(request_id, grant.tenancy) if self.required else None
 
     def vouched(self, request_id: str, tenancy: Tenancy | None) -> bool:
         """Was this request admitted by a broker process already?"""
-        return tenancy is not None and self.keys.verify(
-            tenancy.signed_part(request_id), tenancy.signature
-        )
+        return self.keys.verify_tenancy(request_id, tenancy)
 
     def check_spec(self, spec: KeySpec) -> None:
         """A key may name only transformation profiles and models the config has."""
@@ -306,7 +300,7 @@ class Admission:
         if key is not None:
             out += _buckets("key", key.id, key.limits)
         if record is not None:
-            out += _buckets("tenant", model_token(record.name), record.limits)
+            out += _buckets("tenant", name_token(record.name), record.limits)
         return out
 
     async def _take(self, key: KeyRecord, tenant: TenantRecord, estimate: int) -> list[Decision]:

@@ -17,7 +17,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.nats.kvwatch import KVFollower
-from broker.nats.subjects import model_token
+from broker.nats.subjects import name_token
+from schemas.envelope import Tenancy
 from schemas.tenancy import (
     IssuedKey,
     KeyRecord,
@@ -43,7 +44,7 @@ def new_secret() -> str:
 
 
 def _tenant_entry(name: str) -> str:
-    return "tenant." + model_token(name).replace("/", "%2F")
+    return "tenant." + name_token(name)
 
 
 class KeyStore:
@@ -118,6 +119,17 @@ class KeyStore:
 
     def verify(self, message: str, signature: str) -> bool:
         return hmac.compare_digest(self.sign(message), signature)
+
+    def sign_tenancy(self, request_id: str, tenancy: Tenancy) -> Tenancy:
+        """The tenancy with its signature over this request: what a worker verifies
+        instead of admitting the request again (``verify_tenancy``)."""
+        signature = self.sign(tenancy.signed_part(request_id))
+        return msgspec.structs.replace(tenancy, signature=signature)
+
+    def verify_tenancy(self, request_id: str, tenancy: Tenancy | None) -> bool:
+        return tenancy is not None and self.verify(
+            tenancy.signed_part(request_id), tenancy.signature
+        )
 
     # ------------------------------------------------------------ writes (admin)
 

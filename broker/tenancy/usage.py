@@ -23,17 +23,15 @@ import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker.nats.provision import ensure_replicas, patient
-from broker.nats.subjects import model_token
+from broker.nats.subjects import Subjects, parse_usage_detail
 from schemas.config import Config
 from schemas.tenancy import Period, UsageRow
 
@@ -49,31 +47,6 @@ class _Counter(msgspec.Struct):
 
 
 _counter = msgspec.json.Decoder(_Counter)
-
-
-def usage_stream(config: Config) -> str:
-    return f"{config.nats.stream}_USAGE"
-
-
-@patient
-async def ensure_usage_stream(js: JetStreamContext, config: Config) -> None:
-    prefix = config.nats.subject_prefix
-    stream = StreamConfig(
-        name=usage_stream(config),
-        description="promptbus usage counters (tokens, costs) per key, tenant, model",
-        subjects=[f"{prefix}.usage.>"],
-        storage=StorageType.FILE,
-        max_msgs_per_subject=1,  # a counter's total is its last message
-        allow_msg_counter=True,
-        allow_direct=True,
-        num_replicas=config.nats.replicas,
-    )
-    try:
-        await js.stream_info(stream.name or "")
-    except NotFoundError:
-        await js.add_stream(stream)
-        return
-    await ensure_replicas(js, stream.name or "", config.nats.replicas)
 
 
 # ---------------------------------------------------------------- periods
@@ -116,23 +89,13 @@ QUOTA_PERIODS: tuple[Period, ...] = ("hourly", "daily", "weekly", "monthly", "ne
 BUDGET_PERIODS: tuple[Period, ...] = ("daily", "monthly")
 
 
-def _token(value: str) -> str:
-    return model_token(value).replace("/", "%2F") or "-"
+def aggregate(s: Subjects, scope: str, ident: str, period: Period, at: float, metric: str) -> str:
+    """The aggregate counter of ``scope`` (key or tenant) ``ident`` in the period at ``at``."""
+    return s.usage_aggregate(scope, ident, period_key(period, at), metric)
 
 
-class Subjects:
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def aggregate(self, scope: str, ident: str, period: Period, at: float, metric: str) -> str:
-        return f"{self.prefix}.usage.a.{scope}.{_token(ident)}.{period_key(period, at)}.{metric}"
-
-    def detail(
-        self, at: float, tenant: str, key_id: str, model: str, deployment: str, metric: str
-    ) -> str:
-        day = datetime.fromtimestamp(at, UTC).strftime("%Y%m%d")
-        parts = (_token(tenant), _token(key_id), _token(model), _token(deployment))
-        return f"{self.prefix}.usage.d.{day}.{'.'.join(parts)}.{metric}"
+def day_of(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y%m%d")
 
 
 class UsageRecorder:
@@ -188,13 +151,14 @@ class UsageRecorder:
         costs: list[str] = []
         if key_id != ANONYMOUS:  # budgets and quotas exist only for keys
             for period in BUDGET_PERIODS:
-                costs.append(s.aggregate("key", key_id, period, at, "cost"))
-                costs.append(s.aggregate("tenant", tenant, period, at, "cost"))
-            tokens = tuple(s.aggregate("tenant", tenant, p, at, "tokens") for p in QUOTA_PERIODS)
+                costs.append(aggregate(s, "key", key_id, period, at, "cost"))
+                costs.append(aggregate(s, "tenant", tenant, period, at, "cost"))
+            tokens = tuple(aggregate(s, "tenant", tenant, p, at, "tokens") for p in QUOTA_PERIODS)
         else:
             tokens = ()
         metrics = ("requests", "prompt", "completion", "cost")
-        details = tuple(s.detail(at, tenant, key_id, model, deployment, m) for m in metrics)
+        day = day_of(at)
+        details = tuple(s.usage_detail(day, tenant, key_id, model, deployment, m) for m in metrics)
         return tuple(costs), tokens, details
 
     async def record_now(self, **usage: Any) -> None:
@@ -268,16 +232,15 @@ class UsageView:
     def __init__(self, js: JetStreamContext, config: Config) -> None:
         self._js = js
         self._config = config
-        self._subjects = Subjects(config.nats.subject_prefix)
+        self._subjects = Subjects.of(config)
         self._values: dict[str, int] = {}
         self._reading: dict[str, asyncio.Future[int]] = {}  # subject -> its read in flight
         self._sub: object | None = None
 
     async def start(self) -> None:
-        prefix = self._config.nats.subject_prefix
         self._sub = await self._js.subscribe(
-            f"{prefix}.usage.a.>",
-            stream=usage_stream(self._config),
+            self._subjects.usage_aggregates,
+            stream=self._subjects.usage_stream,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             cb=self._on_msg,
@@ -294,7 +257,7 @@ class UsageView:
                 await sub.unsubscribe()  # type: ignore[attr-defined]
 
     def value(self, scope: str, ident: str, period: Period, metric: str, at: float) -> int:
-        return self._values.get(self._subjects.aggregate(scope, ident, period, at, metric), 0)
+        return self._values.get(aggregate(self._subjects, scope, ident, period, at, metric), 0)
 
     def spent_usd(self, scope: str, ident: str, period: Period, at: float) -> float:
         return self.value(scope, ident, period, "cost", at) / NANO
@@ -303,7 +266,7 @@ class UsageView:
         """The counter's value read from the server now (one direct get), for checks that
         must not trail the ledger: budgets and quotas. Concurrent checks of one counter
         share the read in flight (it started at most a round trip before)."""
-        subject = self._subjects.aggregate(scope, ident, period, at, metric)
+        subject = aggregate(self._subjects, scope, ident, period, at, metric)
         reading = self._reading.get(subject)
         if reading is None:
             reading = asyncio.ensure_future(self._read(subject))
@@ -313,7 +276,7 @@ class UsageView:
 
     async def _read(self, subject: str) -> int:
         try:
-            msg = await self._js.get_last_msg(usage_stream(self._config), subject, direct=True)
+            msg = await self._js.get_last_msg(self._subjects.usage_stream, subject, direct=True)
         except NotFoundError:
             return 0
         value = int(_counter.decode(msg.data or b"{}").val)
@@ -325,11 +288,11 @@ async def report(
     js: JetStreamContext, config: Config, days: list[str], tenant: str | None = None
 ) -> list[UsageRow]:
     """Usage rows for the given days (YYYYMMDD), optionally one tenant's."""
-    prefix = config.nats.subject_prefix
     rows: dict[tuple[str, ...], UsageRow] = {}
-    stream = usage_stream(config)
+    subjects_of = Subjects.of(config)
+    stream = subjects_of.usage_stream
     for day in days:
-        scope = f"{prefix}.usage.d.{day}.{_token(tenant) if tenant else '*'}.>"
+        scope = subjects_of.usage_details(day, tenant)
         info = await js.stream_info(stream, subjects_filter=scope)
         subjects = sorted((info.state.subjects or {}) if info.state else {})
         for subject in subjects:
@@ -339,8 +302,7 @@ async def report(
 
 
 def _add(rows: dict[tuple[str, ...], UsageRow], subject: str, value: int, day: str) -> None:
-    parts = subject.split(".")
-    tenant, key_id, model, deployment, metric = (unquote(p) for p in parts[-5:])
+    tenant, key_id, model, deployment, metric = parse_usage_detail(subject)
     ident = (day, tenant, key_id, model, deployment)
     row = rows.get(ident)
     if row is None:

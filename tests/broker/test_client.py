@@ -81,7 +81,8 @@ async def test_full_queue_is_503_no_capacity(stack: Stack) -> None:
     """A stream at nats.max_queued_requests refuses new requests: nothing queued is lost."""
     import msgspec
 
-    from broker.nats.provision import ensure_workers_bucket
+    from broker.nats.provision import ensure_bucket
+    from broker.nats.subjects import WORKERS
     from broker.routing.presence import PresencePublisher
     from schemas.state import DeploymentStats
 
@@ -94,7 +95,7 @@ async def test_full_queue_is_503_no_capacity(stack: Stack) -> None:
     )
     broker = await BrokerClient.connect(config, stack.nats_url)
     # Announce "mock-gpt" on this stream's prefix without consuming: requests stay queued.
-    presence = PresencePublisher(await ensure_workers_bucket(broker.js, config), "idle", 60)
+    presence = PresencePublisher(await ensure_bucket(broker.js, config, WORKERS), "idle", 60)
     presence.serve("mock-gpt", lambda: [DeploymentStats(name="idle", capacity=1, inflight=0)])
     await presence.start()
     for _ in range(100):  # until the client's directory has seen the heartbeat

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.nats.subjects import Subjects, model_token
+from broker.nats.subjects import Subjects, decode_token, name_token, subject_token
 from schemas.settings import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,9 +80,13 @@ def test_deployment_defaults() -> None:
 
 
 def test_model_tokens_are_single_nats_tokens() -> None:
-    assert model_token("gpt-4o") == "gpt-4o"
-    assert model_token("llama3.1:8b") == "llama3%2E1:8b"
-    assert model_token("a b*c>d%") == "a%20b%2Ac%3Ed%25"
+    assert subject_token("gpt-4o") == "gpt-4o"
+    assert subject_token("llama3.1:8b") == "llama3%2E1:8b"
+    assert subject_token("a b*c>d%") == "a%20b%2Ac%3Ed%25"
+    assert subject_token("mock-gpt/0") == "mock-gpt/0"
+    assert name_token("team/a.b") == "team%2Fa%2Eb" and name_token("") == "-"
+    for name in ("llama3.1:8b", "a b*c>d%", "team/a.b", "ünï"):
+        assert decode_token(name_token(name)) == name == decode_token(subject_token(name))
     subjects = Subjects("pb", "PB_REQUESTS")
     assert subjects.chat("openai/gpt-4.1") == "pb.chat.openai/gpt-4%2E1"
     name = subjects.chat_consumer("openai/gpt-4.1")
