@@ -40,7 +40,13 @@ from broker.tenancy.admission import Admission
 from ingress.http_io import read_body
 from schemas.config import Config
 from schemas.depth import check_depth
-from schemas.errors import BrokerError, from_validation_error
+from schemas.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    from_validation_error,
+)
 from schemas.tenancy import KeySpec, TenantSpec
 
 _encoder = msgspec.json.Encoder()
@@ -70,7 +76,7 @@ def admin_routes(
 
     def authorize(request: Request) -> BrokerClient:
         if not key:
-            raise BrokerError(
+            raise PermissionDenied(
                 403,
                 f"The admin API is disabled: set {config.admin.api_key_env} for the ingress.",
                 type="permission_error",
@@ -78,7 +84,7 @@ def admin_routes(
             )
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            raise BrokerError(
+            raise AuthenticationError(
                 401,
                 "Missing or wrong admin key (Authorization: Bearer <key>).",
                 type="authentication_error",
@@ -95,7 +101,7 @@ def admin_routes(
         client = authorize(request)
         action = request.path_params["action"]
         if action not in ("open", "close", "reset"):
-            raise BrokerError(404, f"Unknown breaker action `{action}`.", code="not_found")
+            raise NotFound(404, f"Unknown breaker action `{action}`.", code="not_found")
         record = await routing_views.set_breaker(
             client.js,
             config,
@@ -146,8 +152,8 @@ def admin_routes(
             if record is not None:
                 return _json(tenancy_views.key_view(record))
         else:
-            raise BrokerError(404, f"Unknown key action `{action}`.", code="not_found")
-        raise BrokerError(404, f"No active key `{key_id}`.", code="key_not_found")
+            raise NotFound(404, f"Unknown key action `{action}`.", code="not_found")
+        raise NotFound(404, f"No active key `{key_id}`.", code="key_not_found")
 
     async def list_tenants(request: Request) -> Response:
         authorize(request)
@@ -166,9 +172,9 @@ def admin_routes(
         try:
             days = int(query.get("days", "1"))
         except ValueError:
-            raise BrokerError(400, "`days` must be an integer.", param="days") from None
+            raise InvalidRequest(400, "`days` must be an integer.", param="days") from None
         if not 1 <= days <= 366:
-            raise BrokerError(400, "`days` must be between 1 and 366.", param="days")
+            raise InvalidRequest(400, "`days` must be between 1 and 366.", param="days")
         report = await tenancy_views.usage_report(client.js, config, days, query.get("tenant"))
         return _json(report)
 

@@ -52,6 +52,7 @@ from schemas.envelope import (
 )
 from schemas.errors import (
     BrokerError,
+    error_class,
     internal_error,
     model_not_found,
     queue_unavailable,
@@ -313,7 +314,7 @@ def create_app(
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         response = error_response(
-            BrokerError(
+            error_class(exc.status_code, None, code)(
                 exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code
             )
         )

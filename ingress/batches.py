@@ -19,7 +19,7 @@ from ingress.http_io import read_body, require_json
 from schemas.batch import FileList, create_decoder, encoder
 from schemas.config import Config
 from schemas.depth import decode_checked
-from schemas.errors import BrokerError
+from schemas.errors import InvalidRequest, RequestTooLarge
 
 PURPOSES = ("batch",)
 
@@ -48,7 +48,7 @@ def batch_routes(
         tenant = tenant_of(request)
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
-            raise BrokerError(
+            raise InvalidRequest(
                 415,
                 f"Content-Type must be multipart/form-data, got `{content_type or '(none)'}`.",
                 code="unsupported_media_type",
@@ -57,17 +57,19 @@ def batch_routes(
             purpose = form.get("purpose")
             upload = form.get("file")
             if not isinstance(purpose, str) or purpose not in PURPOSES:
-                raise BrokerError(
+                raise InvalidRequest(
                     400,
                     f"purpose must be one of {', '.join(PURPOSES)}, got `{purpose}`.",
                     param="purpose",
                     code="invalid_value",
                 )
             if not isinstance(upload, UploadFile):
-                raise BrokerError(400, "A `file` part is required.", param="file", code="missing")
+                raise InvalidRequest(
+                    400, "A `file` part is required.", param="file", code="missing"
+                )
             size = upload.size or 0
             if size > config.batch.max_file_bytes:
-                raise BrokerError(
+                raise RequestTooLarge(
                     413,
                     f"The file exceeds the {config.batch.max_file_bytes} byte limit.",
                     param="file",
@@ -118,7 +120,9 @@ def batch_routes(
         tenant = tenant_of(request)
         limit_text = request.query_params.get("limit", "20")
         if not limit_text.isdigit():
-            raise BrokerError(400, "limit must be an integer.", param="limit", code="invalid_value")
+            raise InvalidRequest(
+                400, "limit must be an integer.", param="limit", code="invalid_value"
+            )
         after = request.query_params.get("after")
         return _json(await stores().list(after, int(limit_text), tenant))
 

@@ -7,7 +7,7 @@ import math
 from starlette.requests import Request
 from starlette.responses import Response
 
-from schemas.errors import BrokerError, request_too_large
+from schemas.errors import BrokerError, InvalidRequest, request_too_large
 
 
 def error_response(error: BrokerError) -> Response:
@@ -24,7 +24,7 @@ def require_json(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise BrokerError(
+        raise InvalidRequest(
             415,
             f"Content-Type must be application/json, got `{content_type or '(none)'}`.",
             code="unsupported_media_type",
@@ -62,7 +62,7 @@ def request_timeout(request: Request) -> float | None:
         except ValueError:
             seconds = -1.0
         if not seconds >= MIN_TIMEOUT_S or seconds == float("inf"):
-            raise BrokerError(
+            raise InvalidRequest(
                 400,
                 f"Header {header} must be a number of seconds of at least {MIN_TIMEOUT_S} "
                 f"(the time a request needs to reach a worker and come back), got `{value}`.",

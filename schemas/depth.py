@@ -17,7 +17,7 @@ from typing import TypeVar
 import msgspec
 
 from schemas.chat import ChatCompletionRequest, UnknownFields, decode_with_unknown_fields
-from schemas.errors import BrokerError, from_validation_error
+from schemas.errors import BrokerError, InvalidRequest, from_validation_error
 
 MAX_JSON_DEPTH = 64
 
@@ -45,7 +45,7 @@ def check_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
 
 
 def too_deep(param: str | None, limit: int = MAX_JSON_DEPTH) -> BrokerError:
-    return BrokerError(
+    return InvalidRequest(
         400,
         f"JSON nested more than {limit} levels deep"
         + (f" at `{param}`" if param else "")

@@ -1,7 +1,26 @@
-"""OpenAI-style error bodies and the exception that carries one through the broker.
+"""OpenAI-style error bodies and the exceptions that carry one through the broker.
 
-Every failure, whether raised in the ingress, the client or a worker, becomes a
+Every failure, whether raised in the ingress, the client or a worker, is a
 ``BrokerError``: an HTTP status plus the ``{"error": {...}}`` body OpenAI clients parse.
+Its class says what kind of failure it is, so callers test types, not code strings
+(``except CircuitOpen``); an error rebuilt from a reply (``BrokerError.from_json``) gets
+the same class it was raised as:
+
+    BrokerError
+    ├── InvalidRequest            the request is at fault: fix it, do not retry (400, 409, 415)
+    │   ├── NotFound              no such model, batch, file, key or route (404)
+    │   └── RequestTooLarge       over a size limit at the door (413)
+    ├── AuthenticationError       no key, or an unknown one (401)
+    ├── PermissionDenied          the key may not do this (403)
+    ├── RateLimited               a rate limit, budget or quota of a key or tenant (429)
+    ├── Unavailable               the broker cannot take it now; retry (503)
+    │   ├── NoWorker              no live worker serves the model
+    │   └── CircuitOpen           the deployment's breaker is open
+    ├── DeadlineExceeded          the request's deadline passed (504)
+    ├── UpstreamError             the provider failed or refused (its status, or 502)
+    │   ├── DeploymentFault       the deployment's credentials or quota: another may serve
+    │   └── ContextLengthExceeded the prompt does not fit this model's context window
+    └── InternalError             a bug of ours, or a request that kills workers (500)
 """
 
 from __future__ import annotations
@@ -63,13 +82,14 @@ class BrokerError(Exception):
         try:
             detail = error_decoder.decode(body).error
         except msgspec.DecodeError:
-            return cls(
+            return UpstreamError(
                 502,
                 f"malformed error reply (status {status}): {body[:200]!r}",
                 type="api_error",
                 code="bad_reply",
             )
-        return cls(
+        kind = error_class(status, detail.type, detail.code) if cls is BrokerError else cls
+        return kind(
             status,
             detail.message,
             type=detail.type,
@@ -80,7 +100,99 @@ class BrokerError(Exception):
         )
 
     def __repr__(self) -> str:
-        return f"BrokerError({self.status}, {self.detail.type}/{self.detail.code}: {self.message})"
+        kind = type(self).__name__
+        return f"{kind}({self.status}, {self.detail.type}/{self.detail.code}: {self.message})"
+
+
+class InvalidRequest(BrokerError):
+    """The request is at fault; the same request will fail again."""
+
+
+class NotFound(InvalidRequest):
+    """No such model, batch, file, key, deployment or route."""
+
+
+class RequestTooLarge(InvalidRequest):
+    """A body or a part of one over a limit enforced at the door."""
+
+
+class AuthenticationError(BrokerError):
+    """No API key, or one the broker does not know (or revoked)."""
+
+
+class PermissionDenied(BrokerError):
+    """A valid key that may not do this (a model it is not allowed, the admin API)."""
+
+
+class RateLimited(BrokerError):
+    """A key's or tenant's rate limit, budget or token quota refused the request."""
+
+
+class Unavailable(BrokerError):
+    """The broker cannot take the request now (queue full or unreachable); retry."""
+
+
+class NoWorker(Unavailable):
+    """No live worker serves the model (or every one said why it cannot)."""
+
+
+class CircuitOpen(Unavailable):
+    """The deployment is failing and its breaker keeps requests away until a probe."""
+
+
+class DeadlineExceeded(BrokerError):
+    """The request's deadline passed before an answer."""
+
+
+class UpstreamError(BrokerError):
+    """The provider failed or refused; ``status`` is the provider's (or 502)."""
+
+
+class DeploymentFault(UpstreamError):
+    """A failure of the deployment, not the request (its credentials or quota): it
+    counts against the deployment's breaker, and another deployment may serve."""
+
+
+class ContextLengthExceeded(UpstreamError):
+    """The prompt does not fit this model's context window (a larger one may take it)."""
+
+
+class InternalError(BrokerError):
+    """A bug of ours (details in the log), or a request that ended its worker each time."""
+
+
+# The class of an error, from what its body says (codes first, then type and status).
+_BY_CODE: dict[str, type[BrokerError]] = {
+    "circuit_open": CircuitOpen,
+    "no_worker_available": NoWorker,
+    "upstream_auth_failed": DeploymentFault,
+    "upstream_quota_exceeded": DeploymentFault,
+    "context_length_exceeded": ContextLengthExceeded,
+    "request_too_large": RequestTooLarge,
+    "bad_reply": UpstreamError,
+}
+_BY_STATUS: dict[int, type[BrokerError]] = {
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFound,
+    413: RequestTooLarge,
+    429: RateLimited,
+    503: Unavailable,
+    504: DeadlineExceeded,
+}
+
+
+def error_class(status: int, type: str | None, code: str | None) -> type[BrokerError]:
+    """The ``BrokerError`` subclass an error body with this status, type and code is."""
+    if code in _BY_CODE:
+        return _BY_CODE[code]
+    if type == "upstream_error":
+        return UpstreamError
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    if 400 <= status < 500:
+        return InvalidRequest
+    return InternalError if status == 500 else BrokerError
 
 
 # ---------------------------------------------------------------- constructors
@@ -89,11 +201,11 @@ class BrokerError(Exception):
 def invalid_request(
     message: str, *, param: str | None = None, code: str | None = None
 ) -> BrokerError:
-    return BrokerError(400, message, param=param, code=code)
+    return InvalidRequest(400, message, param=param, code=code)
 
 
 def model_not_found(model: str) -> BrokerError:
-    return BrokerError(
+    return NotFound(
         404,
         f"The model `{model}` does not exist or is not served by this broker.",
         code="model_not_found",
@@ -104,7 +216,7 @@ def model_not_found(model: str) -> BrokerError:
 def wrong_endpoint(model: str, mode: str) -> BrokerError:
     """A chat request for an embeddings model, or the other way round."""
     endpoint = "/v1/embeddings" if mode == "embeddings" else "/v1/chat/completions"
-    return BrokerError(
+    return InvalidRequest(
         400,
         f"The model `{model}` serves {mode}: send its requests to {endpoint}.",
         code="wrong_endpoint",
@@ -119,7 +231,7 @@ def no_worker(model: str, reason: str | None = None) -> BrokerError:
         if reason
         else "start a worker pool for it (`promptbus worker`) or try again later"
     )
-    return BrokerError(
+    return NoWorker(
         503,
         f"No worker is currently serving model `{model}`; {advice}.",
         type="service_unavailable_error",
@@ -129,7 +241,7 @@ def no_worker(model: str, reason: str | None = None) -> BrokerError:
 
 
 def no_capacity() -> BrokerError:
-    return BrokerError(
+    return Unavailable(
         503,
         "The broker's request queue is full (nats.max_queued_requests); retry after a short wait.",
         type="service_unavailable_error",
@@ -147,14 +259,14 @@ def request_too_large(
 ) -> BrokerError:
     """A body over its limit: by default one NATS cannot carry (``max_payload`` less the
     headers)."""
-    return BrokerError(
+    return RequestTooLarge(
         413, f"{what} exceeds the {limit} byte limit ({why}).", code="request_too_large"
     )
 
 
 def response_too_large(limit: int) -> BrokerError:
     """An answer over the reply limit: said to the caller instead of never arriving."""
-    return BrokerError(
+    return UpstreamError(
         502,
         f"The upstream's answer exceeds the {limit} byte reply limit "
         "(worker.max_reply_bytes); ask for less (fewer inputs, lower max_tokens).",
@@ -165,7 +277,7 @@ def response_too_large(limit: int) -> BrokerError:
 
 def poison_request(deliveries: int) -> BrokerError:
     """A request whose handling ended the worker (crash or hang) on every delivery."""
-    return BrokerError(
+    return InternalError(
         500,
         f"The request was taken by a worker {deliveries} times and never answered (it "
         "crashed or stalled the worker each time); it was moved to the dead-letter subject "
@@ -177,7 +289,7 @@ def poison_request(deliveries: int) -> BrokerError:
 
 def unknown_field(name: str, provider: str) -> BrokerError:
     """A field promptbus does not define, for a native provider that could not take it."""
-    return BrokerError(
+    return InvalidRequest(
         400,
         f"Unknown parameter `{name}`: the model's provider ({provider}) has no such field. "
         "Unknown fields are forwarded only to OpenAI-compatible upstreams.",
@@ -188,13 +300,13 @@ def unknown_field(name: str, provider: str) -> BrokerError:
 
 def internal_error(exc: BaseException) -> BrokerError:
     """A bug of ours, said as such (the details are in the log, not the answer)."""
-    return BrokerError(
+    return InternalError(
         500, f"internal error: {type(exc).__name__}", type="api_error", code="internal_error"
     )
 
 
 def queue_unavailable(reason: str) -> BrokerError:
-    return BrokerError(
+    return Unavailable(
         503,
         f"The request queue is unavailable ({reason}); try again shortly.",
         type="service_unavailable_error",
@@ -204,7 +316,7 @@ def queue_unavailable(reason: str) -> BrokerError:
 
 
 def deadline_exceeded(seconds: float, where: str) -> BrokerError:
-    return BrokerError(
+    return DeadlineExceeded(
         504,
         f"Request deadline of {seconds:.3g}s passed {where}; retry with a longer timeout "
         "or when the service is less busy.",
@@ -215,7 +327,7 @@ def deadline_exceeded(seconds: float, where: str) -> BrokerError:
 
 
 def circuit_open(deployment: str, retry_after: float) -> BrokerError:
-    return BrokerError(
+    return CircuitOpen(
         503,
         f"Deployment `{deployment}` is failing and its circuit breaker is open; "
         f"it will be probed again in {retry_after:.0f}s.",
@@ -242,7 +354,10 @@ def upstream_error(
     """
     if retryable is None:
         retryable = status in RETRYABLE_STATUSES or status >= 500
-    return BrokerError(
+    kind = _BY_CODE.get(code or "", UpstreamError)
+    if not issubclass(kind, UpstreamError):
+        kind = UpstreamError
+    return kind(
         status,
         f"Upstream deployment `{deployment}` failed: {message}",
         type="upstream_error",

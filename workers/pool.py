@@ -52,6 +52,10 @@ from schemas.envelope import (
 )
 from schemas.errors import (
     BrokerError,
+    CircuitOpen,
+    ContextLengthExceeded,
+    DeploymentFault,
+    UpstreamError,
     circuit_open,
     deadline_exceeded,
     from_validation_error,
@@ -76,15 +80,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Failures that are the deployment's, not the request's: they count against its breaker
-# and move the request to another deployment. Credentials and quota are per deployment.
-_DEPLOYMENT_FAULT_CODES = frozenset({"upstream_auth_failed", "upstream_quota_exceeded"})
-
-
 def is_deployment_fault(error: BrokerError) -> bool:
-    return error.detail.code != "circuit_open" and (
-        (error.retryable and error.detail.type == "upstream_error")
-        or error.detail.code in _DEPLOYMENT_FAULT_CODES
+    """Failures that are the deployment's, not the request's: they count against its
+    breaker and move the request to another deployment. Credentials and quota are per
+    deployment; so is a provider failing in a way a retry may fix."""
+    return isinstance(error, DeploymentFault) or (
+        isinstance(error, UpstreamError) and error.retryable
     )
 
 
@@ -348,8 +349,8 @@ class DeploymentPool:
                     await self._reply(meta, body, self._ok_headers(meta))
                     self._m_ok[_lane.get()].inc()
         except BrokerError as exc:
-            context = exc.detail.code == "context_length_exceeded"
-            movable = context or is_deployment_fault(exc) or exc.detail.code == "circuit_open"
+            context = isinstance(exc, ContextLengthExceeded)
+            movable = context or is_deployment_fault(exc) or isinstance(exc, CircuitOpen)
             if movable and await self._move_on(msg, meta, context=context):
                 return True
             await self._error(meta, exc)

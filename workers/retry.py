@@ -26,14 +26,14 @@ from tenacity import (
 )
 
 from schemas.config import RetryConfig
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, CircuitOpen
 
 T = TypeVar("T")
 
 
 def is_retryable(exc: BaseException) -> bool:
     """Worth another attempt on the same deployment (an open breaker is not)."""
-    return isinstance(exc, BrokerError) and exc.retryable and exc.detail.code != "circuit_open"
+    return isinstance(exc, BrokerError) and exc.retryable and not isinstance(exc, CircuitOpen)
 
 
 class _Backoff:

@@ -73,7 +73,13 @@ from schemas.envelope import (
     ReplyKind,
     Tenancy,
 )
-from schemas.errors import BrokerError, request_too_large
+from schemas.errors import (
+    BrokerError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    request_too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -491,32 +497,32 @@ class BatchRun:
     def _check_line(self, method: str, url: str, body: bytes) -> str:
         """The line's model if it can be queued, else the error its error-file line gets."""
         if method.upper() != "POST":
-            raise BrokerError(
+            raise InvalidRequest(
                 400, f"Unsupported method `{method}`: use POST.", code="invalid_method"
             )
         if url != BATCH_ENDPOINT:
-            raise BrokerError(
+            raise InvalidRequest(
                 400,
                 f"Unsupported url `{url}`: this batch serves {BATCH_ENDPOINT}.",
                 code="invalid_url",
             )
         request = decode_checked(request_decoder, body)
         if request.stream:
-            raise BrokerError(
+            raise InvalidRequest(
                 400,
                 "Streaming is not supported in batches.",
                 param="stream",
                 code="invalid_request",
             )
         if self.config.model(request.model) is None:
-            raise BrokerError(
+            raise NotFound(
                 404,
                 f"The model `{request.model}` does not exist.",
                 param="model",
                 code="model_not_found",
             )
         if self._allowed is not None and request.model not in self._allowed:
-            raise BrokerError(
+            raise PermissionDenied(
                 403,
                 f"The batch's API key may not use model `{request.model}`.",
                 param="model",

@@ -33,7 +33,7 @@ from broker.nats.provision import ensure_replicas
 from broker.nats.subjects import FILES, bucket
 from schemas.batch import FileObject
 from schemas.config import Config
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, NotFound
 
 CHUNKS_PER_FETCH = 8  # 1 MiB of a file in hand at most
 READ_ATTEMPTS = 6  # cut reads in a row before a download fails (0.5 + 1 + ... 2.5 s apart)
@@ -57,7 +57,7 @@ def new_file_id() -> str:
 
 
 def file_not_found(file_id: str) -> BrokerError:
-    return BrokerError(404, f"No such File object: {file_id}", param="file_id", code="not_found")
+    return NotFound(404, f"No such File object: {file_id}", param="file_id", code="not_found")
 
 
 class FileStore:

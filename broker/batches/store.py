@@ -36,7 +36,7 @@ from schemas.batch import (
     encoder,
 )
 from schemas.config import Config
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, InvalidRequest, NotFound
 
 CANCELLABLE = frozenset({BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS})
 
@@ -81,7 +81,7 @@ def decode_custom_id(token: str) -> str:
 
 
 def batch_not_found(batch_id: str) -> BrokerError:
-    return BrokerError(404, f"No such Batch object: {batch_id}", param="batch_id", code="not_found")
+    return NotFound(404, f"No such Batch object: {batch_id}", param="batch_id", code="not_found")
 
 
 class BatchStore:
@@ -103,7 +103,7 @@ class BatchStore:
         """A new batch in ``validating``; the runner takes it from there. ``owner`` (key
         id, tenant): its lines run as that key's requests."""
         if request.endpoint != BATCH_ENDPOINT:
-            raise BrokerError(
+            raise InvalidRequest(
                 400,
                 f"Unsupported endpoint `{request.endpoint}`: batches support {BATCH_ENDPOINT}.",
                 param="endpoint",
@@ -111,7 +111,7 @@ class BatchStore:
             )
         window = COMPLETION_WINDOWS.get(request.completion_window)
         if window is None:
-            raise BrokerError(
+            raise InvalidRequest(
                 400,
                 f"Unsupported completion_window `{request.completion_window}`: use "
                 + ", ".join(COMPLETION_WINDOWS),
@@ -121,7 +121,7 @@ class BatchStore:
         await self.files.check_owner(request.input_file_id, owner[1] if owner else None)
         source = await self.files.info(request.input_file_id)
         if source.purpose != "batch":
-            raise BrokerError(
+            raise InvalidRequest(
                 400,
                 f"File {source.id} has purpose `{source.purpose}`; a batch needs `batch`.",
                 param="input_file_id",
@@ -192,7 +192,7 @@ class BatchStore:
     ) -> BatchList:
         """OpenAI's cursor pagination: newest first, ``after`` the last id of a page."""
         if not 1 <= limit <= 100:
-            raise BrokerError(
+            raise InvalidRequest(
                 400, "limit must be between 1 and 100.", param="limit", code="invalid_value"
             )
         ids = await self.ids()
@@ -223,7 +223,7 @@ class BatchStore:
             if status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
                 return None
             if status not in CANCELLABLE:
-                raise BrokerError(
+                raise InvalidRequest(
                     409,
                     f"Cannot cancel batch {batch_id}: its status is `{status.value}`.",
                     code="batch_not_cancellable",

@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 
 from broker.nats.subjects import BREAKERS, WORKERS, Subjects, breaker_key, bucket
 from schemas.config import Config
-from schemas.errors import BrokerError
+from schemas.errors import NotFound
 from schemas.state import (
     BreakerRecord,
     BreakerState,
@@ -180,7 +180,7 @@ async def set_breaker(
     """Force a breaker open (it stays open until closed by an operator) or close/reset it."""
     known = {d.name for m in config.model_list for d in m.deployments}
     if deployment not in known:
-        raise BrokerError(404, f"No deployment named `{deployment}`.", code="deployment_not_found")
+        raise NotFound(404, f"No deployment named `{deployment}`.", code="deployment_not_found")
     record = BreakerRecord(
         deployment=deployment,
         state=BreakerState.OPEN if action == "open" else BreakerState.CLOSED,

@@ -34,7 +34,13 @@ from broker.tenancy.ratelimit import Bucket, Decision, RateLimiter
 from broker.tenancy.usage import ANONYMOUS, NANO, UsageView, period_end
 from schemas.config import Config
 from schemas.envelope import Tenancy
-from schemas.errors import BrokerError
+from schemas.errors import (
+    AuthenticationError,
+    BrokerError,
+    InvalidRequest,
+    PermissionDenied,
+    RateLimited,
+)
 from schemas.tenancy import Budget, KeyRecord, KeySpec, Limits, TenantRecord
 
 ANONYMOUS_KEY = ANONYMOUS  # usage of requests without a key (auth.required off)
@@ -97,7 +103,7 @@ def unauthorized(secret: str | None) -> BrokerError:
         )
     else:
         message = f"Incorrect or revoked API key provided: {_mask(secret)}."
-    return BrokerError(401, message, type="invalid_request_error", code="invalid_api_key")
+    return AuthenticationError(401, message, type="invalid_request_error", code="invalid_api_key")
 
 
 class Admission:
@@ -142,7 +148,7 @@ class Admission:
         """A key may name only transformation profiles and models the config has."""
         unknown = [name for name in spec.transforms if name not in self.config.transforms]
         if unknown:
-            raise BrokerError(
+            raise InvalidRequest(
                 400,
                 f"Unknown transformation profile(s): {', '.join(unknown)}; the config defines "
                 f"{', '.join(sorted(self.config.transforms)) or 'none'}.",
@@ -151,7 +157,7 @@ class Admission:
             )
         models = [m for m in spec.models or () if self.config.model(m) is None]
         if models:
-            raise BrokerError(
+            raise InvalidRequest(
                 400,
                 f"Unknown model(s): {', '.join(models)}.",
                 code="model_not_found",
@@ -251,7 +257,7 @@ class Admission:
             (f"tenant {tenant.name}", tenant.models),
         ):
             if allowed is not None and model not in allowed:
-                raise BrokerError(
+                raise PermissionDenied(
                     403,
                     f"The {owner} is not allowed to use model `{model}`; allowed: "
                     f"{', '.join(allowed) or 'none'}.",
@@ -266,7 +272,7 @@ class Admission:
         spent = await self.usage.current(scope, ident, budget.period, "cost", now) / NANO
         if spent >= budget.max_usd:
             resets = period_end(budget.period, now) or now
-            raise BrokerError(
+            raise RateLimited(
                 429,
                 f"The {owner}'s {budget.period} budget is spent: limit "
                 f"{usd(budget.max_usd)}, spent {usd(spent)}; it resets at {_when(resets)}.",
@@ -283,7 +289,7 @@ class Admission:
         if used >= quota.tokens:
             resets = period_end(quota.period, now)
             when = f"it resets at {_when(resets)}" if resets else "it never resets"
-            raise BrokerError(
+            raise RateLimited(
                 429,
                 f"The tenant {tenant.name}'s {quota.period} token quota is used up: "
                 f"{used} of {quota.tokens} tokens; {when}.",
@@ -313,7 +319,7 @@ class Admission:
         if refused:
             worst = max(refused, key=lambda d: d.retry_after_s)
             owner = worst.bucket.key.split(".")[0:2]
-            error = BrokerError(
+            error = RateLimited(
                 429,
                 f"Rate limit reached for {owner[0]} {owner[1]}: {worst.bucket.limit} "
                 f"{worst.bucket.kind} per minute; retry in {math.ceil(worst.retry_after_s)}s.",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from schemas.errors import BrokerError
+from schemas.errors import BrokerError, Unavailable
 
 _MAX_TRIES = 16
 
@@ -153,7 +153,7 @@ class RateLimiter:
                 if new_tat == tat or await self._write(key, new_tat, revision):
                     return decisions
             state, fresh = await self._read(key), True
-        raise BrokerError(
+        raise Unavailable(
             503,
             f"The rate limit `{key}` is being updated by too many processes at once; "
             "retry shortly.",

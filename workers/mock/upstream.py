@@ -34,7 +34,14 @@ from schemas.chat import (
     decode_with_unknown_fields,
     encoder,
 )
-from schemas.errors import BrokerError, from_validation_error, invalid_request
+from schemas.errors import (
+    AuthenticationError,
+    BrokerError,
+    NotFound,
+    error_class,
+    from_validation_error,
+    invalid_request,
+)
 from workers.mock import content as mock_content
 
 Scope = MutableMapping[str, Any]
@@ -121,7 +128,7 @@ class MockUpstream:
         elif path == "/_control" and method == "POST":
             await self._control(upstream, receive, send)
         else:
-            await _error(send, BrokerError(404, f"no route {method} {path}", code="not_found"))
+            await _error(send, NotFound(404, f"no route {method} {path}", code="not_found"))
 
     async def _control(self, upstream: _Upstream, receive: Receive, send: Send) -> None:
         try:
@@ -164,7 +171,8 @@ class MockUpstream:
             if auth != f"Bearer {settings.api_key}":
                 stats.errors += 1
                 await _error(
-                    send, BrokerError(401, "Incorrect API key provided.", code="invalid_api_key")
+                    send,
+                    AuthenticationError(401, "Incorrect API key provided.", code="invalid_api_key"),
                 )
                 return
         try:
@@ -233,8 +241,9 @@ def _simulated_error(status: int, code: str | None = None) -> BrokerError:
         429: ("rate_limit_error", "rate_limit_exceeded"),
     }
     type_, default_code = kinds.get(status, ("server_error", "server_error"))
-    return BrokerError(
-        status, f"mock upstream simulated HTTP {status}", type=type_, code=code or default_code
+    code = code or default_code
+    return error_class(status, type_, code)(
+        status, f"mock upstream simulated HTTP {status}", type=type_, code=code
     )
 
 
