@@ -98,7 +98,7 @@ def _path_param(name: str) -> dict[str, Any]:
 
 
 def _files_and_batches() -> dict[str, Any]:
-    """Issue 5's OpenAI Files and Batches routes (ingress/batches.py)."""
+    """The OpenAI Files and Batches routes (ingress/routes/files.py and batches.py)."""
     upload = {
         "type": "object",
         "required": ["file", "purpose"],

@@ -1,0 +1,2 @@
+"""The ingress's handlers, one module per route group; ``ingress/app.py`` holds the table
+of paths."""

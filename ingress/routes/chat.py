@@ -1,0 +1,178 @@
+"""``POST /v1/chat/completions``: validated once here, queued on the model's subject, the
+reply relayed as JSON or as server-sent events."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from broker.client import Reply, ReplyStream
+from broker.observability import metrics, tracing
+from ingress.http_io import error_response, read_body, request_timeout, require_json
+from ingress.state import api_key, services
+from schemas.depth import check_depth, decode_chat_request
+from schemas.envelope import (
+    H_AGE,
+    H_CACHE,
+    H_DEPLOYMENT,
+    H_ERROR_SOURCE,
+    H_FAILOVER_FROM,
+    H_RETRY_AFTER,
+    H_SHOULD_RETRY,
+)
+from schemas.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+_RELAYED = (
+    (H_DEPLOYMENT, "x-promptbus-deployment"),
+    (H_FAILOVER_FROM, "x-promptbus-failover-from"),
+    (H_ERROR_SOURCE, "x-promptbus-error-source"),
+    (H_SHOULD_RETRY, "x-should-retry"),
+    (H_CACHE, "x-promptbus-cache"),
+    (H_AGE, "age"),
+)
+
+
+def reply_headers(reply: Reply) -> dict[str, str]:
+    """NATS reply headers as HTTP response headers (the openai SDK reads the retry ones)."""
+    headers: dict[str, str] = {}
+    for nats_name, http_name in _RELAYED:
+        value = reply.headers.get(nats_name)
+        if value:
+            headers[http_name] = value
+    retry_after = reply.headers.get(H_RETRY_AFTER)
+    if retry_after:
+        headers["retry-after"] = str(math.ceil(float(retry_after)))
+    return headers
+
+
+class _ModelOnly(msgspec.Struct):
+    model: str = ""
+
+
+_model_decoder = msgspec.json.Decoder(_ModelOnly)
+
+
+def model_named_in(body: bytes) -> str:
+    """The ``model`` of a body that failed validation, if it has a readable one."""
+    try:
+        check_depth(body)
+        return _model_decoder.decode(body).model
+    except (BrokerError, msgspec.ValidationError, msgspec.DecodeError):
+        return ""
+
+
+def request_id(request: Request) -> str:
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+async def chat_completions(request: Request) -> Response:
+    """Metrics, trace context and the request log around the actual work."""
+    config = services(request).config
+    started = time.perf_counter()
+    trace = tracing.accept(request.headers.get("traceparent"))
+    context: dict[str, Any] = {"request_id": request_id(request), "model": "", "stream": False}
+    metrics.INGRESS_INFLIGHT.inc()
+    try:
+        response = await _chat(request, trace, context)
+    except BrokerError as exc:
+        response = error_response(exc)
+        context["error"] = exc.detail.code
+        metrics.ERRORS.labels("-", exc.detail.code or f"http_{exc.status}").inc()
+    finally:
+        metrics.INGRESS_INFLIGHT.dec()
+    response.headers["x-request-id"] = str(context["request_id"])
+    response.headers["traceparent"] = trace
+    elapsed = time.perf_counter() - started
+    model = str(context["model"]) if config.model(str(context["model"])) else "-"
+    stream = "true" if context["stream"] else "false"
+    metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), stream).inc()
+    metrics.INGRESS_DURATION.labels(model, stream).observe(elapsed)
+    level = logging.WARNING if response.status_code >= 400 else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "chat completion",
+            extra=context
+            | {
+                "trace_id": tracing.trace_id(trace),
+                "status": response.status_code,
+                "latency_ms": round(elapsed * 1000, 3),
+                "deployment": response.headers.get("x-promptbus-deployment"),
+            },
+        )
+    return response
+
+
+async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Response:
+    found = services(request)
+    broker, admission = found.client, found.admission
+    require_json(request)
+    body = await read_body(request, broker.max_body_bytes)
+    try:
+        chat, unknown = decode_chat_request(body)
+    except BrokerError:
+        context["model"] = model_named_in(body)  # for the metrics of the refusal
+        raise
+    cacheable = None if unknown else chat  # the cache key knows only our fields
+    context["model"], context["stream"] = chat.model, bool(chat.stream)
+    rid = str(context["request_id"])
+    grant = await admission.admit(api_key(request), chat.model, len(body) // 4)
+    context["tenant"] = grant.tenancy.tenant
+    options: dict[str, Any] = {
+        "timeout": request_timeout(request),
+        "request_id": rid,
+        "traceparent": tracing.child(trace),
+        "tenancy": admission.vouch(rid, grant),
+    }
+    limits = grant.rate_headers()
+    cache_control = request.headers.get("cache-control")
+    if chat.stream:
+        stream = await broker.open_stream(
+            chat.model, body, parsed=cacheable, cache_control=cache_control, **options
+        )
+        try:
+            first = await stream.__anext__()  # errors before the first chunk get a status
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            stream.close()
+            raise
+        headers = SSE_HEADERS | limits | ({} if first is None else reply_headers(first))
+        return StreamingResponse(
+            _sse(first, stream), media_type="text/event-stream", headers=headers
+        )
+    reply = await broker.request(
+        chat.model, body, parsed=cacheable, cache_control=cache_control, **options
+    )
+    return Response(
+        reply.body,
+        status_code=reply.status,
+        media_type="application/json",
+        headers=limits | reply_headers(reply),
+    )
+
+
+async def _sse(first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
+    """Relay chunk replies as server-sent events; an error mid-stream becomes an error event."""
+    try:
+        if first is not None:
+            yield b"data: " + first.body + b"\n\n"
+            async for reply in stream:
+                yield b"data: " + reply.body + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    except BrokerError as exc:
+        yield b"data: " + exc.to_json() + b"\n\n"
+    finally:
+        stream.close()

@@ -1,0 +1,55 @@
+"""What the ingress's lifespan opens, read by every handler through ``request.state``
+(Starlette's lifespan state) instead of closures over module-level dicts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from broker.batches.store import BatchStore
+from broker.client import BrokerClient
+from broker.tenancy.admission import Admission, bearer
+from schemas.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    config: Config
+    client: BrokerClient
+    admission: Admission
+    batches: BatchStore
+    admin_key: str | None  # the admin API's key (admin.api_key_env); None: admin API off
+
+    @classmethod
+    async def open(cls, config: Config, client: BrokerClient) -> Services:
+        return cls(
+            config=config,
+            client=client,
+            admission=await Admission.open(client.js, config),
+            batches=await BatchStore.open(client.js, config),
+            admin_key=os.environ.get(config.admin.api_key_env) or None,
+        )
+
+    async def close(self) -> None:
+        await self.admission.close()
+
+
+def services(request: Request) -> Services:
+    """The lifespan's services, as the request sees them."""
+    found: Services = request.state.services
+    return found
+
+
+def api_key(request: Request) -> str | None:
+    """The caller's key: ``Authorization: Bearer`` (openai SDK) or ``api-key`` (Azure's)."""
+    headers = request.headers
+    return bearer(headers.get("authorization")) or headers.get("api-key") or None
+
+
+def tenant_of(request: Request) -> str | None:
+    """The tenant owning the caller's key (401 for a refused key; None without auth):
+    files and batches belong to it, and another tenant's are not found."""
+    owner = services(request).admission.owner(api_key(request))
+    return owner[1] if owner else None
