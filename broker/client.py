@@ -80,12 +80,9 @@ from schemas.errors import (
     BrokerError,
     deadline_exceeded,
     from_validation_error,
-    model_not_found,
     no_capacity,
-    no_worker,
     queue_unavailable,
     request_too_large,
-    wrong_endpoint,
 )
 
 # Time granted past the deadline for the worker's own, more precise, 504 to arrive.
@@ -192,7 +189,7 @@ class BrokerClient:
         self.subjects = Subjects.of(config)
         self.directory = directory
         self.breakers = breakers
-        self.router = Router(directory, breakers.state)
+        self.router = Router(config, self.subjects, directory, breakers.state)
         self._owns_connection = owns_connection
         self._pending: dict[str, _Pending] = {}
         self._tokens = itertools.count()
@@ -337,32 +334,7 @@ class BrokerClient:
         elif not pending.done():
             pending.set_result(Reply.from_msg(msg))
 
-    # ------------------------------------------------------------ admission
-
-    def route(self, model: str, mode: str = "chat") -> tuple[str, tuple[str, ...]]:
-        """Where to queue a request for ``model``, and the deployments already passed over;
-        or the error the request gets instead.
-
-        A routed model's request goes straight to the queue of the deployment its
-        strategy picks; when none can be picked now, to the model's intake. A model that
-        no live worker serves hands its requests to its first served fallback.
-        """
-        config = self.config.model(model)
-        if config is None:
-            raise model_not_found(model)
-        if config.mode != mode:
-            raise wrong_endpoint(model, config.mode)
-        if not self.directory.is_served(model):
-            skipped = tuple(d.name for d in config.deployments)
-            for fallback in config.fallbacks:
-                if self.directory.is_served(fallback):
-                    return self.subjects.queue(fallback, mode), skipped
-            raise no_worker(model, self.directory.why_unserved(model))
-        if config.routing != "least-busy":
-            target = self.router.choose(config)
-            if target is not None:
-                return self.subjects.dep(target.name), ()
-        return self.subjects.queue(model, mode), ()
+    # ------------------------------------------------------------ limits
 
     @property
     def max_body_bytes(self) -> int:
@@ -393,7 +365,7 @@ class BrokerClient:
         The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
         a request costs one subscription-free round trip before the worker's answer.
         """
-        subject, failed = self.route(model, mode)
+        subject, failed = self.router.route(model, mode)
         meta = RequestMeta(
             request_id=request_id or uuid.uuid4().hex,
             reply_to=f"{self._prefix}.{token}",

@@ -128,8 +128,8 @@ class Worker:
         self._accounting = Accounting(await Admission.open(js, config), recorder)
         recorder.start()
         self._breakers = board
-        router = Router(self._directory, board.state)
-        failover = Failover(config, subjects, js, board.is_open, router)
+        router = Router(config, subjects, self._directory, board.state)
+        failover = Failover(subjects, js, router)
         board.on_change(self._repace)
         for model in self.models:
             routed = model.routing != "least-busy"

@@ -1,4 +1,13 @@
-"""Choosing one deployment of a routed model alias.
+"""Every "where does this request go": the first hop (``route``, for the client and the
+ingress), the next one after a deployment failed it (``next_subject``, for failover and a
+routed model's intake), and the deployment a strategy picks (``choose``).
+
+A routed model's request goes straight to the queue of the deployment its strategy picks;
+when none can be picked now, to the model's intake. A model that no live worker serves
+hands its requests to its first served fallback. After a failure: another deployment of
+the alias that has not failed the request and whose breaker is closed, then the alias's
+``fallbacks`` in order (``context_window_fallbacks`` for a prompt too long for the model),
+skipping aliases with no usable deployment.
 
 Strategies (``model_list[].routing``):
 
@@ -25,8 +34,10 @@ import random
 import time
 from collections.abc import Callable, Collection
 
+from broker.nats.subjects import Subjects
 from broker.routing.presence import WorkerDirectory
-from schemas.config import DeploymentConfig, ModelConfig
+from schemas.config import Config, DeploymentConfig, ModelConfig
+from schemas.errors import model_not_found, no_worker, wrong_endpoint
 from schemas.state import BreakerState, DeploymentStats
 
 EXPLORE = 0.05
@@ -35,12 +46,65 @@ PROBE_INTERVAL_S = 1.0
 
 class Router:
     def __init__(
-        self, directory: WorkerDirectory, breaker_state: Callable[[str], BreakerState]
+        self,
+        config: Config,
+        subjects: Subjects,
+        directory: WorkerDirectory,
+        breaker_state: Callable[[str], BreakerState],
     ) -> None:
+        self._config = config
+        self._subjects = subjects
         self._directory = directory
         self._state = breaker_state
         self._turns: dict[str, int] = {}
         self._probed: dict[str, float] = {}  # deployment -> when it last got a probe
+
+    def is_open(self, deployment: str) -> bool:
+        """Not taking requests now: open, or half-open (only its prober sends to it)."""
+        return self._state(deployment) is not BreakerState.CLOSED
+
+    def route(self, model: str, mode: str = "chat") -> tuple[str, tuple[str, ...]]:
+        """Where to queue a new request for ``model``, and the deployments already passed
+        over; or the error the request gets instead."""
+        config = self._config.model(model)
+        if config is None:
+            raise model_not_found(model)
+        if config.mode != mode:
+            raise wrong_endpoint(model, config.mode)
+        if not self._directory.is_served(model):
+            skipped = tuple(d.name for d in config.deployments)
+            for fallback in config.fallbacks:
+                if self._directory.is_served(fallback):
+                    return self._subjects.queue(fallback, mode), skipped
+            raise no_worker(model, self._directory.why_unserved(model))
+        if config.routing != "least-busy":
+            target = self.choose(config)
+            if target is not None:
+                return self._subjects.dep(target.name), ()
+        return self._subjects.queue(model, mode), ()
+
+    def next_subject(
+        self, model: ModelConfig, failed: Collection[str], *, context: bool = False
+    ) -> str | None:
+        """Where to queue a request next that the deployments in ``failed`` could not
+        answer, or None when every option has failed it."""
+        if not context:
+            if model.routing == "least-busy":
+                if self.usable(model, failed):
+                    return self._subjects.queue(model.model_name, model.mode)
+            else:
+                target = self.choose(model, exclude=failed)
+                if target is not None:
+                    return self._subjects.dep(target.name)
+        for alias in model.context_window_fallbacks if context else model.fallbacks:
+            other = self._config.model(alias)
+            if other is not None and self.usable(other, failed):
+                return self._subjects.queue(alias, other.mode)
+        return None
+
+    def usable(self, model: ModelConfig, failed: Collection[str] = ()) -> bool:
+        """Has the model a deployment that has not failed the request and takes requests?"""
+        return any(d.name not in failed and not self.is_open(d.name) for d in model.deployments)
 
     def choose(self, model: ModelConfig, exclude: Collection[str] = ()) -> DeploymentConfig | None:
         stats = self._directory.deployment_stats(model.model_name)
