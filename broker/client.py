@@ -28,22 +28,14 @@ from nats.errors import ConnectionReconnectingError, MaxPayloadError, OutboundBu
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from broker.cache.exact import (
-    BoundedMemoryCache,
-    CachedReply,
-    CachePolicy,
-    NatsKVCache,
-    ResponseCache,
-    chunks_from_completion,
-)
-from broker.cache.semantic import SemanticCache
+from broker.cache.answers import AnswerCache
+from broker.cache.exact import CachePolicy, chunks_from_completion
 from broker.nats.connection import connect
 from broker.nats.provision import (
     ensure_bucket,
     provision,
 )
-from broker.nats.subjects import BREAKERS, CACHE, WORKERS, Subjects
-from broker.observability import metrics
+from broker.nats.subjects import BREAKERS, WORKERS, Subjects
 from broker.routing.breaker_board import BreakerRecords
 from broker.routing.presence import WorkerDirectory
 from broker.routing.router import Router
@@ -60,7 +52,6 @@ from schemas.chat import (
 )
 from schemas.config import HEADER_ROOM, Config
 from schemas.envelope import (
-    H_AGE,
     H_AUTHORIZATION,
     H_CACHE,
     H_DEPLOYMENT,
@@ -95,6 +86,19 @@ PUBLISH_ATTEMPT_S = 2.0  # one publish's wait for its ack before sending it agai
 
 
 DEFAULT_NAMESPACE = "default"  # the cache namespace of requests without a tenant
+
+
+class Ask(NamedTuple):
+    """One request as the client queues it: what ``request`` and ``open_stream`` take as
+    keywords, passed on as one value."""
+
+    model: str
+    body: bytes
+    timeout: float  # seconds, already bounded by ingress.max_timeout_s
+    request_id: str | None = None
+    traceparent: str | None = None
+    tenancy: Tenancy | None = None
+    mode: str = "chat"
 
 
 class Reply(NamedTuple):
@@ -175,14 +179,12 @@ class BrokerClient:
         directory: WorkerDirectory,
         breakers: BreakerRecords,
         *,
-        cache: ResponseCache | None = None,
+        cache: AnswerCache | None = None,
         owns_connection: bool = False,
         api_key: str | None = None,
     ) -> None:
         self.api_key = api_key  # sent with each request when auth.required is on
         self.cache = cache
-        semantic = config.cache.semantic
-        self.semantic = SemanticCache(semantic) if cache and semantic.enabled else None
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.config = config
@@ -232,7 +234,7 @@ class BrokerClient:
         breakers = BreakerRecords(await ensure_bucket(js, config, BREAKERS))
         await directory.start()
         await breakers.start()
-        cache = await _response_cache(js, config)
+        cache = await AnswerCache.open(js, config)
         client = cls(nc, config, directory, breakers, cache=cache, owns_connection=owns_connection)
         await client._start()
         return client
@@ -246,8 +248,8 @@ class BrokerClient:
     async def close(self) -> None:
         if self._reasker is not None:
             self._reasker.cancel()
-        if self.semantic is not None:
-            await self.semantic.close()
+        if self.cache is not None:
+            await self.cache.close()
         await self.directory.stop()
         await self.breakers.stop()
         if self._sub is not None:
@@ -348,29 +350,19 @@ class BrokerClient:
             return self.config.ingress.default_timeout_s
         return min(timeout, self.config.ingress.max_timeout_s)
 
-    async def _publish(
-        self,
-        model: str,
-        body: bytes,
-        pending: _Pending,
-        token: str,
-        timeout: float,
-        request_id: str | None,
-        traceparent: str | None,
-        tenancy: Tenancy | None = None,
-        mode: str = "chat",
-    ) -> None:
+    async def _publish(self, ask: Ask, pending: _Pending, token: str) -> None:
         """Queue the request in JetStream and wait for the stream's publish ack.
 
         The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
         a request costs one subscription-free round trip before the worker's answer.
         """
-        subject, failed = self.router.route(model, mode)
+        subject, failed = self.router.route(ask.model, ask.mode)
+        timeout, tenancy = ask.timeout, ask.tenancy
         meta = RequestMeta(
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=ask.request_id or uuid.uuid4().hex,
             reply_to=f"{self._prefix}.{token}",
             deadline_ms=deadline_after(timeout),
-            traceparent=traceparent,
+            traceparent=ask.traceparent,
             failed=failed,
             tenancy=tenancy,
             # Stored after this, the request was reported failed (503): workers drop it.
@@ -386,9 +378,9 @@ class BrokerClient:
             headers[H_MSG_ID] = f"{self._prefix}.{token}"
             if self.api_key and tenancy is None:  # a NATS caller: the worker checks it
                 headers[H_AUTHORIZATION] = f"Bearer {self.api_key}"
-            seq = await self._publish_until_acked(subject, body, headers, ack_key, timeout)
+            seq = await self._publish_until_acked(subject, ask.body, headers, ack_key, timeout)
             if isinstance(pending, asyncio.Future):
-                self._sent[token] = _Sent(subject, body, headers, seq, timeout)
+                self._sent[token] = _Sent(subject, ask.body, headers, seq, timeout)
         except BaseException:
             self._pending.pop(token, None)
             raise
@@ -463,83 +455,33 @@ class BrokerClient:
         header says ``hit`` or ``miss`` whenever the request was cacheable. ``tenancy``
         is what admission granted (the ingress); each tenant has its own cache.
         """
+        ask = Ask(model, body, self._timeout(timeout), request_id, traceparent, tenancy, mode)
         namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE
-        key = self._cache_key(model, parsed, namespace)
+        cache = self.cache
+        key = cache.key(model, parsed, namespace) if cache is not None else None
         if key is None:
-            return await self._request(model, body, timeout, request_id, traceparent, tenancy, mode)
-        assert self.cache is not None and parsed is not None
+            return await self._request(ask)
+        assert cache is not None and parsed is not None
         policy = CachePolicy.parse(cache_control)
         remembered = None  # what the semantic cache needs to store this answer
         if policy.lookup:
-            hit, headers, remembered = await self._look_up(key, policy, model, parsed, namespace)
+            hit, headers, remembered = await cache.look_up(key, policy, model, parsed, namespace)
             if hit is not None:
                 return Reply(200, ReplyKind.RESPONSE, headers, hit.body)
-        reply = await self._request(model, body, timeout, request_id, traceparent, tenancy)
+        reply = await self._request(ask)
         if policy.store and reply.status == 200 and reply.kind is ReplyKind.RESPONSE:
-            model_config = self.config.model(model)
-            assert model_config is not None
             deployment = reply.headers.get(H_DEPLOYMENT, "")
-            ttl = self.cache.ttl(model_config)
-            await self.cache.put(key, reply.body, deployment, ttl)
-            if self.semantic is not None and remembered is not None:
-                self.semantic.store(remembered, reply.body, deployment, ttl)
+            await cache.store(key, model, reply.body, deployment, remembered)
         return reply._replace(headers={**reply.headers, H_CACHE: "miss"})
 
-    async def _look_up(
-        self,
-        key: str,
-        policy: CachePolicy,
-        model: str,
-        parsed: ChatCompletionRequest,
-        namespace: str,
-        *,
-        semantic: bool = True,
-    ) -> tuple[CachedReply | None, dict[str, str], tuple[str, Any] | None]:
-        """The cached answer and the reply headers naming it, or None; and what the
-        semantic cache needs to remember a fresh answer (None without it)."""
-        assert self.cache is not None
-        verdict, hit, remembered = "hit", await self.cache.get(key, policy.max_age), None
-        if hit is None and semantic and self.semantic is not None:
-            verdict = "semantic-hit"
-            hit, _, remembered = await self.semantic.lookup(
-                parsed, model, policy.max_age, namespace
-            )
-        metrics.CACHE.labels(model, verdict if hit else "miss").inc()
-        if hit is None:
-            return None, {}, remembered
-        age = str(int(time.time() - hit.stored_at))
-        return hit, {H_DEPLOYMENT: hit.deployment, H_CACHE: verdict, H_AGE: age}, remembered
-
-    def _cache_key(
-        self, model: str, parsed: ChatCompletionRequest | None, namespace: str
-    ) -> str | None:
-        if self.cache is None or parsed is None:
-            return None
-        model_config = self.config.model(model)
-        if model_config is None:
-            return None
-        return self.cache.key(parsed, model_config, namespace)
-
-    async def _request(
-        self,
-        model: str,
-        body: bytes,
-        timeout: float | None,
-        request_id: str | None,
-        traceparent: str | None,
-        tenancy: Tenancy | None,
-        mode: str = "chat",
-    ) -> Reply:
-        timeout = self._timeout(timeout)
+    async def _request(self, ask: Ask) -> Reply:
         token = str(next(self._tokens))
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        await self._publish(
-            model, body, future, token, timeout, request_id, traceparent, tenancy, mode
-        )
+        await self._publish(ask, future, token)
         try:
-            return await asyncio.wait_for(future, timeout + DEADLINE_GRACE_S)
+            return await asyncio.wait_for(future, ask.timeout + DEADLINE_GRACE_S)
         except TimeoutError:
-            raise deadline_exceeded(timeout, "before a worker replied") from None
+            raise deadline_exceeded(ask.timeout, "before a worker replied") from None
         finally:
             self._pending.pop(token, None)
             self._sent.pop(token, None)
@@ -560,15 +502,16 @@ class BrokerClient:
 
         With ``cache.streams`` on and ``parsed`` given, a cached answer is replayed instead.
         """
-        timeout = self._timeout(timeout)
+        ask = Ask(model, body, self._timeout(timeout), request_id, traceparent, tenancy)
         token = str(next(self._tokens))
-        stream = ReplyStream(self, token, timeout)
+        stream = ReplyStream(self, token, ask.timeout)
         namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE
-        key = self._cache_key(model, parsed, namespace)  # None unless cache.streams is on
+        cache = self.cache
+        key = cache.key(model, parsed, namespace) if cache is not None else None  # streams: off
         policy = CachePolicy.parse(cache_control)
-        if key is not None and policy.lookup:
+        if cache is not None and key is not None and policy.lookup:
             assert parsed is not None
-            hit, headers, _ = await self._look_up(
+            hit, headers, _ = await cache.look_up(
                 key, policy, model, parsed, namespace, semantic=False
             )
             if hit is not None:
@@ -578,7 +521,7 @@ class BrokerClient:
                     stream.queue.put_nowait(Reply(200, ReplyKind.CHUNK, headers, chunk))
                 stream.queue.put_nowait(Reply(200, ReplyKind.END, headers, b""))
                 return stream
-        await self._publish(model, body, stream, token, timeout, request_id, traceparent, tenancy)
+        await self._publish(ask, stream, token)
         return stream
 
     # ------------------------------------------------------------ typed API
@@ -629,15 +572,6 @@ def _as_request(
         except msgspec.ValidationError as exc:
             raise from_validation_error(exc) from None
     return msgspec.structs.replace(request, stream=stream or None)
-
-
-async def _response_cache(js: JetStreamContext, config: Config) -> ResponseCache | None:
-    settings = config.cache
-    if not settings.enabled:
-        return None
-    if settings.backend == "nats":
-        return ResponseCache(settings, NatsKVCache(await ensure_bucket(js, config, CACHE)))
-    return ResponseCache(settings, BoundedMemoryCache(settings.max_entries, settings.max_bytes))
 
 
 def _waiting(pending: _Pending | None) -> bool:
