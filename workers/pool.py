@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
@@ -38,7 +38,7 @@ from schemas.chat import (
     Usage,
     embedding_request_decoder,
 )
-from schemas.config import DeploymentConfig, ModelConfig, TransformConfig
+from schemas.config import DeploymentConfig, ModelConfig, TransformConfig, WorkerConfig
 from schemas.depth import decode_chat_request, decode_checked
 from schemas.envelope import (
     H_CUSTOM_ID,
@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
 def is_deployment_fault(error: BrokerError) -> bool:
     """Failures that are the deployment's, not the request's: they count against its
     breaker and move the request to another deployment. Credentials and quota are per
@@ -106,10 +107,29 @@ class _UsageOnly(msgspec.Struct):
 _usage_decoder = msgspec.json.Decoder(_UsageOnly)
 
 
-_transforms: contextvars.ContextVar[Transforms | None] = contextvars.ContextVar(
-    "transforms", default=None
-)
-_lane: contextvars.ContextVar[Lane] = contextvars.ContextVar("lane", default=Lane.INTERACTIVE)
+@dataclass(slots=True)
+class Job:
+    """One request while a pool holds it, passed from step to step (no ContextVars)."""
+
+    msg: Msg
+    meta: RequestMeta
+    lane: Lane
+    transforms: Transforms | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolShared:
+    """What every pool of a worker process works with: the connection, the settings and
+    the process-wide guards (failover, poison detection, metering)."""
+
+    nc: NATS
+    failover: Failover
+    settings: WorkerConfig
+    profiles: Mapping[str, TransformConfig] = field(default_factory=dict)
+    poison: PoisonGuard | None = None
+    accounting: Accounting | None = None
+
+
 _USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage
 HAND_BACK_DELAY_S = 0.05  # a request this deployment already failed goes back this long
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
@@ -118,37 +138,33 @@ LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency EWMA
 class DeploymentPool:
     def __init__(
         self,
-        nc: NATS,
-        provider: Provider,
         deployment: DeploymentConfig,
         model: ModelConfig,
+        provider: Provider,
         breaker: CircuitBreaker,
-        failover: Failover,
-        ack_wait: float,
+        shared: PoolShared,
         pacer: Pacer | None = None,
-        max_reply_bytes: int = 64 * 1024 * 1024,
-        poison: PoisonGuard | None = None,
-        accounting: Accounting | None = None,
-        transforms: Transforms | None = None,
-        profiles: Mapping[str, TransformConfig] | None = None,
     ) -> None:
-        self._nc = nc
+        self._nc = shared.nc
         self.slots = PrioritySlots(deployment.max_concurrency)
         self._pacer = pacer
-        self._accounting = accounting
-        self.transforms = transforms  # the model's transformation profiles, if any
-        self._profiles = profiles or {}
+        self._accounting = shared.accounting
+        self._profiles = shared.profiles
+        # the model's transformation profiles, if any
+        transforms = Transforms.build(shared.profiles, model.transforms)
+        self.transforms = transforms
         self._key_transforms: dict[tuple[str, ...], Transforms | None] = {}
         self.provider = provider
         self.deployment = deployment
         self.model = model
         self.breaker = breaker
-        self._failover = failover
+        self._failover = shared.failover
         self.name = deployment.name
+        ack_wait = shared.settings.ack_wait_s
         self._progress_every = max(ack_wait / 3, 0.5)
         self._ack_wait = ack_wait
-        self._max_reply_bytes = max_reply_bytes
-        self._poison = poison
+        self._max_reply_bytes = shared.settings.max_reply_bytes
+        self._poison = shared.poison
         self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, started)
         self._by_reply: dict[str, asyncio.Task[object]] = {}  # reply subject -> its task
         self._sweeper: asyncio.Task[None] | None = None
@@ -209,7 +225,6 @@ class DeploymentPool:
         await self._handle(msg, Lane.BATCH)
 
     async def _handle(self, msg: Msg, lane: Lane) -> None:
-        _lane.set(lane)  # each message runs in a task of its own: the lane of its metrics
         meta = RequestMeta.from_headers(msg.headers)
         if not meta.reply_to:
             log.warning("request %s has no Pb-Reply-To header; dropped", meta.request_id)
@@ -240,14 +255,15 @@ class DeploymentPool:
         self._m_inflight.inc()
         settled = True
         slots = self.slots
+        job = Job(msg, meta, lane)
         try:
             if not slots.try_acquire(lane):
                 await slots.acquire(lane)
             try:
-                settled = await self._serve(msg, meta)
+                settled = await self._serve(job)
             except Exception as exc:  # a bug: answer it now rather than let the caller time out
                 log.exception("request %s failed in %s", meta.request_id, self.name)
-                await self._error(meta, internal_error(exc))
+                await self._error(job, internal_error(exc))
             finally:
                 slots.release(lane)
         finally:
@@ -273,53 +289,72 @@ class DeploymentPool:
         task.cancel()
         return True
 
-    async def _serve(self, msg: Msg, meta: RequestMeta) -> bool:
+    async def _serve(self, job: Job) -> bool:
         """Answer or move the request on; False when it was left in the queue (nak)."""
-        remaining = meta.remaining()
+        remaining = job.meta.remaining()
         if remaining is not None and remaining <= 0:
-            await self._error(meta, deadline_exceeded(0, "while the request waited in the queue"))
+            await self._error(job, deadline_exceeded(0, "while the request waited in the queue"))
             return True
+        vetted = await self._vet(job)
+        if vetted is None:
+            return True  # refused: the caller has its error
+        if not self.breaker.allows():
+            if await self._move_on(job.msg, job.meta, context=False):
+                return True
+            # No alternative: leave it queued until the breaker lets requests through.
+            wait = self.breaker.retry_after()
+            await job.msg.nak(delay=min(wait, remaining) if remaining is not None else wait)
+            return False
+        if self._poison is not None:
+            starts = await self._poison.starts(job.msg)
+            if starts > self._poison.max_deliver:
+                await self._poison.bury(job.msg, self.model.model_name, starts)
+                await self._error(job, poison_request(starts - 1))
+                return True
+        await self._call(job, *vetted, remaining)
+        return True
+
+    async def _vet(
+        self, job: Job
+    ) -> tuple[ChatCompletionRequest | EmbeddingRequest, UnknownFields] | None:
+        """The request as the provider will get it: decoded and checked (a NATS caller's
+        body was not checked at any door before), admitted, transformed. None once it was
+        refused with an error reply."""
         request: ChatCompletionRequest | EmbeddingRequest
-        try:  # a NATS caller's body was not checked at any door before
-            unknown: UnknownFields = {}
+        unknown: UnknownFields = {}
+        try:
             if self.model.mode == "embeddings":
-                request = decode_checked(embedding_request_decoder, msg.data)
+                request = decode_checked(embedding_request_decoder, job.msg.data)
             else:
-                request, unknown = decode_chat_request(msg.data)
+                request, unknown = decode_chat_request(job.msg.data)
                 if unknown and not self.provider.forwards_unknown_fields:
                     raise unknown_field(next(iter(unknown)), self.deployment.provider)
+            if self._accounting is not None:
+                job.meta = await self._accounting.vet(job.msg, job.meta, self.model.model_name)
         except BrokerError as exc:
-            await self._error(meta, exc)
-            return True
-        if self._accounting is not None:
-            try:
-                meta = await self._accounting.vet(msg, meta, self.model.model_name)
-            except BrokerError as exc:
-                await self._error(meta, exc)
-                return True
-        transforms = self._transforms_for(meta)
-        _transforms.set(transforms)
+            await self._error(job, exc)
+            return None
+        job.transforms = transforms = self._transforms_for(job.meta)
         if transforms is not None and isinstance(request, ChatCompletionRequest):
             try:
                 request = transforms.request(request)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                await self._error(meta, from_validation_error(exc))
-                return True
-        if not self.breaker.allows():
-            if await self._move_on(msg, meta, context=False):
-                return True
-            # No alternative: leave it queued until the breaker lets requests through.
-            wait = self.breaker.retry_after()
-            await msg.nak(delay=min(wait, remaining) if remaining is not None else wait)
-            return False
-        if self._poison is not None:
-            starts = await self._poison.starts(msg)
-            if starts > self._poison.max_deliver:
-                await self._poison.bury(msg, self.model.model_name, starts)
-                await self._error(meta, poison_request(starts - 1))
-                return True
+                await self._error(job, from_validation_error(exc))
+                return None
+        return request, unknown
+
+    async def _call(
+        self,
+        job: Job,
+        request: ChatCompletionRequest | EmbeddingRequest,
+        unknown: UnknownFields,
+        remaining: float | None,
+    ) -> None:
+        """Call the provider within the deadline, with retries, and reply; a failure the
+        deployment caused moves the request on, any other is the caller's answer."""
+        meta = job.meta
         attempt_timeout = self._attempt_timeout(remaining)
-        estimate = len(msg.data) // 4  # ~4 bytes a token: charged until usage is reported
+        estimate = len(job.msg.data) // 4  # ~4 bytes a token: charged until usage is reported
         usage: Usage | None = None
         charged = False
         try:
@@ -328,9 +363,9 @@ class DeploymentPool:
                     await self._pacer.acquire(estimate)
                     charged = True
                 if isinstance(request, EmbeddingRequest):
-                    usage = await self._embed(meta, request, remaining, attempt_timeout)
+                    usage = await self._embed(job, request, remaining, attempt_timeout)
                 elif request.stream:
-                    usage = await self._stream(meta, request, remaining, attempt_timeout, unknown)
+                    usage = await self._stream(job, request, remaining, attempt_timeout, unknown)
                 else:
                     body = await call_with_retries(
                         lambda: self._attempt(
@@ -343,25 +378,24 @@ class DeploymentPool:
                     )
                     usage = self._count_tokens(body)
                     await self._account(meta, usage)
-                    if transforms is not None:
-                        body = transforms.response(body)
+                    if job.transforms is not None:
+                        body = job.transforms.response(body)
                     body = self._stamp(body, meta)
                     await self._reply(meta, body, self._ok_headers(meta))
-                    self._m_ok[_lane.get()].inc()
+                    self._m_ok[job.lane].inc()
         except BrokerError as exc:
             context = isinstance(exc, ContextLengthExceeded)
             movable = context or is_deployment_fault(exc) or isinstance(exc, CircuitOpen)
-            if movable and await self._move_on(msg, meta, context=context):
-                return True
-            await self._error(meta, exc)
+            if movable and await self._move_on(job.msg, meta, context=context):
+                return
+            await self._error(job, exc)
         except TimeoutError:
             await self._error(
-                meta, deadline_exceeded(remaining or 0, "while the provider was answering")
+                job, deadline_exceeded(remaining or 0, "while the provider was answering")
             )
         finally:
             if charged and self._pacer is not None:
                 self._pacer.correct(estimate, usage.total_tokens if usage else estimate)
-        return True
 
     async def _move_on(self, msg: Msg, meta: RequestMeta, *, context: bool) -> bool:
         """Re-queue the request for the next deployment or fallback model, if any."""
@@ -426,7 +460,7 @@ class DeploymentPool:
 
     async def _stream(
         self,
-        meta: RequestMeta,
+        job: Job,
         request: ChatCompletionRequest,
         remaining: float | None,
         attempt_timeout: float | None,
@@ -437,6 +471,7 @@ class DeploymentPool:
 
         The provider is always asked for usage (costs, budgets and token limits need it);
         a caller who did not ask for it does not get the usage-only chunk."""
+        meta = job.meta
         options = request.stream_options
         relay_usage = options is not None and bool(options.include_usage)
         if not relay_usage:
@@ -458,8 +493,7 @@ class DeploymentPool:
         )
         headers = self._ok_headers(meta, kind=self._chunk)
         usage: Usage | None = None
-        transforms = _transforms.get()
-        rename = transforms.response if transforms is not None else None
+        rename = job.transforms.response if job.transforms is not None else None
         if first is not None:
             first = rename(first) if rename else first
             await self._reply(meta, self._stamp(first, meta), headers)
@@ -477,11 +511,11 @@ class DeploymentPool:
                 # retry and no failover (the caller would see the start twice).
                 await self.breaker.record_failure(exc.detail.code or "stream broken")
                 await self._account(meta, usage)
-                await self._error(meta, exc)
+                await self._error(job, exc)
                 return usage
         await self._account(meta, usage)
         await self._reply(meta, b"", self._ok_headers(meta, kind=self._end))
-        self._m_ok[_lane.get()].inc()
+        self._m_ok[job.lane].inc()
         return usage
 
     async def _account(self, meta: RequestMeta, usage: Usage | None) -> None:
@@ -499,11 +533,12 @@ class DeploymentPool:
 
     async def _embed(
         self,
-        meta: RequestMeta,
+        job: Job,
         request: EmbeddingRequest,
         remaining: float | None,
         attempt_timeout: float | None,
     ) -> Usage:
+        meta = job.meta
         result = await call_with_retries(
             lambda: self._attempt(self.provider.embed(request, _next_hop(meta)), attempt_timeout),
             self.deployment.retry,
@@ -518,11 +553,10 @@ class DeploymentPool:
             self.cost_usd += cost
             self._m_cost.inc(cost)
         await self._account(meta, usage)
-        transforms = _transforms.get()
-        model = transforms.response_model if transforms is not None else None
+        model = job.transforms.response_model if job.transforms is not None else None
         body = self._stamp(embedding_reply.reply_body(result, request, model), meta)
         await self._reply(meta, body, self._ok_headers(meta))
-        self._m_ok[_lane.get()].inc()
+        self._m_ok[job.lane].inc()
         return usage
 
     def _transforms_for(self, meta: RequestMeta) -> Transforms | None:
@@ -586,11 +620,10 @@ class DeploymentPool:
             headers[H_FAILOVER_FROM] = ",".join(meta.failed)
         return headers
 
-    async def _error(self, meta: RequestMeta, error: BrokerError) -> None:
-        model = self.model.model_name
-        lane = _lane.get().value
+    async def _error(self, job: Job, error: BrokerError) -> None:
+        model, lane = self.model.model_name, job.lane.value
         metrics.WORKER_REQUESTS.labels(model, self.name, str(error.status), lane).inc()
-        await reply_error(self._nc, meta, error, self._shown)
+        await reply_error(self._nc, job.meta, error, self._shown)
 
     async def _keep_alive(self) -> None:
         """Tell JetStream that long requests are still being worked on, so that they are not

@@ -44,9 +44,8 @@ from workers.intake import Intake
 from workers.metering import Accounting
 from workers.pacing import Pacer
 from workers.poison import PoisonGuard
-from workers.pool import DeploymentPool
+from workers.pool import DeploymentPool, PoolShared
 from workers.providers import Provider, ProviderUnavailable, make_provider
-from workers.transforms import Transforms
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +129,9 @@ class Worker:
         self._breakers = board
         router = Router(config, subjects, self._directory, board.state)
         failover = Failover(subjects, js, router)
+        shared = PoolShared(
+            nc, failover, config.worker, config.transforms, self._poison, self._accounting
+        )
         board.on_change(self._repace)
         for model in self.models:
             routed = model.routing != "least-busy"
@@ -160,9 +162,7 @@ class Worker:
                 else:  # every deployment pulls from the model's queue: least-busy
                     pool_queue = queue
                 queues = (pool_queue, batch_queue)
-                served.append(
-                    self._pool(nc, subjects, queues, provider, deployment, model, failover)
-                )
+                served.append(self._pool(nc, subjects, queues, provider, deployment, model, shared))
             if not served:
                 self._presence.cannot_serve(model.model_name, "; ".join(skipped))
                 continue
@@ -199,7 +199,7 @@ class Worker:
         provider: Provider,
         deployment: DeploymentConfig,
         model: ModelConfig,
-        failover: Failover,
+        shared: PoolShared,
     ) -> tuple[DeploymentPool, PullConsumer]:
         """A deployment's pool and its two pull loops (interactive, batch lane), paced by
         the deployment's breaker and, if it has one, its rate ceiling."""
@@ -212,21 +212,7 @@ class Worker:
                 deployment.tpm,
                 functools.partial(self._workers_serving, model.model_name, deployment.name),
             )
-        pool = DeploymentPool(
-            nc,
-            provider,
-            deployment,
-            model,
-            breaker,
-            failover,
-            self.config.worker.ack_wait_s,
-            pacer=pacer,
-            max_reply_bytes=self.config.worker.max_reply_bytes,
-            poison=self._poison,
-            accounting=self._accounting,
-            transforms=Transforms.build(self.config.transforms, model.transforms),
-            profiles=self.config.transforms,
-        )
+        pool = DeploymentPool(deployment, model, provider, breaker, shared, pacer)
         pool.start()
         interactive_queue, batch_queue = queues
         capacity = deployment.max_concurrency
