@@ -45,8 +45,12 @@ class CircuitBreaker:
         owner_id: str,
         kv: KeyValue | None = None,
         on_change: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` tells wall-clock seconds (a record's ``since`` is shared between
+        processes); tests pass one they move by hand instead of sleeping."""
         self.deployment = deployment
+        self._clock = clock
         self.config = config
         self.record = BreakerRecord(deployment=deployment)
         self._owner_id = owner_id
@@ -91,10 +95,10 @@ class CircuitBreaker:
         """Seconds until the breaker will be probed again (0 when it lets requests through)."""
         if self.record.state is BreakerState.CLOSED:
             return 0.0
-        return max(1.0, self.record.since + self.config.cooldown_s - time.time())
+        return max(1.0, self.record.since + self.config.cooldown_s - self._clock())
 
     def error_rate(self) -> float:
-        return self._window.rate()
+        return self._window.rate(self._clock())
 
     # ------------------------------------------------------------ recording
 
@@ -110,7 +114,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         """Count a success; synchronous, as it is on every request's path."""
         self.requests += 1
-        self._window.add(failed=False)
+        self._window.add(failed=False, now=self._clock())
         self.consecutive_failures = 0
         if self.record.state is BreakerState.HALF_OPEN and self.record.owner == self._owner_id:
             self._probes_running = max(0, self._probes_running - 1)
@@ -124,7 +128,7 @@ class CircuitBreaker:
 
     async def record_failure(self, reason: str) -> None:
         self.requests += 1
-        self._window.add(failed=True)
+        self._window.add(failed=True, now=self._clock())
         self.failures += 1
         self.consecutive_failures += 1
         state = self.record.state
@@ -141,7 +145,7 @@ class CircuitBreaker:
                 BreakerState.OPEN, f"{self.consecutive_failures} consecutive failures: {reason}"
             )
         else:
-            total, failed = self._window.counts()
+            total, failed = self._window.counts(self._clock())
             if total >= cfg.min_requests and failed / total >= cfg.error_rate:
                 await self._transition(
                     BreakerState.OPEN,
@@ -156,7 +160,7 @@ class CircuitBreaker:
         record = self.record
         if record.forced:
             return
-        elapsed = time.time() - record.since
+        elapsed = self._clock() - record.since
         if record.state is BreakerState.OPEN and elapsed >= self.config.cooldown_s:
             await self._transition(BreakerState.HALF_OPEN, "cool-down elapsed", cas=True)
         elif (
@@ -174,7 +178,7 @@ class CircuitBreaker:
             record = BreakerRecord(
                 deployment=self.deployment,
                 state=state,
-                since=time.time(),
+                since=self._clock(),
                 reason=reason,
                 owner=self._owner_id if state is BreakerState.HALF_OPEN else "",
             )

@@ -10,8 +10,32 @@ from schemas.state import BreakerRecord, BreakerState
 from workers.breaker import CircuitBreaker
 
 
-def breaker(**config: float) -> CircuitBreaker:
-    return CircuitBreaker("dep", BreakerConfig(**config), owner_id="me")  # type: ignore[arg-type]
+class Clock:
+    """Wall-clock seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def _settle() -> None:
+    """Let the tasks the breaker started (a closing transition) run: no time passes."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def breaker(clock: Clock | None = None, **config: float) -> CircuitBreaker:
+    return CircuitBreaker(
+        "dep",
+        BreakerConfig(**config),  # type: ignore[arg-type]
+        owner_id="me",
+        clock=clock or Clock(),
+    )
 
 
 async def test_opens_after_consecutive_failures_only() -> None:
@@ -46,12 +70,14 @@ async def test_needs_min_requests_for_the_rate() -> None:
 
 
 async def test_half_open_after_cooldown_probes_bounded_and_closes() -> None:
-    b = breaker(failure_threshold=1, cooldown_s=0.05, half_open_probes=2, success_threshold=2)
+    clock = Clock()
+    b = breaker(clock, failure_threshold=1, cooldown_s=30, half_open_probes=2, success_threshold=2)
     await b.record_failure("x")
     assert b.state is BreakerState.OPEN
+    clock.advance(29.9)
     await b.tick()
     assert b.state is BreakerState.OPEN  # cool-down not over
-    await asyncio.sleep(0.06)
+    clock.advance(0.2)
     await b.tick()
     assert b.state is BreakerState.HALF_OPEN and b.record.owner == "me"
     assert b.slots(10) == 2
@@ -61,14 +87,15 @@ async def test_half_open_after_cooldown_probes_bounded_and_closes() -> None:
     b.record_success()
     assert b.state is BreakerState.HALF_OPEN
     b.record_success()
-    await asyncio.sleep(0.01)  # the closing transition runs as its own task
+    await _settle()  # the closing transition runs as its own task
     assert b.state is BreakerState.CLOSED and b.slots(10) == 10
 
 
 async def test_probe_failure_reopens() -> None:
-    b = breaker(failure_threshold=1, cooldown_s=0.01)
+    clock = Clock()
+    b = breaker(clock, failure_threshold=1, cooldown_s=5)
     await b.record_failure("x")
-    await asyncio.sleep(0.02)
+    clock.advance(5)
     await b.tick()
     b.begin()
     await b.record_failure("still down")
@@ -87,13 +114,10 @@ def test_half_open_owned_elsewhere_takes_nothing() -> None:
 
 
 async def test_forced_open_ignores_cooldown_and_successes() -> None:
-    b = breaker(cooldown_s=0.01)
-    b.adopt(
-        BreakerRecord(
-            deployment="dep", state=BreakerState.OPEN, since=time.time() - 60, forced=True
-        ),
-        7,
-    )
+    clock = Clock()
+    b = breaker(clock, cooldown_s=5)
+    b.adopt(BreakerRecord(deployment="dep", state=BreakerState.OPEN, since=clock(), forced=True), 7)
+    clock.advance(60)
     await b.tick()
     assert b.state is BreakerState.OPEN
     b.adopt(BreakerRecord(deployment="dep", state=BreakerState.CLOSED, since=time.time()), 8)
@@ -101,10 +125,15 @@ async def test_forced_open_ignores_cooldown_and_successes() -> None:
 
 
 async def test_retry_after_reports_the_cooldown_left() -> None:
-    b = breaker(failure_threshold=1, cooldown_s=10)
+    clock = Clock()
+    b = breaker(clock, failure_threshold=1, cooldown_s=10)
     assert b.retry_after() == 0.0
     await b.record_failure("x")
-    assert 9 <= b.retry_after() <= 10
+    assert b.retry_after() == 10
+    clock.advance(4)
+    assert b.retry_after() == 6
+    clock.advance(5.5)
+    assert b.retry_after() == 1.0  # never promises less than a second
 
 
 def test_outcome_window_forgets_old_buckets() -> None:
@@ -152,3 +181,18 @@ async def test_transition_logs_name_the_previous_state(caplog) -> None:  # type:
     assert b.state is BreakerState.OPEN
     assert "closed -> open" in caplog.text
     assert "open -> open" not in caplog.text
+
+
+async def test_the_error_rate_window_slides_with_the_clock() -> None:
+    clock = Clock()
+    b = breaker(clock, failure_threshold=100, min_requests=4, error_rate=0.5, window_s=10)
+    for _ in range(3):
+        await b.record_failure("x")
+    clock.advance(11)  # those three left the window
+    b.record_success()
+    await b.record_failure("x")
+    assert b.state is BreakerState.CLOSED and b.error_rate() == 0.5
+    await b.record_failure("x")
+    b.record_success()
+    await b.record_failure("x")  # 3 of 5 within the last 10 s
+    assert b.state is BreakerState.OPEN and "error rate 60%" in b.record.reason
