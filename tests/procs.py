@@ -8,11 +8,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from broker.nats.embedded import die_with_parent
+
+T = TypeVar("T")
 
 PROMPTBUS = [sys.executable, "-m", "cli.main"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,3 +88,16 @@ def wait_http(url: str, proc: Proc, timeout: float = 30.0, status: int = 200) ->
             last = str(exc)
         time.sleep(0.1)
     raise TimeoutError(f"{url} not {status} in {timeout}s (last: {last}):\n{proc.output()}")
+
+
+def eventually(check: Callable[[], T | None], what: str, timeout: float = 10.0) -> T:
+    """``check()``'s first truthy answer, asked every 50 ms: waits exactly as long as the
+    condition takes, instead of a fixed sleep before an assert."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from broker.nats.embedded import free_port
-from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
+from tests.procs import PROMPTBUS, Proc, eventually, wait_http, wait_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".promptbus" / "artifacts"
 ADMIN_KEY = "admin-test-key"
@@ -457,8 +457,7 @@ def test_admin_force_open_and_close(env: Env) -> None:
     env.reset("retry-dep")
     opened = env.http.post("/admin/breakers/retry-dep/open", headers=ADMIN)
     assert opened.status_code == 200 and opened.json()["forced"] is True
-    time.sleep(0.3)  # workers follow the KV bucket
-    listed = {
+    listed = {  # read from the bucket itself: no wait
         b["deployment"]: b for b in env.http.get("/admin/breakers", headers=ADMIN).json()["data"]
     }
     assert listed["retry-dep"]["state"] == "open" and listed["retry-dep"]["forced"] is True
@@ -479,8 +478,7 @@ def test_admin_breakers_of_default_named_deployments(env: Env, path: str) -> Non
     opened = env.http.post(f"/admin/breakers/{path}/open", headers=ADMIN)
     assert opened.status_code == 200, opened.text
     assert opened.json()["forced"] is True
-    time.sleep(0.3)  # workers follow the KV bucket
-    listed = {
+    listed = {  # read from the bucket itself: no wait
         b["deployment"]: b for b in env.http.get("/admin/breakers", headers=ADMIN).json()["data"]
     }
     assert listed["default-named/0"]["state"] == "open"
@@ -498,10 +496,13 @@ def test_admin_deployments_report_traffic(env: Env) -> None:
     env.reset("retry-dep")
     for _ in range(3):
         assert env.chat("retrying").status_code == 200
-    time.sleep(1.2)  # two presence heartbeats
-    rows = {
-        d["deployment"]: d for d in env.http.get("/admin/deployments", headers=ADMIN).json()["data"]
-    }
+
+    def reported() -> dict[str, Any] | None:  # once a presence heartbeat carries them
+        listed = env.http.get("/admin/deployments", headers=ADMIN).json()["data"]
+        rows = {d["deployment"]: d for d in listed}
+        return rows if rows["retry-dep"]["requests"] >= 3 else None
+
+    rows = eventually(reported, "the heartbeats report retry-dep's requests")
     row = rows["retry-dep"]
     assert row["model"] == "retrying" and row["workers"] == 1 and row["max_concurrency"] == 16
     assert (
@@ -551,9 +552,18 @@ def test_lowest_latency_routing(env: Env) -> None:
     env.reset("fast-dep")
     env.reset("slow-dep")
     env.control("slow-dep", latency_ms=150)
-    for i in range(4):  # unmeasured deployments are tried first
+
+    def measured() -> bool:  # a presence heartbeat carries each latency estimate
+        listed = env.http.get("/admin/deployments", headers=ADMIN).json()["data"]
+        rows = {d["deployment"]: d for d in listed}
+        return all(rows[d]["latency_ewma_ms"] is not None for d in ("fast-dep", "slow-dep"))
+
+    for i in range(8):  # unmeasured deployments are tried first
         assert env.chat("latency-model", f"warm{i}").status_code == 200
-        time.sleep(0.6)  # a presence heartbeat carries the new latency estimate
+        if measured():
+            break
+        time.sleep(0.6)  # the next heartbeat; the router reads estimates from presence
+    eventually(measured, "both deployments report a latency estimate")
     assert env.received("slow-dep") >= 1 and env.received("fast-dep") >= 1
     before = env.received("slow-dep")
     for i in range(40):
@@ -660,7 +670,12 @@ def test_dashboard_in_headless_chromium(env: Env, tmp_path: Path) -> None:
     env.reset("retry-dep")
     for i in range(5):
         assert env.chat("retrying", f"dash{i}").status_code == 200
-    time.sleep(1.2)  # a presence heartbeat with the new counters
+
+    def reported() -> bool:  # a presence heartbeat with the new counters
+        listed = env.http.get("/admin/deployments", headers=ADMIN).json()["data"]
+        return any(d["deployment"] == "retry-dep" and d["requests"] >= 5 for d in listed)
+
+    eventually(reported, "a heartbeat reports retry-dep's requests")
     url = f"{env.ingress}/admin/dashboard#key={ADMIN_KEY}"
     dom = subprocess.run(
         [*command, "--dump-dom", url], capture_output=True, text=True, timeout=90
