@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import msgspec
 
@@ -72,67 +73,103 @@ def classify(
         text = body[:300].decode(errors="replace").strip() or "(empty body)"
         upstream_type = ""
     said = f"HTTP {status}" + (f" {upstream_code}" if upstream_code else "") + f": {text}"
-    lowered = text.lower()
 
-    def error(code: str, advice: str, retryable: bool) -> BrokerError:
-        return upstream_error(
-            status,
-            deployment,
-            f"{said}. {advice}",
-            code=code,
-            retryable=retryable,
-            retry_after=retry_after if retryable else None,
-        )
+    fault = _Fault(status, upstream_code, upstream_type, text.lower())
+    for rule in _RULES:
+        if rule.applies(fault):
+            wait = f"in {retry_after:.0f}s" if retry_after is not None else "after a short wait"
+            advice = rule.advice.format(wait=wait)
+            return upstream_error(
+                status,
+                deployment,
+                f"{said}. {advice}",
+                code=rule.code,
+                retryable=rule.retryable,
+                retry_after=retry_after if rule.retryable else None,
+            )
+    raise AssertionError("the last rule applies to every answer")
 
-    if status in (401, 403):
-        return error(
-            "upstream_auth_failed",
-            "The broker's credentials for this provider were refused; an operator must fix "
-            "the deployment's API key. Retrying will not help.",
-            False,
-        )
-    if (
-        status == 402
-        or upstream_code in _QUOTA_CODES
-        or upstream_type == "insufficient_quota"
-        or any(w in lowered for w in _QUOTA_WORDS)
-    ):
-        return error(
-            "upstream_quota_exceeded",
-            "The provider account is out of quota or credits; retrying will not help "
-            "until an operator tops it up.",
-            False,
-        )
-    if status == 429:
-        wait = f"in {retry_after:.0f}s" if retry_after is not None else "after a short wait"
-        return error("upstream_rate_limited", f"The provider is rate limiting; retry {wait}.", True)
-    if upstream_code in _CONTEXT_CODES or any(w in lowered for w in _CONTEXT_WORDS):
-        return error(
-            "context_length_exceeded",
-            "The prompt does not fit the model's context window; shorten it or use a "
-            "larger-context model.",
-            False,
-        )
-    if upstream_code in _FILTER_CODES or "content management policy" in lowered:
-        return error(
-            "content_filtered",
-            "The provider's content filter refused the request; rephrase it. Retrying "
-            "the same request will not help.",
-            False,
-        )
-    if status in (408, 409):
-        return error("upstream_conflict", "A transient provider condition; retry.", True)
-    if status == 504:
-        return error("upstream_timeout", "The provider timed out; retry later.", True)
-    if status >= 500:
-        return error(
-            "upstream_server_error", "The provider failed; retry after a short wait.", True
-        )
-    return error(
+
+class _Fault(NamedTuple):
+    """What a provider's error answer says, as the rules read it."""
+
+    status: int
+    code: str | None
+    type: str
+    lowered: str  # the message, lower-cased
+
+
+class _Rule(NamedTuple):
+    applies: Callable[[_Fault], bool]  # advice may name {wait}: the provider's Retry-After
+    code: str
+    advice: str
+    retryable: bool
+
+
+# First match wins: the order is the precedence (credentials before quota before rate
+# limits, a context overflow before a generic 4xx, ...).
+_RULES: tuple[_Rule, ...] = (
+    _Rule(
+        lambda f: f.status in (401, 403),
+        "upstream_auth_failed",
+        "The broker's credentials for this provider were refused; an operator must fix "
+        "the deployment's API key. Retrying will not help.",
+        False,
+    ),
+    _Rule(
+        lambda f: (
+            f.status == 402
+            or f.code in _QUOTA_CODES
+            or f.type == "insufficient_quota"
+            or any(w in f.lowered for w in _QUOTA_WORDS)
+        ),
+        "upstream_quota_exceeded",
+        "The provider account is out of quota or credits; retrying will not help "
+        "until an operator tops it up.",
+        False,
+    ),
+    _Rule(
+        lambda f: f.status == 429,
+        "upstream_rate_limited",
+        "The provider is rate limiting; retry {wait}.",
+        True,
+    ),
+    _Rule(
+        lambda f: f.code in _CONTEXT_CODES or any(w in f.lowered for w in _CONTEXT_WORDS),
+        "context_length_exceeded",
+        "The prompt does not fit the model's context window; shorten it or use a "
+        "larger-context model.",
+        False,
+    ),
+    _Rule(
+        lambda f: f.code in _FILTER_CODES or "content management policy" in f.lowered,
+        "content_filtered",
+        "The provider's content filter refused the request; rephrase it. Retrying "
+        "the same request will not help.",
+        False,
+    ),
+    _Rule(
+        lambda f: f.status in (408, 409),
+        "upstream_conflict",
+        "A transient provider condition; retry.",
+        True,
+    ),
+    _Rule(
+        lambda f: f.status == 504, "upstream_timeout", "The provider timed out; retry later.", True
+    ),
+    _Rule(
+        lambda f: f.status >= 500,
+        "upstream_server_error",
+        "The provider failed; retry after a short wait.",
+        True,
+    ),
+    _Rule(
+        lambda f: True,
         "upstream_bad_request",
         "The provider rejected the request as invalid; fix the request before retrying.",
         False,
-    )
+    ),
+)
 
 
 def content_filtered(deployment: str, reason: str) -> BrokerError:
