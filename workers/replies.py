@@ -20,7 +20,7 @@ from schemas.envelope import (
     ReplyKind,
     RequestMeta,
 )
-from schemas.errors import BrokerError, response_too_large
+from schemas.errors import BrokerError, UpstreamError, response_too_large
 
 # Room left in each part for the subject-independent part headers and framing.
 _PART_HEADROOM = 1024
@@ -71,10 +71,9 @@ async def reply_error(nc: NATS, meta: RequestMeta, error: BrokerError, deploymen
         headers[H_CUSTOM_ID] = meta.custom_id
     if error.retry_after is not None:
         headers[H_RETRY_AFTER] = f"{error.retry_after:.3f}"
-    if error.detail.type == "upstream_error":
+    if isinstance(error, UpstreamError):
         headers[H_ERROR_SOURCE] = "upstream"
     if meta.failed:
         headers[H_FAILOVER_FROM] = ",".join(meta.failed)
-    with contextlib.suppress(Exception):
-        await connection.settled(nc)  # callers re-subscribed after a reconnect
-        await nc.publish(meta.reply_to, error.to_json(), headers=headers)
+    with contextlib.suppress(Exception):  # an error body is small: one message, no parts
+        await publish_reply(nc, meta, error.to_json(), headers, max_reply_bytes=0)
