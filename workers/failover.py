@@ -24,11 +24,6 @@ class Failover:
         self._js = js
         self.router = router
 
-    def next_subject(
-        self, model: ModelConfig, failed: set[str], *, context: bool = False
-    ) -> str | None:
-        return self.router.next_subject(model, failed, context=context)
-
     def can_bypass(self, model: ModelConfig, deployment: str) -> bool:
         """Should ``deployment``, its breaker open, keep pulling to pass requests on?
 

@@ -35,7 +35,7 @@ class Intake:
             await reply_error(self._nc, meta, error, f"{self._model.model_name} (intake)")
             await msg.ack()
             return
-        subject = self._failover.next_subject(self._model, set(meta.failed))
+        subject = self._failover.router.next_subject(self._model, meta.failed)
         if subject is None:
             wait = UNROUTABLE_RETRY_S if remaining is None else min(UNROUTABLE_RETRY_S, remaining)
             await msg.nak(delay=wait)

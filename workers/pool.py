@@ -400,7 +400,7 @@ class DeploymentPool:
     async def _move_on(self, msg: Msg, meta: RequestMeta, *, context: bool) -> bool:
         """Re-queue the request for the next deployment or fallback model, if any."""
         failed = (*meta.failed, self.name)
-        target = self._failover.next_subject(self.model, set(failed), context=context)
+        target = self._failover.router.next_subject(self.model, failed, context=context)
         if target is None:
             return False
         await self._failover.forward(msg, meta, target, failed)
