@@ -261,13 +261,6 @@ class BreakerBoard:
             return breaker.state
         return self.shared.state(deployment) if self.shared is not None else BreakerState.CLOSED
 
-    def is_open(self, deployment: str) -> bool:
-        """Known not to take requests now (open, or half-open and probed elsewhere)."""
-        breaker = self.breakers.get(breaker_key(deployment))
-        if breaker is not None:
-            return breaker.state is not BreakerState.CLOSED
-        return self.shared is not None and self.shared.is_open(deployment)
-
     async def start(self) -> None:
         if self.shared is not None:
             await self.shared.start()

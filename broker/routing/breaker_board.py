@@ -50,8 +50,3 @@ class BreakerRecords:
     def state(self, deployment: str) -> BreakerState:
         record = self.records.get(breaker_key(deployment))
         return BreakerState.CLOSED if record is None else record.state
-
-    def is_open(self, deployment: str) -> bool:
-        """Not taking requests now: open, or half-open (only its prober sends to it)."""
-        record = self.records.get(breaker_key(deployment))
-        return record is not None and record.state is not BreakerState.CLOSED
