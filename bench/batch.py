@@ -139,7 +139,11 @@ def main() -> None:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "nats": {"url": nats.url, "max_queued_requests": 2_000_000},
+                    "nats": {
+                        "url": nats.url,
+                        "credentials_dir": nats.credentials_dir,
+                        "max_queued_requests": 2_000_000,
+                    },
                     "model_list": [
                         {
                             "model_name": MODEL,

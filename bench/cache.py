@@ -68,7 +68,7 @@ def main() -> None:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "nats": {"url": server.url},
+                    "nats": {"url": server.url, "credentials_dir": server.credentials_dir},
                     "model_list": [
                         {
                             "model_name": "mock-gpt",

@@ -13,6 +13,8 @@ Run: .venv/bin/python bench/core_vs_jetstream.py [--duration 5]
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import sys
 import tempfile
@@ -31,6 +33,8 @@ from cli import serve
 from schemas.settings import load_config
 from tests.procs import Proc
 
+_ADMIN: dict[str, Any] = {}  # nats.connect keywords: the bench server's admin login
+
 CORE_SUBJECT = "bench.core.mock"
 PAYLOAD = msgspec.json.encode(
     {"model": "bench-mock", "messages": [{"role": "user", "content": "benchmark prompt"}]}
@@ -44,7 +48,7 @@ async def responder(url: str) -> None:
     from schemas.chat import encoder, request_decoder
     from workers.mock import content as mock_content
 
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **_ADMIN)
 
     async def handle(msg: nats.aio.msg.Msg) -> None:
         request = request_decoder.decode(msg.data)
@@ -58,7 +62,7 @@ async def responder(url: str) -> None:
 async def measure(args: argparse.Namespace, url: str, config: Path) -> list[Result]:
     import nats
 
-    core = await nats.connect(url)
+    core = await nats.connect(url, **_ADMIN)
     broker = await BrokerClient.connect(load_config(config), url, name="bench")
 
     async def core_call() -> None:
@@ -106,11 +110,15 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="promptbus-core-"))
     with EmbeddedNats(work / "nats") as nats_server:
+        _ADMIN.update(nats_server.login().nats_options())
         config = work / "bench.yaml"
         config.write_text(
             yaml.safe_dump(
                 {
-                    "nats": {"url": nats_server.url},
+                    "nats": {
+                        "url": nats_server.url,
+                        "credentials_dir": nats_server.credentials_dir,
+                    },
                     "model_list": [
                         {
                             "model_name": "bench-mock",

@@ -10,6 +10,8 @@ time from the kill to the breaker opening and to the first answer from the backu
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import asyncio
 import json
@@ -32,6 +34,8 @@ from cli import serve
 from schemas.errors import BrokerError
 from schemas.settings import load_config
 from tests.procs import PROMPTBUS, Proc, wait_port
+
+_ADMIN: dict[str, Any] = {}  # nats.connect keywords: the bench server's admin login
 
 PAYLOAD = msgspec.json.encode(
     {"model": "primary-model", "messages": [{"role": "user", "content": "failover"}]}
@@ -60,7 +64,7 @@ async def breaker_opened(nc: nats.NATS, since: float) -> float | None:
 
 async def load(args: argparse.Namespace, config: Path, nats_url: str, primary: Proc) -> None:
     client = await BrokerClient.connect(load_config(config), nats_url, name="bench-failover")
-    watcher = await nats.connect(nats_url)
+    watcher = await nats.connect(nats_url, **_ADMIN)
     outcomes: list[Outcome] = []
     tasks: set[asyncio.Task[None]] = set()
 
@@ -132,13 +136,14 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="promptbus-failover-"))
     with EmbeddedNats(work / "nats") as server:
+        _ADMIN.update(server.login().nats_options())
         ports = {"primary": free_port(), "backup": free_port()}
         config = work / "failover.yaml"
         breaker = {"failure_threshold": 5, "cooldown_s": 30}
         config.write_text(
             yaml.safe_dump(
                 {
-                    "nats": {"url": server.url},
+                    "nats": {"url": server.url, "credentials_dir": server.credentials_dir},
                     "model_list": [
                         {
                             "model_name": "primary-model",

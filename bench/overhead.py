@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker.client import BrokerClient
 from broker.nats.connection import connect
+from broker.nats.credentials import Role, login_for
 from broker.nats.embedded import EmbeddedNats, free_port
 from broker.tenancy.admission import Admission
 from cli import serve
@@ -157,7 +158,7 @@ def nats_call(client: BrokerClient, model: str) -> Call:
 
 async def _bench_key(config: Config, nats_url: str) -> str:
     """A key whose limits and budgets are all checked and never refuse."""
-    nc = await connect(nats_url, "bench-admin")
+    nc = await connect(nats_url, "bench-admin", login_for(config, Role.ADMIN))
     admission = await Admission.open(nc.jetstream(), config)
     try:
         limits = Limits(rpm=10_000_000, tpm=1_000_000_000)
@@ -243,7 +244,7 @@ def main() -> None:
             config.write_text(
                 yaml.safe_dump(
                     {
-                        "nats": {"url": nats.url},
+                        "nats": {"url": nats.url, "credentials_dir": nats.credentials_dir},
                         "auth": {"required": args.tenancy == "on"},
                         "model_list": [
                             {

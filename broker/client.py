@@ -31,11 +31,12 @@ from nats.js.errors import NotFoundError
 from broker.cache.answers import AnswerCache
 from broker.cache.exact import CachePolicy, chunks_from_completion
 from broker.nats.connection import connect
+from broker.nats.credentials import Login, Role, login_for, tenant_login
 from broker.nats.provision import (
     ensure_bucket,
     provision,
 )
-from broker.nats.subjects import BREAKERS, WORKERS, Subjects
+from broker.nats.subjects import BREAKERS, WORKERS, Subjects, bucket
 from broker.routing.breaker_board import BreakerRecords
 from broker.routing.presence import WorkerDirectory
 from broker.routing.router import Router
@@ -184,6 +185,7 @@ class BrokerClient:
         api_key: str | None = None,
     ) -> None:
         self.api_key = api_key  # sent with each request when auth.required is on
+        self.url: str | None = None  # the servers it connected to (None: a shared connection)
         self.cache = cache
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -201,6 +203,7 @@ class BrokerClient:
         self._parts: dict[str, list[bytes]] = {}  # token -> leading pieces of a large reply
         self._reasker: asyncio.Task[None] | None = None
         self.reasked = 0  # requests asked again after a reply was lost in a reconnect
+        self._reasks = True  # a tenant's connection may not read the stream to re-ask
 
     @classmethod
     async def connect(
@@ -210,32 +213,53 @@ class BrokerClient:
         *,
         name: str = "promptbus-client",
         api_key: str | None = None,
+        login: Login | None = None,
     ) -> BrokerClient:
         """Connect, make sure the stream exists and start following worker presence.
-        ``api_key``: a virtual key (``promptbus keys create``) when auth is required."""
-        nc = await connect(url or config.nats.url or _embedded_url(config), name)
+
+        ``api_key``: a virtual key (``promptbus keys create``) when auth is required. With
+        one and no ``login``, the client logs in to NATS as that key's tenant (the auth
+        callout checks it, ``broker/tenancy/nats_access.py``): it may then only publish
+        requests for the key's models and read its own replies, so it neither provisions
+        streams nor shares the answer cache. Without a key it logs in as an ingress."""
+        tenant = login is None and api_key is not None
+        if login is None:
+            login = tenant_login(api_key) if api_key else login_for(config, Role.INGRESS)
+        url = url or config.nats.url or _embedded_url(config)
+        nc = await connect(url, name, login)
         try:
-            client = await cls.over(nc, config, owns_connection=True)
+            client = await cls.over(nc, config, owns_connection=True, tenant=tenant)
             client.api_key = api_key
+            client.url = url
             return client
         except BaseException:
             await nc.close()
             raise
 
     @classmethod
-    async def over(cls, nc: NATS, config: Config, *, owns_connection: bool = False) -> BrokerClient:
-        """A client on an existing connection (the all-in-one process shares one)."""
+    async def over(
+        cls, nc: NATS, config: Config, *, owns_connection: bool = False, tenant: bool = False
+    ) -> BrokerClient:
+        """A client on an existing connection (the all-in-one process shares one).
+        ``tenant``: the connection is a tenant's, which may read only the presence and
+        breaker buckets (no provisioning, no answer cache, no re-asking from the stream)."""
         js = nc.jetstream()
         subjects = Subjects.of(config)
-        await provision(js, config, subjects)
-        directory = WorkerDirectory(
-            await ensure_bucket(js, config, WORKERS), config.worker.presence_ttl_s
-        )
-        breakers = BreakerRecords(await ensure_bucket(js, config, BREAKERS))
+        cache: AnswerCache | None = None
+        if tenant:
+            workers = await js.key_value(bucket(config.nats.subject_prefix, WORKERS))
+            records = await js.key_value(bucket(config.nats.subject_prefix, BREAKERS))
+        else:
+            await provision(js, config, subjects)
+            workers = await ensure_bucket(js, config, WORKERS)
+            records = await ensure_bucket(js, config, BREAKERS)
+            cache = await AnswerCache.open(js, config)
+        directory = WorkerDirectory(workers, config.worker.presence_ttl_s)
+        breakers = BreakerRecords(records)
         await directory.start()
         await breakers.start()
-        cache = await AnswerCache.open(js, config)
         client = cls(nc, config, directory, breakers, cache=cache, owns_connection=owns_connection)
+        client._reasks = not tenant
         await client._start()
         return client
 
@@ -243,7 +267,8 @@ class BrokerClient:
         self._prefix = self.nc.new_inbox()
         self._prefix_len = len(self._prefix) + 1
         self._sub = await self.nc.subscribe(f"{self._prefix}.>", cb=self._on_reply)
-        self._reasker = asyncio.create_task(self._reask_after_reconnects())
+        if self._reasks:
+            self._reasker = asyncio.create_task(self._reask_after_reconnects())
 
     async def close(self) -> None:
         if self._reasker is not None:

@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 
 from broker.batches.store import BatchStore, is_terminal
 from broker.nats.connection import connect
+from broker.nats.credentials import Role, login_for
 from broker.tenancy.admission import Admission
 from schemas.batch import BATCH_ENDPOINT, Batch, BatchCreate, BatchStatus
 from schemas.config import Config
@@ -37,7 +38,7 @@ class _Source(msgspec.Struct, omit_defaults=True):
 
 
 async def _open(config: Config, url: str) -> tuple[NATS, BatchStore]:
-    nc = await connect(url, "promptbus-batch")
+    nc = await connect(url, "promptbus-batch", login_for(config, Role.ADMIN))
     return nc, await BatchStore.open(nc.jetstream(), config)
 
 

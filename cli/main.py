@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.nats.embedded import EmbeddedNats
+from broker.nats.subjects import Subjects
 from broker.observability import logs
 from cli.options import api_key_option, connection_options, resolve_api_key
 from cli.serve import http_server, run, serve_until, shared_socket, stop_event
@@ -42,6 +43,9 @@ def _start_embedded(config: Config) -> EmbeddedNats:
         log_file=store.parent / "nats-server.log",
         memory_limit_mb=config.nats.memory_limit_mb,
         max_payload=config.nats.max_payload_bytes,
+        auth=config.nats.auth,
+        credentials_dir=config.nats.credentials_dir,
+        brokers=[Subjects.of(config)],
     )
     try:
         return server.start()
@@ -119,9 +123,10 @@ async def _up(config: Config, url: str, port: int) -> None:
 
 async def _demo_key(config: Config, url: str) -> str:
     from broker.nats.connection import connect
+    from broker.nats.credentials import Role, login_for
     from cli.tenancy import demo_key
 
-    nc = await connect(url, "promptbus-up")
+    nc = await connect(url, "promptbus-up", login_for(config, Role.ADMIN))
     try:
         return await demo_key(config, nc, _demo_key_file(config))
     finally:
@@ -143,6 +148,25 @@ def cmd_nats(args: argparse.Namespace) -> None:
         run(wait())
     finally:
         server.stop()
+
+
+def cmd_credentials(args: argparse.Namespace) -> None:
+    """Generate the NATS credentials (kept if present) and the server config that requires
+    them: for servers promptbus does not start itself (compose, your own)."""
+    from broker.nats.credentials import Credentials
+    from broker.nats.server_config import write_server_config
+
+    config = _config(args)
+    credentials = Credentials.create(config.nats.credentials_dir)
+    conf = write_server_config(
+        Path(args.server_config_dir or config.nats.credentials_dir),
+        config.nats.max_payload_bytes,
+        credentials,
+        [Subjects.of(config)],
+    )
+    if args.world_readable_config:  # a server container running as another user
+        conf.chmod(0o644)
+    print(f"credentials in {credentials.directory}; nats-server config {conf}", flush=True)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -356,6 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     up = add("up", cmd_up, "all-in-one: embedded nats-server, a worker and the ingress")
     up.add_argument("--port", type=int, default=None, help="ingress port")
     add("nats", cmd_nats, "run only the embedded nats-server", nats=False)
+    creds = add(
+        "credentials",
+        cmd_credentials,
+        "generate NATS logins and the nats-server config requiring them",
+        nats=False,
+    )
+    creds.add_argument("--server-config-dir", default=None, help="where to write nats-server.conf")
+    creds.add_argument(
+        "--world-readable-config",
+        action="store_true",
+        help="mode 644 for nats-server.conf (it holds public keys only)",
+    )
     worker = add("worker", cmd_worker, "run a worker pool")
     worker.add_argument("--model", action="append", help="serve only this model (repeatable)")
     worker.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")

@@ -7,6 +7,7 @@ import sys
 import time
 
 from broker.nats.connection import connect
+from broker.nats.credentials import Role, login_for
 from broker.nats.provision import ensure_bucket
 from broker.nats.subjects import BREAKERS, WORKERS, Subjects
 from broker.routing import views
@@ -50,7 +51,7 @@ def render(views: list[views.DeploymentView]) -> str:
 
 
 async def show(config: Config, url: str, watch: float | None) -> None:
-    nc = await connect(url, "promptbus-status")
+    nc = await connect(url, "promptbus-status", login_for(config, Role.ADMIN))
     try:
         js = nc.jetstream()
         await ensure_bucket(js, config, WORKERS)

@@ -12,6 +12,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from broker.nats.connection import connect
+from broker.nats.credentials import Role, login_for
 from broker.tenancy import views
 from broker.tenancy.admission import Admission
 from cli.options import connection_options
@@ -23,7 +24,7 @@ Action = Callable[[NATS, Admission], Awaitable[Any]]
 
 
 async def _with_admission(config: Config, url: str, action: Action) -> Any:
-    nc = await connect(url, "promptbus-admin")
+    nc = await connect(url, "promptbus-admin", login_for(config, Role.ADMIN))
     try:
         admission = await Admission.open(nc.jetstream(), config)
         try:

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from broker.client import BrokerClient
+from broker.nats.credentials import Role, login_for
 from ingress.error_handlers import HANDLERS
 from ingress.routes import admin, batches, files, health
 from ingress.routes.chat import chat_completions
@@ -68,7 +69,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        broker = client or await BrokerClient.connect(config, nats_url, name="promptbus-ingress")
+        broker = client or await BrokerClient.connect(
+            config, nats_url, name="promptbus-ingress", login=login_for(config, Role.INGRESS)
+        )
         try:
             services = await Services.open(config, broker)
             try:

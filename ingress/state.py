@@ -11,28 +11,38 @@ from starlette.requests import Request
 from broker.batches.store import BatchStore
 from broker.client import BrokerClient
 from broker.tenancy.admission import Admission, bearer
+from broker.tenancy.nats_access import NatsAccess
 from schemas.config import Config
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Services:
     config: Config
     client: BrokerClient
     admission: Admission
     batches: BatchStore
     admin_key: str | None  # the admin API's key (admin.api_key_env); None: admin API off
+    nats_access: NatsAccess | None = None  # tenants' NATS logins, where this has the keys
 
     @classmethod
     async def open(cls, config: Config, client: BrokerClient) -> Services:
-        return cls(
+        admission = await Admission.open(client.js, config)
+        found = cls(
             config=config,
             client=client,
-            admission=await Admission.open(client.js, config),
+            admission=admission,
             batches=await BatchStore.open(client.js, config),
             admin_key=os.environ.get(config.admin.api_key_env) or None,
         )
+        credentials = NatsAccess.available(config)
+        if credentials is not None and client.url is not None:
+            found.nats_access = NatsAccess(config, admission, credentials)
+            await found.nats_access.start(client.url)
+        return found
 
     async def close(self) -> None:
+        if self.nats_access is not None:
+            await self.nats_access.stop()
         await self.admission.close()
 
 

@@ -30,7 +30,8 @@ class _Config(Struct, forbid_unknown_fields=True, kw_only=True):
 
 # nats-server's largest message. Its default is 1 MiB; NATS advises at most 8 MiB (the hard
 # ceiling is 64 MiB), and prompts with long documents or many images need more than 1 MiB.
-# Set deliberately on every server we start (embedded, cluster, compose: deploy/nats.conf).
+# Set deliberately on every server we start (embedded, cluster, compose: the config
+# `promptbus credentials` writes, broker/nats/server_config.py).
 NATS_MAX_PAYLOAD = 8 * 1024 * 1024
 # What a request's envelope headers may take beside its body in one NATS message. The
 # ingress refuses bodies over ``max_payload - HEADER_ROOM`` with a 413 (docs/architecture.md).
@@ -141,6 +142,13 @@ class NatsConfig(_Config):
     host: str = "127.0.0.1"  # embedded server only
     port: Port = 4222  # embedded server only; 0 picks a free port
     store_dir: str = ".promptbus/nats"  # embedded server's JetStream store
+    # Logins (docs/architecture.md, "The bus is a trust boundary"). The embedded server
+    # and cluster generate one nkey per role in credentials_dir (mode 700, files 600) and
+    # refuse everybody else; each process logs in with its role's seed from there. An
+    # external deployment gives each process its own .creds file instead.
+    auth: bool = True  # embedded server and cluster: require logins
+    credentials_dir: str = ".promptbus/credentials"
+    credentials_file: str | None = None  # this process's .creds (JWT + seed); wins if set
     # Embedded server only: its Go runtime's soft memory limit (GOMEMLIMIT, which wins
     # when set in the environment); None lets the heap grow to twice its live size.
     memory_limit_mb: Annotated[int, Meta(ge=64)] | None = NATS_MEMORY_LIMIT_MB

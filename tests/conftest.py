@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from broker.nats.embedded import EmbeddedNats, free_port
+from tests import bus
 from tests.fakes import stack as fake_providers
 from tests.procs import PROMPTBUS, Proc, wait_http, wait_port
 
@@ -69,14 +70,19 @@ def nats_url(workdir: Path) -> Iterator[str]:
         with NatsContainer(jetstream=True) as container:
             yield container.nats_uri()
         return
-    with EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log") as server:
+    with EmbeddedNats(
+        workdir / "nats",
+        log_file=workdir / "nats.log",
+        credentials_dir=bus.CREDENTIALS.directory,
+        brokers=bus.BROKERS,
+    ) as server:
         yield server.url
 
 
 def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Path:
     """The test model list: one alias per behaviour the suite needs."""
     config = {
-        "nats": {"url": nats_url},
+        "nats": {"url": nats_url, **bus.config_section()},
         "ingress": {"default_timeout_s": 30},
         "worker": {"ack_wait_s": 5, "heartbeat_s": 0.5, "presence_ttl_s": 3},
         "model_list": [

@@ -4,8 +4,11 @@ describe instead, against the code they deploy."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +17,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from broker.observability import metrics
 from schemas.settings import load_config
-from tests.procs import ROOT
+from tests.procs import PROMPTBUS, ROOT
 
 NODES = ["nats-1", "nats-2", "nats-3"]
 
@@ -49,18 +52,36 @@ def test_three_nats_nodes_clustered_with_jetstream(compose: dict[str, Any]) -> N
     assert cluster_ports == {"6222"}
 
 
-def test_every_nats_node_has_the_max_payload_promptbus_expects(compose: dict[str, Any]) -> None:
-    """The ingress refuses bodies a message cannot carry; compose's servers must carry
-    what promptbus.compose.yaml says they do (nats.max_payload_bytes)."""
-    conf = (ROOT / "deploy" / "nats.conf").read_text()
-    match = re.search(r"^max_payload:\s*(\d+)\s*$", conf, re.MULTILINE)
-    assert match is not None
-    config = load_config(ROOT / "deploy" / "promptbus.compose.yaml", env={})
-    assert int(match.group(1)) == config.nats.max_payload_bytes
+def test_every_nats_node_requires_logins_and_carries_what_promptbus_expects(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The nodes read the config the one-shot ``credentials`` service writes (logins per
+    role, the auth callout, and the max_payload promptbus.compose.yaml says), and every
+    promptbus service logs in with the seeds from the same volume."""
+    services = compose["services"]
+    creds = services["credentials"]
+    assert creds["command"][0] == "credentials"
     for node in NODES:
-        service = compose["services"][node]
-        path = _flag(service["command"], "-c")
-        assert f"./deploy/nats.conf:{path}:ro" in service["volumes"]
+        service = services[node]
+        assert _flag(service["command"], "-c") == "/credentials/nats-server.conf"
+        assert "credentials:/credentials:ro" in service["volumes"]
+        assert service["depends_on"]["credentials"]["condition"] == "service_completed_successfully"
+    for name in ("worker-mock", "ingress-1", "ingress-2"):
+        assert services[name]["environment"]["PROMPTBUS__NATS__CREDENTIALS_DIR"] == "/credentials"
+        assert "credentials:/credentials:ro" in services[name]["volumes"]
+    # What the service writes, run here with the compose config.
+    env = {**os.environ, "PROMPTBUS__NATS__CREDENTIALS_DIR": str(tmp_path)}
+    subprocess.run(
+        [*PROMPTBUS, "credentials", "-c", str(ROOT / "deploy" / "promptbus.compose.yaml")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    written = json.loads((tmp_path / "nats-server.conf").read_text())
+    config = load_config(ROOT / "deploy" / "promptbus.compose.yaml", env={})
+    assert written["max_payload"] == config.nats.max_payload_bytes
+    assert written["authorization"]["auth_callout"]["account"] == "PROMPTBUS"
+    assert (tmp_path / "worker.nk").stat().st_mode & 0o777 == 0o600
 
 
 def test_promptbus_services_use_all_nodes_and_r3(compose: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from broker.nats.connection import connect
+from broker.nats.credentials import Role, login_for
 from broker.nats.provision import (
     StreamKind,
     bulk_consumer_config,
@@ -108,7 +109,11 @@ class Worker:
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
         if nc is None:
-            nc = await connect(url or self.config.nats.url or "", "promptbus-worker")
+            nc = await connect(
+                url or self.config.nats.url or "",
+                "promptbus-worker",
+                login_for(self.config, Role.WORKER),
+            )
             self._owns_connection = True
         self._nc = nc
         js = nc.jetstream()

@@ -47,6 +47,7 @@ from broker.batches.store import (
 )
 from broker.nats.block_publish import BlockPublisher, Message, PublishError
 from broker.nats.connection import connect
+from broker.nats.credentials import Role, login_for
 from broker.nats.provision import provision
 from broker.nats.subjects import Subjects
 from broker.tenancy.admission import Admission
@@ -124,7 +125,11 @@ class Batcher:
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
         if nc is None:
-            nc = await connect(url or self.config.nats.url or "", "promptbus-batcher")
+            nc = await connect(
+                url or self.config.nats.url or "",
+                "promptbus-batcher",
+                login_for(self.config, Role.BATCHER),
+            )
             self._owns_connection = True
         self._nc = nc
         js = nc.jetstream()

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from broker.nats.embedded import EmbeddedCluster, _set_parent_death_signal, free_port
+from broker.nats.subjects import Subjects
 from schemas.settings import load_config
 
 PROMPTBUS = [sys.executable, "-m", "cli.main", "--log-format", "text"]
@@ -89,6 +90,7 @@ class LocalCluster:
             size=nats_nodes,
             log_dir=self.store,
             max_payload=config.nats.max_payload_bytes,
+            brokers=[Subjects.of(config)],
         )
         self.ingress_port = ingress_port or free_port()
         self.ingress_count = ingresses
@@ -96,6 +98,11 @@ class LocalCluster:
         self.env = {
             "PROMPTBUS__NATS__URL": self.nats.url,
             "PROMPTBUS__NATS__REPLICAS": str(min(3, nats_nodes)),
+            **(
+                {"PROMPTBUS__NATS__CREDENTIALS_DIR": str(self.nats.credentials.directory)}
+                if self.nats.credentials
+                else {}
+            ),
             UPSTREAM_KEY_ENV: "sk-cluster-upstream",
             **(extra_env or {}),
         }

@@ -11,6 +11,9 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 
+from broker.nats.credentials import Login
+from schemas.errors import AuthenticationError
+
 log = logging.getLogger(__name__)
 
 # What a message's headers cost on the wire beyond their keys and values:
@@ -99,8 +102,45 @@ def server_list(url: str | list[str]) -> list[str]:
     return [u.strip() for u in urls if u.strip()]
 
 
-async def connect(url: str | list[str], name: str) -> NATS:
+async def _check_login(servers: list[str], name: str, login: Login) -> None:
+    """One attempt with a tenant's key before connecting for good: nats-py retries a
+    refused login for ever (we reconnect without limit), a wrong key must fail at once."""
+    probe = NATS()
+
+    async def quiet(exc: Exception) -> None:
+        pass
+
+    try:
+        await probe.connect(
+            servers=servers,
+            name=name,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=5,
+            error_cb=quiet,
+            inbox_prefix=login.inbox_prefix,
+            **login.options,
+        )
+        await probe.flush(timeout=5)
+    except Exception as exc:
+        text = str(exc).lower()
+        if any(w in text for w in ("authoriz", "authentic", "no servers", "closed")):
+            raise AuthenticationError(
+                401,
+                "NATS refused the API key: it is not a valid promptbus key, or it was "
+                "revoked, or no ingress (which checks keys for NATS) is running.",
+                type="invalid_request_error",
+                code="invalid_api_key",
+            ) from None
+        raise
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+
+
+async def connect(url: str | list[str], name: str, login: Login | None = None) -> NATS:
     """Connect with unlimited reconnects: a broker outlives nats-server restarts.
+    ``login``: who to log in as (``credentials.login_for``); none: anonymously.
 
     Publishes made while disconnected are buffered and sent on reconnect; callers that
     report failure (BrokerClient) do not publish while disconnected.
@@ -117,6 +157,9 @@ async def connect(url: str | list[str], name: str) -> NATS:
         _reconnected_at[nc] = time.monotonic()
         log.info("nats %s: reconnected", name)
 
+    login = login or Login()
+    if "token" in login.options:
+        await _check_login(server_list(url), name, login)
     nc = GuardedNATS()
     await nc.connect(
         servers=server_list(url),
@@ -129,5 +172,7 @@ async def connect(url: str | list[str], name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
+        inbox_prefix=login.inbox_prefix,
+        **login.options,
     )
     return nc

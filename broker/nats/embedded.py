@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -16,9 +17,14 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from broker.nats.credentials import Credentials, Login, Role
+from broker.nats.server_config import write_server_config
+from broker.nats.subjects import Subjects
 from schemas.config import NATS_MAX_PAYLOAD, NATS_MEMORY_LIMIT_MB
 
 # A soft memory limit for the Go runtime of the servers started here (GOMEMLIMIT). Without
@@ -35,16 +41,25 @@ def server_environment(memory_limit_mb: int | None) -> dict[str, str]:
     return env
 
 
-def write_server_config(directory: Path, max_payload: int) -> Path:
-    """The settings nats-server takes only from a file (its flags have no max_payload):
-    ``nats-server.conf`` beside the store, passed with ``-c``; flags override the rest."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "nats-server.conf"
-    path.write_text(
-        "# Written by promptbus at every start (broker/nats/embedded.py); edits are replaced.\n"
-        f"max_payload: {max_payload}\n"
-    )
-    return path
+def _credentials(
+    store_dir: Path, auth: bool, credentials_dir: str | Path | None
+) -> Credentials | None:
+    """The servers' logins: generated once, by default beside the store."""
+    if not auth:
+        return None
+    return Credentials.create(credentials_dir or store_dir.parent / "credentials")
+
+
+def _route_secret(credentials: Credentials | None) -> str:
+    """The password cluster routes log in with: kept with the credentials."""
+    if credentials is None:
+        return ""
+    path = credentials.directory / "route.secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(24))
+    return path.read_text().strip()
 
 
 def find_nats_server() -> str:
@@ -101,8 +116,13 @@ class EmbeddedNats:
         log_file: str | Path | None = None,
         memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB,
         max_payload: int = NATS_MAX_PAYLOAD,
+        auth: bool = True,
+        credentials_dir: str | Path | None = None,
+        brokers: Sequence[Subjects] = (Subjects(),),
     ) -> None:
         self.store_dir = Path(store_dir)
+        self.credentials = _credentials(self.store_dir, auth, credentials_dir)
+        self.brokers = tuple(brokers)
         self.host = host
         self.max_payload = max_payload
         self.port = port or free_port(host)
@@ -114,9 +134,18 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def credentials_dir(self) -> str:
+        """What ``nats.credentials_dir`` of the processes using this server says."""
+        return str(self.credentials.directory) if self.credentials else ""
+
+    def login(self, role: Role = Role.ADMIN) -> Login:
+        """How a process of ``role`` logs in to this server."""
+        return self.credentials.login(role) if self.credentials else Login()
+
     def start(self, timeout: float = 15.0) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        conf = write_server_config(self.store_dir, self.max_payload)
+        conf = write_server_config(self.store_dir, self.max_payload, self.credentials, self.brokers)
         args = [
             find_nats_server(),
             "-c", str(conf),
@@ -207,15 +236,23 @@ class EmbeddedCluster:
         ports: list[int] | None = None,
         log_dir: str | Path | None = None,
         max_payload: int = NATS_MAX_PAYLOAD,
+        auth: bool = True,
+        credentials_dir: str | Path | None = None,
+        brokers: Sequence[Subjects] = (Subjects(),),
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.max_payload = max_payload
         self.store_dir = Path(store_dir)
+        self.credentials = _credentials(self.store_dir, auth, credentials_dir)
+        self.brokers = tuple(brokers)
         self.host = host
         self.name = name
         self.ports = ports or [free_port(host) for _ in range(size)]
         self.cluster_ports = [free_port(host) for _ in self.ports]
+        self.monitor_ports = [free_port(host) for _ in self.ports]
+        # Routes log in to each other with a password of the cluster's own.
+        self._route_secret = _route_secret(self.credentials)
         self.log_dir = Path(log_dir) if log_dir else self.store_dir
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * len(self.ports)
 
@@ -228,16 +265,23 @@ class EmbeddedCluster:
         """All nodes, comma-separated: what ``nats.url`` takes for a cluster."""
         return ",".join(self.urls)
 
+    def login(self, role: Role = Role.ADMIN) -> Login:
+        """How a process of ``role`` logs in to this cluster."""
+        return self.credentials.login(role) if self.credentials else Login()
+
     def server_name(self, index: int) -> str:
         return f"{self.name}-n{index}"
 
     def _args(self, index: int) -> list[str]:
+        auth = f"route:{self._route_secret}@" if self._route_secret else ""
         routes = ",".join(
-            f"nats-route://{self.host}:{port}"
+            f"nats-route://{auth}{self.host}:{port}"
             for i, port in enumerate(self.cluster_ports)
             if i != index
         )
-        conf = write_server_config(self.store_dir / f"n{index}", self.max_payload)
+        conf = write_server_config(
+            self.store_dir / f"n{index}", self.max_payload, self.credentials, self.brokers
+        )
         return [
             find_nats_server(),
             "-c", str(conf),
@@ -247,7 +291,8 @@ class EmbeddedCluster:
             "--store_dir", str(self.store_dir / f"n{index}"),
             "--server_name", self.server_name(index),
             "--cluster_name", self.name,
-            "--cluster", f"nats://{self.host}:{self.cluster_ports[index]}",
+            "--cluster", f"nats://{auth}{self.host}:{self.cluster_ports[index]}",
+            "--http_port", str(self.monitor_ports[index]),
             "--routes", routes,
         ]  # fmt: skip
 
@@ -290,23 +335,14 @@ class EmbeddedCluster:
                 time.sleep(0.1)
 
     def _node_ready(self, index: int) -> bool:
-        """The client port answers INFO and the JetStream meta group has a leader."""
-        with contextlib.suppress(OSError):
-            with socket.create_connection((self.host, self.ports[index]), timeout=0.5) as sock:
-                info = sock.recv(4096)
-                if not info.startswith(b"INFO"):
-                    return False
-                sock.sendall(b'CONNECT {"verbose":false}\r\nSUB r 1\r\n')
-                sock.sendall(b"PUB $JS.API.INFO r 0\r\n\r\n")
-                sock.settimeout(1.0)
-                reply = b""
-                while b"MSG r" not in reply or not reply.endswith(b"\r\n"):
-                    data = sock.recv(4096)
-                    if not data:
-                        return False
-                    reply += data
-                return b'"error"' not in reply
-        return False
+        """The node's monitoring /healthz says JetStream is current (a meta leader is
+        elected): asked over HTTP, which needs no NATS login."""
+        url = f"http://{self.host}:{self.monitor_ports[index]}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return bool(response.status == 200)
+        except (OSError, ValueError):
+            return False
 
     def kill_node(self, index: int) -> None:
         """SIGKILL one node, as a crash would."""

@@ -63,8 +63,6 @@ def patient(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapped
 
 
-
-
 def _work_consumer(
     name: str, description: str, subject: str, max_ack_pending: int, config: Config
 ) -> ConsumerConfig:
@@ -143,8 +141,6 @@ async def ensure_consumer(js: JetStreamContext, consumer: ConsumerConfig, stream
         ) from exc
     assert consumer.durable_name is not None
     return consumer.durable_name
-
-
 
 
 @patient

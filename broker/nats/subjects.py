@@ -211,7 +211,6 @@ class Subjects:
         return f"{self.prefix}.usage.d.{day}.{name_token(tenant) if tenant else '*'}.>"
 
 
-
 def _consumer_name(kind: str, name: str) -> str:
     readable = _UNSAFE_NAME.sub("_", name)[:48]
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]

@@ -108,6 +108,11 @@ CACHE = Counter(
     "Cacheable requests by outcome of the response cache lookup",
     ["model", "result"],
 )
+NATS_LOGINS = Counter(
+    "promptbus_nats_logins_total",
+    "Tenants' NATS logins answered by the auth callout, admitted or refused",
+    ["outcome"],
+)
 ERRORS = Counter(
     "promptbus_errors_total",
     "Failed provider attempts and refused requests, by error code",

@@ -141,7 +141,6 @@ class Router:
             )
         return random.choice(candidates)  # least-busy has no chooser; any will do
 
-
     def _probe_due(self, deployment: str) -> bool:
         now = time.monotonic()
         if now - self._probed.get(deployment, -PROBE_INTERVAL_S) < PROBE_INTERVAL_S:

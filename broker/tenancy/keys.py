@@ -101,6 +101,11 @@ class KeyStore:
             return None
         return record
 
+    def by_digest(self, key_digest: str) -> KeyRecord | None:
+        """The live key whose secret has this digest (None once revoked or rotated)."""
+        record = self._by_digest.get(key_digest)
+        return None if record is None or record.revoked_at is not None else record
+
     def tenant(self, name: str) -> TenantRecord | None:
         return self._tenants.get(name)
 

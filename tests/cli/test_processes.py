@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from broker.nats.embedded import free_port
+from tests import bus
 from tests.conftest import Stack
 from tests.procs import PROMPTBUS, Proc, wait_http
 
@@ -41,7 +42,12 @@ def test_up_serves_and_stops_without_orphans(tmp_path: Path) -> None:
     config.write_text(
         yaml.safe_dump(
             {
-                "nats": {"port": nats_port, "store_dir": str(store), "memory_limit_mb": 128},
+                "nats": {
+                    "port": nats_port,
+                    "store_dir": str(store),
+                    "memory_limit_mb": 128,
+                    **bus.config_section(),
+                },
                 "ingress": {"port": port},
                 "auth": {"required": True},
                 "model_list": [{"model_name": "mock-gpt", "deployments": [{"provider": "mock"}]}],
@@ -91,7 +97,7 @@ async def test_killed_worker_request_is_redelivered_once(stack: Stack, tmp_path:
         }
     ]
     config.write_text(yaml.safe_dump(base))
-    nc = await nats.connect(stack.nats_url)
+    nc = await bus.connect(stack.nats_url)
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     request_id = uuid.uuid4().hex
@@ -139,7 +145,7 @@ def test_testcontainers_nats_when_docker_answers() -> None:
     from testcontainers.community.nats import NatsContainer
 
     async def roundtrip(url: str) -> bytes:
-        nc = await nats.connect(url)
+        nc = await bus.connect(url)
         sub = await nc.subscribe("t")
         await nc.publish("t", b"hello")
         msg = await sub.next_msg(timeout=5)
@@ -157,13 +163,15 @@ def test_nats_server_restart_is_survived(tmp_path: Path) -> None:
 
     port = free_port()
     store = tmp_path / "nats"
-    server = EmbeddedNats(store, port=port).start()
+    server = EmbeddedNats(
+        store, port=port, credentials_dir=bus.CREDENTIALS.directory, brokers=bus.BROKERS
+    ).start()
     ingress_port = free_port()
     config = tmp_path / "restart.yaml"
     config.write_text(
         yaml.safe_dump(
             {
-                "nats": {"url": server.url},
+                "nats": {"url": server.url, **bus.config_section()},
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
                 "model_list": [{"model_name": "mock-gpt", "deployments": [{"provider": "mock"}]}],
             }
@@ -187,7 +195,9 @@ def test_nats_server_restart_is_survived(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert answer().status_code == 200
         server.stop()
-        server = EmbeddedNats(store, port=port).start()
+        server = EmbeddedNats(
+            store, port=port, credentials_dir=bus.CREDENTIALS.directory, brokers=bus.BROKERS
+        ).start()
         restarted = time.monotonic()
         deadline = restarted + 30
         response = answer()

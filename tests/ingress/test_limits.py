@@ -25,6 +25,7 @@ import yaml
 
 from broker.nats.embedded import EmbeddedNats, free_port
 from schemas.config import HEADER_ROOM
+from tests import bus
 from tests.procs import PROMPTBUS, Proc, wait_http
 
 NATS_LIMIT = 1024 * 1024  # nats-server's default max_payload, deliberately not ours
@@ -94,11 +95,17 @@ def limits(
     tmp_path_factory: pytest.TempPathFactory, hanging: HangingUpstream
 ) -> Iterator[LimitStack]:
     work = tmp_path_factory.mktemp("limits")
-    server = EmbeddedNats(work / "nats", log_file=work / "nats.log", max_payload=NATS_LIMIT)
+    server = EmbeddedNats(
+        work / "nats",
+        log_file=work / "nats.log",
+        max_payload=NATS_LIMIT,
+        credentials_dir=bus.CREDENTIALS.directory,
+        brokers=bus.BROKERS,
+    )
     server.start()
     port = free_port()
     config = {
-        "nats": {"url": server.url},
+        "nats": {"url": server.url, **bus.config_section()},
         "ingress": {"default_timeout_s": 30, "header_timeout_s": 1.0, "max_connections": 300},
         "worker": {"ack_wait_s": 1.5, "heartbeat_s": 0.5, "presence_ttl_s": 3, "max_deliver": 2},
         "model_list": [
@@ -149,7 +156,7 @@ def ask_over_nats(
     reply's headers and body, or None if none came within ``timeout``."""
 
     async def ask() -> tuple[dict[str, str], bytes] | None:
-        nc = await nats.connect(stack.nats_url)
+        nc = await bus.connect(stack.nats_url)
         try:
             inbox = nc.new_inbox()
             sub = await nc.subscribe(inbox)
@@ -300,7 +307,7 @@ def test_a_request_stored_after_its_publisher_gave_up_never_runs(limits: LimitSt
     assert ask_over_nats(limits, body.encode(), headers, 3) is None
 
     async def queued() -> int:
-        nc = await nats.connect(limits.nats_url)
+        nc = await bus.connect(limits.nats_url)
         try:
             return (await nc.jetstream().stream_info("PB_REQUESTS")).state.messages
         finally:
@@ -373,7 +380,7 @@ def test_a_poison_request_ends_after_max_deliver_starts(
     worker.stop()
 
     async def dead_letters() -> list[bytes]:
-        nc = await nats.connect(limits.nats_url)
+        nc = await bus.connect(limits.nats_url)
         try:
             js = nc.jetstream()
             info = await js.stream_info("PB_REQUESTS_DEAD")

@@ -16,6 +16,7 @@ import pytest
 from broker.client import BrokerClient
 from broker.nats.embedded import EmbeddedNats
 from schemas.settings import load_config
+from tests import bus
 from tests.procs import PROMPTBUS, Proc
 from tests.reliability.conftest import CLUSTER_CONFIG, assert_all_answered_once, short_and_long
 from tests.reliability.load import run_batch
@@ -24,12 +25,21 @@ from tests.reliability.load import run_batch
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedNats, Path]]:
     workdir = tmp_path_factory.mktemp("single")
-    server = EmbeddedNats(workdir / "nats", log_file=workdir / "nats.log").start()
+    server = EmbeddedNats(
+        workdir / "nats",
+        log_file=workdir / "nats.log",
+        credentials_dir=bus.CREDENTIALS.directory,
+        brokers=bus.BROKERS,
+    ).start()
     config = workdir / "promptbus.yaml"
     config.write_text(
         CLUSTER_CONFIG.read_text().replace("${UPSTREAM_URL}", "http://127.0.0.1:9/v1")
     )
-    env = {"PROMPTBUS__NATS__URL": server.url, "PROMPTBUS__WORKER__ACK_WAIT_S": "3"}
+    env = {
+        "PROMPTBUS__NATS__URL": server.url,
+        "PROMPTBUS__WORKER__ACK_WAIT_S": "3",
+        **bus.environment(),
+    }
     worker = Proc(
         [*PROMPTBUS, "worker", "-c", str(config), "--model", "mock-gpt"],
         workdir / "worker.log",
@@ -45,7 +55,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedN
 @pytest.fixture
 async def single_client(single: tuple[EmbeddedNats, Path]) -> AsyncIterator[BrokerClient]:
     server, config_path = single
-    config = load_config(config_path, env={"PROMPTBUS__NATS__URL": server.url})
+    config = load_config(config_path, env={"PROMPTBUS__NATS__URL": server.url, **bus.environment()})
     client = await BrokerClient.connect(config, server.url)
     try:
         for _ in range(300):  # until the worker's presence is visible

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from broker.nats.embedded import free_port
 from ingress.openapi import _TYPES
 from schemas.depth import MAX_JSON_DEPTH
+from tests import bus
 from tests.procs import PROMPTBUS, Proc, wait_http
 from tests.reliability.conftest import short_and_long
 from tests.reliability.schema_strategy import JSON, SchemaStrategies
@@ -52,7 +53,12 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[
     config.write_text(
         yaml.safe_dump(
             {
-                "nats": {"url": nats_url, "subject_prefix": "fz", "stream": "FZ_REQ"},
+                "nats": {
+                    "url": nats_url,
+                    "subject_prefix": "fz",
+                    "stream": "FZ_REQ",
+                    **bus.config_section(),
+                },
                 "auth": {"required": True},
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
                 "model_list": [

@@ -15,6 +15,7 @@ import pytest
 from broker.client import BrokerClient
 from schemas.errors import BrokerError
 from schemas.settings import load_config
+from tests import bus
 from tests.conftest import Stack
 from workers.mock.content import EMBEDDING_DIMENSIONS, embedding
 
@@ -145,7 +146,7 @@ async def test_python_client(client: BrokerClient) -> None:
 
 async def test_nats_subject(stack: Stack) -> None:
     """The contract of docs/subjects.md: publish the body to pb.embed.<model>."""
-    nc = await nats.connect(stack.nats_url)
+    nc = await bus.connect(stack.nats_url)
     try:
         inbox = nc.new_inbox()
         replies: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()

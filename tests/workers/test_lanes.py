@@ -23,6 +23,7 @@ from broker.observability import metrics
 from schemas.config import Config
 from schemas.envelope import H_KIND, H_REQUEST_ID, RequestMeta
 from schemas.settings import load_config
+from tests import bus
 from workers.lanes import Lane, PrioritySlots
 from workers.worker import Worker
 
@@ -35,7 +36,12 @@ def lane_config(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Conf
     path.write_text(
         yaml.safe_dump(
             {
-                "nats": {"url": nats_url, "subject_prefix": "lanes", "stream": "LANES"},
+                "nats": {
+                    "url": nats_url,
+                    "subject_prefix": "lanes",
+                    "stream": "LANES",
+                    **bus.config_section(),
+                },
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
                 "model_list": [
                     {
@@ -89,7 +95,7 @@ async def test_interactive_overtakes_a_saturated_batch_lane(
     lane_config: Config, nats_url: str, client: BrokerClient
 ) -> None:
     subjects = Subjects("lanes", "LANES")
-    nc = await nats.connect(nats_url)
+    nc = await bus.connect(nats_url)
     done: list[tuple[str, float]] = []
     all_done = asyncio.Event()
     inbox = f"_INBOX.lanes.{uuid.uuid4().hex}"
@@ -131,7 +137,7 @@ async def test_interactive_overtakes_a_saturated_batch_lane(
 async def test_batch_lane_fills_idle_capacity(nats_url: str, client: BrokerClient) -> None:
     """With no interactive traffic, batch work uses every slot (2 at a time)."""
     subjects = Subjects("lanes", "LANES")
-    nc = await nats.connect(nats_url)
+    nc = await bus.connect(nats_url)
     replies: asyncio.Queue[float] = asyncio.Queue()
     inbox = f"_INBOX.fill.{uuid.uuid4().hex}"
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from broker.nats.embedded import free_port
+from tests import bus
 from tests.procs import PROMPTBUS, Proc, eventually, wait_http, wait_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".promptbus" / "artifacts"
@@ -218,7 +219,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
     config.write_text(
         yaml.safe_dump(
             {
-                "nats": {"url": nats_url},
+                "nats": {"url": nats_url, **bus.config_section()},
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
                 "model_list": models,
             }
@@ -398,7 +399,7 @@ def test_context_window_fallback(env: Env) -> None:
 
 
 async def breaker_state(nats_url: str, deployment: str) -> str:
-    nc = await nats.connect(nats_url)
+    nc = await bus.connect(nats_url)
     try:
         kv = await nc.jetstream().key_value("pb_breakers")
         try:
@@ -575,7 +576,7 @@ def test_lowest_latency_routing(env: Env) -> None:
 async def test_raw_nats_request_to_a_routed_model_goes_through_the_intake(env: Env) -> None:
     for x in "abc":
         env.reset(f"rr-{x}")
-    nc = await nats.connect(env.nats_url)
+    nc = await bus.connect(env.nats_url)
     try:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
@@ -590,7 +591,7 @@ async def test_raw_nats_request_to_a_routed_model_goes_through_the_intake(env: E
 
 
 async def worker_beats(nats_url: str, model: str) -> list[dict[str, Any]]:
-    nc = await nats.connect(nats_url)
+    nc = await bus.connect(nats_url)
     try:
         kv = await nc.jetstream().key_value("pb_workers")
         keys = [k for k in await kv.keys() if k.startswith(f"{model}.")]

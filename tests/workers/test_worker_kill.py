@@ -21,6 +21,7 @@ import yaml
 from broker.client import BrokerClient
 from broker.nats.embedded import EmbeddedNats
 from schemas.settings import load_config
+from tests import bus
 from tests.procs import PROMPTBUS, Proc
 
 ACK_WAIT_S = 3.0
@@ -31,9 +32,14 @@ SLOTS = 24  # the deployment's max_concurrency: the consumer's cap for both work
 @pytest.fixture(scope="module")
 def kill_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, Path]]:
     work = tmp_path_factory.mktemp("kill")
-    with EmbeddedNats(work / "nats", log_file=work / "nats.log") as server:
+    with EmbeddedNats(
+        work / "nats",
+        log_file=work / "nats.log",
+        credentials_dir=bus.CREDENTIALS.directory,
+        brokers=bus.BROKERS,
+    ) as server:
         config = {
-            "nats": {"url": server.url},
+            "nats": {"url": server.url, **bus.config_section()},
             "worker": {"ack_wait_s": ACK_WAIT_S, "heartbeat_s": 0.5, "presence_ttl_s": 3},
             "model_list": [
                 {

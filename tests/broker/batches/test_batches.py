@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from broker.nats.embedded import EmbeddedNats, free_port
+from tests import bus
 from tests.procs import PROMPTBUS, ROOT, Proc, wait_http, wait_port
 
 MODELS = ["batch-gpt", "batch-slow", "batch-upstream"]
@@ -114,13 +115,18 @@ def chat_line(custom_id: str, model: str = "batch-gpt", **extra: Any) -> dict[st
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchEnv]:
     work = tmp_path_factory.mktemp("batches")
-    nats = EmbeddedNats(work / "nats", log_file=work / "nats.log").start()
+    nats = EmbeddedNats(
+        work / "nats",
+        log_file=work / "nats.log",
+        credentials_dir=bus.CREDENTIALS.directory,
+        brokers=bus.BROKERS,
+    ).start()
     upstream_port, ingress_port = free_port(), free_port()
     config = work / "batches.yaml"
     config.write_text(
         yaml.safe_dump(
             {
-                "nats": {"url": nats.url},
+                "nats": {"url": nats.url, **bus.config_section()},
                 "worker": {"ack_wait_s": 3, "heartbeat_s": 0.5, "presence_ttl_s": 3},
                 "batch": {"lease_ttl_s": 3},
                 "model_list": [
@@ -360,10 +366,8 @@ def test_any_custom_id_comes_back_verbatim_through_the_batch_lane_stream(env: Ba
     lane's own stream, not in the interactive one."""
     import asyncio
 
-    import nats
-
     async def last_seqs() -> tuple[int, int]:
-        nc = await nats.connect(env.nats.url)
+        nc = await bus.connect(env.nats.url)
         js = nc.jetstream()
         main, bulk = await js.stream_info("PB_REQUESTS"), await js.stream_info("PB_REQUESTS_BULK")
         await nc.close()
@@ -436,10 +440,8 @@ def test_two_batchers_run_a_batch_once_and_the_survivor_takes_over(env: BatchEnv
     when that one is killed: every line still answered exactly once."""
     import asyncio
 
-    import nats
-
     async def holder(batch_id: str) -> str:
-        nc = await nats.connect(env.nats.url)
+        nc = await bus.connect(env.nats.url)
         entry = await (await nc.jetstream().key_value("pb_batches")).get(f"run.{batch_id}")
         await nc.close()
         assert entry.value
@@ -469,10 +471,8 @@ def test_a_batch_past_its_window_expires_with_unanswered_lines_in_the_error_file
     in the error file with code batch_expired, and nothing is in both."""
     import asyncio
 
-    import nats
-
     async def expire_now(batch_id: str) -> None:
-        nc = await nats.connect(env.nats.url)
+        nc = await bus.connect(env.nats.url)
         kv = await nc.jetstream().key_value("pb_batches")
         entry = await kv.get(batch_id)
         assert entry.value
@@ -503,8 +503,6 @@ def test_a_batcher_dying_while_finalizing_is_finished_by_the_next(env: BatchEnv)
     reads them all again and writes the files, each line once."""
     import asyncio
 
-    import nats
-
     from broker.batches.batcher import BatchRun
     from broker.batches.store import BatchStore
     from schemas.settings import load_config
@@ -517,7 +515,7 @@ def test_a_batcher_dying_while_finalizing_is_finished_by_the_next(env: BatchEnv)
 
         async def run_until_finalize() -> None:
             config = load_config(env.config)
-            nc = await nats.connect(env.nats.url)
+            nc = await bus.connect(env.nats.url)
             try:
                 store = await BatchStore.open(nc.jetstream(), config)
                 run = BatchRun(config, nc, store, batch_id)
@@ -621,10 +619,8 @@ def test_raw_lane_results_are_kept_for_a_submitter_that_is_not_listening(env: Ba
     nats-py: each result names its request by the echoed request id and custom id."""
     import asyncio
 
-    import nats
-
     async def scenario() -> list[tuple[str, str, dict[str, Any]]]:
-        nc = await nats.connect(env.nats.url)
+        nc = await bus.connect(env.nats.url)
         js = nc.jetstream()
         for i in range(5):
             body = {"model": "batch-gpt", "messages": [{"role": "user", "content": f"raw {i}"}]}
@@ -640,7 +636,7 @@ def test_raw_lane_results_are_kept_for_a_submitter_that_is_not_listening(env: Ba
             )
         await nc.close()  # nobody listens while the workers answer
         await asyncio.sleep(1.0)
-        nc = await nats.connect(env.nats.url)
+        nc = await bus.connect(env.nats.url)
         js = nc.jetstream()
         sub = await js.pull_subscribe("pb.bres.rawjob", stream="PB_REQUESTS_RESULTS")
         msgs = []

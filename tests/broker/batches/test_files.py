@@ -5,18 +5,18 @@ from __future__ import annotations
 import io
 import os
 
-import nats
 import pytest
 
 from broker.batches.files import FileStore
 from schemas.config import Config, NatsConfig
+from tests import bus
 
 
 async def test_a_read_cut_off_mid_file_goes_on_from_the_next_chunk(
     nats_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = Config(model_list=[], nats=NatsConfig(url=nats_url, subject_prefix="files-t"))
-    nc = await nats.connect(nats_url)
+    nc = await bus.connect(nats_url)
     try:
         js = nc.jetstream()
         files = await FileStore.open(js, config)

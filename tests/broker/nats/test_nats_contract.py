@@ -14,12 +14,13 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from tests import bus
 from tests.conftest import Stack
 
 
 @pytest.fixture
 async def nc(stack: Stack) -> AsyncIterator[Client]:
-    conn = await nats.connect(stack.nats_url)
+    conn = await bus.connect(stack.nats_url)
     yield conn
     await conn.drain()
 

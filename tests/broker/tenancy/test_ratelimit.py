@@ -7,17 +7,17 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import nats
 import pytest
 from nats.js.api import KeyValueConfig
 
 from broker.tenancy.ratelimit import Bucket, RateLimiter
 from broker.tenancy.usage import period_end, period_key
+from tests import bus
 
 
 @pytest.fixture
 async def limiter(nats_url: str) -> AsyncIterator[tuple[RateLimiter, RateLimiter]]:
-    nc = await nats.connect(nats_url)
+    nc = await bus.connect(nats_url)
     kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=f"rl_{uuid.uuid4().hex}"))
     yield RateLimiter(kv), RateLimiter(kv)  # two "processes" sharing one bucket
     await nc.close()
