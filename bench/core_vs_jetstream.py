@@ -13,13 +13,12 @@ Run: .venv/bin/python bench/core_vs_jetstream.py [--duration 5]
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import yaml

@@ -10,8 +10,6 @@ time from the kill to the breaker opening and to the first answer from the backu
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import asyncio
 import json
@@ -21,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats

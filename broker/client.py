@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -186,6 +186,9 @@ class BrokerClient:
     ) -> None:
         self.api_key = api_key  # sent with each request when auth.required is on
         self.url: str | None = None  # the servers it connected to (None: a shared connection)
+        # Signs an admitted request's tenancy as it is queued (the ingress sets it:
+        # ``KeyStore.vouch``); without it a tenancy travels as given.
+        self.vouch: Callable[[RequestMeta, bytes], RequestMeta] | None = None
         self.cache = cache
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -394,6 +397,8 @@ class BrokerClient:
             enqueue_by_ms=deadline_after(min(timeout, PUBLISH_ACK_TIMEOUT_S)),
             accepts_parts=True,
         )
+        if self.vouch is not None and tenancy is not None:
+            meta = self.vouch(meta, ask.body)
         ack_key = f"{token}.a"
         self._pending[token] = pending
         try:

@@ -34,6 +34,7 @@ class Services:
             batches=await BatchStore.open(client.js, config),
             admin_key=os.environ.get(config.admin.api_key_env) or None,
         )
+        client.vouch = admission.keys.vouch
         credentials = NatsAccess.available(config)
         if credentials is not None and client.url is not None:
             found.nats_access = NatsAccess(config, admission, credentials)

@@ -7,6 +7,7 @@ headers so that a client in any language can speak the contract (see docs/subjec
 
 from __future__ import annotations
 
+import hashlib
 import time
 from enum import StrEnum
 
@@ -131,8 +132,17 @@ class Tenancy(Struct, frozen=True):
     metered: bool = False
     signature: str = ""
 
-    def signed_part(self, request_id: str) -> str:
-        return f"{request_id}|{self.key_id}|{self.tenant}|{self.estimate}|{int(self.metered)}"
+    def signed_part(
+        self, request_id: str, reply_to: str | None, deadline_ms: int | None, body: bytes
+    ) -> str:
+        """What the admission signature covers: who, and this very request (its body, where
+        its replies go, until when it may run), so that headers sniffed from one request
+        vouch for no other (another body, another reply subject, after its deadline)."""
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        return (
+            f"{request_id}|{self.key_id}|{self.tenant}|{self.estimate}|{int(self.metered)}"
+            f"|{reply_to or ''}|{deadline_ms or ''}|{digest}"
+        )
 
     def to_headers(self) -> dict[str, str]:
         return {

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from broker.tenancy.admission import ANONYMOUS_KEY, DEFAULT_TENANT, Admission, bearer
 from broker.tenancy.usage import UsageRecorder
 from schemas.chat import Usage
-from schemas.envelope import H_AUTHORIZATION, RequestMeta, Tenancy
+from schemas.envelope import H_AUTHORIZATION, RequestMeta, Tenancy, deadline_after
 
 _ANONYMOUS = Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT)
 
@@ -27,12 +27,16 @@ class Accounting:
     async def vet(self, msg: Msg, meta: RequestMeta, model: str) -> RequestMeta:
         """The request's meta with a vouched-for tenancy; raises ``BrokerError`` (401,
         403, 429) when a directly queued request may not run."""
-        if not self.admission.required or self.admission.vouched(meta.request_id, meta.tenancy):
+        if not self.admission.required or self.admission.vouched(meta, msg.data):
             return meta  # without auth there is nothing to check (nor to vouch for)
         secret = bearer((msg.headers or {}).get(H_AUTHORIZATION))
         grant = await self.admission.admit(secret, model, len(msg.data) // 4)
-        tenancy = self.admission.keys.sign_tenancy(meta.request_id, grant.tenancy)
-        return msgspec.structs.replace(meta, tenancy=tenancy)
+        admitted = msgspec.structs.replace(meta, tenancy=grant.tenancy)
+        if admitted.deadline_ms is None:  # its failover copies carry a signed expiry
+            admitted = msgspec.structs.replace(
+                admitted, deadline_ms=deadline_after(self.admission.config.nats.max_queue_age_s)
+            )
+        return self.admission.keys.vouch(admitted, msg.data)
 
     def key_transforms(self, meta: RequestMeta) -> tuple[str, ...]:
         """The transformation profiles of the request's key, if it has any."""

@@ -496,7 +496,10 @@ class BatchRun:
         headers |= {H_REPLY_TO: reply, H_DEADLINE: str(self._deadline_ms)}
         if self._owner is not None and self._keys is not None:
             owner = msgspec.structs.replace(self._owner, estimate=len(body) // 4)
-            headers |= self._keys.sign_tenancy(headers[H_REQUEST_ID], owner).to_headers()
+            signed = self._keys.sign_tenancy(
+                headers[H_REQUEST_ID], owner, reply, self._deadline_ms, body
+            )
+            headers |= signed.to_headers()
         return index, (lane_subject(self.subjects, model), body, headers)
 
     def _check_line(self, method: str, url: str, body: bytes) -> str:

@@ -33,7 +33,7 @@ from broker.tenancy.keys import KeyStore
 from broker.tenancy.ratelimit import Bucket, Decision, RateLimiter
 from broker.tenancy.usage import ANONYMOUS, NANO, UsageView, period_end
 from schemas.config import Config
-from schemas.envelope import Tenancy
+from schemas.envelope import RequestMeta, Tenancy
 from schemas.errors import (
     AuthenticationError,
     BrokerError,
@@ -135,14 +135,22 @@ class Admission:
     def required(self) -> bool:
         return self.config.auth.required
 
-    def vouch(self, request_id: str, grant: Grant) -> Tenancy | None:
-        """The signed tenancy to send with an admitted request; None without auth (the
-        worker has nothing to check, and the request travels five headers lighter)."""
-        return self.keys.sign_tenancy(request_id, grant.tenancy) if self.required else None
+    def vouch(self, grant: Grant) -> Tenancy | None:
+        """The tenancy to send with an admitted request, signed by the client as it is
+        queued (``BrokerClient.vouch``: the signature covers the reply subject and the
+        deadline); None without auth (the worker has nothing to check, and the request
+        travels five headers lighter)."""
+        return grant.tenancy if self.required else None
 
-    def vouched(self, request_id: str, tenancy: Tenancy | None) -> bool:
-        """Was this request admitted by a broker process already?"""
-        return self.keys.verify_tenancy(request_id, tenancy)
+    def vouched(self, meta: RequestMeta, body: bytes) -> bool:
+        """Was this request, with this body, admitted by a broker process already? A
+        tenancy that does not verify (forged, or replayed with another body, reply
+        subject or deadline) is counted; the request is then checked by its own key."""
+        if self.keys.verify_tenancy(meta, body):
+            return True
+        if meta.tenancy is not None and meta.tenancy.signature:
+            metrics.REFUSED.labels(code="admission_invalid").inc()
+        return False
 
     def check_spec(self, spec: KeySpec) -> None:
         """A key may name only transformation profiles and models the config has."""

@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from broker.nats.kvwatch import KVFollower
 from broker.nats.subjects import name_token
-from schemas.envelope import Tenancy
+from schemas.envelope import RequestMeta, Tenancy
 from schemas.tenancy import (
     IssuedKey,
     KeyRecord,
@@ -125,16 +125,31 @@ class KeyStore:
     def verify(self, message: str, signature: str) -> bool:
         return hmac.compare_digest(self.sign(message), signature)
 
-    def sign_tenancy(self, request_id: str, tenancy: Tenancy) -> Tenancy:
+    def sign_tenancy(
+        self, request_id: str, tenancy: Tenancy, reply_to: str | None, deadline_ms: int, body: bytes
+    ) -> Tenancy:
         """The tenancy with its signature over this request: what a worker verifies
         instead of admitting the request again (``verify_tenancy``)."""
-        signature = self.sign(tenancy.signed_part(request_id))
+        signature = self.sign(tenancy.signed_part(request_id, reply_to, deadline_ms, body))
         return msgspec.structs.replace(tenancy, signature=signature)
 
-    def verify_tenancy(self, request_id: str, tenancy: Tenancy | None) -> bool:
-        return tenancy is not None and self.verify(
-            tenancy.signed_part(request_id), tenancy.signature
+    def verify_tenancy(self, meta: RequestMeta, body: bytes) -> bool:
+        """Does the request's tenancy vouch for this request? Only with a deadline: an
+        admission that never expires could be replayed for ever."""
+        tenancy = meta.tenancy
+        if tenancy is None or meta.deadline_ms is None:
+            return False
+        signed = tenancy.signed_part(meta.request_id, meta.reply_to, meta.deadline_ms, body)
+        return self.verify(signed, tenancy.signature)
+
+    def vouch(self, meta: RequestMeta, body: bytes) -> RequestMeta:
+        """The meta with its tenancy signed for this body (``BrokerClient.vouch``)."""
+        if meta.tenancy is None or meta.deadline_ms is None:
+            return meta
+        tenancy = self.sign_tenancy(
+            meta.request_id, meta.tenancy, meta.reply_to, meta.deadline_ms, body
         )
+        return msgspec.structs.replace(meta, tenancy=tenancy)
 
     # ------------------------------------------------------------ writes (admin)
 

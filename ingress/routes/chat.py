@@ -134,7 +134,7 @@ async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Respon
         "timeout": request_timeout(request),
         "request_id": rid,
         "traceparent": tracing.child(trace),
-        "tenancy": admission.vouch(rid, grant),
+        "tenancy": admission.vouch(grant),
     }
     limits = grant.rate_headers()
     cache_control = request.headers.get("cache-control")

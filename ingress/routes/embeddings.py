@@ -34,7 +34,7 @@ async def embeddings(request: Request) -> Response:
             timeout=request_timeout(request),
             request_id=rid,
             traceparent=tracing.child(trace),
-            tenancy=admission.vouch(rid, grant),
+            tenancy=admission.vouch(grant),
             mode="embeddings",
         )
         response = Response(

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -21,6 +23,7 @@ from nats.aio.msg import Msg
 
 from broker.client import BrokerClient
 from broker.nats.credentials import Role, tenant_login
+from schemas.envelope import Tenancy as Tenancy_
 from schemas.errors import AuthenticationError
 from schemas.settings import load_config
 from tests import bus
@@ -122,8 +125,12 @@ async def test_a_tenant_service_cannot_listen_to_prompts_or_replies(
     service: Tenant,
 ) -> None:
     heard: list[str] = []
+
+    async def listen(msg: Msg) -> None:
+        heard.append(msg.subject)
+
     for subject in ("tn.chat.>", "_INBOX.>", "_INBOX_ingress.>", "_INBOX_tenant.>", ">"):
-        await service.nc.subscribe(subject, cb=lambda m: heard.append(m.subject))  # type: ignore[arg-type, misc]
+        await service.nc.subscribe(subject, cb=listen)
     other = tenancy.create_key(tenant="svc-b")
     assert tenancy.chat(other, text="private to b").status_code == 200
     await asyncio.sleep(0.5)
@@ -164,7 +171,7 @@ async def test_a_revoked_key_loses_its_nats_connection_within_seconds(
         key_id = "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
         assert tenancy.admin("DELETE", f"/admin/keys/{key_id}").status_code in (200, 204)
         revoked = time.monotonic()
-        while tenant.nc.is_connected and time.monotonic() - revoked < 10:
+        while tenant.nc.is_connected and time.monotonic() - revoked < 10:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         assert not tenant.nc.is_connected, "still connected 10 s after the revocation"
         await asyncio.sleep(1.5)  # its reconnects are refused: the key is no longer valid
@@ -183,12 +190,60 @@ async def test_each_broker_role_keeps_to_its_own(tenancy: Tenancy) -> None:  # n
         assert await _refused(ijs.pull_subscribe("tn.chat.>", durable="thief", stream="TN_REQ"))
         assert await _refused(worker.jetstream().object_store("tn_files"))
         heard: list[bytes] = []
+
+        async def listen(msg: Msg) -> None:
+            heard.append(msg.data)
+
         for role_nc in (ingress, worker):
-            await role_nc.subscribe("$SYS.REQ.USER.AUTH", cb=lambda m: heard.append(m.data))  # type: ignore[arg-type, misc]
-        await role_nc.flush()
+            await role_nc.subscribe("$SYS.REQ.USER.AUTH", cb=listen)
+            await role_nc.flush()
         tenant = await Tenant.connect(tenancy.nats_url, tenancy.create_key(tenant="svc-d"))
         await tenant.nc.close()
         assert heard == []
     finally:
         await ingress.close()
         await worker.close()
+
+
+async def test_sniffed_admission_vouches_for_no_other_request(
+    tenancy: Tenancy,  # noqa: F811
+    service: Tenant,
+) -> None:
+    """Admission headers as an ingress signs them (for one body, reply subject and
+    deadline), replayed with another body or after their deadline: refused (401)."""
+    admin = await bus.connect(tenancy.nats_url)
+    try:
+        entry = await (await admin.jetstream().key_value("tn_keys")).get("admission-secret")
+        secret = entry.value
+    finally:
+        await admin.close()
+    assert secret
+
+    def signed(request_id: str, reply: str, deadline_ms: int, body: bytes) -> dict[str, str]:
+        owner = Tenancy_(key_id="key_000000000000", tenant="svc-a")
+        part = owner.signed_part(request_id, reply, deadline_ms, body)
+        signature = hmac.new(secret, part.encode(), hashlib.sha256).hexdigest()[:32]
+        return msgspec.structs.replace(owner, signature=signature).to_headers()
+
+    async def send(body: bytes, deadline_ms: int, signed_body: bytes) -> str:
+        inbox = service.nc.new_inbox()
+        sub = await service.nc.subscribe(inbox, max_msgs=1)
+        rid = f"replay-{time.monotonic_ns()}"
+        headers = {
+            "Pb-Reply-To": inbox,
+            "Pb-Request-Id": rid,
+            "Pb-Deadline": str(deadline_ms),
+            "Nats-Msg-Id": rid,
+            **signed(rid, inbox, deadline_ms, signed_body),
+        }
+        await service.nc.jetstream().publish("tn.chat.other-model", body, headers=headers)
+        reply = await sub.next_msg(timeout=15)
+        assert reply.headers is not None
+        return reply.headers.get("Pb-Status", "200")
+
+    body = json.dumps({**REQUEST, "model": "other-model"}).encode()
+    later = int(time.time() * 1000) + 60_000
+    assert await send(body, later, body) == "200"  # as signed: vouched for
+    other = json.dumps({**REQUEST, "model": "other-model", "max_tokens": 999}).encode()
+    assert await send(other, later, body) == "401"  # another body
+    assert await send(body, int(time.time() * 1000) - 1, body) in ("401", "504")  # expired
