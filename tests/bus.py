@@ -41,5 +41,4 @@ def environment() -> dict[str, str]:
 
 async def connect(url: str, role: Role = Role.ADMIN, **options: object) -> NATS:
     """A plain nats-py connection logged in as ``role``."""
-    login = CREDENTIALS.login(role)
-    return await nats.connect(url, inbox_prefix=login.inbox_prefix, **login.options, **options)
+    return await nats.connect(url, **CREDENTIALS.login(role).nats_options(), **options)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.nats.credentials import Role, inbox_prefix
-from broker.nats.subjects import BATCHES, FILES, KEYS, RATELIMITS, Subjects, bucket
+from broker.nats.subjects import BATCHES, FILES, RATELIMITS, Subjects, bucket
 
 TENANT_INBOXES = "_INBOX_tenant"  # a tenant's inboxes: ``_INBOX_tenant.<digest>.>``
 AUTH_REQUESTS = "$SYS.REQ.USER.AUTH"
@@ -102,8 +102,3 @@ def role_permissions(role: Role, brokers: Iterable[Subjects]) -> dict[str, Any]:
     if sub_deny:
         sub["deny"] = sub_deny
     return {"publish": pub, "subscribe": sub}
-
-
-def secret_buckets(prefix: str) -> list[str]:
-    """The subjects of the keys bucket: what tenants and strangers must never reach."""
-    return _kv(prefix, KEYS)

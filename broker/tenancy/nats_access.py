@@ -87,10 +87,6 @@ def tenant_permissions(
     return publish, [f"{TENANT_INBOXES}.{key_digest[:20]}.>"]
 
 
-def config_prefix(config: Config) -> str:
-    return config.nats.subject_prefix
-
-
 class NatsAccess:
     """The auth callout service of one ingress (see the module docstring)."""
 
@@ -120,7 +116,7 @@ class NatsAccess:
         )
         self._sub = await self._nc.subscribe(
             AUTH_REQUESTS,
-            queue=f"promptbus-auth-{config_prefix(self._config)}",
+            queue=f"promptbus-auth-{self._config.nats.subject_prefix}",
             cb=self._on_request,
         )
         self._sweeper = asyncio.create_task(self._sweep())
