@@ -118,8 +118,7 @@ async def _check_login(servers: list[str], name: str, login: Login) -> None:
             max_reconnect_attempts=0,
             connect_timeout=5,
             error_cb=quiet,
-            inbox_prefix=login.inbox_prefix,
-            **login.options,
+            **login.nats_options(),
         )
         await probe.flush(timeout=5)
     except Exception as exc:
@@ -172,7 +171,6 @@ async def connect(url: str | list[str], name: str, login: Login | None = None) -
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
-        inbox_prefix=login.inbox_prefix,
-        **login.options,
+        **login.nats_options(),
     )
     return nc

@@ -60,10 +60,13 @@ def inbox_prefix(role: Role | str) -> str:
     return f"_INBOX_{role}"
 
 
+TENANT_INBOXES = "_INBOX_tenant"  # a tenant's inboxes: ``_INBOX_tenant.<digest>.>``
+
+
 def tenant_inbox_prefix(key_digest: str) -> str:
     """A tenant connection's inboxes: derived from its key's digest, which both the
     service (from the key it holds) and the auth callout (from the key store) know."""
-    return f"_INBOX_tenant.{key_digest[:20]}"
+    return f"{TENANT_INBOXES}.{key_digest[:20]}"
 
 
 def tenant_login(api_key: str) -> Login:

@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from broker.nats.credentials import Role, inbox_prefix
+from broker.nats.credentials import TENANT_INBOXES, Role, inbox_prefix
 from broker.nats.subjects import BATCHES, FILES, RATELIMITS, Subjects, bucket
 
-TENANT_INBOXES = "_INBOX_tenant"  # a tenant's inboxes: ``_INBOX_tenant.<digest>.>``
 AUTH_REQUESTS = "$SYS.REQ.USER.AUTH"
 
 

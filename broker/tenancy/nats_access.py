@@ -36,8 +36,8 @@ from nats.aio.subscription import Subscription
 
 from broker.nats import jwt
 from broker.nats.connection import connect
-from broker.nats.credentials import ACCOUNT, ISSUER, Credentials, Role
-from broker.nats.permissions import AUTH_REQUESTS, TENANT_INBOXES
+from broker.nats.credentials import ACCOUNT, ISSUER, Credentials, Role, tenant_inbox_prefix
+from broker.nats.permissions import AUTH_REQUESTS
 from broker.nats.subjects import BREAKERS, WORKERS, Subjects, bucket, subject_token
 from broker.observability.metrics import NATS_LOGINS
 from broker.tenancy.admission import Admission
@@ -46,8 +46,8 @@ from schemas.config import Config
 log = logging.getLogger(__name__)
 
 LOGIN_TTL_S = 900.0  # a tenant's NATS login is checked again at least this often
-SWEEP_S = 1.0
-REFUSE_AFTER_S = 0.25  # how often the logins of revoked keys are looked for
+SWEEP_S = 1.0  # how often the logins of revoked keys are looked for
+REFUSE_AFTER_S = 0.25  # an unknown key is refused this late (another broker may know it)
 _KICK = "$SYS.REQ.SERVER.{server}.KICK"
 _encoder = msgspec.json.Encoder()
 
@@ -84,7 +84,7 @@ def tenant_permissions(
             f"$JS.API.CONSUMER.INFO.{stream}.>",
             f"$JS.FC.{stream}.>",
         ]
-    return publish, [f"{TENANT_INBOXES}.{key_digest[:20]}.>"]
+    return publish, [f"{tenant_inbox_prefix(key_digest)}.>"]
 
 
 class NatsAccess:
