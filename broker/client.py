@@ -37,6 +37,7 @@ from broker.nats.provision import (
     provision,
 )
 from broker.nats.subjects import BREAKERS, WORKERS, Subjects, bucket
+from broker.nats.tls import client_context
 from broker.routing.breaker_board import BreakerRecords
 from broker.routing.presence import WorkerDirectory
 from broker.routing.router import Router
@@ -227,7 +228,10 @@ class BrokerClient:
         streams nor shares the answer cache. Without a key it logs in as an ingress."""
         tenant = login is None and api_key is not None
         if login is None:
-            login = tenant_login(api_key) if api_key else login_for(config, Role.INGRESS)
+            if api_key:
+                login = tenant_login(api_key).over(client_context(config.nats.tls))
+            else:
+                login = login_for(config, Role.INGRESS)
         url = url or config.nats.url or _embedded_url(config)
         nc = await connect(url, name, login)
         try:

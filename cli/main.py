@@ -46,6 +46,7 @@ def _start_embedded(config: Config) -> EmbeddedNats:
         auth=config.nats.auth,
         credentials_dir=config.nats.credentials_dir,
         brokers=[Subjects.of(config)],
+        tls=config.nats.tls,
     )
     try:
         return server.start()
@@ -163,6 +164,7 @@ def cmd_credentials(args: argparse.Namespace) -> None:
         config.nats.max_payload_bytes,
         credentials,
         [Subjects.of(config)],
+        config.nats.tls,
     )
     if args.world_readable_config:  # a server container running as another user
         conf.chmod(0o644)

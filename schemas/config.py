@@ -137,6 +137,28 @@ class ModelConfig(_Config):
 NATS_MEMORY_LIMIT_MB = 200
 
 
+class NatsTlsConfig(_Config):
+    """TLS on the bus (docs/operations.md, "TLS on the bus"). Clients verify the server
+    against ``ca_file``; the embedded server and cluster serve ``cert_file``/``key_file``.
+    With ``verify_clients`` the server also wants a client certificate signed by
+    ``ca_file`` (mutual TLS), which the broker's processes present from
+    ``client_cert_file``/``client_key_file``."""
+
+    ca_file: str | None = None  # None: the system's trust store
+    cert_file: str | None = None  # the server's certificate (embedded server, cluster)
+    key_file: str | None = None
+    client_cert_file: str | None = None  # mutual TLS: this process's certificate
+    client_key_file: str | None = None
+    verify_clients: bool = False  # the server refuses clients without a certificate
+
+    def __post_init__(self) -> None:
+        for cert, key in (("cert_file", "key_file"), ("client_cert_file", "client_key_file")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"nats.tls: {cert} and {key} go together")
+        if self.verify_clients and self.ca_file is None:
+            raise ValueError("nats.tls: verify_clients needs the ca_file that signs them")
+
+
 class NatsConfig(_Config):
     url: str | None = None  # None: start the embedded nats-server
     host: str = "127.0.0.1"  # embedded server only
@@ -149,6 +171,7 @@ class NatsConfig(_Config):
     auth: bool = True  # embedded server and cluster: require logins
     credentials_dir: str = ".promptbus/credentials"
     credentials_file: str | None = None  # this process's .creds (JWT + seed); wins if set
+    tls: NatsTlsConfig | None = None  # None: plain TCP (the embedded server on 127.0.0.1)
     # Embedded server only: its Go runtime's soft memory limit (GOMEMLIMIT, which wins
     # when set in the environment); None lets the heap grow to twice its live size.
     memory_limit_mb: Annotated[int, Meta(ge=64)] | None = NATS_MEMORY_LIMIT_MB

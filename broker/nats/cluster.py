@@ -91,6 +91,7 @@ class LocalCluster:
             log_dir=self.store,
             max_payload=config.nats.max_payload_bytes,
             brokers=[Subjects.of(config)],
+            tls=config.nats.tls,
         )
         self.ingress_port = ingress_port or free_port()
         self.ingress_count = ingresses

@@ -16,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import ssl
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nkeys
+
+from broker.nats.tls import client_context
 
 if TYPE_CHECKING:
     from schemas.config import Config
@@ -54,6 +57,10 @@ class Login:
     def nats_options(self) -> dict[str, Any]:
         """Keywords for a plain ``nats.connect``."""
         return {**self.options, "inbox_prefix": self.inbox_prefix}
+
+    def over(self, tls: ssl.SSLContext | None) -> Login:
+        """This login over TLS (``broker.nats.tls.client_context``); itself without."""
+        return self if tls is None else Login({**self.options, "tls": tls}, self.inbox_prefix)
 
 
 def inbox_prefix(role: Role | str) -> str:
@@ -124,10 +131,11 @@ class Credentials:
 def login_for(config: Config, role: Role) -> Login:
     """How a broker process of ``role`` logs in: an operator's ``.creds`` file when one is
     configured, else its seed in the credentials directory, else anonymously (a server
-    without authentication)."""
+    without authentication); over TLS when ``nats.tls`` says so."""
+    tls = client_context(config.nats.tls)
     if config.nats.credentials_file:
-        return Login({"user_credentials": config.nats.credentials_file})
+        return Login({"user_credentials": config.nats.credentials_file}).over(tls)
     credentials = Credentials(Path(config.nats.credentials_dir))
     if credentials.has(role):
-        return credentials.login(role)
-    return Login()
+        return credentials.login(role).over(tls)
+    return Login().over(tls)

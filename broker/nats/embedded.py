@@ -25,7 +25,8 @@ from types import TracebackType
 from broker.nats.credentials import Credentials, Login, Role
 from broker.nats.server_config import write_server_config
 from broker.nats.subjects import Subjects
-from schemas.config import NATS_MAX_PAYLOAD, NATS_MEMORY_LIMIT_MB
+from broker.nats.tls import client_context
+from schemas.config import NATS_MAX_PAYLOAD, NATS_MEMORY_LIMIT_MB, NatsTlsConfig
 
 # A soft memory limit for the Go runtime of the servers started here (GOMEMLIMIT). Without
 # it the heap grows to twice its live size between collections: a 100,000-line batch
@@ -119,10 +120,12 @@ class EmbeddedNats:
         auth: bool = True,
         credentials_dir: str | Path | None = None,
         brokers: Sequence[Subjects] = (Subjects(),),
+        tls: NatsTlsConfig | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.credentials = _credentials(self.store_dir, auth, credentials_dir)
         self.brokers = tuple(brokers)
+        self.tls = tls  # served when it names a certificate (broker.nats.tls)
         self.host = host
         self.max_payload = max_payload
         self.port = port or free_port(host)
@@ -141,11 +144,14 @@ class EmbeddedNats:
 
     def login(self, role: Role = Role.ADMIN) -> Login:
         """How a process of ``role`` logs in to this server."""
-        return self.credentials.login(role) if self.credentials else Login()
+        login = self.credentials.login(role) if self.credentials else Login()
+        return login.over(client_context(self.tls))
 
     def start(self, timeout: float = 15.0) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        conf = write_server_config(self.store_dir, self.max_payload, self.credentials, self.brokers)
+        conf = write_server_config(
+            self.store_dir, self.max_payload, self.credentials, self.brokers, self.tls
+        )
         args = [
             find_nats_server(),
             "-c", str(conf),
@@ -239,6 +245,7 @@ class EmbeddedCluster:
         auth: bool = True,
         credentials_dir: str | Path | None = None,
         brokers: Sequence[Subjects] = (Subjects(),),
+        tls: NatsTlsConfig | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -246,6 +253,7 @@ class EmbeddedCluster:
         self.store_dir = Path(store_dir)
         self.credentials = _credentials(self.store_dir, auth, credentials_dir)
         self.brokers = tuple(brokers)
+        self.tls = tls  # served when it names a certificate (broker.nats.tls)
         self.host = host
         self.name = name
         self.ports = ports or [free_port(host) for _ in range(size)]
@@ -267,7 +275,8 @@ class EmbeddedCluster:
 
     def login(self, role: Role = Role.ADMIN) -> Login:
         """How a process of ``role`` logs in to this cluster."""
-        return self.credentials.login(role) if self.credentials else Login()
+        login = self.credentials.login(role) if self.credentials else Login()
+        return login.over(client_context(self.tls))
 
     def server_name(self, index: int) -> str:
         return f"{self.name}-n{index}"
@@ -280,7 +289,7 @@ class EmbeddedCluster:
             if i != index
         )
         conf = write_server_config(
-            self.store_dir / f"n{index}", self.max_payload, self.credentials, self.brokers
+            self.store_dir / f"n{index}", self.max_payload, self.credentials, self.brokers, self.tls
         )
         return [
             find_nats_server(),

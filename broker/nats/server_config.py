@@ -1,5 +1,6 @@
 """The nats-server config promptbus writes for the servers it runs (embedded, cluster,
-compose): the payload limit, and, with credentials, who may connect and do what.
+compose): the payload limit, TLS when configured, and, with credentials, who may
+connect and do what.
 
 With credentials the server has two accounts:
 
@@ -24,6 +25,8 @@ from typing import Any
 from broker.nats.credentials import ACCOUNT, ISSUER, SYSTEM_ACCOUNT, Credentials, Role
 from broker.nats.permissions import role_permissions
 from broker.nats.subjects import Subjects
+from broker.nats.tls import server_block
+from schemas.config import NatsTlsConfig
 
 CONFIG_NAME = "nats-server.conf"
 
@@ -32,9 +35,13 @@ def server_settings(
     max_payload: int,
     credentials: Credentials | None,
     brokers: Iterable[Subjects] = (Subjects(),),
+    tls: NatsTlsConfig | None = None,
 ) -> dict[str, Any]:
     """The server config as a dict (what ``write_server_config`` writes)."""
     settings: dict[str, Any] = {"max_payload": max_payload}
+    block = server_block(tls)
+    if block is not None:
+        settings["tls"] = block
     if credentials is None:
         return settings
     brokers = list(brokers)
@@ -64,12 +71,13 @@ def write_server_config(
     max_payload: int,
     credentials: Credentials | None = None,
     brokers: Iterable[Subjects] = (Subjects(),),
+    tls: NatsTlsConfig | None = None,
 ) -> Path:
     """``nats-server.conf`` beside the store (mode 600), passed with ``-c``; flags
     override the rest. Written at every start: edits are replaced."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONFIG_NAME
-    text = json.dumps(server_settings(max_payload, credentials, brokers), indent=2)
+    text = json.dumps(server_settings(max_payload, credentials, brokers, tls), indent=2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text + "\n")

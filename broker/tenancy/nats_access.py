@@ -39,6 +39,7 @@ from broker.nats.connection import connect
 from broker.nats.credentials import ACCOUNT, ISSUER, Credentials, Role, tenant_inbox_prefix
 from broker.nats.permissions import AUTH_REQUESTS
 from broker.nats.subjects import BREAKERS, WORKERS, Subjects, bucket, subject_token
+from broker.nats.tls import client_context
 from broker.observability.metrics import NATS_LOGINS
 from broker.tenancy.admission import Admission
 from schemas.config import Config
@@ -110,9 +111,12 @@ class NatsAccess:
         return credentials if all(credentials.has(n) for n in needed) else None
 
     async def start(self, url: str) -> None:
-        self._nc = await connect(url, "promptbus-auth", self._credentials.login(Role.AUTH))
+        tls = client_context(self._config.nats.tls)
+        self._nc = await connect(
+            url, "promptbus-auth", self._credentials.login(Role.AUTH).over(tls)
+        )
         self._system = await connect(
-            url, "promptbus-auth-system", self._credentials.login(Role.SYSTEM)
+            url, "promptbus-auth-system", self._credentials.login(Role.SYSTEM).over(tls)
         )
         self._sub = await self._nc.subscribe(
             AUTH_REQUESTS,
