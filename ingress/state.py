@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from broker.batches.store import BatchStore
 from broker.client import BrokerClient
+from broker.responses.store import ResponseStore
 from broker.tenancy.admission import Admission, bearer
 from broker.tenancy.nats_access import NatsAccess
 from schemas.config import Config
@@ -22,6 +23,7 @@ class Services:
     admission: Admission
     batches: BatchStore
     admin_key: str | None  # the admin API's key (admin.api_key_env); None: admin API off
+    responses: ResponseStore
     nats_access: NatsAccess | None = None  # tenants' NATS logins, where this has the keys
 
     @classmethod
@@ -33,6 +35,7 @@ class Services:
             admission=admission,
             batches=await BatchStore.open(client.js, config),
             admin_key=os.environ.get(config.admin.api_key_env) or None,
+            responses=await ResponseStore.open(client.js, config),
         )
         client.vouch = admission.keys.vouch
         credentials = NatsAccess.available(config)

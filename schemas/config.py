@@ -281,6 +281,12 @@ class BatchConfig(_Config):
     lease_ttl_s: Annotated[float, Meta(ge=1)] = 15.0
 
 
+class ResponsesConfig(_Config):
+    """The Responses API's stored responses (``store``, OpenAI's default)."""
+
+    retention_s: PositiveFloat = 30 * 86400.0  # as long as OpenAI keeps them: 30 days
+
+
 class Config(_Config):
     model_list: list[ModelConfig]
     nats: NatsConfig = field(default_factory=NatsConfig)
@@ -292,6 +298,7 @@ class Config(_Config):
     prices: dict[str, PriceConfig] = field(default_factory=dict)  # by upstream model name
     transforms: dict[str, TransformConfig] = {}  # profiles, named by models' `transforms`
     batch: BatchConfig = field(default_factory=BatchConfig)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
 
     def __post_init__(self) -> None:
         carried = self.nats.max_payload_bytes - HEADER_ROOM

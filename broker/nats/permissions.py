@@ -6,8 +6,9 @@ stream name) a server carries. The lines that matter:
 
 - only the auth service sees ``$SYS.REQ.USER.AUTH``: its requests carry tenants' keys;
 - nobody but a worker consumes a work queue; the ingress and batcher publish to it;
-- a worker reads neither the files nor the batches; only the auth service, ingress,
-  worker and batcher read the keys bucket (its digests and the admission secret);
+- a worker reads neither the files, the batches nor the stored responses; only the
+  auth service, ingress, worker and batcher read the keys bucket (its digests and the
+  admission secret);
 - each role reads only its own inboxes (``_INBOX_<role>``): nobody reads another
   caller's replies, and tenants' inboxes (``_INBOX_tenant.<digest>``) are theirs alone.
 
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from broker.nats.credentials import TENANT_INBOXES, Role, inbox_prefix
-from broker.nats.subjects import BATCHES, FILES, RATELIMITS, Subjects, bucket
+from broker.nats.subjects import BATCHES, FILES, RATELIMITS, RESPONSES, Subjects, bucket
 
 AUTH_REQUESTS = "$SYS.REQ.USER.AUTH"
 
@@ -79,11 +80,11 @@ def _denied(role: Role, brokers: Iterable[Subjects]) -> tuple[list[str], list[st
             pub += [rule for q in queues for rule in consuming(q)]
             sub += _queues(subjects)
         if role is Role.WORKER:
-            for rules in (_files(p), _kv(p, BATCHES)):
+            for rules in (_files(p), _kv(p, BATCHES), _kv(p, RESPONSES)):
                 pub += rules
                 sub += rules
         if role is Role.AUTH:
-            for rules in (_files(p), _kv(p, BATCHES), _kv(p, RATELIMITS)):
+            for rules in (_files(p), _kv(p, BATCHES), _kv(p, RATELIMITS), _kv(p, RESPONSES)):
                 pub += rules
                 sub += rules
             pub += stream_api(subjects.usage_stream)

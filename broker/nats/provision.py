@@ -34,6 +34,7 @@ from broker.nats.subjects import (
     CACHE,
     KEYS,
     RATELIMITS,
+    RESPONSES,
     WORKERS,
     Subjects,
     bucket,
@@ -312,6 +313,8 @@ BUCKETS: dict[str, BucketSpec] = {
     RATELIMITS: BucketSpec("promptbus rate limit buckets", ttl=lambda _: RATELIMIT_TTL_S),
     # batch records (key = batch id), publishing checkpoints and resume keys
     BATCHES: BucketSpec("promptbus batches"),
+    # Responses API responses kept for previous_response_id and GET (key <tenant>.<id>)
+    RESPONSES: BucketSpec("promptbus stored responses", ttl=lambda c: c.responses.retention_s),
     # starts of redelivered requests (key <stream>.<seq>): a request that ends its worker
     # every time is recognised on its nats.max_deliver-th start; written only for
     # redeliveries, never on the hot path; entries outlive any queued request

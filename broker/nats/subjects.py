@@ -43,6 +43,7 @@ RATELIMITS = "ratelimits"
 BATCHES = "batches"
 ATTEMPTS = "attempts"  # how many times workers began serving a redelivered request
 FILES = "files"  # an Object Store bucket
+RESPONSES = "responses"  # stored Responses API responses (previous_response_id)
 
 
 def bucket(prefix: str, kind: str) -> str:

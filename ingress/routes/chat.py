@@ -7,7 +7,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -77,17 +77,30 @@ def request_id(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex
 
 
+Work = Callable[[Request, str, dict[str, Any]], Awaitable[Response]]
+
+
 async def chat_completions(request: Request) -> Response:
-    """Metrics, trace context and the request log around the actual work."""
+    return await observed(request, _chat)
+
+
+async def observed(
+    request: Request,
+    work: Work,
+    what: str = "chat completion",
+    render_error: Callable[[BrokerError], Response] = error_response,
+) -> Response:
+    """Metrics, trace context and the request log around the actual work of a model
+    request (``work(request, traceparent, context)``): chat, responses, messages."""
     config = services(request).config
     started = time.perf_counter()
     trace = tracing.accept(request.headers.get("traceparent"))
     context: dict[str, Any] = {"request_id": request_id(request), "model": "", "stream": False}
     metrics.INGRESS_INFLIGHT.inc()
     try:
-        response = await _chat(request, trace, context)
+        response = await work(request, trace, context)
     except BrokerError as exc:
-        response = error_response(exc)
+        response = render_error(exc)
         context["error"] = exc.detail.code
         metrics.ERRORS.labels("-", exc.detail.code or f"http_{exc.status}").inc()
     finally:
@@ -103,7 +116,7 @@ async def chat_completions(request: Request) -> Response:
     if log.isEnabledFor(level):
         log.log(
             level,
-            "chat completion",
+            what,
             extra=context
             | {
                 "trace_id": tracing.trace_id(trace),

@@ -1,0 +1,152 @@
+"""``/v1/responses``: the Responses API, served as the chat request it means (the
+translation is ``broker/responses/translation.py``; docs/responses.md says what is
+served). Stored responses (``store``, the default) live in NATS, per tenant."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from broker.client import Reply, ReplyStream
+from broker.observability import tracing
+from broker.responses import translation
+from broker.responses.store import ResponseStore, StoredResponse
+from ingress.http_io import read_body, request_timeout, require_json
+from ingress.routes.chat import SSE_HEADERS, model_named_in, observed, reply_headers
+from ingress.state import api_key, services, tenant_of
+from schemas.chat import ChatCompletionRequest, Message, chunk_decoder, completion_decoder, encoder
+from schemas.depth import decode_checked
+from schemas.errors import BrokerError
+from schemas.responses import DeletedResponse, response_request_decoder
+from schemas.responses import Response as ResponseObject
+
+
+async def create_response(request: Request) -> Response:
+    return await observed(request, _create, "response")
+
+
+async def _create(request: Request, trace: str, context: dict[str, Any]) -> Response:
+    found = services(request)
+    broker, admission = found.client, found.admission
+    require_json(request)
+    body = await read_body(request, broker.max_body_bytes)
+    try:
+        asked = decode_checked(response_request_decoder, body)
+    except BrokerError:
+        context["model"] = model_named_in(body)
+        raise
+    context["model"], context["stream"] = asked.model, bool(asked.stream)
+    grant = await admission.admit(api_key(request), asked.model, len(body) // 4)
+    tenant = grant.tenancy.tenant if admission.required else None
+    context["tenant"] = grant.tenancy.tenant
+    history: list[Message] = []
+    if asked.previous_response_id:
+        history = (await found.responses.get(tenant, asked.previous_response_id)).messages
+    chat = translation.to_chat(asked, history)
+    chat_body = encoder.encode(chat)
+    base = translation.shell(asked, translation.new_id("resp"), translation.created_now())
+    turn = Turn(found.responses, tenant, chat, history, base)
+    options: dict[str, Any] = {
+        "timeout": request_timeout(request),
+        "request_id": str(context["request_id"]),
+        "traceparent": tracing.child(trace),
+        "tenancy": admission.vouch(grant),
+        "parsed": chat,
+        "cache_control": request.headers.get("cache-control"),
+    }
+    limits = grant.rate_headers()
+    if chat.stream:
+        stream = await broker.open_stream(asked.model, chat_body, **options)
+        try:
+            first = await stream.__anext__()  # errors before the first chunk get a status
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            stream.close()
+            raise
+        headers = SSE_HEADERS | limits | ({} if first is None else reply_headers(first))
+        return StreamingResponse(
+            _events(turn, first, stream), media_type="text/event-stream", headers=headers
+        )
+    reply = await broker.request(asked.model, chat_body, **options)
+    headers = limits | reply_headers(reply)
+    if reply.status != 200:
+        return Response(
+            reply.body, status_code=reply.status, media_type="application/json", headers=headers
+        )
+    answer = translation.to_response(completion_decoder.decode(reply.body), base)
+    answer = await turn.keep(answer)
+    return Response(encoder.encode(answer), media_type="application/json", headers=headers)
+
+
+class Turn:
+    """One request's conversation: what is stored once its response is finished."""
+
+    def __init__(
+        self,
+        store: ResponseStore,
+        tenant: str | None,
+        chat: ChatCompletionRequest,
+        history: list[Message],
+        base: ResponseObject,
+    ) -> None:
+        self.store, self.tenant, self.base = store, tenant, base
+        system = 1 if base.instructions else 0  # instructions are not carried over
+        self.messages = chat.messages[system:]
+
+    async def keep(self, response: ResponseObject) -> ResponseObject:
+        """Store the finished response (unless ``store: false``); what the caller sees."""
+        if not response.store:
+            return response
+        messages = self.messages + translation.output_messages(response)
+        if not await self.store.put(self.tenant, StoredResponse(response, messages)):
+            response.store = False
+        return response
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    data = json.dumps(event, separators=(",", ":")).encode()
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+async def _events(turn: Turn, first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
+    """Chat chunks as the Responses stream's typed events."""
+    events = translation.ResponseEvents(turn.base)
+    try:
+        for event in events.start():
+            yield _sse(event)
+        if first is not None:
+            for event in events.chunk(chunk_decoder.decode(first.body)):
+                yield _sse(event)
+            async for reply in stream:
+                for event in events.chunk(chunk_decoder.decode(reply.body)):
+                    yield _sse(event)
+        closing = events.finish()
+        await turn.keep(events.response)
+        closing[-1]["response"]["store"] = events.response.store
+        for event in closing:
+            yield _sse(event)
+    except BrokerError as exc:
+        for event in events.error(exc):
+            yield _sse(event)
+    finally:
+        stream.close()
+
+
+async def retrieve_response(request: Request) -> Response:
+    found = services(request)
+    response_id = request.path_params["response_id"]
+    stored = await found.responses.get(tenant_of(request), response_id, param=None)
+    return Response(encoder.encode(stored.response), media_type="application/json")
+
+
+async def delete_response(request: Request) -> Response:
+    found = services(request)
+    response_id = request.path_params["response_id"]
+    await found.responses.delete(tenant_of(request), response_id, param=None)
+    return Response(encoder.encode(DeletedResponse(response_id)), media_type="application/json")
