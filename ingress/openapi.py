@@ -22,6 +22,7 @@ from schemas.chat import (
     ModelList,
 )
 from schemas.errors import ErrorResponse
+from schemas.responses import DeletedResponse, Response, ResponseRequest
 
 REF = "#/components/schemas/"
 _TYPES: tuple[Any, ...] = (
@@ -38,6 +39,9 @@ _TYPES: tuple[Any, ...] = (
     Batch,
     BatchCreate,
     BatchList,
+    ResponseRequest,
+    Response,
+    DeletedResponse,
 )
 
 # status -> when a client sees it (docs/errors.md has the codes)
@@ -190,6 +194,32 @@ def _files_and_batches() -> dict[str, Any]:
     }
 
 
+def _responses() -> dict[str, Any]:
+    """The Responses API routes (ingress/routes/responses.py)."""
+    created = {
+        "description": (
+            "The response; with `stream: true`, server-sent events whose `type` is "
+            "response.created, response.output_text.delta, ..., response.completed"
+        ),
+        "content": {**_json("Response"), "text/event-stream": {"schema": {"type": "object"}}},
+    }
+    deleted = {"description": "Deleted", "content": _json("DeletedResponse")}
+    return {
+        "/v1/responses": _post("Create a response", "ResponseRequest", created, "createResponse"),
+        "/v1/responses/{response_id}": {
+            "get": _get(
+                "retrieveResponse", "A stored response", "Response", "response_id", errors=("404",)
+            ),
+            "delete": {
+                "operationId": "deleteResponse",
+                "summary": "Delete a stored response",
+                "parameters": [_path_param("response_id")],
+                "responses": {"200": deleted, **_errors("401", "404")},
+            },
+        },
+    }
+
+
 def openapi_document(title: str = "promptbus ingress", version: str = "0.1.0") -> dict[str, Any]:
     """The whole document as a dict (encode it once; it does not change at run time)."""
     _, components = msgspec.json.schema_components(_TYPES, ref_template=REF + "{name}")
@@ -250,6 +280,7 @@ def openapi_document(title: str = "promptbus ingress", version: str = "0.1.0") -
                     },
                 }
             },
+            **_responses(),
             **_files_and_batches(),
         },
         "components": {

@@ -1,13 +1,16 @@
 """Deterministic fake completions, shared by the in-process mock provider and mock-upstream.
 
 The answer echoes the last user text, so tests can check that the right request arrived;
-token counts are word counts, so usage is predictable.
+token counts are word counts, so usage is predictable. A request that makes a tool call
+mandatory (``tool_choice: required`` or a named function) gets a call of that tool with
+``{"text": <the last user text>}``; a turn ending in a tool's output is answered with it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import time
 
@@ -18,8 +21,13 @@ from schemas.chat import (
     Choice,
     ChunkChoice,
     Delta,
+    FunctionCall,
+    FunctionTool,
     ResponseMessage,
     TextPart,
+    ToolCall,
+    ToolCallDelta,
+    ToolMessage,
     Usage,
     UserMessage,
 )
@@ -42,8 +50,28 @@ def last_user_text(request: ChatCompletionRequest) -> str:
     return ""
 
 
+def tool_call(request: ChatCompletionRequest) -> ToolCall | None:
+    """The call a request makes mandatory, if any (see the module docstring)."""
+    choice = request.tool_choice
+    tools = [t for t in request.tools or [] if isinstance(t, FunctionTool)]
+    if not tools or not (choice == "required" or isinstance(choice, dict)):
+        return None
+    if isinstance(request.messages[-1], ToolMessage):
+        return None  # the tool answered: now the model speaks
+    name = tools[0].function.name
+    if isinstance(choice, dict):
+        name = str((choice.get("function") or {}).get("name") or name)
+    arguments = json.dumps({"text": last_user_text(request)})
+    return ToolCall(f"call_{_completion_id()[-12:]}", "function", FunctionCall(name, arguments))
+
+
 def answer_text(request: ChatCompletionRequest) -> str:
-    text = f"mock reply to: {last_user_text(request)}"
+    last = request.messages[-1]
+    if isinstance(last, ToolMessage):
+        output = last.content if isinstance(last.content, str) else ""
+        text = f"mock reply to tool output: {output}"
+    else:
+        text = f"mock reply to: {last_user_text(request)}"
     limit = request.max_completion_tokens or request.max_tokens
     if limit is not None:
         text = " ".join(text.split(" ")[:limit])
@@ -65,14 +93,12 @@ def _finish_reason(request: ChatCompletionRequest, text: str) -> str:
 
 
 def completion(request: ChatCompletionRequest, model: str) -> ChatCompletion:
-    text = answer_text(request)
+    call = tool_call(request)
+    text = answer_text(request) if call is None else ""
+    message = ResponseMessage(content=text) if call is None else ResponseMessage(tool_calls=[call])
+    finish = _finish_reason(request, text) if call is None else "tool_calls"
     choices = [
-        Choice(
-            index=i,
-            message=ResponseMessage(content=text),
-            finish_reason=_finish_reason(request, text),
-        )
-        for i in range(request.n or 1)
+        Choice(index=i, message=message, finish_reason=finish) for i in range(request.n or 1)
     ]
     return ChatCompletion(
         id=_completion_id(),
@@ -102,9 +128,22 @@ def chunks(request: ChatCompletionRequest, model: str) -> list[ChatCompletionChu
     words = text.split(" ")
     choices = range(request.n or 1)
     out = [chunk(c, Delta(role="assistant", content="")) for c in choices]
-    for i, word in enumerate(words):
-        out += [chunk(c, Delta(content=word if i == 0 else f" {word}")) for c in choices]
-    out += [chunk(c, Delta(), _finish_reason(request, text)) for c in choices]
+    call = tool_call(request)
+    if call is not None:
+        opening = {"name": call.function.name, "arguments": ""}
+        arguments = call.function.arguments
+        half = len(arguments) // 2
+        for c in choices:
+            out.append(chunk(c, Delta(tool_calls=[ToolCallDelta(0, call.id, "function", opening)])))
+            for piece in (arguments[:half], arguments[half:]):
+                delta = Delta(tool_calls=[ToolCallDelta(0, function={"arguments": piece})])
+                out.append(chunk(c, delta))
+        out += [chunk(c, Delta(), "tool_calls") for c in choices]
+        text = ""
+    else:
+        for i, word in enumerate(words):
+            out += [chunk(c, Delta(content=word if i == 0 else f" {word}")) for c in choices]
+        out += [chunk(c, Delta(), _finish_reason(request, text)) for c in choices]
     if request.stream_options is not None and request.stream_options.include_usage:
         out.append(
             ChatCompletionChunk(

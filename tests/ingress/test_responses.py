@@ -1,0 +1,237 @@
+"""``/v1/responses`` with the official openai SDK: ``responses.create``, ``responses.stream``,
+stored responses and ``previous_response_id``, function tools, and the clear 400s for what
+is not served. The mock provider answers (it echoes the last user text; see
+workers/mock/content.py for its tool calls)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.broker.tenancy.test_tenancy import Tenancy, tenancy  # noqa: F401 (fixture)
+from tests.conftest import Stack
+
+TOOL = {
+    "type": "function",
+    "name": "lookup",
+    "description": "look a word up",
+    "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+}
+
+
+def test_create_answers_as_a_response(openai_client: openai.OpenAI) -> None:
+    response = openai_client.responses.create(
+        model="mock-gpt", input="hello there", instructions="be brief", metadata={"k": "v"}
+    )
+    assert response.object == "response" and response.status == "completed"
+    assert response.id.startswith("resp_")
+    assert response.output_text == "mock reply to: hello there"
+    assert response.instructions == "be brief" and response.metadata == {"k": "v"}
+    [message] = response.output
+    assert message.type == "message" and message.role == "assistant"
+    assert response.usage is not None
+    assert response.usage.output_tokens == 5
+    assert response.usage.total_tokens == response.usage.input_tokens + 5
+
+
+def test_input_items_and_max_output_tokens(openai_client: openai.OpenAI) -> None:
+    response = openai_client.responses.create(
+        model="mock-gpt",
+        input=[
+            {"role": "developer", "content": "answer in one word"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a b"}]},
+        ],
+        max_output_tokens=2,
+    )
+    assert response.output_text == "mock reply"
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+
+
+def test_stream_has_the_typed_events(openai_client: openai.OpenAI) -> None:
+    kinds: list[str] = []
+    deltas: list[str] = []
+    with openai_client.responses.stream(model="mock-gpt", input="stream me") as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[2:4] == ["response.output_item.added", "response.content_part.added"]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert "".join(deltas) == "mock reply to: stream me" == final.output_text
+    assert final.usage is not None and final.usage.output_tokens == 5
+    stored = openai_client.responses.retrieve(final.id)  # streamed responses are kept too
+    assert stored.output_text == final.output_text
+
+
+def test_previous_response_id_continues_the_conversation(openai_client: openai.OpenAI) -> None:
+    first = openai_client.responses.create(model="mock-gpt", input="one two three")
+    alone = openai_client.responses.create(model="mock-gpt", input="next", store=False)
+    follow = openai_client.responses.create(
+        model="mock-gpt", input="next", previous_response_id=first.id
+    )
+    assert follow.output_text == "mock reply to: next"
+    assert follow.previous_response_id == first.id
+    assert follow.usage is not None and alone.usage is not None and first.usage is not None
+    # The mock counts a word per prompt token: the first turn (its input and answer) came
+    # along with the second.
+    carried = first.usage.input_tokens + first.usage.output_tokens
+    assert follow.usage.input_tokens == alone.usage.input_tokens + carried
+
+
+def test_stored_responses_can_be_read_and_deleted(openai_client: openai.OpenAI) -> None:
+    made = openai_client.responses.create(model="mock-gpt", input="keep me")
+    assert made.store is True
+    assert openai_client.responses.retrieve(made.id).output_text == "mock reply to: keep me"
+    deleted = openai_client.responses.delete(made.id)
+    assert deleted is None or getattr(deleted, "deleted", True)
+    with pytest.raises(openai.NotFoundError):
+        openai_client.responses.retrieve(made.id)
+    unkept = openai_client.responses.create(model="mock-gpt", input="forget me", store=False)
+    assert unkept.store is False
+    with pytest.raises(openai.NotFoundError):
+        openai_client.responses.retrieve(unkept.id)
+    with pytest.raises(openai.NotFoundError) as err:
+        openai_client.responses.create(
+            model="mock-gpt", input="x", previous_response_id="resp_nothing"
+        )
+    assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
+
+
+def test_function_tools_round_trip(openai_client: openai.OpenAI) -> None:
+    called = openai_client.responses.create(
+        model="mock-gpt", input="weather", tools=[TOOL], tool_choice="required"
+    )
+    [call] = called.output
+    assert call.type == "function_call" and call.name == "lookup"
+    assert json.loads(call.arguments) == {"text": "weather"}
+    answered = openai_client.responses.create(
+        model="mock-gpt",
+        previous_response_id=called.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=[TOOL],
+    )
+    assert answered.output_text == "mock reply to tool output: sunny"
+    # The same conversation sent whole (no stored state): the call item, then its output.
+    whole = openai_client.responses.create(
+        model="mock-gpt",
+        store=False,
+        input=[
+            {"role": "user", "content": "weather"},
+            {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "rain"},
+        ],
+        tools=[TOOL],
+    )
+    assert whole.output_text == "mock reply to tool output: rain"
+
+
+def test_streamed_function_call(openai_client: openai.OpenAI) -> None:
+    arguments: list[str] = []
+    with openai_client.responses.stream(
+        model="mock-gpt",
+        input="stream a call",
+        tools=[TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "lookup"},
+    ) as stream:
+        for event in stream:
+            if event.type == "response.function_call_arguments.delta":
+                arguments.append(event.delta)
+        final = stream.get_final_response()
+    [call] = final.output
+    assert call.type == "function_call"
+    assert json.loads("".join(arguments)) == json.loads(call.arguments) == {"text": "stream a call"}
+
+
+def test_json_schema_format_is_passed(openai_client: openai.OpenAI) -> None:
+    response = openai_client.responses.create(
+        model="upstream-gpt",
+        input="give json",
+        text={
+            "format": {
+                "type": "json_schema",
+                "name": "answer",
+                "schema": {"type": "object", "properties": {"a": {"type": "string"}}},
+                "strict": True,
+            }
+        },
+    )
+    assert response.status == "completed"
+    assert response.text.format.type == "json_schema"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"background": True}, "background"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"surprise": 1}, None),
+        ({"input": [{"type": "computer_call_output", "call_id": "x"}]}, "input[0].type"),
+        ({"input": [{"role": "user"}]}, "input[0].content"),
+        ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
+        ({"temperature": 9}, "temperature"),
+    ],
+)
+def test_what_is_not_served_is_a_clear_400(
+    http: httpx.Client, extra: dict[str, object], param: str | None
+) -> None:
+    response = http.post("/v1/responses", json={"model": "mock-gpt", "input": "x"} | extra)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param
+    else:
+        assert "surprise" in error["message"]
+
+
+def test_a_tenant_reads_only_its_own_responses(tenancy: Tenancy) -> None:  # noqa: F811
+    mine = tenancy.create_key(tenant="resp-a")
+    theirs = tenancy.create_key(tenant="resp-b")
+    base = tenancy.ingresses[0]
+    made = httpx.post(
+        f"{base}/v1/responses",
+        json={"model": "mock-gpt", "input": "secret plans"},
+        headers={"Authorization": f"Bearer {mine}"},
+        timeout=20,
+    )
+    assert made.status_code == 200, made.text
+    response_id = made.json()["id"]
+    other = tenancy.ingresses[-1]  # another replica finds it: it is kept in NATS
+    assert (
+        httpx.get(
+            f"{other}/v1/responses/{response_id}", headers={"Authorization": f"Bearer {mine}"}
+        ).json()["output"][0]["content"][0]["text"]
+        == "mock reply to: secret plans"
+    )
+    for attempt in (
+        httpx.get(
+            f"{base}/v1/responses/{response_id}", headers={"Authorization": f"Bearer {theirs}"}
+        ),
+        httpx.post(
+            f"{base}/v1/responses",
+            json={"model": "mock-gpt", "input": "x", "previous_response_id": response_id},
+            headers={"Authorization": f"Bearer {theirs}"},
+            timeout=20,
+        ),
+    ):
+        assert attempt.status_code == 404, attempt.text
+    assert httpx.get(f"{base}/v1/responses/{response_id}").status_code == 401
+
+
+def test_openapi_lists_the_routes(stack: Stack) -> None:
+    paths = httpx.get(f"{stack.ingress}/openapi.json").json()["paths"]
+    assert "post" in paths["/v1/responses"]
+    assert {"get", "delete"} <= set(paths["/v1/responses/{response_id}"])
