@@ -167,9 +167,33 @@ def _documented_schema(operation: dict[str, Any], status: int) -> tuple[bool, st
     return True, schema.get("$ref", "").rsplit("/", 1)[-1] or None
 
 
-def _sse_problem(content: bytes) -> str | None:
-    """A stream must be chunk events, an error event at most, then ``[DONE]``."""
+_RESPONSE_ENDS = {"response.completed", "response.incomplete", "response.failed"}
+
+
+def _response_events_problem(events: list[bytes]) -> str | None:
+    """A Responses stream: typed events, numbered in order, ending with the response."""
+    try:
+        decoded = [msgspec.json.decode(e) for e in events]
+    except msgspec.DecodeError as exc:
+        return f"event is not JSON: {exc}"
+    if not decoded or decoded[0].get("type") != "response.created":
+        return "stream does not open with response.created"
+    if decoded[-1].get("type") not in _RESPONSE_ENDS:
+        return "stream without its end"
+    if [e.get("sequence_number") for e in decoded] != list(range(len(decoded))):
+        return "sequence numbers out of order"
+    try:
+        msgspec.convert(decoded[-1]["response"], TYPES["Response"])
+    except (msgspec.ValidationError, KeyError) as exc:
+        return f"the last event's response is not a Response: {exc}"
+    return None
+
+
+def _sse_problem(content: bytes, path: str) -> str | None:
+    """A chat stream must be chunk events, an error event at most, then ``[DONE]``."""
     events = [line[6:] for line in content.split(b"\n") if line.startswith(b"data: ")]
+    if path == "/v1/responses":
+        return _response_events_problem(events)
     if not events or (events[-1] != b"[DONE]" and b'"error"' not in events[-1]):
         return "stream without its end"
     for event in events[:-1]:
@@ -222,7 +246,7 @@ def test_every_route_answers_only_what_it_documents(fuzzed: Fuzzed, n: int) -> N
             elif not documented:
                 problem = "undocumented status"
             elif response.headers.get("content-type", "").startswith("text/event-stream"):
-                problem = _sse_problem(response.content)
+                problem = _sse_problem(response.content, path)
             elif schema is not None:
                 try:
                     msgspec.json.decode(response.content, type=TYPES[schema])
