@@ -25,6 +25,7 @@ from ingress.error_handlers import HANDLERS
 from ingress.routes import admin, batches, files, health
 from ingress.routes.chat import chat_completions
 from ingress.routes.embeddings import embeddings
+from ingress.routes.messages import create_message
 from ingress.routes.models import list_models, retrieve_model
 from ingress.routes.responses import create_response, delete_response, retrieve_response
 from ingress.state import Services
@@ -34,6 +35,7 @@ ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/responses", create_response, methods=["POST"]),
+    Route("/v1/messages", create_message, methods=["POST"]),
     Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
     Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
     Route("/v1/models", list_models, methods=["GET"]),

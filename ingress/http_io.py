@@ -60,6 +60,10 @@ def request_timeout(request: Request) -> float | None:
         try:
             seconds = float(value)
         except ValueError:
+            if header == "x-stainless-timeout":
+                # the SDKs' own header, not the caller's word: some versions send
+                # `NOT_GIVEN` when no timeout is set; that means none
+                continue
             seconds = -1.0
         if not seconds >= MIN_TIMEOUT_S or seconds == float("inf"):
             raise InvalidRequest(

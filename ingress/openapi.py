@@ -22,6 +22,7 @@ from schemas.chat import (
     ModelList,
 )
 from schemas.errors import ErrorResponse
+from schemas.messages import AnthropicError, Message, MessagesRequest
 from schemas.responses import DeletedResponse, Response, ResponseRequest
 
 REF = "#/components/schemas/"
@@ -42,6 +43,9 @@ _TYPES: tuple[Any, ...] = (
     ResponseRequest,
     Response,
     DeletedResponse,
+    MessagesRequest,
+    Message,
+    AnthropicError,
 )
 
 # status -> when a client sees it (docs/errors.md has the codes)
@@ -220,6 +224,32 @@ def _responses() -> dict[str, Any]:
     }
 
 
+def _messages() -> dict[str, Any]:
+    """Anthropic's Messages API (ingress/routes/messages.py): errors in Anthropic's shape."""
+    statuses = ("400", "401", "403", "404", "413", "415", "429", "502", "503", "504")
+    errors = {
+        status: {"description": _ERRORS[status], "content": _json("AnthropicError")}
+        for status in statuses
+    }
+    created = {
+        "description": (
+            "The message; with `stream: true`, server-sent events: message_start, "
+            "content_block_start/delta/stop, message_delta, message_stop"
+        ),
+        "content": {**_json("Message"), "text/event-stream": {"schema": {"type": "object"}}},
+    }
+    return {
+        "/v1/messages": {
+            "post": {
+                "operationId": "createMessage",
+                "summary": "Create a message (Anthropic's Messages API; key as x-api-key)",
+                "requestBody": {"required": True, "content": _json("MessagesRequest")},
+                "responses": {"200": created, **errors},
+            }
+        }
+    }
+
+
 def openapi_document(title: str = "promptbus ingress", version: str = "0.1.0") -> dict[str, Any]:
     """The whole document as a dict (encode it once; it does not change at run time)."""
     _, components = msgspec.json.schema_components(_TYPES, ref_template=REF + "{name}")
@@ -281,6 +311,7 @@ def openapi_document(title: str = "promptbus ingress", version: str = "0.1.0") -
                 }
             },
             **_responses(),
+            **_messages(),
             **_files_and_batches(),
         },
         "components": {

@@ -4,7 +4,6 @@ served). Stored responses (``store``, the default) live in NATS, per tenant."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,9 +108,8 @@ class Turn:
 
 
 def _sse(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, separators=(",", ":")).encode()
     kind: str = event["type"]
-    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+    return b"event: " + kind.encode() + b"\ndata: " + encoder.encode(event) + b"\n\n"
 
 
 async def _events(turn: Turn, first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:

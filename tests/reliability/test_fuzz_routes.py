@@ -189,11 +189,39 @@ def _response_events_problem(events: list[bytes]) -> str | None:
     return None
 
 
+_MESSAGE_EVENTS = {
+    "message_start",
+    "ping",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+}
+
+
+def _message_events_problem(events: list[bytes]) -> str | None:
+    """An Anthropic stream: message_start ... message_stop, or an error event last."""
+    try:
+        kinds = [msgspec.json.decode(e).get("type") for e in events]
+    except msgspec.DecodeError as exc:
+        return f"event is not JSON: {exc}"
+    if not kinds or kinds[0] != "message_start":
+        return "stream does not open with message_start"
+    if kinds[-1] not in ("message_stop", "error"):
+        return "stream without its end"
+    if not set(kinds[:-1]) <= _MESSAGE_EVENTS:
+        return f"unknown events: {set(kinds) - _MESSAGE_EVENTS}"
+    return None
+
+
 def _sse_problem(content: bytes, path: str) -> str | None:
     """A chat stream must be chunk events, an error event at most, then ``[DONE]``."""
     events = [line[6:] for line in content.split(b"\n") if line.startswith(b"data: ")]
     if path == "/v1/responses":
         return _response_events_problem(events)
+    if path == "/v1/messages":
+        return _message_events_problem(events)
     if not events or (events[-1] != b"[DONE]" and b'"error"' not in events[-1]):
         return "stream without its end"
     for event in events[:-1]:

@@ -1,0 +1,111 @@
+"""``POST /v1/messages``: Anthropic's Messages API, for Anthropic-native clients (the
+anthropic SDK, Claude Code), served by any deployment as the chat request it means
+(``broker/messages/translation.py``). Errors come in Anthropic's shape; the key may come
+as ``x-api-key``, as the anthropic SDK sends it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from broker.client import Reply, ReplyStream
+from broker.messages import translation
+from broker.observability import tracing
+from ingress.http_io import read_body, request_timeout, require_json
+from ingress.routes.chat import SSE_HEADERS, model_named_in, observed, reply_headers
+from ingress.state import api_key, services
+from schemas.chat import chunk_decoder, completion_decoder, encoder, with_fields
+from schemas.depth import decode_checked
+from schemas.errors import BrokerError
+from schemas.messages import messages_request_decoder
+
+
+def error_response(exc: BrokerError) -> Response:
+    headers = exc.headers | {"x-should-retry": "true" if exc.retryable else "false"}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    body = encoder.encode(translation.anthropic_error(exc))
+    return Response(body, status_code=exc.status, media_type="application/json", headers=headers)
+
+
+async def create_message(request: Request) -> Response:
+    return await observed(request, _create, "message", error_response)
+
+
+async def _create(request: Request, trace: str, context: dict[str, Any]) -> Response:
+    found = services(request)
+    broker, admission = found.client, found.admission
+    require_json(request)
+    body = await read_body(request, broker.max_body_bytes)
+    try:
+        asked = decode_checked(messages_request_decoder, body)
+    except BrokerError:
+        context["model"] = model_named_in(body)
+        raise
+    context["model"], context["stream"] = asked.model, bool(asked.stream)
+    key = request.headers.get("x-api-key") or api_key(request)
+    grant = await admission.admit(key, asked.model, len(body) // 4)
+    context["tenant"] = grant.tenancy.tenant
+    chat = translation.to_chat(asked)
+    extra = translation.extra_fields(asked)
+    chat_body = with_fields(encoder.encode(chat), extra)
+    options: dict[str, Any] = {
+        "timeout": request_timeout(request),
+        "request_id": str(context["request_id"]),
+        "traceparent": tracing.child(trace),
+        "tenancy": admission.vouch(grant),
+        "parsed": None if extra else chat,  # the cache key knows only chat's fields
+        "cache_control": request.headers.get("cache-control"),
+    }
+    limits = grant.rate_headers()
+    if chat.stream:
+        stream = await broker.open_stream(asked.model, chat_body, **options)
+        try:
+            first = await stream.__anext__()  # errors before the first chunk get a status
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            stream.close()
+            raise
+        headers = SSE_HEADERS | limits | ({} if first is None else reply_headers(first))
+        events = translation.MessageEvents(asked.model)
+        return StreamingResponse(
+            _events(events, first, stream), media_type="text/event-stream", headers=headers
+        )
+    reply = await broker.request(asked.model, chat_body, **options)
+    reply.raise_for_error()
+    message = translation.to_message(completion_decoder.decode(reply.body))
+    return Response(
+        encoder.encode(message),
+        media_type="application/json",
+        headers=limits | reply_headers(reply),
+    )
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + encoder.encode(event) + b"\n\n"
+
+
+async def _events(
+    events: translation.MessageEvents, first: Reply | None, stream: ReplyStream
+) -> AsyncIterator[bytes]:
+    try:
+        for event in events.start():
+            yield _sse(event)
+        if first is not None:
+            for event in events.chunk(chunk_decoder.decode(first.body)):
+                yield _sse(event)
+            async for reply in stream:
+                for event in events.chunk(chunk_decoder.decode(reply.body)):
+                    yield _sse(event)
+        for event in events.finish():
+            yield _sse(event)
+    except BrokerError as exc:
+        yield _sse(msgspec.to_builtins(translation.anthropic_error(exc)))
+    finally:
+        stream.close()
