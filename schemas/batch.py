@@ -13,6 +13,8 @@ import msgspec
 from msgspec import Struct, field
 
 BATCH_ENDPOINT = "/v1/chat/completions"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+BATCH_ENDPOINTS = (BATCH_ENDPOINT, EMBEDDINGS_ENDPOINT)  # what a batch's lines may call
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 
 

@@ -53,6 +53,7 @@ from broker.nats.subjects import Subjects
 from broker.tenancy.admission import Admission
 from schemas.batch import (
     BATCH_ENDPOINT,
+    EMBEDDINGS_ENDPOINT,
     BatchError,
     BatchErrors,
     BatchRecord,
@@ -60,7 +61,7 @@ from schemas.batch import (
     LineError,
     line_decoder,
 )
-from schemas.chat import request_decoder
+from schemas.chat import embedding_request_decoder, request_decoder
 from schemas.config import HEADER_ROOM, Config
 from schemas.depth import check_depth, decode_checked
 from schemas.envelope import (
@@ -80,6 +81,7 @@ from schemas.errors import (
     NotFound,
     PermissionDenied,
     request_too_large,
+    wrong_endpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,7 @@ class BatchRun:
         self._spending_checked = 0.0
         self._owner: Tenancy | None = None  # the batch's key, signed per line
         self._allowed: set[str] | None = None  # models the key may use (None: all)
+        self._endpoint = BATCH_ENDPOINT  # what every line calls: the batch's endpoint
         # A line whose request NATS could not carry fails alone, in the error file.
         self._max_line_bytes = nc.max_payload - HEADER_ROOM
 
@@ -238,6 +241,7 @@ class BatchRun:
         record, _ = await self.store.record(self.batch_id)
         batch = record.batch
         self._deadline_ms = batch.expires_at * 1000
+        self._endpoint = batch.endpoint
         self._own(record)
         if batch.status is BatchStatus.VALIDATING:
             record = await self.validate(record)
@@ -508,35 +512,43 @@ class BatchRun:
             raise InvalidRequest(
                 400, f"Unsupported method `{method}`: use POST.", code="invalid_method"
             )
-        if url != BATCH_ENDPOINT:
+        if url != self._endpoint:
             raise InvalidRequest(
                 400,
-                f"Unsupported url `{url}`: this batch serves {BATCH_ENDPOINT}.",
+                f"Unsupported url `{url}`: this batch serves {self._endpoint}.",
                 code="invalid_url",
             )
-        request = decode_checked(request_decoder, body)
-        if request.stream:
-            raise InvalidRequest(
-                400,
-                "Streaming is not supported in batches.",
-                param="stream",
-                code="invalid_request",
-            )
-        if self.config.model(request.model) is None:
+        mode = "chat"
+        if url == EMBEDDINGS_ENDPOINT:
+            mode, name = "embeddings", decode_checked(embedding_request_decoder, body).model
+        else:
+            request = decode_checked(request_decoder, body)
+            if request.stream:
+                raise InvalidRequest(
+                    400,
+                    "Streaming is not supported in batches.",
+                    param="stream",
+                    code="invalid_request",
+                )
+            name = request.model
+        model = self.config.model(name)
+        if model is None:
             raise NotFound(
                 404,
-                f"The model `{request.model}` does not exist.",
+                f"The model `{name}` does not exist.",
                 param="model",
                 code="model_not_found",
             )
-        if self._allowed is not None and request.model not in self._allowed:
+        if model.mode != mode:
+            raise wrong_endpoint(name, model.mode)
+        if self._allowed is not None and name not in self._allowed:
             raise PermissionDenied(
                 403,
-                f"The batch's API key may not use model `{request.model}`.",
+                f"The batch's API key may not use model `{name}`.",
                 param="model",
                 code="model_not_allowed",
             )
-        return request.model
+        return name
 
     async def _publish_block(
         self, publisher: BlockPublisher, block: list[tuple[int, Message]], handled: int | None

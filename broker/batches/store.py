@@ -24,7 +24,7 @@ from broker.batches.files import FileStore
 from broker.nats.provision import StreamKind, ensure_bucket, ensure_stream
 from broker.nats.subjects import BATCHES, Subjects
 from schemas.batch import (
-    BATCH_ENDPOINT,
+    BATCH_ENDPOINTS,
     COMPLETION_WINDOWS,
     TERMINAL,
     Batch,
@@ -102,10 +102,12 @@ class BatchStore:
     async def create(self, request: BatchCreate, owner: tuple[str, str] | None = None) -> Batch:
         """A new batch in ``validating``; the runner takes it from there. ``owner`` (key
         id, tenant): its lines run as that key's requests."""
-        if request.endpoint != BATCH_ENDPOINT:
+        if request.endpoint not in BATCH_ENDPOINTS:
             raise InvalidRequest(
                 400,
-                f"Unsupported endpoint `{request.endpoint}`: batches support {BATCH_ENDPOINT}.",
+                f"Unsupported endpoint `{request.endpoint}`: batches support "
+                + " and ".join(BATCH_ENDPOINTS)
+                + ".",
                 param="endpoint",
                 code="invalid_value",
             )

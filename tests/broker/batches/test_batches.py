@@ -24,7 +24,7 @@ from broker.nats.embedded import EmbeddedNats, free_port
 from tests import bus
 from tests.procs import PROMPTBUS, ROOT, Proc, wait_http, wait_port
 
-MODELS = ["batch-gpt", "batch-slow", "batch-upstream"]
+MODELS = ["batch-gpt", "batch-slow", "batch-upstream", "batch-embed"]
 
 
 class BatchEnv:
@@ -61,7 +61,7 @@ class BatchEnv:
     def submit(self, lines: list[dict[str, Any]]) -> str:
         return self.submit_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
 
-    def submit_bytes(self, data: bytes) -> str:
+    def submit_bytes(self, data: bytes, endpoint: str = "/v1/chat/completions") -> str:
         """Upload ``data`` as a batch input file and create the batch: its id."""
         upload = self.http.post(
             "/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"}
@@ -71,7 +71,7 @@ class BatchEnv:
             "/v1/batches",
             json={
                 "input_file_id": upload.json()["id"],
-                "endpoint": "/v1/chat/completions",
+                "endpoint": endpoint,
                 "completion_window": "24h",
             },
         )
@@ -141,6 +141,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchEnv]:
                         "deployments": [
                             {"provider": "mock", "mock_latency_ms": 300, "max_concurrency": 8}
                         ],
+                    },
+                    {
+                        "model_name": "batch-embed",
+                        "mode": "embeddings",
+                        "deployments": [{"provider": "mock", "max_concurrency": 8}],
                     },
                     {
                         "model_name": "batch-upstream",
@@ -251,6 +256,41 @@ def test_openai_sdk_batch_flow(env: BatchEnv) -> None:
         client.files.retrieve(uploaded.id)
 
 
+def test_an_embeddings_batch(env: BatchEnv) -> None:
+    """Lines calling /v1/embeddings, as OpenAI allows: one embedding list per line; a
+    chat line, or a chat model, in an embeddings batch fails alone."""
+    lines = [
+        {
+            "custom_id": f"e-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "batch-embed", "input": [f"text {i}", "more"]},
+        }
+        for i in range(6)
+    ]
+    lines.append(chat_line("a-chat-line"))
+    lines.append(
+        {
+            "custom_id": "chat-model",
+            "url": "/v1/embeddings",
+            "body": {"model": "batch-gpt", "input": "x"},
+        }
+    )
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    batch = env.done(env.submit_bytes(data, endpoint="/v1/embeddings"))
+    assert batch["status"] == "completed", batch
+    assert batch["request_counts"] == {"total": 8, "completed": 6, "failed": 2}
+    output = env.file_lines(batch["output_file_id"])
+    assert sorted(line["custom_id"] for line in output) == [f"e-{i}" for i in range(6)]
+    for line in output:
+        body = line["response"]["body"]
+        assert body["object"] == "list" and len(body["data"]) == 2
+        assert len(body["data"][0]["embedding"]) == 256
+    errors = {line["custom_id"]: line for line in env.file_lines(batch["error_file_id"])}
+    assert errors["a-chat-line"]["error"]["code"] == "invalid_url"
+    assert errors["chat-model"]["error"]["code"] == "wrong_endpoint"
+
+
 def test_sdk_errors_are_openai_shaped(env: BatchEnv) -> None:
     import openai
 
@@ -286,7 +326,7 @@ def test_malformed_file_fails_validation_with_the_reason(env: BatchEnv) -> None:
             "/v1/batches",
             json={
                 "input_file_id": upload.json()["id"],
-                "endpoint": "/v1/chat/completions",
+                "endpoint": endpoint,
                 "completion_window": "24h",
             },
         )
