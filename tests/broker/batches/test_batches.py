@@ -326,7 +326,7 @@ def test_malformed_file_fails_validation_with_the_reason(env: BatchEnv) -> None:
             "/v1/batches",
             json={
                 "input_file_id": upload.json()["id"],
-                "endpoint": endpoint,
+                "endpoint": "/v1/chat/completions",
                 "completion_window": "24h",
             },
         )
