@@ -3,7 +3,9 @@
 It checks what the real API checks: the ``x-api-key`` and ``anthropic-version`` headers,
 the request schema (required ``model``/``max_tokens``/``messages``, roles ``user`` and
 ``assistant`` only, known block types, non-empty text, no unknown fields), and that each
-``tool_result`` answers a ``tool_use`` of the assistant turn just before. Errors come in
+``tool_result`` answers a ``tool_use`` of the assistant turn just before; then that the
+anthropic SDK's own request params take it, and its ``Message`` type its answers
+(``sdk_types``). Errors come in
 Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``.
 
 Unscripted, it answers ``fake anthropic reply to: <last user text>``; scripted answers
@@ -23,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import sdk_types
 from tests.fakes.server import FakeUpstream, Scripted
 
 VERSIONS = ("2023-06-01", "2023-01-01")
@@ -224,14 +227,16 @@ def create_app(fake: FakeUpstream) -> Starlette:
             body = _decoder.decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return error(400, "invalid_request_error", str(exc))
-        problem = _check_tool_results(body)
+        problem = _check_tool_results(body) or sdk_types.anthropic_request_problem(parsed)
         if problem:
             return error(400, "invalid_request_error", problem)
-        scripted = fake.next_scripted() or Scripted(body=default_message(body))
+        scripted = fake.next_scripted() or Scripted(
+            body=sdk_types.anthropic_answer(default_message(body))
+        )
         if scripted.status != 200:
             return JSONResponse(scripted.body, scripted.status, headers=scripted.headers)
         if body.stream:
-            events = scripted.events or message_events(scripted.body)
+            events = scripted.events or sdk_types.anthropic_events(message_events(scripted.body))
             return StreamingResponse(_sse(events), media_type="text/event-stream")
         return JSONResponse(scripted.body, headers=scripted.headers)
 

@@ -554,3 +554,19 @@ async def test_fake_rejects_what_the_real_api_rejects(fake: tuple[FakeUpstream, 
             error = response.json()
             assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
             assert mentioned in error["error"]["message"]
+
+
+def test_the_fake_is_refereed_by_the_sdk_types() -> None:
+    """The fake's checks include the anthropic SDK's own types (tests/fakes/sdk_types.py)."""
+    from tests.fakes import sdk_types
+
+    good = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    assert sdk_types.anthropic_request_problem(good) is None
+    problem = sdk_types.anthropic_request_problem(
+        {k: v for k, v in good.items() if k != "max_tokens"}
+    )
+    assert problem is not None and "max_tokens" in problem
+    with pytest.raises(ValueError):  # pydantic's ValidationError is a ValueError
+        sdk_types.anthropic_answer({"id": "msg_1", "type": "message", "content": "not a list"})
+    with pytest.raises(ValueError):
+        sdk_types.anthropic_events([{"type": "content_block_delta", "index": "zero"}])
