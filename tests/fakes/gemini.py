@@ -5,7 +5,9 @@ It checks what the real API checks: a key in ``x-goog-api-key`` or ``?key=`` (no
 ``PERMISSION_DENIED``; a wrong one: 400 ``INVALID_ARGUMENT`` with reason
 ``API_KEY_INVALID``), the camelCase request schema with no unknown names, roles ``user``
 and ``model`` only, exactly one kind of data per part, and that each batch embedding
-request names the model of the URL. Errors come in Google's shape:
+request names the model of the URL; then that google-genai's own types take the
+request, and its ``GenerateContentResponse`` the fake's answers (``sdk_types``; base64
+data that is not base64 is refused there). Errors come in Google's shape:
 ``{"error": {"code", "message", "status", "details"}}``.
 
 Unscripted, it answers ``fake gemini reply to: <last user text>``; scripted answers are
@@ -25,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.fakes import sdk_types
 from tests.fakes.server import FakeUpstream, Scripted
 from workers.mock import content as mock_content
 
@@ -256,7 +259,7 @@ def create_app(fake: FakeUpstream) -> Starlette:
             body = _generate.decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return error(400, "INVALID_ARGUMENT", f"Invalid JSON payload received. {exc}")
-        problem = _check_parts(body)
+        problem = _check_parts(body) or sdk_types.gemini_request_problem(parsed)
         if problem:
             return error(400, "INVALID_ARGUMENT", problem)
         scripted = fake.next_scripted()
@@ -268,11 +271,15 @@ def create_app(fake: FakeUpstream) -> Starlette:
             if scripted is not None and scripted.events is not None:
                 pieces = scripted.events
             else:
-                answer = scripted.body if scripted else default_response(body, model)
-                pieces = response_pieces(answer)
+                if scripted:
+                    pieces = response_pieces(scripted.body)
+                else:
+                    answer = sdk_types.gemini_answer(default_response(body, model))
+                    pieces = [sdk_types.gemini_answer(p) for p in response_pieces(answer)]
             return StreamingResponse(_sse(pieces), media_type="text/event-stream")
-        answer = (scripted or Scripted(body=default_response(body, model))).body
-        return JSONResponse(answer)
+        if scripted is None:
+            scripted = Scripted(body=sdk_types.gemini_answer(default_response(body, model)))
+        return JSONResponse(scripted.body)
 
     def _embeddings(raw: bytes, model: str) -> Response:
         try:
@@ -291,6 +298,6 @@ def create_app(fake: FakeUpstream) -> Starlette:
             text = " ".join(p.text or "" for p in item.content.parts)
             dimensions = item.output_dimensionality or 8
             embeddings.append({"values": mock_content.embedding(text, dimensions)})
-        return JSONResponse({"embeddings": embeddings})
+        return JSONResponse(sdk_types.gemini_embeddings({"embeddings": embeddings}))
 
     return Starlette(routes=[Route("/v1beta/models/{rest:path}", models, methods=["POST"])])

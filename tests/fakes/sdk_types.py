@@ -54,3 +54,53 @@ def anthropic_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if event.get("type") != "ping":
             _anthropic_event().validate_python(event)
     return events
+
+
+# Gemini's REST body, field by field, as the google-genai SDK types it (camelCase
+# aliases; its models refuse unknown fields).
+_GEMINI_FIELDS = {
+    "contents": ("Content", True),
+    "systemInstruction": ("Content", False),
+    "generationConfig": ("GenerationConfig", False),
+    "tools": ("Tool", True),
+    "toolConfig": ("ToolConfig", False),
+    "safetySettings": ("SafetySetting", True),
+    "cachedContent": (None, False),
+}
+
+
+def gemini_request_problem(body: Any) -> str | None:
+    """Why google-genai's types would not take a ``generateContent`` body."""
+    from google.genai import types
+
+    if not isinstance(body, dict):
+        return "the body is not a JSON object"
+    for name, value in body.items():
+        if name not in _GEMINI_FIELDS:
+            return f"unknown field {name!r}"
+        kind, many = _GEMINI_FIELDS[name]
+        if kind is None:
+            continue
+        model = getattr(types, kind)
+        try:
+            for item in value if many else [value]:
+                model.model_validate(item)
+        except (pydantic.ValidationError, TypeError) as exc:
+            return f"{name} is not google-genai's {kind}: {exc}"
+    return None
+
+
+def gemini_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """``answer``, once google-genai has parsed it as a ``GenerateContentResponse``."""
+    from google.genai import types
+
+    types.GenerateContentResponse.model_validate(answer)
+    return answer
+
+
+def gemini_embeddings(answer: dict[str, Any]) -> dict[str, Any]:
+    """``answer``, once google-genai has parsed it as an ``EmbedContentResponse``."""
+    from google.genai import types
+
+    types.EmbedContentResponse.model_validate(answer)
+    return answer

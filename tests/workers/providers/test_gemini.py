@@ -243,9 +243,15 @@ async def test_media_parts(provider: GeminiProvider, fake: tuple[FakeUpstream, s
                     "role": "user",
                     "content": [
                         {"type": "text", "text": "What is this?"},
-                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64,iVBORw=="},
+                        },
                         {"type": "image_url", "image_url": {"url": "https://x.test/cat.png"}},
-                        {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}},
+                        {
+                            "type": "input_audio",
+                            "input_audio": {"data": "UklGRg==", "format": "wav"},
+                        },
                     ],
                 }
             ]
@@ -253,9 +259,9 @@ async def test_media_parts(provider: GeminiProvider, fake: tuple[FakeUpstream, s
     )
     assert upstream.last.body["contents"][0]["parts"] == [
         {"text": "What is this?"},
-        {"inlineData": {"mimeType": "image/png", "data": "iVBO"}},
+        {"inlineData": {"mimeType": "image/png", "data": "iVBORw=="}},
         {"fileData": {"mimeType": "image/png", "fileUri": "https://x.test/cat.png"}},
-        {"inlineData": {"mimeType": "audio/wav", "data": "UklGR"}},
+        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
     ]
 
 
