@@ -1,10 +1,12 @@
-"""CPU cost of speaking a native provider API: `python bench/translation.py`.
+"""CPU cost of translating between APIs: `python bench/translation.py`.
 
-Per request, in-process, no network: the request translated to the provider's body and
-encoded, the provider's answer decoded and translated back to OpenAI JSON, and a stream
-of chunks translated. Also the cost of a model's transformation profiles. These are the
-worker-side costs an Anthropic or Gemini deployment adds over an OpenAI-compatible one
-(which relays bodies unchanged).
+Per request, in-process, no network. Worker side: the request translated to a native
+provider's body and encoded, its answer decoded and translated back to OpenAI JSON, a
+stream of chunks translated, and a model's transformation profiles; the costs an
+Anthropic or Gemini deployment adds over an OpenAI-compatible one (which relays bodies
+unchanged). Ingress side: the Responses and Messages APIs onto chat and back (request,
+answer, stream), next to the chat route's own decode and encode of the same request, the
+baseline they add to.
 """
 
 from __future__ import annotations
@@ -19,8 +21,19 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from schemas.chat import ChatCompletionRequest, encoder, request_decoder
+from broker.messages import translation as messages
+from broker.responses import translation as responses
+from schemas.chat import (
+    ChatCompletionRequest,
+    chunk_decoder,
+    completion_decoder,
+    encoder,
+    request_decoder,
+)
 from schemas.config import TransformConfig
+from schemas.depth import check_depth
+from schemas.messages import messages_request_decoder
+from schemas.responses import response_request_decoder
 from workers.providers import anthropic, gemini
 from workers.transforms import Transforms
 
@@ -85,6 +98,72 @@ ANTHROPIC_EVENTS = [
 ]
 
 
+RESPONSES_REQUEST = msgspec.json.encode(
+    {
+        "model": "m",
+        "instructions": "You are terse.",
+        "input": [
+            {"role": "user", "content": "What is the weather in Paris? " * 20},
+            {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": '{"temp": 18}'},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "name": "weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            }
+        ],
+        "temperature": 0.5,
+        "max_output_tokens": 256,
+    }
+)
+MESSAGES_REQUEST = msgspec.json.encode(
+    {
+        "model": "m",
+        "system": "You are terse.",
+        "max_tokens": 256,
+        "messages": [
+            {"role": "user", "content": "What is the weather in Paris? " * 20},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "c1", "name": "weather", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "18"}],
+            },
+        ],
+        "tools": [{"name": "weather", "input_schema": {"type": "object"}}],
+        "temperature": 0.5,
+    }
+)
+CHAT_ANSWER = msgspec.json.encode(
+    {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": TEXT}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 80, "total_tokens": 200},
+    }
+)
+CHAT_CHUNKS = [
+    msgspec.json.encode(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": f" {w}"}, "finish_reason": None}],
+        }
+    )
+    for w in TEXT.split(" ")
+]
+
+
 def per_call_us(fn: Callable[[], object], seconds: float) -> float:
     count, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
@@ -117,6 +196,62 @@ def main() -> None:
             for chunk in translator.feed(anthropic.event_decoder.decode(data)):
                 encoder.encode(chunk)
 
+    def chat_request() -> None:  # what the chat route does with a body: the baseline
+        check_depth(REQUEST)
+        encoder.encode(request_decoder.decode(REQUEST))
+
+    def responses_request() -> None:
+        check_depth(RESPONSES_REQUEST)
+        encoder.encode(responses.to_chat(response_request_decoder.decode(RESPONSES_REQUEST), []))
+
+    asked = response_request_decoder.decode(RESPONSES_REQUEST)
+    shell = responses.shell(asked, "resp_1", 1)
+
+    def responses_answer() -> None:
+        encoder.encode(responses.to_response(completion_decoder.decode(CHAT_ANSWER), shell))
+
+    def responses_stream() -> None:
+        events = responses.ResponseEvents(shell)
+        for event in events.start():
+            encoder.encode(event)
+        for data in CHAT_CHUNKS:
+            for event in events.chunk(chunk_decoder.decode(data)):
+                encoder.encode(event)
+        for event in events.finish():
+            encoder.encode(event)
+
+    def messages_request() -> None:
+        check_depth(MESSAGES_REQUEST)
+        encoder.encode(messages.to_chat(messages_request_decoder.decode(MESSAGES_REQUEST)))
+
+    def messages_answer() -> None:
+        encoder.encode(messages.to_message(completion_decoder.decode(CHAT_ANSWER)))
+
+    def messages_stream() -> None:
+        events = messages.MessageEvents("m")
+        for event in events.start():
+            encoder.encode(event)
+        for data in CHAT_CHUNKS:
+            for event in events.chunk(chunk_decoder.decode(data)):
+                encoder.encode(event)
+        for event in events.finish():
+            encoder.encode(event)
+
+    def chat_stream() -> None:  # the chat route relays chunks undecoded: b"data: " + body
+        for data in CHAT_CHUNKS:
+            b"data: " + data + b"\n\n"
+
+    ingress: list[tuple[str, Callable[[], object]]] = [
+        ("chat request (decode, encode)", chat_request),
+        ("responses request -> chat", responses_request),
+        ("messages request -> chat", messages_request),
+        ("chat answer (relayed)", lambda: b"" + CHAT_ANSWER),
+        ("responses answer <- chat", responses_answer),
+        ("messages answer <- chat", messages_answer),
+        (f"chat stream ({len(CHAT_CHUNKS)} chunks, relayed)", chat_stream),
+        (f"responses stream ({len(CHAT_CHUNKS)} chunks)", responses_stream),
+        (f"messages stream ({len(CHAT_CHUNKS)} chunks)", messages_stream),
+    ]
     cases: list[tuple[str, Callable[[], object]]] = [
         ("anthropic request", lambda: encoder.encode(anthropic.to_anthropic(request, "m", 1024))),
         (
@@ -136,9 +271,21 @@ def main() -> None:
         ("transforms request (2 profiles)", lambda: transforms.request(request)),
         ("transforms response (rename)", lambda: transforms.response(ANTHROPIC_ANSWER)),
     ]
-    print(f"{'step':<36} {'us/call':>8}")
+    print(f"{'worker side':<36} {'us/call':>8}")
     for name, fn in cases:
         print(f"{name:<36} {per_call_us(fn, args.seconds):8.1f}")
+    print(f"\n{'ingress side':<36} {'us/call':>8} {'x chat':>7}")
+    baseline: dict[str, float] = {}
+    for name, fn in ingress:
+        cost = per_call_us(fn, args.seconds)
+        kind = name.split(" ")[1]  # request, answer, stream
+        if name.startswith("chat"):
+            baseline[kind] = cost
+            print(f"{name:<36} {cost:8.1f}")
+        elif baseline[kind] >= 1.0:  # a relayed body costs ~nothing: no ratio to it
+            print(f"{name:<36} {cost:8.1f} {cost / baseline[kind]:7.1f}")
+        else:
+            print(f"{name:<36} {cost:8.1f}")
 
 
 if __name__ == "__main__":
