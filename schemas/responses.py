@@ -1,5 +1,5 @@
 """OpenAI Responses API (``POST /v1/responses``): the request, the response object and
-its stream events, as much of them as promptbus serves (docs/responses.md).
+its stream events, as much of them as promptbus serves (docs/apis.md).
 
 Input items and content parts are flat Structs with a ``type`` rather than tagged
 unions: OpenAI lets a message item leave out ``type``, which a tagged union cannot, and
@@ -109,7 +109,7 @@ class ResponseRequest(_Wire):
     truncation: Literal["auto", "disabled"] | None = None
     include: list[str] | None = None
     seed: Int64 | None = None  # not OpenAI's; passed to chat upstreams that take it
-    # Refused with a 400 when set (docs/responses.md says why): accepted here so the
+    # Refused with a 400 when set (docs/apis.md says why): accepted here so the
     # refusal names the parameter instead of calling it unknown.
     background: bool | None = None
     conversation: Any = None

@@ -1,4 +1,4 @@
-"""The Responses API as chat completions, and back (docs/responses.md).
+"""The Responses API as chat completions, and back (docs/apis.md).
 
 A Responses request travels the bus as the chat request it means, on the model's chat
 subject, so it shares the queue, lanes, limits, cache, retries and failover with chat;

@@ -1,5 +1,5 @@
 """``/v1/responses``: the Responses API, served as the chat request it means (the
-translation is ``broker/responses/translation.py``; docs/responses.md says what is
+translation is ``broker/responses/translation.py``; docs/apis.md says what is
 served). Stored responses (``store``, the default) live in NATS, per tenant."""
 
 from __future__ import annotations
