@@ -1,4 +1,5 @@
-"""Reading request bodies within a size limit and mapping errors to JSON responses."""
+"""Reading request bodies within a size limit, mapping errors to JSON responses, and the
+reply headers every model route passes on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ import math
 from starlette.requests import Request
 from starlette.responses import Response
 
+from broker.client import Reply
+from schemas.envelope import (
+    H_AGE,
+    H_CACHE,
+    H_DEPLOYMENT,
+    H_ERROR_SOURCE,
+    H_FAILOVER_FROM,
+    H_RETRY_AFTER,
+    H_SHOULD_RETRY,
+)
 from schemas.errors import BrokerError, InvalidRequest, request_too_large
 
 
@@ -75,3 +86,26 @@ def request_timeout(request: Request) -> float | None:
             )
         return seconds
     return None
+
+
+_RELAYED = (
+    (H_DEPLOYMENT, "x-promptbus-deployment"),
+    (H_FAILOVER_FROM, "x-promptbus-failover-from"),
+    (H_ERROR_SOURCE, "x-promptbus-error-source"),
+    (H_SHOULD_RETRY, "x-should-retry"),
+    (H_CACHE, "x-promptbus-cache"),
+    (H_AGE, "age"),
+)
+
+
+def reply_headers(reply: Reply) -> dict[str, str]:
+    """NATS reply headers as HTTP response headers (the openai SDK reads the retry ones)."""
+    headers: dict[str, str] = {}
+    for nats_name, http_name in _RELAYED:
+        value = reply.headers.get(nats_name)
+        if value:
+            headers[http_name] = value
+    retry_after = reply.headers.get(H_RETRY_AFTER)
+    if retry_after:
+        headers["retry-after"] = str(math.ceil(float(retry_after)))
+    return headers

@@ -4,7 +4,6 @@ reply relayed as JSON or as server-sent events."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,49 +11,23 @@ from typing import Any
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from broker.client import Reply, ReplyStream
 from broker.observability import metrics, tracing
-from ingress.http_io import error_response, read_body, request_timeout, require_json
+from ingress.http_io import (
+    error_response,
+    read_body,
+    reply_headers,
+    request_timeout,
+    require_json,
+)
+from ingress.routes.streams import event_stream, first_of
 from ingress.state import api_key, services
 from schemas.depth import check_depth, decode_chat_request
-from schemas.envelope import (
-    H_AGE,
-    H_CACHE,
-    H_DEPLOYMENT,
-    H_ERROR_SOURCE,
-    H_FAILOVER_FROM,
-    H_RETRY_AFTER,
-    H_SHOULD_RETRY,
-)
 from schemas.errors import BrokerError
 
 log = logging.getLogger(__name__)
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-_RELAYED = (
-    (H_DEPLOYMENT, "x-promptbus-deployment"),
-    (H_FAILOVER_FROM, "x-promptbus-failover-from"),
-    (H_ERROR_SOURCE, "x-promptbus-error-source"),
-    (H_SHOULD_RETRY, "x-should-retry"),
-    (H_CACHE, "x-promptbus-cache"),
-    (H_AGE, "age"),
-)
-
-
-def reply_headers(reply: Reply) -> dict[str, str]:
-    """NATS reply headers as HTTP response headers (the openai SDK reads the retry ones)."""
-    headers: dict[str, str] = {}
-    for nats_name, http_name in _RELAYED:
-        value = reply.headers.get(nats_name)
-        if value:
-            headers[http_name] = value
-    retry_after = reply.headers.get(H_RETRY_AFTER)
-    if retry_after:
-        headers["retry-after"] = str(math.ceil(float(retry_after)))
-    return headers
 
 
 class _ModelOnly(msgspec.Struct):
@@ -155,17 +128,8 @@ async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Respon
         stream = await broker.open_stream(
             chat.model, body, parsed=cacheable, cache_control=cache_control, **options
         )
-        try:
-            first = await stream.__anext__()  # errors before the first chunk get a status
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            stream.close()
-            raise
-        headers = SSE_HEADERS | limits | ({} if first is None else reply_headers(first))
-        return StreamingResponse(
-            _sse(first, stream), media_type="text/event-stream", headers=headers
-        )
+        first = await first_of(stream)
+        return event_stream(_sse(first, stream), first, limits)
     reply = await broker.request(
         chat.model, body, parsed=cacheable, cache_control=cache_control, **options
     )

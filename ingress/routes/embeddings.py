@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.observability import metrics, tracing
-from ingress.http_io import error_response, read_body, request_timeout, require_json
-from ingress.routes.chat import model_named_in, reply_headers, request_id
+from ingress.http_io import error_response, read_body, reply_headers, request_timeout, require_json
+from ingress.routes.chat import model_named_in, request_id
 from ingress.state import api_key, services
 from schemas.chat import embedding_request_decoder
 from schemas.depth import decode_checked

@@ -10,15 +10,16 @@ from typing import Any
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from broker.client import Reply, ReplyStream
 from broker.messages import translation
 from broker.observability import tracing
-from ingress.http_io import read_body, request_timeout, require_json
-from ingress.routes.chat import SSE_HEADERS, model_named_in, observed, reply_headers
+from ingress.http_io import read_body, reply_headers, request_timeout, require_json
+from ingress.routes.chat import model_named_in, observed
+from ingress.routes.streams import Event, event_stream, first_of, translated
 from ingress.state import api_key, services
-from schemas.chat import chunk_decoder, completion_decoder, encoder, with_fields
+from schemas.chat import completion_decoder, encoder, with_fields
 from schemas.depth import decode_checked
 from schemas.errors import BrokerError
 from schemas.messages import messages_request_decoder
@@ -64,18 +65,8 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     limits = grant.rate_headers()
     if chat.stream:
         stream = await broker.open_stream(asked.model, chat_body, **options)
-        try:
-            first = await stream.__anext__()  # errors before the first chunk get a status
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            stream.close()
-            raise
-        headers = SSE_HEADERS | limits | ({} if first is None else reply_headers(first))
-        events = translation.MessageEvents(asked.model)
-        return StreamingResponse(
-            _events(events, first, stream), media_type="text/event-stream", headers=headers
-        )
+        first = await first_of(stream)
+        return event_stream(_events(asked.model, first, stream), first, limits)
     reply = await broker.request(asked.model, chat_body, **options)
     reply.raise_for_error()
     message = translation.to_message(completion_decoder.decode(reply.body))
@@ -86,26 +77,14 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     )
 
 
-def _sse(event: dict[str, Any]) -> bytes:
-    kind: str = event["type"]
-    return b"event: " + kind.encode() + b"\ndata: " + encoder.encode(event) + b"\n\n"
+def _events(model: str, first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
+    """Chat chunks as Anthropic's stream events; a failure is an ``error`` event."""
+    events = translation.MessageEvents(model)
 
+    async def closing() -> list[Event]:
+        return events.finish()
 
-async def _events(
-    events: translation.MessageEvents, first: Reply | None, stream: ReplyStream
-) -> AsyncIterator[bytes]:
-    try:
-        for event in events.start():
-            yield _sse(event)
-        if first is not None:
-            for event in events.chunk(chunk_decoder.decode(first.body)):
-                yield _sse(event)
-            async for reply in stream:
-                for event in events.chunk(chunk_decoder.decode(reply.body)):
-                    yield _sse(event)
-        for event in events.finish():
-            yield _sse(event)
-    except BrokerError as exc:
-        yield _sse(msgspec.to_builtins(translation.anthropic_error(exc)))
-    finally:
-        stream.close()
+    def failed(exc: BrokerError) -> list[Event]:
+        return [msgspec.to_builtins(translation.anthropic_error(exc))]
+
+    return translated(first, stream, events.start(), events.chunk, closing, failed)

@@ -8,16 +8,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from broker.client import Reply, ReplyStream
 from broker.observability import tracing
 from broker.responses import translation
 from broker.responses.store import ResponseStore, StoredResponse
-from ingress.http_io import read_body, request_timeout, require_json
-from ingress.routes.chat import SSE_HEADERS, model_named_in, observed, reply_headers
+from ingress.http_io import read_body, reply_headers, request_timeout, require_json
+from ingress.routes.chat import model_named_in, observed
+from ingress.routes.streams import Event, event_stream, first_of, translated
 from ingress.state import api_key, services, tenant_of
-from schemas.chat import ChatCompletionRequest, Message, chunk_decoder, completion_decoder, encoder
+from schemas.chat import ChatCompletionRequest, Message, completion_decoder, encoder
 from schemas.depth import decode_checked
 from schemas.errors import BrokerError
 from schemas.responses import DeletedResponse, response_request_decoder
@@ -60,17 +61,8 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     limits = grant.rate_headers()
     if chat.stream:
         stream = await broker.open_stream(asked.model, chat_body, **options)
-        try:
-            first = await stream.__anext__()  # errors before the first chunk get a status
-        except StopAsyncIteration:
-            first = None
-        except BaseException:
-            stream.close()
-            raise
-        headers = SSE_HEADERS | limits | ({} if first is None else reply_headers(first))
-        return StreamingResponse(
-            _events(turn, first, stream), media_type="text/event-stream", headers=headers
-        )
+        first = await first_of(stream)
+        return event_stream(_events(turn, first, stream), first, limits)
     reply = await broker.request(asked.model, chat_body, **options)
     headers = limits | reply_headers(reply)
     if reply.status != 200:
@@ -107,33 +99,18 @@ class Turn:
         return response
 
 
-def _sse(event: dict[str, Any]) -> bytes:
-    kind: str = event["type"]
-    return b"event: " + kind.encode() + b"\ndata: " + encoder.encode(event) + b"\n\n"
-
-
-async def _events(turn: Turn, first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
-    """Chat chunks as the Responses stream's typed events."""
+def _events(turn: Turn, first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
+    """Chat chunks as the Responses stream's typed events; the finished response is
+    stored before ``response.completed`` says whether it was."""
     events = translation.ResponseEvents(turn.base)
-    try:
-        for event in events.start():
-            yield _sse(event)
-        if first is not None:
-            for event in events.chunk(chunk_decoder.decode(first.body)):
-                yield _sse(event)
-            async for reply in stream:
-                for event in events.chunk(chunk_decoder.decode(reply.body)):
-                    yield _sse(event)
-        closing = events.finish()
+
+    async def closing() -> list[Event]:
+        last = events.finish()
         await turn.keep(events.response)
-        closing[-1]["response"]["store"] = events.response.store
-        for event in closing:
-            yield _sse(event)
-    except BrokerError as exc:
-        for event in events.error(exc):
-            yield _sse(event)
-    finally:
-        stream.close()
+        last[-1]["response"]["store"] = events.response.store
+        return last
+
+    return translated(first, stream, events.start(), events.chunk, closing, events.error)
 
 
 async def retrieve_response(request: Request) -> Response:

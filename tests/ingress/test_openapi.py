@@ -39,9 +39,10 @@ def test_openapi_document_structure(http: httpx.Client) -> None:
             responses = operation["responses"]
             assert "200" in responses
             for status, answer in responses.items():
-                if status.startswith(("4", "5")):  # the OpenAI error body, always
+                if status.startswith(("4", "5")):  # the OpenAI error body, or Anthropic's
                     ref = answer["content"]["application/json"]["schema"]["$ref"]
-                    assert ref == "#/components/schemas/ErrorResponse"
+                    shape = "AnthropicError" if path == "/v1/messages" else "ErrorResponse"
+                    assert ref == f"#/components/schemas/{shape}", (path, status)
     assert schemas["ErrorResponse"]["required"] == ["error"]
     assert set(schemas["ErrorDetail"]["required"]) == {"message", "type"}
 

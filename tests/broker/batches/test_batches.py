@@ -301,7 +301,7 @@ def test_sdk_errors_are_openai_shaped(env: BatchEnv) -> None:
         client.files.content("file-doesnotexist")
     with pytest.raises(openai.BadRequestError) as bad:
         client.batches.create(
-            input_file_id="file-x", endpoint="/v1/embeddings", completion_window="24h"
+            input_file_id="file-x", endpoint="/v1/completions", completion_window="24h"
         )
     assert bad.value.body["param"] == "endpoint"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
