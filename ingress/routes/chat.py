@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -24,7 +24,7 @@ from ingress.http_io import (
 )
 from ingress.routes.streams import event_stream, first_of
 from ingress.state import api_key, services
-from schemas.depth import check_depth, decode_chat_request
+from schemas.depth import check_depth, decode_chat_request, decode_checked
 from schemas.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,30 @@ def model_named_in(body: bytes) -> str:
         return _model_decoder.decode(body).model
     except (BrokerError, msgspec.ValidationError, msgspec.DecodeError):
         return ""
+
+
+class ModelRequest(Protocol):
+    model: str
+    stream: bool | None
+
+
+T = TypeVar("T", bound=ModelRequest)
+
+
+async def read_model_request(
+    request: Request, decoder: msgspec.json.Decoder[T], context: dict[str, Any]
+) -> tuple[T, bytes]:
+    """A model route's JSON body, decoded (and its raw bytes); the model and stream flag
+    go into the request log's ``context``, the model even for a body refused."""
+    require_json(request)
+    body = await read_body(request, services(request).client.max_body_bytes)
+    try:
+        asked = decode_checked(decoder, body)
+    except BrokerError:
+        context["model"] = model_named_in(body)
+        raise
+    context["model"], context["stream"] = asked.model, bool(asked.stream)
+    return asked, body
 
 
 def request_id(request: Request) -> str:

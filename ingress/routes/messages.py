@@ -15,12 +15,11 @@ from starlette.responses import Response
 from broker.client import Reply, ReplyStream
 from broker.messages import translation
 from broker.observability import tracing
-from ingress.http_io import read_body, reply_headers, request_timeout, require_json
-from ingress.routes.chat import model_named_in, observed
+from ingress.http_io import reply_headers, request_timeout
+from ingress.routes.chat import observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, translated
 from ingress.state import api_key, services
 from schemas.chat import completion_decoder, encoder, with_fields
-from schemas.depth import decode_checked
 from schemas.errors import BrokerError
 from schemas.messages import messages_request_decoder
 
@@ -40,14 +39,7 @@ async def create_message(request: Request) -> Response:
 async def _create(request: Request, trace: str, context: dict[str, Any]) -> Response:
     found = services(request)
     broker, admission = found.client, found.admission
-    require_json(request)
-    body = await read_body(request, broker.max_body_bytes)
-    try:
-        asked = decode_checked(messages_request_decoder, body)
-    except BrokerError:
-        context["model"] = model_named_in(body)
-        raise
-    context["model"], context["stream"] = asked.model, bool(asked.stream)
+    asked, body = await read_model_request(request, messages_request_decoder, context)
     key = request.headers.get("x-api-key") or api_key(request)
     grant = await admission.admit(key, asked.model, len(body) // 4)
     context["tenant"] = grant.tenancy.tenant

@@ -14,13 +14,11 @@ from broker.client import Reply, ReplyStream
 from broker.observability import tracing
 from broker.responses import translation
 from broker.responses.store import ResponseStore, StoredResponse
-from ingress.http_io import read_body, reply_headers, request_timeout, require_json
-from ingress.routes.chat import model_named_in, observed
+from ingress.http_io import reply_headers, request_timeout
+from ingress.routes.chat import observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, translated
 from ingress.state import api_key, services, tenant_of
 from schemas.chat import ChatCompletionRequest, Message, completion_decoder, encoder
-from schemas.depth import decode_checked
-from schemas.errors import BrokerError
 from schemas.responses import DeletedResponse, response_request_decoder
 from schemas.responses import Response as ResponseObject
 
@@ -32,14 +30,7 @@ async def create_response(request: Request) -> Response:
 async def _create(request: Request, trace: str, context: dict[str, Any]) -> Response:
     found = services(request)
     broker, admission = found.client, found.admission
-    require_json(request)
-    body = await read_body(request, broker.max_body_bytes)
-    try:
-        asked = decode_checked(response_request_decoder, body)
-    except BrokerError:
-        context["model"] = model_named_in(body)
-        raise
-    context["model"], context["stream"] = asked.model, bool(asked.stream)
+    asked, body = await read_model_request(request, response_request_decoder, context)
     grant = await admission.admit(api_key(request), asked.model, len(body) // 4)
     tenant = grant.tenancy.tenant if admission.required else None
     context["tenant"] = grant.tenancy.tenant
