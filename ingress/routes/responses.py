@@ -40,7 +40,7 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     chat = translation.to_chat(asked, history)
     chat_body = encoder.encode(chat)
     base = translation.shell(asked, translation.new_id("resp"), translation.created_now())
-    turn = Turn(found.responses, tenant, chat, history, base)
+    turn = Turn(found.responses, tenant, chat, base)
     options: dict[str, Any] = {
         "timeout": request_timeout(request),
         "request_id": str(context["request_id"]),
@@ -73,7 +73,6 @@ class Turn:
         store: ResponseStore,
         tenant: str | None,
         chat: ChatCompletionRequest,
-        history: list[Message],
         base: ResponseObject,
     ) -> None:
         self.store, self.tenant, self.base = store, tenant, base
