@@ -203,4 +203,3 @@ class DeletedResponse(Struct):
 
 
 response_request_decoder = msgspec.json.Decoder(ResponseRequest)
-response_decoder = msgspec.json.Decoder(Response)
