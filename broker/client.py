@@ -52,6 +52,7 @@ from schemas.chat import (
     embedding_list_decoder,
     encoder,
 )
+from schemas.completions import CompletionRequest, TextCompletion, text_completion_decoder
 from schemas.config import HEADER_ROOM, Config
 from schemas.envelope import (
     H_AUTHORIZATION,
@@ -64,6 +65,7 @@ from schemas.envelope import (
     H_RETRY_AFTER,
     H_SHOULD_RETRY,
     H_STATUS,
+    TEXT_COMPLETIONS,
     ReplyKind,
     RequestMeta,
     Tenancy,
@@ -100,7 +102,7 @@ class Ask(NamedTuple):
     request_id: str | None = None
     traceparent: str | None = None
     tenancy: Tenancy | None = None
-    mode: str = "chat"
+    mode: str = "chat"  # or "embeddings", or TEXT_COMPLETIONS (queued with chat)
 
 
 class Reply(NamedTuple):
@@ -388,7 +390,8 @@ class BrokerClient:
         The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
         a request costs one subscription-free round trip before the worker's answer.
         """
-        subject, failed = self.router.route(ask.model, ask.mode)
+        api = TEXT_COMPLETIONS if ask.mode == TEXT_COMPLETIONS else None
+        subject, failed = self.router.route(ask.model, "chat" if api else ask.mode)
         timeout, tenancy = ask.timeout, ask.tenancy
         meta = RequestMeta(
             request_id=ask.request_id or uuid.uuid4().hex,
@@ -400,6 +403,7 @@ class BrokerClient:
             # Stored after this, the request was reported failed (503): workers drop it.
             enqueue_by_ms=deadline_after(min(timeout, PUBLISH_ACK_TIMEOUT_S)),
             accepts_parts=True,
+            api=api,
         )
         if self.vouch is not None and tenancy is not None:
             meta = self.vouch(meta, ask.body)
@@ -475,14 +479,15 @@ class BrokerClient:
         timeout: float | None = None,
         request_id: str | None = None,
         traceparent: str | None = None,
-        parsed: ChatCompletionRequest | None = None,
+        parsed: ChatCompletionRequest | CompletionRequest | None = None,
         cache_control: str | None = None,
         tenancy: Tenancy | None = None,
         mode: str = "chat",
     ) -> Reply:
         """Queue one non-streamed request and wait for its reply (an error reply included).
 
-        ``mode`` is ``embeddings`` for a ``/v1/embeddings`` body (never cached).
+        ``mode`` is ``embeddings`` for a ``/v1/embeddings`` body (never cached), and
+        ``completions`` (``TEXT_COMPLETIONS``) for a legacy ``/v1/completions`` body.
 
         With ``parsed`` (the decoded ``body``), the response cache may answer instead;
         ``cache_control`` is the caller's ``Cache-Control`` header. The reply's ``Pb-Cache``
@@ -531,12 +536,13 @@ class BrokerClient:
         parsed: ChatCompletionRequest | None = None,
         cache_control: str | None = None,
         tenancy: Tenancy | None = None,
+        mode: str = "chat",
     ) -> ReplyStream:
         """Queue one streamed request; iterate the result for its chunk replies.
 
         With ``cache.streams`` on and ``parsed`` given, a cached answer is replayed instead.
         """
-        ask = Ask(model, body, self._timeout(timeout), request_id, traceparent, tenancy)
+        ask = Ask(model, body, self._timeout(timeout), request_id, traceparent, tenancy, mode)
         token = str(next(self._tokens))
         stream = ReplyStream(self, token, ask.timeout)
         namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE
@@ -582,6 +588,27 @@ class BrokerClient:
         )
         reply.raise_for_error()
         return embedding_list_decoder.decode(reply.body)
+
+    async def completions(
+        self, request: CompletionRequest | dict[str, Any], *, timeout: float | None = None
+    ) -> TextCompletion:
+        """A legacy text completion (``/v1/completions``) for a model some of whose
+        deployments have that API; not streamed."""
+        if isinstance(request, dict):
+            try:
+                request = msgspec.convert(request, CompletionRequest)
+            except msgspec.ValidationError as exc:
+                raise from_validation_error(exc) from None
+        request = msgspec.structs.replace(request, stream=None)
+        reply = await self.request(
+            request.model,
+            encoder.encode(request),
+            timeout=timeout,
+            parsed=request,
+            mode=TEXT_COMPLETIONS,
+        )
+        reply.raise_for_error()
+        return text_completion_decoder.decode(reply.body)
 
     async def chat_stream(
         self, request: ChatCompletionRequest | dict[str, Any], *, timeout: float | None = None

@@ -24,6 +24,7 @@ from broker.nats.credentials import Role, login_for
 from ingress.error_handlers import HANDLERS
 from ingress.routes import admin, batches, files, health
 from ingress.routes.chat import chat_completions
+from ingress.routes.completions import completions
 from ingress.routes.embeddings import embeddings
 from ingress.routes.messages import create_message
 from ingress.routes.models import list_models, retrieve_model
@@ -33,6 +34,7 @@ from schemas.config import Config
 
 ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/responses", create_response, methods=["POST"]),
     Route("/v1/messages", create_message, methods=["POST"]),

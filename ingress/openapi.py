@@ -21,6 +21,7 @@ from schemas.chat import (
     Model,
     ModelList,
 )
+from schemas.completions import CompletionRequest, TextCompletion
 from schemas.errors import ErrorResponse
 from schemas.messages import AnthropicError, Message, MessagesRequest
 from schemas.responses import DeletedResponse, Response, ResponseRequest
@@ -46,6 +47,8 @@ _TYPES: tuple[Any, ...] = (
     MessagesRequest,
     Message,
     AnthropicError,
+    CompletionRequest,
+    TextCompletion,
 )
 
 # status -> when a client sees it (docs/errors.md has the codes)
@@ -275,6 +278,18 @@ def openapi_document(title: str = "promptbus ingress", version: str = "0.1.0") -
         "paths": {
             "/v1/chat/completions": _post(
                 "Create a chat completion", "ChatCompletionRequest", completion, "createChat"
+            ),
+            "/v1/completions": _post(
+                "Create a legacy text completion (OpenAI-compatible upstreams)",
+                "CompletionRequest",
+                {
+                    "description": "The completion; with `stream: true`, server-sent events",
+                    "content": {
+                        **_json("TextCompletion"),
+                        "text/event-stream": {"schema": {"$ref": REF + "TextCompletion"}},
+                    },
+                },
+                "createCompletion",
             ),
             "/v1/embeddings": _post(
                 "Create embeddings",

@@ -14,7 +14,9 @@ from msgspec import Struct, field
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
-BATCH_ENDPOINTS = (BATCH_ENDPOINT, EMBEDDINGS_ENDPOINT)  # what a batch's lines may call
+COMPLETIONS_ENDPOINT = "/v1/completions"  # legacy text completions
+# what a batch's lines may call
+BATCH_ENDPOINTS = (BATCH_ENDPOINT, EMBEDDINGS_ENDPOINT, COMPLETIONS_ENDPOINT)
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 
 

@@ -8,7 +8,7 @@ risk, not a 400).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -420,28 +420,41 @@ class _ExactChatCompletionRequest(ChatCompletionRequest, forbid_unknown_fields=T
     first costs nothing extra when there are none (the usual case)."""
 
 
-_exact_request_decoder = msgspec.json.Decoder(_ExactChatCompletionRequest)
-_top_level_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-KNOWN_REQUEST_FIELDS = frozenset(
-    f.encode_name for f in msgspec.structs.fields(ChatCompletionRequest)
-)
-
 # Fields a request does not define, as the caller sent them (``top_k``, ``min_p``,
 # ``repetition_penalty``...): forwarded to OpenAI-compatible upstreams, which define many
 # of their own (vLLM, Ollama, OpenRouter), refused by native adapters (docs/providers.md).
 UnknownFields = dict[str, msgspec.Raw]
 
+S = TypeVar("S", bound=Struct)
+_top_level_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
-def decode_with_unknown_fields(body: bytes) -> tuple[ChatCompletionRequest, UnknownFields]:
-    """The request and its unknown top-level fields (msgspec errors propagate)."""
-    try:
-        return _exact_request_decoder.decode(body), {}
-    except msgspec.ValidationError as exc:
-        if "unknown field" not in str(exc):
-            raise
-    request = request_decoder.decode(body)
-    fields = _top_level_decoder.decode(body)
-    return request, {k: v for k, v in fields.items() if k not in KNOWN_REQUEST_FIELDS}
+
+class FieldKeepingDecoder(Generic[S]):
+    """Decodes a request Struct and keeps aside the top-level fields it does not define.
+
+    ``exact`` is the same Struct with ``forbid_unknown_fields``: tried first, it costs
+    nothing extra when there are none (the usual case)."""
+
+    def __init__(self, lenient: type[S], exact: type[S]) -> None:
+        self._lenient = msgspec.json.Decoder(lenient)
+        self._exact = msgspec.json.Decoder(exact)
+        self.known = frozenset(f.encode_name for f in msgspec.structs.fields(lenient))
+
+    def decode(self, body: bytes) -> tuple[S, UnknownFields]:
+        """The request and its unknown fields (msgspec errors propagate)."""
+        try:
+            return self._exact.decode(body), {}
+        except msgspec.ValidationError as exc:
+            if "unknown field" not in str(exc):
+                raise
+        request = self._lenient.decode(body)
+        fields = _top_level_decoder.decode(body)
+        return request, {k: v for k, v in fields.items() if k not in self.known}
+
+
+_chat_request_fields = FieldKeepingDecoder(ChatCompletionRequest, _ExactChatCompletionRequest)
+KNOWN_REQUEST_FIELDS = _chat_request_fields.known
+decode_with_unknown_fields = _chat_request_fields.decode
 
 
 def with_fields(encoded: bytes, fields: UnknownFields) -> bytes:

@@ -82,15 +82,16 @@ T = TypeVar("T")
 def decode_checked(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     """Decode a caller's JSON body: the depth limit first, then the schema; every
     failure a 400 naming its param (never a RecursionError)."""
-    return _checked(decoder.decode, body)
+    return checked(decoder.decode, body)
 
 
 def decode_chat_request(body: bytes) -> tuple[ChatCompletionRequest, UnknownFields]:
     """A chat request and its unknown top-level fields, checked like :func:`decode_checked`."""
-    return _checked(decode_with_unknown_fields, body)
+    return checked(decode_with_unknown_fields, body)
 
 
-def _checked(decode: Callable[[bytes], T], body: bytes) -> T:
+def checked(decode: Callable[[bytes], T], body: bytes) -> T:
+    """``decode(body)`` behind the depth limit, its failures 400s naming their param."""
     check_depth(body)
     try:
         return decode(body)

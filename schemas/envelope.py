@@ -29,6 +29,8 @@ H_ADMISSION = "Pb-Admission"  # HMAC by the admitting process: "already checked"
 H_CUSTOM_ID = "Pb-Custom-Id"  # the caller's tag for the request, echoed on its replies
 H_ENQUEUE_BY = "Pb-Enqueue-By"  # epoch ms: stored later, the caller was told it failed
 H_ACCEPT_PARTS = "Pb-Accept-Parts"  # "1": the caller reassembles a reply sent in parts
+H_API = "Pb-Api"  # TEXT_COMPLETIONS for a legacy text completions body (absent: chat)
+TEXT_COMPLETIONS = "completions"
 
 # Reply headers (worker -> client)
 H_KIND = "Pb-Kind"
@@ -64,6 +66,7 @@ class RequestMeta(Struct, frozen=True):
     custom_id: str | None = None  # echoed on replies: many requests can share a reply subject
     enqueue_by_ms: int | None = None  # the publisher gave up on a store later than this
     accepts_parts: bool = False  # a reply over one message may come in parts
+    api: str | None = None  # TEXT_COMPLETIONS for a /v1/completions body; None: chat
 
     def to_headers(self) -> dict[str, str]:
         msg_id = self.request_id + (f":{len(self.failed)}" if self.failed else "")
@@ -84,6 +87,8 @@ class RequestMeta(Struct, frozen=True):
             headers[H_ENQUEUE_BY] = str(self.enqueue_by_ms)
         if self.accepts_parts:
             headers[H_ACCEPT_PARTS] = "1"
+        if self.api is not None:
+            headers[H_API] = self.api
         return headers
 
     @classmethod
@@ -107,6 +112,7 @@ class RequestMeta(Struct, frozen=True):
             custom_id=headers.get(H_CUSTOM_ID),
             enqueue_by_ms=int(enqueue_by) if enqueue_by and enqueue_by.isdigit() else None,
             accepts_parts=headers.get(H_ACCEPT_PARTS) == "1",
+            api=headers.get(H_API),
         )
 
     def remaining(self, now_ms: int | None = None) -> float | None:

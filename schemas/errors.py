@@ -287,6 +287,19 @@ def poison_request(deliveries: int) -> BrokerError:
     )
 
 
+def no_text_completions(model: str, provider: str | None = None) -> BrokerError:
+    """A legacy ``/v1/completions`` request for a model (or a deployment's provider)
+    whose API has no text completions."""
+    served = f"its provider ({provider}) has" if provider else "none of its deployments has"
+    return InvalidRequest(
+        400,
+        f"The model `{model}` cannot serve /v1/completions: {served} no text completions "
+        "API. Send the prompt to /v1/chat/completions as a user message.",
+        param="model",
+        code="unsupported_endpoint",
+    )
+
+
 def unknown_field(name: str, provider: str) -> BrokerError:
     """A field promptbus does not define, for a native provider that could not take it."""
     return InvalidRequest(

@@ -3,7 +3,7 @@ its stream events, as much of them as promptbus serves (docs/apis.md).
 
 Input items and content parts are flat Structs with a ``type`` rather than tagged
 unions: OpenAI lets a message item leave out ``type``, which a tagged union cannot, and
-one flat Struct decodes faster than a union of ten. ``broker/translation/responses.py``
+one flat Struct decodes faster than a union of ten. ``broker/responses/translation.py``
 checks each item's required fields as it translates it, naming the ``param``.
 """
 

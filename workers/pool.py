@@ -38,6 +38,7 @@ from schemas.chat import (
     Usage,
     embedding_request_decoder,
 )
+from schemas.completions import CompletionRequest, decode_completion_request
 from schemas.config import DeploymentConfig, ModelConfig, TransformConfig, WorkerConfig
 from schemas.depth import decode_chat_request, decode_checked
 from schemas.envelope import (
@@ -47,6 +48,7 @@ from schemas.envelope import (
     H_KIND,
     H_REQUEST_ID,
     H_STATUS,
+    TEXT_COMPLETIONS,
     ReplyKind,
     RequestMeta,
 )
@@ -79,6 +81,8 @@ from workers.transforms import Transforms
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Conversation = ChatCompletionRequest | CompletionRequest  # what answers in text, or streams
+ModelRequest = Conversation | EmbeddingRequest
 
 
 def is_deployment_fault(error: BrokerError) -> bool:
@@ -314,20 +318,22 @@ class DeploymentPool:
         await self._call(job, *vetted, remaining)
         return True
 
-    async def _vet(
-        self, job: Job
-    ) -> tuple[ChatCompletionRequest | EmbeddingRequest, UnknownFields] | None:
+    async def _vet(self, job: Job) -> tuple[ModelRequest, UnknownFields] | None:
         """The request as the provider will get it: decoded and checked (a NATS caller's
         body was not checked at any door before), admitted, transformed. None once it was
         refused with an error reply."""
-        request: ChatCompletionRequest | EmbeddingRequest
+        request: ModelRequest
         unknown: UnknownFields = {}
         try:
             if self.model.mode == "embeddings":
                 request = decode_checked(embedding_request_decoder, job.msg.data)
             else:
-                request, unknown = decode_chat_request(job.msg.data)
-                if unknown and not self.provider.forwards_unknown_fields:
+                if job.meta.api == TEXT_COMPLETIONS:
+                    request, unknown = decode_completion_request(job.msg.data)
+                else:
+                    request, unknown = decode_chat_request(job.msg.data)
+                native = not self.provider.forwards_unknown_fields
+                if unknown and native and isinstance(request, ChatCompletionRequest):
                     raise unknown_field(next(iter(unknown)), self.deployment.provider)
             if self._accounting is not None:
                 job.meta = await self._accounting.vet(job.msg, job.meta, self.model.model_name)
@@ -346,7 +352,7 @@ class DeploymentPool:
     async def _call(
         self,
         job: Job,
-        request: ChatCompletionRequest | EmbeddingRequest,
+        request: ModelRequest,
         unknown: UnknownFields,
         remaining: float | None,
     ) -> None:
@@ -369,8 +375,7 @@ class DeploymentPool:
                 else:
                     body = await call_with_retries(
                         lambda: self._attempt(
-                            self.provider.complete(request, _next_hop(meta), unknown),
-                            attempt_timeout,
+                            self._answer(request, _next_hop(meta), unknown), attempt_timeout
                         ),
                         self.deployment.retry,
                         remaining,
@@ -458,10 +463,24 @@ class DeploymentPool:
         (self._m_upstream_stream if stream else self._m_upstream).observe(elapsed)
         return result
 
+    def _answer(
+        self, request: Conversation, traceparent: str | None, unknown: UnknownFields
+    ) -> Awaitable[bytes]:
+        if isinstance(request, CompletionRequest):
+            return self.provider.complete_text(request, traceparent, unknown)
+        return self.provider.complete(request, traceparent, unknown)
+
+    def _chunks(
+        self, request: Conversation, traceparent: str | None, unknown: UnknownFields
+    ) -> AsyncIterator[bytes]:
+        if isinstance(request, CompletionRequest):
+            return self.provider.stream_text(request, traceparent, unknown)
+        return self.provider.stream(request, traceparent, unknown)
+
     async def _stream(
         self,
         job: Job,
-        request: ChatCompletionRequest,
+        request: Conversation,
         remaining: float | None,
         attempt_timeout: float | None,
         unknown: UnknownFields,
@@ -481,7 +500,7 @@ class DeploymentPool:
             request = msgspec.structs.replace(request, stream_options=upstream_options)
 
         async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
-            chunks = self.provider.stream(request, _next_hop(meta), unknown).__aiter__()
+            chunks = self._chunks(request, _next_hop(meta), unknown).__aiter__()
             try:
                 first = await self._attempt(anext(chunks), attempt_timeout, stream=True)
             except StopAsyncIteration:

@@ -53,6 +53,7 @@ from broker.nats.subjects import Subjects
 from broker.tenancy.admission import Admission
 from schemas.batch import (
     BATCH_ENDPOINT,
+    COMPLETIONS_ENDPOINT,
     EMBEDDINGS_ENDPOINT,
     BatchError,
     BatchErrors,
@@ -61,10 +62,16 @@ from schemas.batch import (
     LineError,
     line_decoder,
 )
-from schemas.chat import embedding_request_decoder, request_decoder
+from schemas.chat import ChatCompletionRequest, embedding_request_decoder, request_decoder
+from schemas.completions import (
+    CompletionRequest,
+    decode_completion_request,
+    speaks_text_completions,
+)
 from schemas.config import HEADER_ROOM, Config
 from schemas.depth import check_depth, decode_checked
 from schemas.envelope import (
+    H_API,
     H_CUSTOM_ID,
     H_DEADLINE,
     H_KIND,
@@ -72,6 +79,7 @@ from schemas.envelope import (
     H_REPLY_TO,
     H_REQUEST_ID,
     H_STATUS,
+    TEXT_COMPLETIONS,
     ReplyKind,
     Tenancy,
 )
@@ -80,6 +88,7 @@ from schemas.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    no_text_completions,
     request_too_large,
     wrong_endpoint,
 )
@@ -489,6 +498,8 @@ class BatchRun:
                 raise request_too_large(self._max_line_bytes, "The line's request body")
             parsed = decode_checked(line_decoder, line)
             model = self._check_line(parsed.method, parsed.url, bytes(parsed.body))
+            if parsed.url == COMPLETIONS_ENDPOINT:
+                headers[H_API] = TEXT_COMPLETIONS
         except BrokerError as exc:
             headers |= {
                 H_KIND: ReplyKind.ERROR.value,
@@ -522,7 +533,11 @@ class BatchRun:
         if url == EMBEDDINGS_ENDPOINT:
             mode, name = "embeddings", decode_checked(embedding_request_decoder, body).model
         else:
-            request = decode_checked(request_decoder, body)
+            request: ChatCompletionRequest | CompletionRequest
+            if url == COMPLETIONS_ENDPOINT:
+                request = decode_completion_request(body)[0]
+            else:
+                request = decode_checked(request_decoder, body)
             if request.stream:
                 raise InvalidRequest(
                     400,
@@ -541,6 +556,8 @@ class BatchRun:
             )
         if model.mode != mode:
             raise wrong_endpoint(name, model.mode)
+        if url == COMPLETIONS_ENDPOINT and not speaks_text_completions(model):
+            raise no_text_completions(name)
         if self._allowed is not None and name not in self._allowed:
             raise PermissionDenied(
                 403,

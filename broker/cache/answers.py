@@ -20,6 +20,7 @@ from broker.nats.provision import ensure_bucket
 from broker.nats.subjects import CACHE
 from broker.observability import metrics
 from schemas.chat import ChatCompletionRequest
+from schemas.completions import CompletionRequest
 from schemas.config import Config
 from schemas.envelope import H_AGE, H_CACHE, H_DEPLOYMENT
 
@@ -49,7 +50,9 @@ class AnswerCache:
         if self.semantic is not None:
             await self.semantic.close()
 
-    def key(self, model: str, parsed: ChatCompletionRequest | None, namespace: str) -> str | None:
+    def key(
+        self, model: str, parsed: ChatCompletionRequest | CompletionRequest | None, namespace: str
+    ) -> str | None:
         """The request's cache key; None when it cannot be cached (unparsed, unknown model)."""
         model_config = self._config.model(model)
         if parsed is None or model_config is None:
@@ -61,7 +64,7 @@ class AnswerCache:
         key: str,
         policy: CachePolicy,
         model: str,
-        parsed: ChatCompletionRequest,
+        parsed: ChatCompletionRequest | CompletionRequest,
         namespace: str,
         *,
         semantic: bool = True,
@@ -69,7 +72,9 @@ class AnswerCache:
         """The cached answer and the reply headers naming it, or None; and what the
         semantic cache needs to remember a fresh answer (None without it)."""
         verdict, hit, remembered = "hit", await self.exact.get(key, policy.max_age), None
-        if hit is None and semantic and self.semantic is not None:
+        chat = isinstance(parsed, ChatCompletionRequest)  # legacy completions: exact only
+        if hit is None and semantic and chat and self.semantic is not None:
+            assert isinstance(parsed, ChatCompletionRequest)
             verdict = "semantic-hit"
             hit, _, remembered = await self.semantic.lookup(
                 parsed, model, policy.max_age, namespace

@@ -39,6 +39,7 @@ from schemas.chat import (
     completion_decoder,
     encoder,
 )
+from schemas.completions import CompletionRequest
 from schemas.config import CacheConfig, ModelConfig
 
 Verdict = Literal["hit", "miss", "bypass"]
@@ -204,24 +205,36 @@ class ResponseCache:
         return self.config.ttl_s if model.cache_ttl_s is None else model.cache_ttl_s
 
     def key(
-        self, request: ChatCompletionRequest, model: ModelConfig, namespace: str = "default"
+        self,
+        request: ChatCompletionRequest | CompletionRequest,
+        model: ModelConfig,
+        namespace: str = "default",
     ) -> str | None:
-        """The cache key, or None when this request must not be cached."""
+        """The cache key, or None when this request must not be cached. Chat and legacy
+        completions never share a key: their bodies differ (``messages``, ``prompt``)."""
         if (request.stream and not self.config.streams) or self.ttl(model) <= 0:
             return None
+        if isinstance(request, CompletionRequest) and request.stream:
+            return None  # replayed streams are chat chunks
         deterministic = request.temperature == 0 or request.seed is not None
         if self.config.deterministic_only and not deterministic:
             return None
-        canonical = msgspec.structs.replace(
-            request,
-            stream=None,
-            stream_options=None,
-            user=None,
-            metadata=None,
-            store=None,
-            safety_identifier=None,
-            prompt_cache_key=None,
-        )
+        canonical: ChatCompletionRequest | CompletionRequest
+        if isinstance(request, CompletionRequest):
+            canonical = msgspec.structs.replace(
+                request, stream=None, stream_options=None, user=None
+            )
+        else:
+            canonical = msgspec.structs.replace(
+                request,
+                stream=None,
+                stream_options=None,
+                user=None,
+                metadata=None,
+                store=None,
+                safety_identifier=None,
+                prompt_cache_key=None,
+            )
         digest = hashlib.sha256(namespace.encode() + b"\0" + model.model_name.encode() + b"\0")
         digest.update(encoder.encode(canonical))
         return digest.hexdigest()

@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.client import Reply, ReplyStream
 from broker.observability import metrics, tracing
+from broker.tenancy.admission import Grant
 from ingress.http_io import (
     error_response,
     read_body,
@@ -22,7 +22,7 @@ from ingress.http_io import (
     request_timeout,
     require_json,
 )
-from ingress.routes.streams import event_stream, first_of
+from ingress.routes.streams import event_stream, first_of, relayed
 from ingress.state import api_key, services
 from schemas.depth import check_depth, decode_chat_request, decode_checked
 from schemas.errors import BrokerError
@@ -68,6 +68,30 @@ async def read_model_request(
         raise
     context["model"], context["stream"] = asked.model, bool(asked.stream)
     return asked, body
+
+
+async def admitted(
+    request: Request,
+    trace: str,
+    asked: ModelRequest,
+    body: bytes,
+    context: dict[str, Any],
+    key: str | None = None,
+) -> tuple[Grant, dict[str, Any]]:
+    """Admission for a model request (its key, or ``key`` when the route reads it from
+    elsewhere), and what every model route passes the broker client: the deadline, ids,
+    trace, vouched tenancy and the caller's cache directives."""
+    admission = services(request).admission
+    grant = await admission.admit(key or api_key(request), asked.model, len(body) // 4)
+    context["tenant"] = grant.tenancy.tenant
+    options: dict[str, Any] = {
+        "timeout": request_timeout(request),
+        "request_id": str(context["request_id"]),
+        "traceparent": tracing.child(trace),
+        "tenancy": admission.vouch(grant),
+        "cache_control": request.headers.get("cache-control"),
+    }
+    return grant, options
 
 
 def request_id(request: Request) -> str:
@@ -126,8 +150,7 @@ async def observed(
 
 
 async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Response:
-    found = services(request)
-    broker, admission = found.client, found.admission
+    broker = services(request).client
     require_json(request)
     body = await read_body(request, broker.max_body_bytes)
     try:
@@ -137,43 +160,16 @@ async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Respon
         raise
     cacheable = None if unknown else chat  # the cache key knows only our fields
     context["model"], context["stream"] = chat.model, bool(chat.stream)
-    rid = str(context["request_id"])
-    grant = await admission.admit(api_key(request), chat.model, len(body) // 4)
-    context["tenant"] = grant.tenancy.tenant
-    options: dict[str, Any] = {
-        "timeout": request_timeout(request),
-        "request_id": rid,
-        "traceparent": tracing.child(trace),
-        "tenancy": admission.vouch(grant),
-    }
+    grant, options = await admitted(request, trace, chat, body, context)
     limits = grant.rate_headers()
-    cache_control = request.headers.get("cache-control")
     if chat.stream:
-        stream = await broker.open_stream(
-            chat.model, body, parsed=cacheable, cache_control=cache_control, **options
-        )
+        stream = await broker.open_stream(chat.model, body, parsed=cacheable, **options)
         first = await first_of(stream)
-        return event_stream(_sse(first, stream), first, limits)
-    reply = await broker.request(
-        chat.model, body, parsed=cacheable, cache_control=cache_control, **options
-    )
+        return event_stream(relayed(first, stream), first, limits)
+    reply = await broker.request(chat.model, body, parsed=cacheable, **options)
     return Response(
         reply.body,
         status_code=reply.status,
         media_type="application/json",
         headers=limits | reply_headers(reply),
     )
-
-
-async def _sse(first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
-    """Relay chunk replies as server-sent events; an error mid-stream becomes an error event."""
-    try:
-        if first is not None:
-            yield b"data: " + first.body + b"\n\n"
-            async for reply in stream:
-                yield b"data: " + reply.body + b"\n\n"
-        yield b"data: [DONE]\n\n"
-    except BrokerError as exc:
-        yield b"data: " + exc.to_json() + b"\n\n"
-    finally:
-        stream.close()

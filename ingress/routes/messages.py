@@ -14,11 +14,10 @@ from starlette.responses import Response
 
 from broker.client import Reply, ReplyStream
 from broker.messages import translation
-from broker.observability import tracing
-from ingress.http_io import reply_headers, request_timeout
-from ingress.routes.chat import observed, read_model_request
+from ingress.http_io import reply_headers
+from ingress.routes.chat import admitted, observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, translated
-from ingress.state import api_key, services
+from ingress.state import services
 from schemas.chat import completion_decoder, encoder, with_fields
 from schemas.errors import BrokerError
 from schemas.messages import messages_request_decoder
@@ -37,23 +36,14 @@ async def create_message(request: Request) -> Response:
 
 
 async def _create(request: Request, trace: str, context: dict[str, Any]) -> Response:
-    found = services(request)
-    broker, admission = found.client, found.admission
+    broker = services(request).client
     asked, body = await read_model_request(request, messages_request_decoder, context)
-    key = request.headers.get("x-api-key") or api_key(request)
-    grant = await admission.admit(key, asked.model, len(body) // 4)
-    context["tenant"] = grant.tenancy.tenant
+    key = request.headers.get("x-api-key")
+    grant, options = await admitted(request, trace, asked, body, context, key)
     chat = translation.to_chat(asked)
     extra = translation.extra_fields(asked)
     chat_body = with_fields(encoder.encode(chat), extra)
-    options: dict[str, Any] = {
-        "timeout": request_timeout(request),
-        "request_id": str(context["request_id"]),
-        "traceparent": tracing.child(trace),
-        "tenancy": admission.vouch(grant),
-        "parsed": None if extra else chat,  # the cache key knows only chat's fields
-        "cache_control": request.headers.get("cache-control"),
-    }
+    options["parsed"] = None if extra else chat  # the cache key knows only chat's fields
     limits = grant.rate_headers()
     if chat.stream:
         stream = await broker.open_stream(asked.model, chat_body, **options)

@@ -11,13 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.client import Reply, ReplyStream
-from broker.observability import tracing
 from broker.responses import translation
 from broker.responses.store import ResponseStore, StoredResponse
-from ingress.http_io import reply_headers, request_timeout
-from ingress.routes.chat import observed, read_model_request
+from ingress.http_io import reply_headers
+from ingress.routes.chat import admitted, observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, translated
-from ingress.state import api_key, services, tenant_of
+from ingress.state import services, tenant_of
 from schemas.chat import ChatCompletionRequest, Message, completion_decoder, encoder
 from schemas.responses import DeletedResponse, response_request_decoder
 from schemas.responses import Response as ResponseObject
@@ -29,11 +28,10 @@ async def create_response(request: Request) -> Response:
 
 async def _create(request: Request, trace: str, context: dict[str, Any]) -> Response:
     found = services(request)
-    broker, admission = found.client, found.admission
+    broker = found.client
     asked, body = await read_model_request(request, response_request_decoder, context)
-    grant = await admission.admit(api_key(request), asked.model, len(body) // 4)
-    tenant = grant.tenancy.tenant if admission.required else None
-    context["tenant"] = grant.tenancy.tenant
+    grant, options = await admitted(request, trace, asked, body, context)
+    tenant = grant.tenancy.tenant if found.admission.required else None
     history: list[Message] = []
     if asked.previous_response_id:
         history = (await found.responses.get(tenant, asked.previous_response_id)).messages
@@ -41,14 +39,7 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     chat_body = encoder.encode(chat)
     base = translation.shell(asked, translation.new_id("resp"), translation.created_now())
     turn = Turn(found.responses, tenant, chat, base)
-    options: dict[str, Any] = {
-        "timeout": request_timeout(request),
-        "request_id": str(context["request_id"]),
-        "traceparent": tracing.child(trace),
-        "tenancy": admission.vouch(grant),
-        "parsed": chat,
-        "cache_control": request.headers.get("cache-control"),
-    }
+    options["parsed"] = chat
     limits = grant.rate_headers()
     if chat.stream:
         stream = await broker.open_stream(asked.model, chat_body, **options)

@@ -70,3 +70,18 @@ async def translated(
             yield typed_event(event)
     finally:
         stream.close()
+
+
+async def relayed(first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
+    """Chunk replies relayed as server-sent events, as chat and legacy completions
+    stream; an error mid-stream becomes an error event."""
+    try:
+        if first is not None:
+            yield b"data: " + first.body + b"\n\n"
+            async for reply in stream:
+                yield b"data: " + reply.body + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    except BrokerError as exc:
+        yield b"data: " + exc.to_json() + b"\n\n"
+    finally:
+        stream.close()

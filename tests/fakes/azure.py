@@ -1,5 +1,6 @@
-"""A fake Azure OpenAI resource: ``/openai/deployments/{deployment}/chat/completions`` and
-``.../embeddings`` with the required ``api-version`` query parameter and ``api-key`` header.
+"""A fake Azure OpenAI resource: ``/openai/deployments/{deployment}/chat/completions``,
+``.../completions`` (legacy text) and ``.../embeddings``, with the required
+``api-version`` query parameter and ``api-key`` header.
 
 Bodies are the OpenAI format (validated with the broker's own schema); answers come from
 ``workers.mock.content``, reporting the model behind the deployment. Azure's refusals are
@@ -28,6 +29,7 @@ from schemas.chat import (
     encoder,
     request_decoder,
 )
+from schemas.completions import request_fields as text_request_fields
 from tests.fakes.server import FakeUpstream
 from workers.mock import content as mock_content
 
@@ -97,6 +99,17 @@ def create_app(fake: FakeUpstream) -> Starlette:
         completion = mock_content.completion(body, UNDERLYING_MODEL)
         return Response(encoder.encode(completion), media_type="application/json")
 
+    async def text(request: Request) -> Response:
+        raw, refused = await checked(request)
+        if refused is not None:
+            return refused
+        try:
+            body, _ = text_request_fields.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return error(400, "invalid_request", str(exc))
+        completion = mock_content.text_completion(body, UNDERLYING_MODEL)
+        return Response(encoder.encode(completion), media_type="application/json")
+
     async def embeddings(request: Request) -> Response:
         raw, refused = await checked(request)
         if refused is not None:
@@ -119,6 +132,7 @@ def create_app(fake: FakeUpstream) -> Starlette:
     return Starlette(
         routes=[
             Route("/openai/deployments/{name}/chat/completions", chat, methods=["POST"]),
+            Route("/openai/deployments/{name}/completions", text, methods=["POST"]),
             Route("/openai/deployments/{name}/embeddings", embeddings, methods=["POST"]),
         ]
     )

@@ -10,6 +10,7 @@ import msgspec
 from ingress.app import create_app
 from ingress.openapi import openapi_document
 from schemas.chat import ChatCompletionRequest, EmbeddingRequest
+from schemas.completions import CompletionRequest
 from schemas.config import Config
 
 
@@ -65,7 +66,7 @@ def test_request_schemas_match_the_validators() -> None:
     """The document's request schemas are the ones msgspec validates with: a body the
     schema requires fields of is refused by the decoder without them, and vice versa."""
     schemas = openapi_document()["components"]["schemas"]
-    for struct in (ChatCompletionRequest, EmbeddingRequest):
+    for struct in (ChatCompletionRequest, EmbeddingRequest, CompletionRequest):
         schema = schemas[struct.__name__]
         required = [
             f for f, r in zip(struct.__struct_fields__, _required(struct), strict=True) if r

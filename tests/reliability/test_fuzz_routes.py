@@ -216,7 +216,8 @@ def _message_events_problem(events: list[bytes]) -> str | None:
 
 
 def _sse_problem(content: bytes, path: str) -> str | None:
-    """A chat stream must be chunk events, an error event at most, then ``[DONE]``."""
+    """A chat (or legacy completions) stream must be chunk events, an error event at
+    most, then ``[DONE]``."""
     events = [line[6:] for line in content.split(b"\n") if line.startswith(b"data: ")]
     if path == "/v1/responses":
         return _response_events_problem(events)
@@ -224,11 +225,12 @@ def _sse_problem(content: bytes, path: str) -> str | None:
         return _message_events_problem(events)
     if not events or (events[-1] != b"[DONE]" and b'"error"' not in events[-1]):
         return "stream without its end"
+    chunk = "TextCompletion" if path == "/v1/completions" else "ChatCompletionChunk"
     for event in events[:-1]:
         try:
-            msgspec.json.decode(event, type=TYPES["ChatCompletionChunk"])
+            msgspec.json.decode(event, type=TYPES[chunk])
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return f"event is not a ChatCompletionChunk: {exc}"
+            return f"event is not a {chunk}: {exc}"
     return None
 
 

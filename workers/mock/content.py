@@ -31,6 +31,7 @@ from schemas.chat import (
     Usage,
     UserMessage,
 )
+from schemas.completions import CompletionRequest, TextChoice, TextCompletion
 
 _ID_PREFIX = f"chatcmpl-{os.urandom(6).hex()}"
 _ids = itertools.count()
@@ -169,3 +170,62 @@ def embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
             vector[int.from_bytes(digest, "little") % dimensions] += 1.0
     norm = sum(x * x for x in vector) ** 0.5 or 1.0
     return [x / norm for x in vector]
+
+
+# ---------------------------------------------------------------- legacy text completions
+
+
+def text_answers(request: CompletionRequest) -> list[tuple[str, str]]:
+    """Per choice (each prompt ``n`` times, in OpenAI's order): its text and finish reason.
+    The text is ``mock completion of: <prompt>``, cut to ``max_tokens`` words, after the
+    prompt itself when ``echo`` asks for it."""
+    out = []
+    for prompt in request.prompts():
+        words = f"mock completion of: {prompt}".split(" ")
+        limit = request.max_tokens
+        finish = "length" if limit is not None and len(words) >= limit else "stop"
+        text = " ".join(words[:limit] if limit is not None else words)
+        if request.echo:
+            text = prompt + text
+        out += [(text, finish)] * (request.n or 1)
+    return out
+
+
+def _text_usage(request: CompletionRequest, answers: list[tuple[str, str]]) -> Usage:
+    prompt_tokens = sum(len(p.split()) for p in request.prompts())
+    completion_tokens = sum(len(text.split()) for text, _ in answers)
+    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+
+def text_completion(request: CompletionRequest, model: str) -> TextCompletion:
+    answers = text_answers(request)
+    return TextCompletion(
+        id=f"cmpl-{_completion_id()[9:]}",
+        created=int(time.time()),
+        model=model,
+        choices=[
+            TextChoice(text=text, index=i, finish_reason=finish)
+            for i, (text, finish) in enumerate(answers)
+        ],
+        usage=_text_usage(request, answers),
+        system_fingerprint="fp_promptbus_mock",
+    )
+
+
+def text_chunks(request: CompletionRequest, model: str) -> list[TextCompletion]:
+    """Per choice, one chunk per word and a last one with its finish reason; then, if
+    asked, the usage chunk (no choices), as OpenAI streams them."""
+    answers = text_answers(request)
+    ident, created = f"cmpl-{_completion_id()[9:]}", int(time.time())
+
+    def chunk(choices: list[TextChoice], usage: Usage | None = None) -> TextCompletion:
+        return TextCompletion(id=ident, choices=choices, created=created, model=model, usage=usage)
+
+    out = []
+    for index, (text, finish) in enumerate(answers):
+        for i, word in enumerate(text.split(" ")):
+            out.append(chunk([TextChoice(text=word if i == 0 else f" {word}", index=index)]))
+        out.append(chunk([TextChoice(text="", index=index, finish_reason=finish)]))
+    if request.stream_options is not None and request.stream_options.include_usage:
+        out.append(chunk([], _text_usage(request, answers)))
+    return out

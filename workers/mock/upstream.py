@@ -9,7 +9,8 @@ with the same schema as the broker, and misbehaves on command, for tests and ben
   connection mid-stream), ``chunk_delay_ms``, ``api_key`` (require a bearer key);
 - per request, through the OpenAI ``metadata`` field: ``mock_status`` (answer with that
   HTTP error), ``mock_latency_ms``, ``mock_retry_after``;
-- ``GET /_stats`` returns how many chat requests arrived (``POST /_reset`` zeroes it).
+- ``POST /v1/completions`` serves legacy text completions too (without directives);
+- ``GET /_stats`` returns how many model requests arrived (``POST /_reset`` zeroes it).
 
 Plain ASGI, no framework, so that as a benchmark baseline it costs next to nothing.
 """
@@ -24,7 +25,6 @@ from typing import Any
 import msgspec
 
 from schemas.chat import (
-    ChatCompletionRequest,
     Embedding,
     EmbeddingList,
     EmbeddingRequest,
@@ -34,6 +34,7 @@ from schemas.chat import (
     decode_with_unknown_fields,
     encoder,
 )
+from schemas.completions import request_fields as text_request_fields
 from schemas.errors import (
     AuthenticationError,
     BrokerError,
@@ -114,6 +115,8 @@ class MockUpstream:
         upstream = self.upstream(name)
         if path in ("/v1/chat/completions", "/chat/completions") and method == "POST":
             await self._chat(upstream, scope, receive, send)
+        elif path in ("/v1/completions", "/completions") and method == "POST":
+            await self._text(upstream, scope, receive, send)
         elif path in ("/v1/embeddings", "/embeddings") and method == "POST":
             await self._embeddings(upstream, receive, send)
         elif path in ("/v1/models", "/models") and method == "GET":
@@ -161,28 +164,70 @@ class MockUpstream:
         await _respond(send, 200, encoder.encode(body))
 
     async def _chat(self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self._authorized_body(upstream, scope, receive, send)
+        if body is None:
+            return
+        try:
+            request, unknown = decode_with_unknown_fields(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            upstream.stats.errors += 1
+            await _error(send, from_validation_error(exc))
+            return
+        upstream.stats.last_unknown_fields = {k: msgspec.json.decode(v) for k, v in unknown.items()}
+        if not await self._behave(upstream, request.metadata or {}, send):
+            return
+        if request.stream:
+            chunks = [encoder.encode(c) for c in mock_content.chunks(request, request.model)]
+            await self._stream(upstream, chunks, receive, send)
+        else:
+            answer = mock_content.completion(request, request.model)
+            await _respond(send, 200, encoder.encode(answer))
+
+    async def _text(self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send) -> None:
+        """Legacy text completions, as vLLM and OpenAI serve them."""
+        body = await self._authorized_body(upstream, scope, receive, send)
+        if body is None:
+            return
+        try:
+            request, unknown = text_request_fields.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            upstream.stats.errors += 1
+            await _error(send, from_validation_error(exc))
+            return
+        upstream.stats.last_unknown_fields = {k: msgspec.json.decode(v) for k, v in unknown.items()}
+        if not await self._behave(upstream, {}, send):
+            return
+        if request.stream:
+            chunks = [encoder.encode(c) for c in mock_content.text_chunks(request, request.model)]
+            await self._stream(upstream, chunks, receive, send)
+        else:
+            answer = mock_content.text_completion(request, request.model)
+            await _respond(send, 200, encoder.encode(answer))
+
+    async def _authorized_body(
+        self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send
+    ) -> bytes | None:
+        """The request body, counted; None once a wrong API key was answered with 401."""
         stats = upstream.stats
         stats.requests += 1
         stats.last_traceparent = dict(scope["headers"]).get(b"traceparent", b"").decode() or None
         body = await _read(receive)
-        settings = upstream.settings
-        if settings.api_key is not None:
+        expected = upstream.settings.api_key
+        if expected is not None:
             auth = dict(scope["headers"]).get(b"authorization", b"").decode()
-            if auth != f"Bearer {settings.api_key}":
+            if auth != f"Bearer {expected}":
                 stats.errors += 1
                 await _error(
                     send,
                     AuthenticationError(401, "Incorrect API key provided.", code="invalid_api_key"),
                 )
-                return
-        try:
-            request, unknown = decode_with_unknown_fields(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            stats.errors += 1
-            await _error(send, from_validation_error(exc))
-            return
-        stats.last_unknown_fields = {k: msgspec.json.decode(v) for k, v in unknown.items()}
-        directives = request.metadata or {}
+                return None
+        return body
+
+    async def _behave(self, upstream: _Upstream, directives: dict[str, str], send: Send) -> bool:
+        """Hang, wait and fail as the settings and the request's directives say; False
+        once a simulated error was sent."""
+        settings = upstream.settings
         if settings.hang:
             await asyncio.sleep(3600)
         latency = float(directives.get("mock_latency_ms", settings.latency_ms))
@@ -195,40 +240,35 @@ class MockUpstream:
         if not status and settings.error_rate and random.random() < settings.error_rate:
             status = settings.error_status
         if status:
-            stats.errors += 1
+            upstream.stats.errors += 1
             retry_after = directives.get("mock_retry_after", settings.retry_after_s)
             error = _simulated_error(status, directives.get("mock_error_code"))
             await _error(send, error, retry_after)
-            return
-        if request.stream:
-            stats.streamed += 1
-            if not await self._stream(settings, request, receive, send):
-                stats.streams_abandoned += 1
-        else:
-            await _respond(
-                send, 200, encoder.encode(mock_content.completion(request, request.model))
-            )
+            return False
+        return True
 
     async def _stream(
-        self, settings: MockSettings, request: ChatCompletionRequest, receive: Receive, send: Send
-    ) -> bool:
-        """Send the chunks; False if the client hung up first."""
+        self, upstream: _Upstream, chunks: list[bytes], receive: Receive, send: Send
+    ) -> None:
+        """Send the chunks as server-sent events; a client hanging up first is counted."""
+        settings = upstream.settings
+        upstream.stats.streamed += 1
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         delay = settings.chunk_delay_ms / 1000
         drop_after = settings.drop_after_chunks
         hung_up = asyncio.ensure_future(receive())  # the body is read: next is the disconnect
         try:
-            for sent, chunk in enumerate(mock_content.chunks(request, request.model)):
+            for sent, chunk in enumerate(chunks):
                 if drop_after is not None and sent >= drop_after:
                     raise ConnectionAbortedError("mock upstream drops the connection mid-stream")
                 if hung_up.done():
-                    return False
-                payload = b"data: " + encoder.encode(chunk) + b"\n\n"
+                    upstream.stats.streams_abandoned += 1
+                    return
+                payload = b"data: " + chunk + b"\n\n"
                 await send({"type": "http.response.body", "body": payload, "more_body": True})
                 if delay:
                     await asyncio.sleep(delay)
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
-            return True
         finally:
             hung_up.cancel()
 

@@ -54,6 +54,7 @@ from schemas.chat import (
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, ErrorDetail, upstream_error
 from workers.providers import translate as t
+from workers.providers.base import WithoutTextCompletions
 from workers.providers.errors import classify
 from workers.providers.http import Upstream, decode_answer
 
@@ -387,7 +388,9 @@ class StreamTranslator:
 # ---------------------------------------------------------------- provider
 
 
-class AnthropicProvider:
+class AnthropicProvider(WithoutTextCompletions):
+    api_name = PROVIDER
+
     def __init__(self, deployment: DeploymentConfig, api_key: str | None) -> None:
         self.name = deployment.name
         self._deployment = deployment

@@ -5,6 +5,8 @@ its ``model`` the Azure *deployment* name and ``api_version`` the required
 ``api-version`` query parameter; the key goes in an ``api-key`` header, not a bearer token:
 
     {base_url}/openai/deployments/{model}/chat/completions?api-version={api_version}
+
+(``/embeddings`` and ``/completions`` likewise).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class AzureOpenAIProvider(OpenAICompatProvider):
         query = f"?api-version={quote(deployment.api_version, safe='')}"
         self._url = f"{base}/chat/completions{query}"
         self._embeddings_url = f"{base}/embeddings{query}"
+        self._text_url = f"{base}/completions{query}"
         if api_key:
             self._headers["api-key"] = api_key
         self._stream_headers = self._headers | {"Accept": "text/event-stream"}

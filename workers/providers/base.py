@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from schemas.chat import ChatCompletionRequest, EmbeddingList, EmbeddingRequest, UnknownFields
+from schemas.completions import CompletionRequest
+from schemas.errors import no_text_completions
 
 
 class Provider(Protocol):
@@ -37,6 +39,25 @@ class Provider(Protocol):
         """The ``chat.completion.chunk`` bodies of a streamed request, in order."""
         ...
 
+    async def complete_text(
+        self,
+        request: CompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
+    ) -> bytes:
+        """The ``text_completion`` body of a legacy completions request; providers
+        without that API raise a 400 ``BrokerError`` (``no_text_completions``)."""
+        ...
+
+    def stream_text(
+        self,
+        request: CompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The ``text_completion`` chunk bodies of a streamed legacy completion, in order."""
+        ...
+
     async def embed(
         self, request: EmbeddingRequest, traceparent: str | None = None
     ) -> EmbeddingList:
@@ -45,3 +66,27 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class WithoutTextCompletions:
+    """Mixed into adapters whose API has no legacy text completions (Anthropic, Gemini):
+    a 400 naming the provider, before any upstream call."""
+
+    api_name: str  # the provider's API, as errors name it
+
+    async def complete_text(
+        self,
+        request: CompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
+    ) -> bytes:
+        raise no_text_completions(request.model, self.api_name)
+
+    async def stream_text(
+        self,
+        request: CompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
+    ) -> AsyncIterator[bytes]:
+        raise no_text_completions(request.model, self.api_name)
+        yield b""  # an async generator, like every stream

@@ -61,6 +61,7 @@ from schemas.chat import (
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, ErrorDetail
 from workers.providers import translate as t
+from workers.providers.base import WithoutTextCompletions
 from workers.providers.errors import classify, content_filtered
 from workers.providers.http import Upstream, decode_answer
 
@@ -439,7 +440,9 @@ def _retry_after(error: GoogleError) -> str | None:
 # ---------------------------------------------------------------- provider
 
 
-class GeminiProvider:
+class GeminiProvider(WithoutTextCompletions):
+    api_name = PROVIDER
+
     def __init__(self, deployment: DeploymentConfig, api_key: str | None) -> None:
         self.name = deployment.name
         self._model = (deployment.model or deployment.name).removeprefix("models/")

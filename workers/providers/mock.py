@@ -14,6 +14,7 @@ from schemas.chat import (
     UnknownFields,
     encoder,
 )
+from schemas.completions import CompletionRequest
 from schemas.config import DeploymentConfig
 from workers.mock import content as mock_content
 
@@ -45,6 +46,27 @@ class MockProvider:
         if self._latency:
             await asyncio.sleep(self._latency)
         for chunk in mock_content.chunks(request, self._model):
+            yield encoder.encode(chunk)
+
+    async def complete_text(
+        self,
+        request: CompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
+    ) -> bytes:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        return encoder.encode(mock_content.text_completion(request, self._model))
+
+    async def stream_text(
+        self,
+        request: CompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
+    ) -> AsyncIterator[bytes]:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        for chunk in mock_content.text_chunks(request, self._model):
             yield encoder.encode(chunk)
 
     async def embed(

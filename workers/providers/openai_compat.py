@@ -7,6 +7,7 @@ Responses are validated against the schema and relayed as the upstream sent them
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -22,6 +23,7 @@ from schemas.chat import (
     encoder,
     with_fields,
 )
+from schemas.completions import CompletionRequest, text_completion_decoder
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
 from workers.providers.errors import classify
@@ -36,6 +38,7 @@ class OpenAICompatProvider:
         self._base_url = deployment.base_url.rstrip("/")
         self._url = f"{self._base_url}/chat/completions"
         self._embeddings_url = f"{self._base_url}/embeddings"
+        self._text_url = f"{self._base_url}/completions"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -51,7 +54,9 @@ class OpenAICompatProvider:
 
     forwards_unknown_fields = True  # vLLM's top_k, OpenRouter's provider, Ollama's options
 
-    def _body(self, request: ChatCompletionRequest, unknown: UnknownFields | None) -> bytes:
+    def _body(
+        self, request: ChatCompletionRequest | CompletionRequest, unknown: UnknownFields | None
+    ) -> bytes:
         body = encoder.encode(msgspec.structs.replace(request, model=self._model))
         return with_fields(body, unknown) if unknown else body
 
@@ -61,49 +66,82 @@ class OpenAICompatProvider:
         traceparent: str | None = None,
         unknown: UnknownFields | None = None,
     ) -> bytes:
-        headers = (
-            self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
-        )
-        try:
-            async with self._client().post(
-                self._url, data=self._body(request, unknown), headers=headers
-            ) as response:
-                body = await response.read()
-                if response.status >= 400:
-                    raise classify(self.name, response.status, body, response.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._transport_error(exc) from None
-        try:
-            completion_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise upstream_error(502, self.name, f"invalid response body: {exc}") from None
-        return body
+        body = await self._post(self._url, self._body(request, unknown), traceparent)
+        return self._checked(body, completion_decoder, "response body")
 
-    async def stream(
+    def stream(
         self,
         request: ChatCompletionRequest,
         traceparent: str | None = None,
         unknown: UnknownFields | None = None,
     ) -> AsyncIterator[bytes]:
+        return self._events(self._url, self._body(request, unknown), traceparent, chunk_decoder)
+
+    async def complete_text(
+        self,
+        request: CompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
+    ) -> bytes:
+        body = await self._post(self._text_url, self._body(request, unknown), traceparent)
+        return self._checked(body, text_completion_decoder, "text completion body")
+
+    def stream_text(
+        self,
+        request: CompletionRequest,
+        traceparent: str | None = None,
+        unknown: UnknownFields | None = None,
+    ) -> AsyncIterator[bytes]:
+        body = self._body(request, unknown)
+        return self._events(self._text_url, body, traceparent, text_completion_decoder)
+
+    async def _post(self, url: str, body: bytes, traceparent: str | None) -> bytes:
+        """The upstream's answer to one JSON POST; its errors classified."""
+        headers = (
+            self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
+        )
+        try:
+            async with self._client().post(url, data=body, headers=headers) as response:
+                answer = await response.read()
+                if response.status >= 400:
+                    raise classify(self.name, response.status, answer, response.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(exc) from None
+        return answer
+
+    async def _events(
+        self,
+        url: str,
+        body: bytes,
+        traceparent: str | None,
+        decoder: msgspec.json.Decoder[Any],
+    ) -> AsyncIterator[bytes]:
+        """The ``data:`` payloads of a server-sent event stream, each checked, until
+        ``[DONE]``."""
         headers = self._stream_headers
         if traceparent is not None:
             headers = headers | {"traceparent": traceparent}
         try:
-            async with self._client().post(
-                self._url, data=self._body(request, unknown), headers=headers
-            ) as response:
+            async with self._client().post(url, data=body, headers=headers) as response:
                 if response.status >= 400:
-                    body = await response.read()
-                    raise classify(self.name, response.status, body, response.headers)
+                    answer = await response.read()
+                    raise classify(self.name, response.status, answer, response.headers)
                 async for line in response.content:
                     if not line.startswith(b"data:"):
                         continue  # blank separators, comments, event: lines
                     data = line[5:].strip()
                     if data == b"[DONE]":
                         return
-                    yield self._checked_chunk(data)
+                    yield self._checked_chunk(data, decoder)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from None
+
+    def _checked(self, body: bytes, decoder: msgspec.json.Decoder[Any], what: str) -> bytes:
+        try:
+            decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise upstream_error(502, self.name, f"invalid {what}: {exc}") from None
+        return body
 
     async def embed(
         self, request: EmbeddingRequest, traceparent: str | None = None
@@ -112,26 +150,15 @@ class OpenAICompatProvider:
         body = encoder.encode(
             msgspec.structs.replace(request, model=self._model, encoding_format=None)
         )
-        headers = (
-            self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
-        )
-        try:
-            async with self._client().post(
-                self._embeddings_url, data=body, headers=headers
-            ) as response:
-                answer = await response.read()
-                if response.status >= 400:
-                    raise classify(self.name, response.status, answer, response.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._transport_error(exc) from None
+        answer = await self._post(self._embeddings_url, body, traceparent)
         try:
             return embedding_list_decoder.decode(answer)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise upstream_error(502, self.name, f"invalid embeddings body: {exc}") from None
 
-    def _checked_chunk(self, data: bytes) -> bytes:
+    def _checked_chunk(self, data: bytes, decoder: msgspec.json.Decoder[Any]) -> bytes:
         try:
-            chunk_decoder.decode(data)
+            decoder.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError):
             try:
                 detail = error_decoder.decode(data).error

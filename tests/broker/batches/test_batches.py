@@ -291,6 +291,41 @@ def test_an_embeddings_batch(env: BatchEnv) -> None:
     assert errors["chat-model"]["error"]["code"] == "wrong_endpoint"
 
 
+def test_a_text_completions_batch(env: BatchEnv) -> None:
+    """Lines calling legacy /v1/completions, as OpenAI allows, answered by the mock and
+    by an OpenAI-compatible upstream; a streamed line and a chat line fail alone."""
+    lines = [
+        {
+            "custom_id": f"t-{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": model, "prompt": f"prompt {i}"},
+        }
+        for i, model in enumerate(["batch-gpt", "batch-upstream"] * 3)
+    ]
+    lines.append(chat_line("a-chat-line"))
+    lines.append(
+        {
+            "custom_id": "streamed",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "batch-gpt", "prompt": "x", "stream": True},
+        }
+    )
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    batch = env.done(env.submit_bytes(data, endpoint="/v1/completions"))
+    assert batch["request_counts"] == {"total": 8, "completed": 6, "failed": 2}, batch
+    output = {line["custom_id"]: line for line in env.file_lines(batch["output_file_id"])}
+    assert sorted(output) == [f"t-{i}" for i in range(6)]
+    for custom_id, line in output.items():
+        body = line["response"]["body"]
+        assert body["object"] == "text_completion"
+        assert body["choices"][0]["text"] == f"mock completion of: prompt {custom_id[2:]}"
+    errors = {line["custom_id"]: line for line in env.file_lines(batch["error_file_id"])}
+    assert errors["a-chat-line"]["error"]["code"] == "invalid_url"
+    assert "Streaming is not supported" in errors["streamed"]["error"]["message"]
+
+
 def test_sdk_errors_are_openai_shaped(env: BatchEnv) -> None:
     import openai
 
@@ -301,7 +336,9 @@ def test_sdk_errors_are_openai_shaped(env: BatchEnv) -> None:
         client.files.content("file-doesnotexist")
     with pytest.raises(openai.BadRequestError) as bad:
         client.batches.create(
-            input_file_id="file-x", endpoint="/v1/completions", completion_window="24h"
+            input_file_id="file-x",
+            endpoint="/v1/moderations",  # type: ignore[arg-type]
+            completion_window="24h",
         )
     assert bad.value.body["param"] == "endpoint"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from schemas.chat import ChatCompletionRequest, EmbeddingRequest
+from schemas.completions import CompletionRequest
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError
 from tests.fakes import azure as fake_azure
@@ -113,6 +114,18 @@ async def test_embeddings_url(
     assert sent.query == {"api-version": "2024-10-21"}
     assert sent.body == {"model": "my-gpt4o", "input": "hello"}  # floats asked for, always
     assert len(result.data) == 1 and len(result.data[0].embedding) == 4
+
+
+async def test_text_completions_url(
+    provider: AzureOpenAIProvider, fake: tuple[FakeUpstream, str]
+) -> None:
+    upstream, _ = fake
+    answer = await provider.complete_text(CompletionRequest(model="az", prompt="legacy"))
+    sent = upstream.last
+    assert sent.path == "/openai/deployments/my-gpt4o/completions"
+    assert sent.query == {"api-version": "2024-10-21"}
+    assert sent.body == {"model": "my-gpt4o", "prompt": "legacy"}
+    assert msgspec.json.decode(answer)["choices"][0]["text"] == "mock completion of: legacy"
 
 
 def test_config_requires_base_url_and_api_version() -> None:
