@@ -28,7 +28,12 @@ from ingress.routes.completions import completions
 from ingress.routes.embeddings import embeddings
 from ingress.routes.messages import create_message
 from ingress.routes.models import list_models, retrieve_model
-from ingress.routes.responses import create_response, delete_response, retrieve_response
+from ingress.routes.responses import (
+    create_response,
+    delete_response,
+    list_input_items,
+    retrieve_response,
+)
 from ingress.state import Services
 from schemas.config import Config
 
@@ -40,6 +45,7 @@ ROUTES = [
     Route("/v1/messages", create_message, methods=["POST"]),
     Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
     Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+    Route("/v1/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
     Route("/v1/files", files.upload_file, methods=["POST"]),

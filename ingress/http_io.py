@@ -109,3 +109,13 @@ def reply_headers(reply: Reply) -> dict[str, str]:
     if retry_after:
         headers["retry-after"] = str(math.ceil(float(retry_after)))
     return headers
+
+
+def page_limit(request: Request, default: int = 20, most: int = 100) -> int:
+    """The ``limit`` query parameter of a list route: 1 to ``most``, else a 400."""
+    text = request.query_params.get("limit", str(default))
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise InvalidRequest(
+            400, f"limit must be an integer from 1 to {most}.", param="limit", code="invalid_value"
+        )
+    return int(text)

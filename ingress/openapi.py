@@ -24,7 +24,7 @@ from schemas.chat import (
 from schemas.completions import CompletionRequest, TextCompletion
 from schemas.errors import ErrorResponse
 from schemas.messages import AnthropicError, Message, MessagesRequest
-from schemas.responses import DeletedResponse, Response, ResponseRequest
+from schemas.responses import DeletedResponse, InputItemList, Response, ResponseRequest
 
 REF = "#/components/schemas/"
 _TYPES: tuple[Any, ...] = (
@@ -44,6 +44,7 @@ _TYPES: tuple[Any, ...] = (
     ResponseRequest,
     Response,
     DeletedResponse,
+    InputItemList,
     MessagesRequest,
     Message,
     AnthropicError,
@@ -106,6 +107,10 @@ def _get(op: str, summary: str, reply: str, *params: str, errors: tuple[str, ...
 
 def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
 def _files_and_batches() -> dict[str, Any]:
@@ -223,6 +228,23 @@ def _responses() -> dict[str, Any]:
                 "parameters": [_path_param("response_id")],
                 "responses": {"200": deleted, **_errors("401", "404")},
             },
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "get": {
+                **_get(
+                    "listInputItems",
+                    "A stored response's input items",
+                    "InputItemList",
+                    "response_id",
+                    errors=("400", "404"),
+                ),
+                "parameters": [
+                    _path_param("response_id"),
+                    _query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+                    _query_param("order", {"type": "string", "enum": ["asc", "desc"]}),
+                    _query_param("after", {"type": "string"}),
+                ],
+            }
         },
     }
 

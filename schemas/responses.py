@@ -51,6 +51,7 @@ class InputItem(_Lenient):
     name: str | None = None  # function_call
     arguments: str | None = None
     output: str | list[ContentPart] | None = None  # function_call_output
+    status: str | None = None  # echoed by clients; "completed" in a stored input list
 
 
 class FunctionToolParam(_Lenient):
@@ -194,6 +195,23 @@ class Response(Struct):
     truncation: str = "disabled"
     usage: ResponseUsage | None = None
     user: str | None = None
+
+
+class ListedItem(InputItem):
+    """An input item as OpenAI lists it back: ``type`` always said, ``id`` and
+    ``status`` set."""
+
+    type: str
+
+
+class InputItemList(Struct):
+    """``GET /v1/responses/{id}/input_items``: a page of the response's input items."""
+
+    data: list[ListedItem]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+    object: Literal["list"] = "list"
 
 
 class DeletedResponse(Struct):

@@ -18,7 +18,7 @@ from broker.nats.subjects import RESPONSES, kv_key
 from schemas.chat import Message
 from schemas.config import Config
 from schemas.errors import BrokerError, NotFound
-from schemas.responses import Response
+from schemas.responses import ListedItem, Response
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ class StoredResponse(msgspec.Struct):
     # the conversation up to and including this response, as chat messages (without
     # ``instructions``, which OpenAI does not carry over either)
     messages: list[Message]
+    # the request's own input, as items with ids (``GET .../input_items``); empty for
+    # entries stored before it was kept
+    input: list[ListedItem] = []
 
 
 _encoder = msgspec.json.Encoder()

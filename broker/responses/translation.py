@@ -47,6 +47,7 @@ from schemas.responses import (
     IncompleteDetails,
     InputItem,
     InputTokensDetails,
+    ListedItem,
     OutputContent,
     OutputItem,
     OutputTokensDetails,
@@ -75,6 +76,28 @@ def _refuse(message: str, param: str, code: str = "unsupported_parameter") -> Br
 
 
 # ---------------------------------------------------------------- request
+
+_ITEM_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+
+
+def input_items(request: ResponseRequest) -> list[ListedItem]:
+    """The request's input as OpenAI lists it back: a string as a user message, text
+    content as parts, every item with an id and ``status: completed``."""
+    if isinstance(request.input, str):
+        items = [InputItem(role="user", content=request.input)]
+    else:
+        items = request.input
+    listed = []
+    for item in items:
+        content = item.content
+        if isinstance(content, str):
+            kind = "output_text" if item.role == "assistant" else "input_text"
+            content = [ContentPart(type=kind, text=content)]
+        prefix = _ITEM_ID_PREFIXES.get(item.type, "item")
+        fields = msgspec.structs.asdict(item)
+        fields |= {"content": content, "id": item.id or new_id(prefix), "status": "completed"}
+        listed.append(ListedItem(**fields))
+    return listed
 
 
 def check_supported(request: ResponseRequest) -> None:

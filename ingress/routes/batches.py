@@ -6,12 +6,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.http_io import read_body, require_json
+from ingress.http_io import page_limit, read_body, require_json
 from ingress.routes.files import json_response
 from ingress.state import api_key, services, tenant_of
 from schemas.batch import create_decoder
 from schemas.depth import decode_checked
-from schemas.errors import InvalidRequest
 
 CREATE_MAX_BYTES = 1024 * 1024  # a batch's create body names a file; it is never large
 
@@ -27,11 +26,8 @@ async def create_batch(request: Request) -> Response:
 
 async def list_batches(request: Request) -> Response:
     tenant = tenant_of(request)
-    limit_text = request.query_params.get("limit", "20")
-    if not limit_text.isdigit():
-        raise InvalidRequest(400, "limit must be an integer.", param="limit", code="invalid_value")
     after = request.query_params.get("after")
-    return json_response(await services(request).batches.list(after, int(limit_text), tenant))
+    return json_response(await services(request).batches.list(after, page_limit(request), tenant))
 
 
 async def retrieve_batch(request: Request) -> Response:

@@ -13,12 +13,13 @@ from starlette.responses import Response
 from broker.client import Reply, ReplyStream
 from broker.responses import translation
 from broker.responses.store import ResponseStore, StoredResponse
-from ingress.http_io import reply_headers
+from ingress.http_io import page_limit, reply_headers
 from ingress.routes.chat import admitted, observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, translated
 from ingress.state import services, tenant_of
 from schemas.chat import ChatCompletionRequest, Message, completion_decoder, encoder
-from schemas.responses import DeletedResponse, response_request_decoder
+from schemas.errors import invalid_request
+from schemas.responses import DeletedResponse, InputItemList, ListedItem, response_request_decoder
 from schemas.responses import Response as ResponseObject
 
 
@@ -38,7 +39,7 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     chat = translation.to_chat(asked, history)
     chat_body = encoder.encode(chat)
     base = translation.shell(asked, translation.new_id("resp"), translation.created_now())
-    turn = Turn(found.responses, tenant, chat, base)
+    turn = Turn(found.responses, tenant, chat, base, translation.input_items(asked))
     options["parsed"] = chat
     limits = grant.rate_headers()
     if chat.stream:
@@ -65,8 +66,9 @@ class Turn:
         tenant: str | None,
         chat: ChatCompletionRequest,
         base: ResponseObject,
+        items: list[ListedItem],
     ) -> None:
-        self.store, self.tenant, self.base = store, tenant, base
+        self.store, self.tenant, self.base, self.items = store, tenant, base, items
         system = 1 if base.instructions else 0  # instructions are not carried over
         self.messages = chat.messages[system:]
 
@@ -75,7 +77,8 @@ class Turn:
         if not response.store:
             return response
         messages = self.messages + translation.output_messages(response)
-        if not await self.store.put(self.tenant, StoredResponse(response, messages)):
+        stored = StoredResponse(response, messages, self.items)
+        if not await self.store.put(self.tenant, stored):
             response.store = False
         return response
 
@@ -99,6 +102,33 @@ async def retrieve_response(request: Request) -> Response:
     response_id = request.path_params["response_id"]
     stored = await found.responses.get(tenant_of(request), response_id, param=None)
     return Response(encoder.encode(stored.response), media_type="application/json")
+
+
+async def list_input_items(request: Request) -> Response:
+    """The stored response's input items, paged as OpenAI pages them (``limit``,
+    ``order`` desc by default, ``after`` an item id)."""
+    found = services(request)
+    response_id = request.path_params["response_id"]
+    limit = page_limit(request)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise invalid_request("order must be `asc` or `desc`.", param="order")
+    stored = await found.responses.get(tenant_of(request), response_id, param=None)
+    items = stored.input if order == "asc" else stored.input[::-1]
+    after = request.query_params.get("after")
+    if after is not None:
+        ids = [item.id for item in items]
+        if after not in ids:
+            raise invalid_request(f"No input item `{after}` in this response.", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    listed = InputItemList(
+        data=page,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+        has_more=len(items) > limit,
+    )
+    return Response(encoder.encode(listed), media_type="application/json")
 
 
 async def delete_response(request: Request) -> Response:

@@ -109,6 +109,47 @@ def test_stored_responses_can_be_read_and_deleted(openai_client: openai.OpenAI) 
     assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
 
 
+def test_input_items_are_listed_with_the_sdk(
+    openai_client: openai.OpenAI, http: httpx.Client
+) -> None:
+    made = openai_client.responses.create(
+        model="mock-gpt",
+        input=[
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "an answer"},
+            {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "rain"},
+            {"role": "user", "content": [{"type": "input_text", "text": "last"}]},
+        ],
+        tools=[TOOL],
+    )
+    listed = openai_client.responses.input_items.list(made.id)
+    items = list(listed)  # newest first, as OpenAI lists them
+    assert [item.type for item in items] == [
+        "message",
+        "function_call_output",
+        "function_call",
+        "message",
+        "message",
+    ]
+    assert all(item.id and item.status == "completed" for item in items)  # type: ignore[union-attr]
+    first = items[-1]
+    assert first.type == "message" and first.role == "user"
+    assert first.content[0].type == "input_text" and first.content[0].text == "first"  # type: ignore[union-attr]
+    assert items[3].content[0].type == "output_text"  # type: ignore[union-attr]
+    page = openai_client.responses.input_items.list(made.id, order="asc", limit=2)
+    assert [i.id for i in page.data] == [items[-1].id, items[-2].id] and page.has_more
+    rest = openai_client.responses.input_items.list(made.id, order="asc", after=page.data[-1].id)
+    assert [i.id for i in rest.data] == [i.id for i in items[::-1][2:]] and not rest.has_more
+    plain = openai_client.responses.create(model="mock-gpt", input="just text")
+    [item] = list(openai_client.responses.input_items.list(plain.id))
+    assert item.type == "message" and item.content[0].text == "just text"  # type: ignore[union-attr]
+    for query, param in [("limit=0", "limit"), ("order=up", "order"), ("after=nope", "after")]:
+        refused = http.get(f"/v1/responses/{made.id}/input_items?{query}")
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param
+    assert http.get("/v1/responses/resp_nothing/input_items").status_code == 404
+
+
 def test_function_tools_round_trip(openai_client: openai.OpenAI) -> None:
     called = openai_client.responses.create(
         model="mock-gpt", input="weather", tools=[TOOL], tool_choice="required"
@@ -229,9 +270,13 @@ def test_a_tenant_reads_only_its_own_responses(tenancy: Tenancy) -> None:  # noq
     ):
         assert attempt.status_code == 404, attempt.text
     assert httpx.get(f"{base}/v1/responses/{response_id}").status_code == 401
+    items = f"{base}/v1/responses/{response_id}/input_items"
+    assert httpx.get(items, headers={"Authorization": f"Bearer {theirs}"}).status_code == 404
+    assert httpx.get(items, headers={"Authorization": f"Bearer {mine}"}).status_code == 200
 
 
 def test_openapi_lists_the_routes(stack: Stack) -> None:
     paths = httpx.get(f"{stack.ingress}/openapi.json").json()["paths"]
     assert "post" in paths["/v1/responses"]
     assert {"get", "delete"} <= set(paths["/v1/responses/{response_id}"])
+    assert "get" in paths["/v1/responses/{response_id}/input_items"]
