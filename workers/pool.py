@@ -67,6 +67,7 @@ from schemas.errors import (
     upstream_error,
 )
 from workers import embedding_reply
+from workers.answered import AnsweredMemory
 from workers.breaker import CircuitBreaker
 from workers.failover import Failover
 from workers.lanes import Lane, PrioritySlots
@@ -132,6 +133,7 @@ class PoolShared:
     profiles: Mapping[str, TransformConfig] = field(default_factory=dict)
     poison: PoisonGuard | None = None
     accounting: Accounting | None = None
+    answered: AnsweredMemory = field(default_factory=AnsweredMemory)
 
 
 _USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage
@@ -169,6 +171,7 @@ class DeploymentPool:
         self._ack_wait = ack_wait
         self._max_reply_bytes = shared.settings.max_reply_bytes
         self._poison = shared.poison
+        self._answered = shared.answered
         self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, started)
         self._by_reply: dict[str, asyncio.Task[object]] = {}  # reply subject -> its task
         self._sweeper: asyncio.Task[None] | None = None
@@ -237,6 +240,16 @@ class DeploymentPool:
         if self.name in meta.failed:
             await msg.nak(delay=HAND_BACK_DELAY_S)  # for another deployment of the alias
             return
+        identity = acks.identity(msg.reply)
+        seen = self._answered.seen(identity)
+        if seen is not None:
+            # Delivered again after a restarted server lost the ack (answered here
+            # already: acked unrun), or while this process holds another copy (whose
+            # ack settles both): it does not run twice.
+            metrics.REDELIVERED_ANSWERED.labels(self.model.model_name).inc()
+            if seen == "answered":
+                await self._ack(msg)
+            return
         stored = acks.stored_ns(msg.reply)
         if stored is not None:
             self._m_queue_wait[lane].observe(max(0.0, (time.time_ns() - stored) / 1e9))
@@ -252,6 +265,7 @@ class DeploymentPool:
             return
         key = id(msg)
         self._working[key] = (msg, time.monotonic())
+        self._answered.start(identity)
         task = asyncio.current_task()
         cancellable = lane is Lane.INTERACTIVE  # batch lines share one reply subject
         if cancellable and task is not None:
@@ -275,6 +289,7 @@ class DeploymentPool:
             if cancellable:
                 self._by_reply.pop(meta.reply_to, None)
             self._m_inflight.dec()
+            self._answered.finish(identity, settled)
             if settled:
                 await self._ack(msg)
 

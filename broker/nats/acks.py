@@ -16,6 +16,16 @@ from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 
+def identity(ack_subject: str | None) -> str | None:
+    """``<stream>.<stream seq>.<stored ns>``: the same on every redelivery of a message,
+    and different for a new message that reuses a sequence a crash gave back."""
+    parsed = _tokens(ack_subject)
+    if parsed is None:
+        return None
+    tokens, base = parsed
+    return f"{tokens[base]}.{tokens[base + 3]}.{tokens[base + 5]}"
+
+
 def _tokens(ack_subject: str | None) -> tuple[list[str], int] | None:
     """The tokens and the index of the stream name, or None if not an ack subject."""
     if not ack_subject or not ack_subject.startswith("$JS.ACK."):

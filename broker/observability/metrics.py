@@ -134,6 +134,11 @@ ABANDONED = Counter(
     "Requests dropped unrun: stored after their publisher had reported them failed",
     ["model"],
 )
+REDELIVERED_ANSWERED = Counter(
+    "promptbus_redelivered_answered_total",
+    "Requests redelivered to the worker that had answered them (their ack was lost): acked unrun",
+    ["model"],
+)
 RETRIES = Counter("promptbus_retries_total", "Provider calls retried", ["deployment"])
 FAILOVERS = Counter(
     "promptbus_failovers_total", "Requests moved on to another deployment or model", ["deployment"]
