@@ -58,6 +58,9 @@ class DeploymentView(msgspec.Struct, kw_only=True):
     failovers: int
     breaker: str
     cost_usd: float  # summed over live workers, since each started
+    # when the newest heartbeat these counts come from was sent (rates divide by its
+    # change, not by the time between two reads: beats and reads are not in step)
+    as_of: float | None = None
 
 
 async def _entries(kv: KeyValue) -> list[bytes]:
@@ -138,7 +141,12 @@ async def deployments_view(
     js: JetStreamContext, config: Config, subjects: Subjects
 ) -> list[DeploymentView]:
     records = await breaker_records(js, config)
-    stats = _stats_by_deployment(await live_beats(js, config))
+    beats = await live_beats(js, config)
+    stats = _stats_by_deployment(beats)
+    as_of: dict[str, float] = {}
+    for beat in beats:
+        for stat in beat.deployments:
+            as_of[stat.name] = max(as_of.get(stat.name, 0.0), beat.ts)
     views = []
     for model in config.model_list:
         try:
@@ -169,6 +177,7 @@ async def deployments_view(
                     failovers=sum(s.failovers for s in seen),
                     breaker=record.state.value if record else BreakerState.CLOSED.value,
                     cost_usd=round(sum(s.cost_usd for s in seen), 6),
+                    as_of=as_of.get(deployment.name),
                 )
             )
     return views
