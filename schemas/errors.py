@@ -290,11 +290,15 @@ def poison_request(deliveries: int) -> BrokerError:
 def no_text_completions(model: str, provider: str | None = None) -> BrokerError:
     """A legacy ``/v1/completions`` request for a model (or a deployment's provider)
     whose API has no text completions."""
-    served = f"its provider ({provider}) has" if provider else "none of its deployments has"
+    why = (
+        f"its provider ({provider}) has no text completions API"
+        if provider
+        else "none of its deployments has a text completions API"
+    )
     return InvalidRequest(
         400,
-        f"The model `{model}` cannot serve /v1/completions: {served} no text completions "
-        "API. Send the prompt to /v1/chat/completions as a user message.",
+        f"The model `{model}` cannot serve /v1/completions: {why}. Send the prompt to "
+        "/v1/chat/completions as a user message.",
         param="model",
         code="unsupported_endpoint",
     )

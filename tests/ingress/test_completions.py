@@ -96,7 +96,10 @@ def test_native_providers_have_no_text_completions(
     error = refused.value.body
     assert isinstance(error, dict)
     assert error["code"] == "unsupported_endpoint" and error["param"] == "model"
-    assert "/v1/chat/completions" in error["message"]
+    assert error["message"] == (
+        f"The model `{model}` cannot serve /v1/completions: none of its deployments has a "
+        "text completions API. Send the prompt to /v1/chat/completions as a user message."
+    )
 
 
 @pytest.fixture
@@ -116,4 +119,4 @@ async def test_the_worker_refuses_it_for_a_native_provider(client: BrokerClient)
     with pytest.raises(InvalidRequest) as refused:
         await client.completions({"model": "claude", "prompt": "x"})
     assert refused.value.detail.code == "unsupported_endpoint"
-    assert "Anthropic" in refused.value.detail.message
+    assert "its provider (Anthropic) has no text completions API" in refused.value.detail.message
