@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -31,6 +31,7 @@ from schemas.chat import (
     EmbeddingUsage,
     Model,
     ModelList,
+    UnknownFields,
     decode_with_unknown_fields,
     encoder,
 )
@@ -45,6 +46,7 @@ from schemas.errors import (
 )
 from workers.mock import content as mock_content
 
+T = TypeVar("T")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -164,17 +166,8 @@ class MockUpstream:
         await _respond(send, 200, encoder.encode(body))
 
     async def _chat(self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await self._authorized_body(upstream, scope, receive, send)
-        if body is None:
-            return
-        try:
-            request, unknown = decode_with_unknown_fields(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            upstream.stats.errors += 1
-            await _error(send, from_validation_error(exc))
-            return
-        upstream.stats.last_unknown_fields = {k: msgspec.json.decode(v) for k, v in unknown.items()}
-        if not await self._behave(upstream, request.metadata or {}, send):
+        request = await self._request(upstream, scope, receive, send, decode_with_unknown_fields)
+        if request is None or not await self._behave(upstream, request.metadata or {}, send):
             return
         if request.stream:
             chunks = [encoder.encode(c) for c in mock_content.chunks(request, request.model)]
@@ -185,17 +178,9 @@ class MockUpstream:
 
     async def _text(self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send) -> None:
         """Legacy text completions, as vLLM and OpenAI serve them."""
-        body = await self._authorized_body(upstream, scope, receive, send)
-        if body is None:
-            return
-        try:
-            request, unknown = text_request_fields.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            upstream.stats.errors += 1
-            await _error(send, from_validation_error(exc))
-            return
-        upstream.stats.last_unknown_fields = {k: msgspec.json.decode(v) for k, v in unknown.items()}
-        if not await self._behave(upstream, {}, send):
+        decode = text_request_fields.decode
+        request = await self._request(upstream, scope, receive, send, decode)
+        if request is None or not await self._behave(upstream, {}, send):
             return
         if request.stream:
             chunks = [encoder.encode(c) for c in mock_content.text_chunks(request, request.model)]
@@ -203,6 +188,28 @@ class MockUpstream:
         else:
             answer = mock_content.text_completion(request, request.model)
             await _respond(send, 200, encoder.encode(answer))
+
+    async def _request(
+        self,
+        upstream: _Upstream,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        decode: Callable[[bytes], tuple[T, UnknownFields]],
+    ) -> T | None:
+        """The authorized, decoded request, its unknown fields recorded in the stats;
+        None once a 401 or a 400 was sent."""
+        body = await self._authorized_body(upstream, scope, receive, send)
+        if body is None:
+            return None
+        try:
+            request, unknown = decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            upstream.stats.errors += 1
+            await _error(send, from_validation_error(exc))
+            return None
+        upstream.stats.last_unknown_fields = {k: msgspec.json.decode(v) for k, v in unknown.items()}
+        return request
 
     async def _authorized_body(
         self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send
