@@ -16,14 +16,17 @@ from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 
-def identity(ack_subject: str | None) -> str | None:
-    """``<stream>.<stream seq>.<stored ns>``: the same on every redelivery of a message,
+def identity(ack_subject: str | None) -> tuple[str, int, int] | None:
+    """(stream, stream sequence, stored ns): the same on every redelivery of a message,
     and different for a new message that reuses a sequence a crash gave back."""
     parsed = _tokens(ack_subject)
     if parsed is None:
         return None
     tokens, base = parsed
-    return f"{tokens[base]}.{tokens[base + 3]}.{tokens[base + 5]}"
+    try:
+        return tokens[base], int(tokens[base + 3]), int(tokens[base + 5])
+    except ValueError:
+        return None
 
 
 def _tokens(ack_subject: str | None) -> tuple[list[str], int] | None:

@@ -41,16 +41,29 @@ def test_a_copy_delivered_while_another_is_worked_on() -> None:
     assert memory.seen(first) is None and len(memory) == 0
 
 
-def test_entries_leave_after_the_window_and_past_the_cap() -> None:
-    capped = AnsweredMemory(max_entries=3)
-    for seq in range(5):
-        answer(capped, seq)
-    assert len(capped) == 3
-    assert capped.seen(identity(ack(0))) is None
-    assert capped.seen(identity(ack(4))) == "answered"
-    windowed = AnsweredMemory(window_s=0.05)
+def test_entries_leave_after_the_window_or_when_a_table_fills() -> None:
+    """Two tables of 8 slots: each takes 4 answers (half full), then the older is cleared."""
+    small = AnsweredMemory(slots=8)
+    for seq in range(12):
+        answer(small, seq)
+    assert len(small) == 8
+    assert all(small.seen(identity(ack(seq))) is None for seq in range(4))
+    assert all(small.seen(identity(ack(seq))) == "answered" for seq in range(4, 12))
+    windowed = AnsweredMemory(window_s=0.1)
     answer(windowed, 1)
     time.sleep(0.06)
-    answer(windowed, 2)
+    answer(windowed, 2)  # a new half window: 1 is in the older table
+    assert windowed.seen(identity(ack(1))) == "answered"
+    time.sleep(0.06)
+    answer(windowed, 3)  # and now it is gone
     assert windowed.seen(identity(ack(1))) is None
     assert windowed.seen(identity(ack(2))) == "answered"
+
+
+def test_many_answers_are_all_known_exactly() -> None:
+    memory = AnsweredMemory()
+    for seq in range(50_000):
+        answer(memory, seq)
+    assert all(memory.seen(identity(ack(seq))) == "answered" for seq in range(50_000))
+    stamp = 1_700_000_000_000_000_007
+    assert not any(memory.seen(identity(ack(seq, stored_ns=stamp))) for seq in range(50_000))
