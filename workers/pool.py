@@ -250,7 +250,7 @@ class DeploymentPool:
             if seen == "answered":
                 await self._ack(msg)
             return
-        stored = acks.stored_ns(msg.reply)
+        stored = identity[2] if identity is not None else None  # stored ns
         if stored is not None:
             self._m_queue_wait[lane].observe(max(0.0, (time.time_ns() - stored) / 1e9))
         if (

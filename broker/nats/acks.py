@@ -41,18 +41,6 @@ def _tokens(ack_subject: str | None) -> tuple[list[str], int] | None:
     return None
 
 
-def stored_ns(ack_subject: str | None) -> int | None:
-    """When the stream stored the message (nats-server's clock, Unix nanoseconds)."""
-    parsed = _tokens(ack_subject)
-    if parsed is None:
-        return None
-    tokens, base = parsed
-    try:
-        return int(tokens[base + 5])
-    except ValueError:
-        return None
-
-
 def delivery_count(ack_subject: str | None) -> int:
     """How many times this message was delivered, this time included (1 if unknown)."""
     parsed = _tokens(ack_subject)

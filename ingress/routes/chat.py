@@ -24,6 +24,7 @@ from ingress.http_io import (
 )
 from ingress.routes.streams import event_stream, first_of, relayed
 from ingress.state import api_key, services
+from schemas.chat import UnknownFields
 from schemas.depth import check_depth, decode_chat_request, decode_checked
 from schemas.errors import BrokerError
 
@@ -57,17 +58,31 @@ T = TypeVar("T", bound=ModelRequest)
 async def read_model_request(
     request: Request, decoder: msgspec.json.Decoder[T], context: dict[str, Any]
 ) -> tuple[T, bytes]:
-    """A model route's JSON body, decoded (and its raw bytes); the model and stream flag
-    go into the request log's ``context``, the model even for a body refused."""
+    """A model route's JSON body, decoded (and its raw bytes), for the APIs that refuse
+    fields they do not define; see :func:`read_open_request`."""
+    asked, _, body = await read_open_request(
+        request, lambda raw: (decode_checked(decoder, raw), {}), context
+    )
+    return asked, body
+
+
+async def read_open_request(
+    request: Request,
+    decode: Callable[[bytes], tuple[T, UnknownFields]],
+    context: dict[str, Any],
+) -> tuple[T, UnknownFields, bytes]:
+    """A model route's JSON body, decoded with its unknown fields kept (chat, legacy
+    completions), and its raw bytes; the model and stream flag go into the request
+    log's ``context``, the model even for a body refused."""
     require_json(request)
     body = await read_body(request, services(request).client.max_body_bytes)
     try:
-        asked = decode_checked(decoder, body)
+        asked, unknown = decode(body)
     except BrokerError:
-        context["model"] = model_named_in(body)
+        context["model"] = model_named_in(body)  # for the metrics of the refusal
         raise
     context["model"], context["stream"] = asked.model, bool(asked.stream)
-    return asked, body
+    return asked, unknown, body
 
 
 async def admitted(
@@ -151,15 +166,8 @@ async def observed(
 
 async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Response:
     broker = services(request).client
-    require_json(request)
-    body = await read_body(request, broker.max_body_bytes)
-    try:
-        chat, unknown = decode_chat_request(body)
-    except BrokerError:
-        context["model"] = model_named_in(body)  # for the metrics of the refusal
-        raise
+    chat, unknown, body = await read_open_request(request, decode_chat_request, context)
     cacheable = None if unknown else chat  # the cache key knows only our fields
-    context["model"], context["stream"] = chat.model, bool(chat.stream)
     grant, options = await admitted(request, trace, chat, body, context)
     limits = grant.rate_headers()
     if chat.stream:

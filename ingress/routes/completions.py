@@ -10,13 +10,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.http_io import read_body, reply_headers, require_json
-from ingress.routes.chat import admitted, model_named_in, observed
+from ingress.http_io import reply_headers
+from ingress.routes.chat import admitted, observed, read_open_request
 from ingress.routes.streams import event_stream, first_of, relayed
 from ingress.state import services
 from schemas.completions import decode_completion_request, speaks_text_completions
 from schemas.envelope import TEXT_COMPLETIONS
-from schemas.errors import BrokerError, no_text_completions
+from schemas.errors import no_text_completions
 
 
 async def completions(request: Request) -> Response:
@@ -26,14 +26,7 @@ async def completions(request: Request) -> Response:
 async def _complete(request: Request, trace: str, context: dict[str, Any]) -> Response:
     found = services(request)
     broker = found.client
-    require_json(request)
-    body = await read_body(request, broker.max_body_bytes)
-    try:
-        asked, unknown = decode_completion_request(body)
-    except BrokerError:
-        context["model"] = model_named_in(body)
-        raise
-    context["model"], context["stream"] = asked.model, bool(asked.stream)
+    asked, unknown, body = await read_open_request(request, decode_completion_request, context)
     model = found.config.model(asked.model)
     if model is not None and model.mode == "chat" and not speaks_text_completions(model):
         raise no_text_completions(asked.model)
