@@ -159,7 +159,7 @@ def nats_call(client: BrokerClient, model: str) -> Call:
 async def _bench_key(config: Config, nats_url: str) -> str:
     """A key whose limits and budgets are all checked and never refuse."""
     nc = await connect(nats_url, "bench-admin", login_for(config, Role.ADMIN))
-    admission = await Admission.open(nc.jetstream(), config)
+    admission = await Admission.open(nc, config)
     try:
         limits = Limits(rpm=10_000_000, tpm=1_000_000_000)
         budgets = [Budget(max_usd=1e9, period="daily")]

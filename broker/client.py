@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -192,6 +192,9 @@ class BrokerClient:
         # Signs an admitted request's tenancy as it is queued (the ingress sets it:
         # ``KeyStore.vouch``); without it a tenancy travels as given.
         self.vouch: Callable[[RequestMeta, bytes], RequestMeta] | None = None
+        # Told of an admitted request the cache answered, so its holds on budgets are
+        # released (the ingress sets it: ``Admission.release``); no worker will.
+        self.unqueued: Callable[[Tenancy], Awaitable[None]] | None = None
         self.cache = cache
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -506,6 +509,8 @@ class BrokerClient:
         if policy.lookup:
             hit, headers, remembered = await cache.look_up(key, policy, model, parsed, namespace)
             if hit is not None:
+                if self.unqueued is not None and tenancy is not None:
+                    await self.unqueued(tenancy)
                 return Reply(200, ReplyKind.RESPONSE, headers, hit.body)
         reply = await self._request(ask)
         if policy.store and reply.status == 200 and reply.kind is ReplyKind.RESPONSE:
@@ -555,6 +560,8 @@ class BrokerClient:
                 key, policy, model, parsed, namespace, semantic=False
             )
             if hit is not None:
+                if self.unqueued is not None and tenancy is not None:
+                    await self.unqueued(tenancy)
                 options = parsed.stream_options
                 usage = options is not None and bool(options.include_usage)
                 for chunk in chunks_from_completion(hit.body, usage):

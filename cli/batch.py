@@ -113,7 +113,7 @@ async def _owner(config: Config, nc: NATS, api_key: str | None) -> tuple[str, st
     """(key id, tenant) of the key the batch runs as; None when keys are not required."""
     if not config.auth.required:
         return None
-    admission = await Admission.open(nc.jetstream(), config)
+    admission = await Admission.open(nc, config)
     try:
         return admission.owner(api_key)  # 401 (a BrokerError) for a missing or bad key
     finally:

@@ -26,7 +26,7 @@ Action = Callable[[NATS, Admission], Awaitable[Any]]
 async def _with_admission(config: Config, url: str, action: Action) -> Any:
     nc = await connect(url, "promptbus-admin", login_for(config, Role.ADMIN))
     try:
-        admission = await Admission.open(nc.jetstream(), config)
+        admission = await Admission.open(nc, config)
         try:
             return await action(nc, admission)
         finally:
@@ -154,7 +154,7 @@ async def usage(args: argparse.Namespace, config: Config, url: str) -> None:
 
 async def demo_key(config: Config, nc: NATS, path: Path) -> str:
     """The all-in-one's ready-to-use key (tenant ``demo``), kept in ``path`` between runs."""
-    admission = await Admission.open(nc.jetstream(), config)
+    admission = await Admission.open(nc, config)
     try:
         secret = _read_secret(path)
         if secret and admission.keys.lookup(secret) is not None:

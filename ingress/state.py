@@ -28,7 +28,7 @@ class Services:
 
     @classmethod
     async def open(cls, config: Config, client: BrokerClient) -> Services:
-        admission = await Admission.open(client.js, config)
+        admission = await Admission.open(client.nc, config)
         found = cls(
             config=config,
             client=client,
@@ -38,6 +38,7 @@ class Services:
             responses=await ResponseStore.open(client.js, config),
         )
         client.vouch = admission.keys.vouch
+        client.unqueued = admission.release
         credentials = NatsAccess.available(config)
         if credentials is not None and client.url is not None:
             found.nats_access = NatsAccess(config, admission, credentials)

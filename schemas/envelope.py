@@ -7,6 +7,7 @@ headers so that a client in any language can speak the contract (see docs/subjec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from enum import StrEnum
@@ -25,6 +26,7 @@ H_KEY_ID = "Pb-Key-Id"  # the admitted key's id (never the key)
 H_TENANT = "Pb-Tenant"
 H_TOKEN_ESTIMATE = "Pb-Token-Estimate"  # tokens charged at admission, corrected after
 H_METERED = "Pb-Metered"  # "1": a budget or quota applies, record usage before replying
+H_HOLD = "Pb-Hold"  # "<nano-USD> <tokens>": held of its budgets and quota, released after
 H_ADMISSION = "Pb-Admission"  # HMAC by the admitting process: "already checked"
 H_CUSTOM_ID = "Pb-Custom-Id"  # the caller's tag for the request, echoed on its replies
 H_ENQUEUE_BY = "Pb-Enqueue-By"  # epoch ms: stored later, the caller was told it failed
@@ -137,6 +139,8 @@ class Tenancy(Struct, frozen=True):
     estimate: int = 0
     metered: bool = False
     signature: str = ""
+    hold_cost: int = 0  # nano-USD held of each budget until the worker settles
+    hold_tokens: int = 0  # tokens held of the tenant's quota
 
     def signed_part(
         self, request_id: str, reply_to: str | None, deadline_ms: int | None, body: bytes
@@ -147,17 +151,20 @@ class Tenancy(Struct, frozen=True):
         digest = hashlib.sha256(body).hexdigest()[:32]
         return (
             f"{request_id}|{self.key_id}|{self.tenant}|{self.estimate}|{int(self.metered)}"
-            f"|{reply_to or ''}|{deadline_ms or ''}|{digest}"
+            f"|{self.hold_cost}|{self.hold_tokens}|{reply_to or ''}|{deadline_ms or ''}|{digest}"
         )
 
     def to_headers(self) -> dict[str, str]:
-        return {
+        headers = {
             H_KEY_ID: self.key_id,
             H_TENANT: self.tenant,
             H_TOKEN_ESTIMATE: str(self.estimate),
             H_METERED: "1" if self.metered else "0",
             H_ADMISSION: self.signature,
         }
+        if self.hold_cost or self.hold_tokens:
+            headers[H_HOLD] = f"{self.hold_cost} {self.hold_tokens}"
+        return headers
 
     @classmethod
     def from_headers(cls, headers: dict[str, str]) -> Tenancy:
@@ -165,10 +172,16 @@ class Tenancy(Struct, frozen=True):
             estimate = int(headers.get(H_TOKEN_ESTIMATE) or 0)
         except ValueError:
             estimate = 0
+        hold_cost = hold_tokens = 0
+        with contextlib.suppress(ValueError):  # a forged one fails the signature anyway
+            cost, _, tokens = (headers.get(H_HOLD) or "0 0").partition(" ")
+            hold_cost, hold_tokens = max(0, int(cost)), max(0, int(tokens))
         return cls(
             key_id=headers.get(H_KEY_ID, ""),
             tenant=headers.get(H_TENANT, ""),
             estimate=estimate,
             metered=headers.get(H_METERED) == "1",
             signature=headers.get(H_ADMISSION, ""),
+            hold_cost=hold_cost,
+            hold_tokens=hold_tokens,
         )

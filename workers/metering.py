@@ -3,7 +3,6 @@ what every request used (tokens, cost) and correct its token-rate estimate."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -22,7 +21,6 @@ class Accounting:
     def __init__(self, admission: Admission, recorder: UsageRecorder) -> None:
         self.admission = admission
         self.recorder = recorder
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def vet(self, msg: Msg, meta: RequestMeta, model: str) -> RequestMeta:
         """The request's meta with a vouched-for tenancy; raises ``BrokerError`` (401,
@@ -63,10 +61,24 @@ class Accounting:
             "at": time.time(),
         }
         if tenancy.metered:
-            await self.recorder.record_now(**record)
+            released = self.admission.released(tenancy, record["at"])
+            await self.recorder.record_now(released, **record)
         else:
             self.recorder.add(**record)
         if tenancy.key_id != ANONYMOUS_KEY and usage.total_tokens != tenancy.estimate:
-            task = asyncio.create_task(self.admission.settle(tenancy, usage.total_tokens))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.admission.settle(tenancy, usage.total_tokens)
+
+    def release(self, msg: Msg, meta: RequestMeta) -> None:
+        """Release the holds of a request answered without usage (an error, a refusal,
+        a cancellation), with the next batch of usage: only a tenancy a broker process
+        signed, or anyone could release holds by sending headers."""
+        tenancy = meta.tenancy
+        if (
+            tenancy is not None
+            and tenancy.metered
+            and self.admission.required
+            and self.admission.keys.verify_tenancy(meta, msg.data)
+        ):
+            released = self.admission.released(tenancy, time.time())
+            if released:
+                self.recorder.release(released)

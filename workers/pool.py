@@ -120,6 +120,7 @@ class Job:
     meta: RequestMeta
     lane: Lane
     transforms: Transforms | None = None
+    accounted: bool = False  # its usage was recorded, or another pool has it now
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +292,8 @@ class DeploymentPool:
             self._m_inflight.dec()
             self._answered.finish(identity, settled)
             if settled:
+                if not job.accounted and self._accounting is not None:
+                    self._accounting.release(msg, job.meta)  # answered without usage
                 await self._ack(msg)
 
     async def _ack(self, msg: Msg) -> None:
@@ -318,7 +321,7 @@ class DeploymentPool:
         if vetted is None:
             return True  # refused: the caller has its error
         if not self.breaker.allows():
-            if await self._move_on(job.msg, job.meta, context=False):
+            if await self._move_on(job, job.meta, context=False):
                 return True
             # No alternative: leave it queued until the breaker lets requests through.
             wait = self.breaker.retry_after()
@@ -397,7 +400,7 @@ class DeploymentPool:
                         self._on_retry,
                     )
                     usage = self._count_tokens(body)
-                    await self._account(meta, usage)
+                    await self._account(job, usage)
                     if job.transforms is not None:
                         body = job.transforms.response(body)
                     body = self._stamp(body, meta)
@@ -406,7 +409,7 @@ class DeploymentPool:
         except BrokerError as exc:
             context = isinstance(exc, ContextLengthExceeded)
             movable = context or is_deployment_fault(exc) or isinstance(exc, CircuitOpen)
-            if movable and await self._move_on(job.msg, meta, context=context):
+            if movable and await self._move_on(job, meta, context=context):
                 return
             await self._error(job, exc)
         except TimeoutError:
@@ -417,13 +420,14 @@ class DeploymentPool:
             if charged and self._pacer is not None:
                 self._pacer.correct(estimate, usage.total_tokens if usage else estimate)
 
-    async def _move_on(self, msg: Msg, meta: RequestMeta, *, context: bool) -> bool:
+    async def _move_on(self, job: Job, meta: RequestMeta, *, context: bool) -> bool:
         """Re-queue the request for the next deployment or fallback model, if any."""
         failed = (*meta.failed, self.name)
         target = self._failover.router.next_subject(self.model, failed, context=context)
         if target is None:
             return False
-        await self._failover.forward(msg, meta, target, failed)
+        await self._failover.forward(job.msg, meta, target, failed)
+        job.accounted = True  # its holds travel with it
         self.failovers += 1
         self._m_failovers.inc()
         log.debug("request %s: %s failed, moved to %s", meta.request_id, self.name, target)
@@ -544,18 +548,19 @@ class DeploymentPool:
                 # Part of the answer was delivered: end the stream with the error, no
                 # retry and no failover (the caller would see the start twice).
                 await self.breaker.record_failure(exc.detail.code or "stream broken")
-                await self._account(meta, usage)
+                await self._account(job, usage)
                 await self._error(job, exc)
                 return usage
-        await self._account(meta, usage)
+        await self._account(job, usage)
         await self._reply(meta, b"", self._ok_headers(meta, kind=self._end))
         self._m_ok[job.lane].inc()
         return usage
 
-    async def _account(self, meta: RequestMeta, usage: Usage | None) -> None:
+    async def _account(self, job: Job, usage: Usage | None) -> None:
         if self._accounting is not None and usage is not None:
+            job.accounted = True
             await self._accounting.settle(
-                meta, self.model.model_name, self.name, usage, self._cost(usage)
+                job.meta, self.model.model_name, self.name, usage, self._cost(usage)
             )
 
     def _cost(self, usage: Usage) -> float:
@@ -586,7 +591,7 @@ class DeploymentPool:
         if cost:
             self.cost_usd += cost
             self._m_cost.inc(cost)
-        await self._account(meta, usage)
+        await self._account(job, usage)
         model = job.transforms.response_model if job.transforms is not None else None
         body = self._stamp(embedding_reply.reply_body(result, request, model), meta)
         await self._reply(meta, body, self._ok_headers(meta))

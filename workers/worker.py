@@ -129,7 +129,7 @@ class Worker:
             nc, await ensure_bucket(js, config, ATTEMPTS), subjects, config.worker.max_deliver
         )
         recorder = UsageRecorder(nc, config.nats.subject_prefix)
-        self._accounting = Accounting(await Admission.open(js, config), recorder)
+        self._accounting = Accounting(await Admission.open(nc, config), recorder)
         recorder.start()
         self._breakers = board
         router = Router(config, subjects, self._directory, board.state)

@@ -148,7 +148,7 @@ class Batcher:
         await provision(js, self.config, self.subjects)
         self.store = await BatchStore.open(js, self.config)
         if self.config.auth.required:  # lines run in the name of the batch's key
-            self.admission = await Admission.open(js, self.config)
+            self.admission = await Admission.open(nc, self.config)
         self._scan_task = asyncio.create_task(self._scan(nc))
 
     async def _scan(self, nc: NATS) -> None:

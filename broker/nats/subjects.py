@@ -11,6 +11,8 @@
                                      ``nats.max_deliver`` times, kept by the dead stream
     <prefix>.usage.a.<scope>.<name-token>.<period>.<metric>
                                      usage counters admission reads (per key or tenant)
+    <prefix>.usage.h.<scope>.<name-token>.<period>.<metric>
+                                     what admissions hold of those budgets and quotas
     <prefix>.usage.d.<day>.<tenant>.<key>.<model>.<deployment>.<metric>
                                      usage detail rows for reports (name tokens)
 
@@ -199,6 +201,10 @@ class Subjects:
     def usage_aggregate(self, scope: str, ident: str, period_key: str, metric: str) -> str:
         """The counter admission reads: one key's or tenant's ``metric`` in one period."""
         return f"{self.prefix}.usage.a.{scope}.{name_token(ident)}.{period_key}.{metric}"
+
+    def usage_hold(self, scope: str, ident: str, period_key: str, metric: str) -> str:
+        """What admissions hold of that budget or quota (broker/tenancy/holds.py)."""
+        return f"{self.prefix}.usage.h.{scope}.{name_token(ident)}.{period_key}.{metric}"
 
     def usage_detail(
         self, day: str, tenant: str, key_id: str, model: str, deployment: str, metric: str

@@ -11,6 +11,10 @@ them, and a worker admits requests that NATS callers queued directly (key in an
 - 429 ``rate_limit_exceeded``: a requests- or tokens-per-minute bucket is empty
   (Retry-After says when the request would fit)
 
+Every check runs from memory on the request path: rate limits from leases of the shared
+buckets (ratelimit.py), budgets and quotas from leased holds (holds.py); each goes to
+NATS only to renew its lease, once per many requests.
+
 An admitted request carries a ``Tenancy`` signed with an HMAC whose key every broker
 process reads from the keys bucket, so a worker does not check it twice.
 """
@@ -20,18 +24,17 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 
 from broker.nats.provision import StreamKind, ensure_bucket, ensure_stream
 from broker.nats.subjects import KEYS, RATELIMITS, Subjects, name_token
 from broker.observability import metrics
+from broker.tenancy.holds import Holds, Pool, Reserved
 from broker.tenancy.keys import KeyStore
 from broker.tenancy.ratelimit import Bucket, Decision, RateLimiter
-from broker.tenancy.usage import ANONYMOUS, NANO, UsageView, period_end
+from broker.tenancy.usage import ANONYMOUS, NANO, UsageView, period_end, period_key
 from schemas.config import Config
 from schemas.envelope import RequestMeta, Tenancy
 from schemas.errors import (
@@ -41,10 +44,21 @@ from schemas.errors import (
     PermissionDenied,
     RateLimited,
 )
-from schemas.tenancy import Budget, KeyRecord, KeySpec, Limits, TenantRecord
+from schemas.tenancy import Budget, KeyRecord, KeySpec, Limits, Period, TenantRecord
 
 ANONYMOUS_KEY = ANONYMOUS  # usage of requests without a key (auth.required off)
 DEFAULT_TENANT = "default"
+OUTPUT_HOLD = 256  # output tokens held for a request that sets no output limit
+
+
+@dataclass(frozen=True, slots=True)
+class Spending:
+    """A budget or quota a key's requests count against, in the current period."""
+
+    pool: Pool
+    owner: str  # "key key_..." or "tenant ..."
+    period: Period
+    budget: Budget | None = None  # None: the tenant's token quota
 
 
 @dataclass(slots=True)
@@ -108,26 +122,43 @@ def unauthorized(secret: str | None) -> BrokerError:
 
 class Admission:
     def __init__(
-        self, config: Config, keys: KeyStore, limiter: RateLimiter, usage: UsageView
+        self,
+        config: Config,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        usage: UsageView,
+        holds: Holds,
     ) -> None:
         self.config = config
         self.keys = keys
         self.limiter = limiter
         self.usage = usage
+        self.holds = holds
+        self._subjects = Subjects.of(config)
+        self._spendings: dict[tuple[str, str], list[Spending]] = {}  # this second's
+        self._spendings_at = 0
+        self._prices: dict[str, tuple[float, float]] = {}  # model -> dearest (in, out)
 
     @classmethod
-    async def open(cls, js: JetStreamContext, config: Config) -> Admission:
+    async def open(cls, nc: NATS, config: Config) -> Admission:
         """Provision the keys and rate-limit buckets and the usage stream, and follow
         them (keys and usage aggregates stay in memory, live)."""
-        await ensure_stream(js, config, Subjects.of(config), StreamKind.USAGE)
+        js = nc.jetstream()
+        subjects = Subjects.of(config)
+        await ensure_stream(js, config, subjects, StreamKind.USAGE)
         keys = KeyStore(await ensure_bucket(js, config, KEYS))
         limiter = RateLimiter(await ensure_bucket(js, config, RATELIMITS))
         usage = UsageView(js, config)
+        holds = Holds(nc, js, subjects.usage_stream)
         await keys.start()
         await usage.start()
-        return cls(config, keys, limiter, usage)
+        limiter.start()
+        holds.start()
+        return cls(config, keys, limiter, usage, holds)
 
     async def close(self) -> None:
+        await self.limiter.stop()
+        await self.holds.stop()
         await self.keys.stop()
         await self.usage.stop()
 
@@ -196,14 +227,20 @@ class Admission:
             raise unauthorized(secret)
         return key.id, key.tenant
 
-    async def admit(self, secret: str | None, model: str, estimate: int) -> Grant:
+    async def admit(
+        self, secret: str | None, model: str, estimate: int, output: int | None = None
+    ) -> Grant:
+        """Admit a request of ``model`` with about ``estimate`` prompt tokens and at most
+        ``output`` output tokens (None: not limited by the request)."""
         try:
-            return await self._admit(secret, model, estimate)
+            return await self._admit(secret, model, estimate, output)
         except BrokerError as exc:
             metrics.REFUSED.labels(exc.detail.code or "refused").inc()
             raise
 
-    async def _admit(self, secret: str | None, model: str, estimate: int) -> Grant:
+    async def _admit(
+        self, secret: str | None, model: str, estimate: int, output: int | None
+    ) -> Grant:
         if not self.required:
             return Grant(Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT, estimate))
         key = self.keys.lookup(secret) if secret else None
@@ -211,53 +248,144 @@ class Admission:
             raise unauthorized(secret)
         tenant = self.keys.tenant(key.tenant) or TenantRecord(name=key.tenant)
         self._check_model(key, tenant, model)
-        # Spending checks and rate-limit takes run concurrently (one round trip in all);
-        # the takes are refunded if spending refuses the request.
-        spending = self._spending(key, tenant, time.time())
-        *checked, taken = await asyncio.gather(
-            *spending, self._take(key, tenant, estimate), return_exceptions=True
+        spendings = self.spendings(key.id, tenant.name, time.time())
+        buckets = self.buckets(key.id, tenant.name)
+        if not spendings and not buckets:
+            return Grant(Tenancy(key.id, tenant.name, estimate))
+        if not spendings:
+            decisions = await self._take(buckets, estimate)
+            return Grant(Tenancy(key.id, tenant.name, estimate), decisions)
+        tokens = estimate + (OUTPUT_HOLD if output is None else output)
+        cost = self._cost_hold(model, estimate, tokens - estimate)
+        # Holds and rate-limit takes run concurrently (from memory, or one round trip
+        # in all); either is given back if the other refuses the request.
+        held, taken = await asyncio.gather(
+            self._reserve(spendings, cost, tokens),
+            self._take(buckets, estimate),
+            return_exceptions=True,
         )
-        refused = next((r for r in checked if isinstance(r, BaseException)), None)
-        if refused is not None:
+        if isinstance(held, BaseException):
             if isinstance(taken, list):
-                await self._refund(taken, estimate)
-            raise refused
+                self._refund(taken, estimate)
+            raise held
         if isinstance(taken, BaseException):
+            self._give_back(spendings, cost, tokens)
             raise taken
-        assert isinstance(taken, list)
-        metered = bool(key.budgets or tenant.budgets or tenant.quota)
-        return Grant(Tenancy(key.id, tenant.name, estimate, metered), taken)
+        tenancy = Tenancy(key.id, tenant.name, estimate, True, hold_cost=cost, hold_tokens=tokens)
+        return Grant(tenancy, taken)
 
-    def _spending(
-        self, key: KeyRecord, tenant: TenantRecord, now: float
-    ) -> list[Coroutine[Any, Any, None]]:
-        """The budget and quota checks of a key's request (each raises a 429)."""
-        return [
-            *(self._check_budget("key", key.id, f"key {key.id}", b, now) for b in key.budgets),
-            *(
-                self._check_budget("tenant", tenant.name, f"tenant {tenant.name}", b, now)
-                for b in tenant.budgets
-            ),
-            self._check_quota(tenant, now),
+    def spendings(self, key_id: str, tenant_name: str, now: float) -> list[Spending]:
+        """The budgets and quota a key's requests count against now (built once a second:
+        the request path pays a dict lookup, not period arithmetic)."""
+        second = int(now)
+        if second != self._spendings_at:
+            self._spendings, self._spendings_at = {}, second
+        found = self._spendings.get((key_id, tenant_name))
+        if found is None:
+            found = self._spendings[(key_id, tenant_name)] = self._build_spendings(
+                key_id, tenant_name, now
+            )
+        return found
+
+    def _build_spendings(self, key_id: str, tenant_name: str, now: float) -> list[Spending]:
+        key, tenant = self.keys.key(key_id), self.keys.tenant(tenant_name)
+        out: list[Spending] = []
+        s = self._subjects
+        owners = [
+            ("key", key_id, f"key {key_id}", key.budgets if key else []),
+            ("tenant", tenant_name, f"tenant {tenant_name}", tenant.budgets if tenant else []),
         ]
+        for scope, ident, owner, budgets in owners:
+            for budget in budgets:
+                at = period_key(budget.period, now)
+                pool = Pool(
+                    s.usage_aggregate(scope, ident, at, "cost"),
+                    s.usage_hold(scope, ident, at, "cost"),
+                    round(budget.max_usd * NANO),
+                    "cost",
+                )
+                out.append(Spending(pool, owner, budget.period, budget))
+        quota = tenant.quota if tenant else None
+        if quota is not None:
+            at = period_key(quota.period, now)
+            pool = Pool(
+                s.usage_aggregate("tenant", tenant_name, at, "tokens"),
+                s.usage_hold("tenant", tenant_name, at, "tokens"),
+                quota.tokens,
+                "tokens",
+            )
+            out.append(Spending(pool, f"tenant {tenant_name}", quota.period))
+        return out
+
+    def _cost_hold(self, model: str, prompt: int, output: int) -> int:
+        """Nano-USD to hold: the tokens at the dearest price among the model's deployments."""
+        prices = self._prices.get(model)
+        if prices is None:
+            found = self.config.model(model)
+            deployments = found.deployments if found is not None else []
+            prices = self._prices[model] = (
+                max((d.input_cost_per_mtok or 0.0 for d in deployments), default=0.0),
+                max((d.output_cost_per_mtok or 0.0 for d in deployments), default=0.0),
+            )
+        return round((prompt * prices[0] + output * prices[1]) * 1000)  # per Mtok -> nano
+
+    async def _reserve(self, spendings: list[Spending], cost: int, tokens: int) -> None:
+        """Hold the request's estimate of every budget and the quota, or of none."""
+        results = await asyncio.gather(
+            *(self.holds.reserve(s.pool, _amount(s, cost, tokens)) for s in spendings),
+            return_exceptions=True,
+        )
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        refused = next(
+            (
+                (s, r)
+                for s, r in zip(spendings, results, strict=True)
+                if isinstance(r, Reserved) and not r.allowed
+            ),
+            None,
+        )
+        if failed is None and refused is None:
+            return
+        for s, r in zip(spendings, results, strict=True):
+            if isinstance(r, Reserved) and r.allowed:
+                self.holds.give_back(s.pool, _amount(s, cost, tokens))
+        if refused is not None:
+            raise _spent_error(refused[0], refused[1], time.time())
+        assert failed is not None
+        raise failed
+
+    def _give_back(self, spendings: list[Spending], cost: int, tokens: int) -> None:
+        for s in spendings:
+            self.holds.give_back(s.pool, _amount(s, cost, tokens))
+
+    def released(self, tenancy: Tenancy, now: float) -> dict[str, int]:
+        """The counter increments that release a settled request's holds."""
+        if not tenancy.hold_cost and not tenancy.hold_tokens:
+            return {}
+        return {
+            s.pool.held: -_amount(s, tenancy.hold_cost, tenancy.hold_tokens)
+            for s in self.spendings(tenancy.key_id, tenancy.tenant, now)
+        }
+
+    async def release(self, tenancy: Tenancy) -> None:
+        """Release the holds of a request no worker will settle (the cache answered it)."""
+        await self.holds.release(self.released(tenancy, time.time()))
 
     async def check_spending(self, key_id: str, tenant_name: str) -> None:
         """Raise the 429 (``budget_exceeded``, ``quota_exceeded``) a request of this key
         would get for spending, without taking from its rate limits: batch lines use
         idle capacity and are not rate-limited, but budgets and quotas hold for them."""
-        key = self.keys.key(key_id)
-        if key is None:
+        if self.keys.key(key_id) is None:
             return  # revoked since: the batch keeps running in its name
-        tenant = self.keys.tenant(tenant_name) or TenantRecord(name=tenant_name)
-        await asyncio.gather(*self._spending(key, tenant, time.time()))
+        now = time.time()
+        for spending in self.spendings(key_id, tenant_name, now):
+            spent, held = await self.holds.used(spending.pool)
+            if spent + held >= spending.pool.limit:
+                raise _spent_error(spending, Reserved(False, spent, held), now)
 
-    async def _refund(self, decisions: list[Decision], estimate: int) -> None:
-        await asyncio.gather(
-            *(
-                self.limiter.adjust(d.bucket, -(1 if d.bucket.kind == "requests" else estimate))
-                for d in decisions
-            )
-        )
+    def _refund(self, decisions: list[Decision], estimate: int) -> None:
+        for d in decisions:
+            self.limiter.adjust(d.bucket, -(1 if d.bucket.kind == "requests" else estimate))
 
     def _check_model(self, key: KeyRecord, tenant: TenantRecord, model: str) -> None:
         for owner, allowed in (
@@ -274,38 +402,6 @@ class Admission:
                     param="model",
                 )
 
-    async def _check_budget(
-        self, scope: str, ident: str, owner: str, budget: Budget, now: float
-    ) -> None:
-        spent = await self.usage.current(scope, ident, budget.period, "cost", now) / NANO
-        if spent >= budget.max_usd:
-            resets = period_end(budget.period, now) or now
-            raise RateLimited(
-                429,
-                f"The {owner}'s {budget.period} budget is spent: limit "
-                f"{usd(budget.max_usd)}, spent {usd(spent)}; it resets at {_when(resets)}.",
-                type="insufficient_quota",
-                code="budget_exceeded",
-                retry_after=max(1.0, resets - now),
-            )
-
-    async def _check_quota(self, tenant: TenantRecord, now: float) -> None:
-        quota = tenant.quota
-        if quota is None:
-            return
-        used = await self.usage.current("tenant", tenant.name, quota.period, "tokens", now)
-        if used >= quota.tokens:
-            resets = period_end(quota.period, now)
-            when = f"it resets at {_when(resets)}" if resets else "it never resets"
-            raise RateLimited(
-                429,
-                f"The tenant {tenant.name}'s {quota.period} token quota is used up: "
-                f"{used} of {quota.tokens} tokens; {when}.",
-                type="insufficient_quota",
-                code="quota_exceeded",
-                retry_after=max(1.0, resets - now) if resets else None,
-            )
-
     def buckets(self, key_id: str, tenant: str) -> list[Bucket]:
         """The rate-limit buckets a key's requests draw from (its own and its tenant's)."""
         key = self.keys.key(key_id)
@@ -317,8 +413,7 @@ class Admission:
             out += _buckets("tenant", name_token(record.name), record.limits)
         return out
 
-    async def _take(self, key: KeyRecord, tenant: TenantRecord, estimate: int) -> list[Decision]:
-        buckets = self.buckets(key.id, tenant.name)
+    async def _take(self, buckets: list[Bucket], estimate: int) -> list[Decision]:
         if not buckets:
             return []
         wanted = [(b, 1 if b.kind == "requests" else max(1, estimate)) for b in buckets]
@@ -340,13 +435,14 @@ class Admission:
             raise error
         return decisions
 
-    async def settle(self, tenancy: Tenancy, tokens: int) -> None:
-        """Replace the admission's token estimate with the reported usage."""
+    def settle(self, tenancy: Tenancy, tokens: int) -> None:
+        """Replace the admission's token estimate with the reported usage (kept in this
+        process's leases; written back with them)."""
         delta = tokens - tenancy.estimate
         if delta and tenancy.key_id != ANONYMOUS_KEY:
             for bucket in self.buckets(tenancy.key_id, tenancy.tenant):
                 if bucket.kind == "tokens":
-                    await self.limiter.adjust(bucket, delta)
+                    self.limiter.adjust(bucket, delta)
 
 
 def _buckets(scope: str, ident: str, limits: Limits) -> list[Bucket]:
@@ -360,3 +456,35 @@ def _buckets(scope: str, ident: str, limits: Limits) -> list[Bucket]:
             Bucket(f"{scope}.{ident}.tpm", "tokens", limits.tpm, limits.tpm_burst or limits.tpm)
         )
     return out
+
+
+def _amount(spending: Spending, cost: int, tokens: int) -> int:
+    return cost if spending.pool.unit == "cost" else tokens
+
+
+def _spent_error(spending: Spending, reserved: Reserved, now: float) -> BrokerError:
+    """The 429 of a budget or quota that is used up (held counts: it is being spent)."""
+    resets = period_end(spending.period, now)
+    held = reserved.held
+    if spending.budget is not None:
+        budget, spent = spending.budget, reserved.spent / NANO
+        pending = f" and {usd(held / NANO)} held by requests in flight" if held > 0 else ""
+        return RateLimited(
+            429,
+            f"The {spending.owner}'s {budget.period} budget is spent: limit "
+            f"{usd(budget.max_usd)}, spent {usd(spent)}{pending}; it resets at "
+            f"{_when(resets or now)}.",
+            type="insufficient_quota",
+            code="budget_exceeded",
+            retry_after=max(1.0, (resets or now) - now),
+        )
+    pending = f" (and {held} held by requests in flight)" if held > 0 else ""
+    when = f"it resets at {_when(resets)}" if resets else "it never resets"
+    return RateLimited(
+        429,
+        f"The {spending.owner}'s {spending.period} token quota is used up: "
+        f"{reserved.spent} of {spending.pool.limit} tokens{pending}; {when}.",
+        type="insufficient_quota",
+        code="quota_exceeded",
+        retry_after=max(1.0, resets - now) if resets else None,
+    )

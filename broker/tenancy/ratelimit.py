@@ -8,26 +8,38 @@ minute refills one unit every ``T = 60 / limit`` seconds and holds ``burst`` uni
 
 Updates are compare-and-set on the entry's revision, so any number of ingress and worker
 processes admit exactly what the limit allows. Each process remembers the last revision
-it saw: with one writer a check is one round trip; a conflict costs a re-read and a retry.
-Within a process the takes of one bucket run one after another: concurrent requests of
-one hot key would otherwise all write against the same revision, all but one conflict,
-and at a few hundred requests a second they ran out of retries (a 500 before this).
+it saw: with one writer a write is one round trip; a conflict costs a re-read and a retry.
+
+Three things keep a hot key off the shared entry (broker/tenancy/leases.py):
+
+- the takes of one bucket waiting in a process are decided together, in one write;
+- that write takes a *lease* beyond them, and the requests that follow are admitted from
+  it in memory, without I/O, until it is spent or idle (then it goes back);
+- corrections after the fact (a request used fewer tokens than estimated, a refund) go
+  into the lease too, and reach the shared entry with its next write or within
+  ``leases.IDLE_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
+import random
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from broker.tenancy.leases import IDLE_S, Lease
 from schemas.errors import BrokerError, Unavailable
 
-_MAX_TRIES = 16
+log = logging.getLogger(__name__)
+
+_TRIES = 64  # conflicting writes before giving up (each loser re-reads; someone won)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +69,24 @@ class Decision:
     retry_after_s: float  # when refused: seconds until the request would fit
 
 
+@dataclass(slots=True)
+class _Held:
+    """What this process holds of one bucket: its lease, and the shared ``tat`` it last
+    wrote (which counts the lease as taken)."""
+
+    bucket: Bucket
+    lease: Lease = field(default_factory=Lease)
+    tat: float = 0.0
+    leasing: bool = False  # the last write took a lease (the key is far from its limit)
+
+    def decide(self, now: float) -> Decision:
+        """A take admitted from the lease: the bucket's state as if the lease went back."""
+        bucket = self.bucket
+        tat = self.tat - self.lease.units * bucket.interval
+        remaining = max(0, math.floor((bucket.tau - (tat - now)) / bucket.interval))
+        return Decision(bucket, True, remaining, max(0.0, tat - now), 0.0)
+
+
 def _pack(tat: float) -> bytes:
     return struct.pack(">d", tat)
 
@@ -65,19 +95,55 @@ def _unpack(value: bytes | None) -> float:
     return struct.unpack(">d", value)[0] if value and len(value) == 8 else 0.0
 
 
+def _carry(tat: float, units: int, interval: float, now: float) -> float:
+    """``tat`` with ``units`` given back (positive) or charged (negative: owed)."""
+    if units >= 0:
+        return tat - units * interval
+    return max(tat, now) - units * interval
+
+
 class RateLimiter:
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
         self._seen: dict[str, tuple[float, int | None]] = {}  # key -> (tat, revision)
         self._locks: dict[str, asyncio.Lock] = {}  # key -> one write in flight at a time
         self._waiting: dict[str, list[tuple[int, asyncio.Future[Decision]]]] = {}
-        self._deltas: dict[str, int] = {}  # key -> adjustments not yet written
+        self._held: dict[str, _Held] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Return idle leases and pay debts in the background, every ``IDLE_S / 2``."""
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        """Give every lease back (a process that stops holds nothing)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        with contextlib.suppress(BrokerError, OSError, TimeoutError):
+            await self.flush(everything=True)
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         return lock
+
+    def _hold(self, bucket: Bucket) -> _Held:
+        held = self._held.get(bucket.key)
+        if held is None or held.bucket != bucket:  # new, or its limit changed
+            if held is not None:
+                owed = held.lease.units  # keep what is held or owed
+                held = self._held[bucket.key] = _Held(bucket, Lease(units=owed))
+            else:
+                held = self._held[bucket.key] = _Held(bucket)
+        return held
+
+    def leased(self, bucket: Bucket) -> int:
+        """Units this process holds of ``bucket`` (negative: owes)."""
+        held = self._held.get(bucket.key)
+        return held.lease.units if held is not None else 0
 
     async def _read(self, key: str) -> tuple[float, int | None]:
         try:
@@ -104,9 +170,12 @@ class RateLimiter:
         """Take ``cost`` units if the bucket has them (a cost above the burst is let
         through only when the bucket is full, so a large request is never refused forever).
 
-        Takes of one bucket in this process are decided together: the first caller to
-        get the bucket's lock decides for everyone waiting, in arrival order, and writes
-        the bucket once. A hot key costs a write per round trip, not one per request."""
+        From the lease when it holds enough (no I/O). Otherwise the takes of one bucket
+        in this process are decided together: the first caller to get the bucket's lock
+        decides for everyone waiting, in arrival order, and writes the bucket once."""
+        held = self._held.get(bucket.key)
+        if held is not None and held.bucket == bucket and held.lease.spend(cost):
+            return held.decide(time.time())
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(bucket.key, []).append((cost, future))
         async with self._lock(bucket.key):
@@ -126,32 +195,56 @@ class RateLimiter:
         return future.result()
 
     async def _take_many(self, bucket: Bucket, costs: list[int]) -> list[Decision]:
-        key = bucket.key
+        held = self._hold(bucket)
+        lease = held.lease
+        carried, lease.units = lease.units, 0  # folded into this write; spent by no one else
+        try:
+            return await self._decide_and_write(held, costs, carried)
+        except BaseException:
+            lease.units += carried
+            raise
+
+    async def _decide_and_write(
+        self, held: _Held, costs: list[int], carried: int
+    ) -> list[Decision]:
+        bucket, lease = held.bucket, held.lease
+        key, interval = bucket.key, bucket.interval
         state = self._seen.get(key)
         fresh = state is None
         if state is None:
             state = await self._read(key)
-        for _ in range(_MAX_TRIES):
+        typical = max(costs)
+        lease.renew()
+        for attempt in range(_TRIES):
             tat, revision = state
             now = time.time()
+            base = _carry(tat, carried, interval, now)
             decisions: list[Decision] = []
-            new_tat = tat
+            new_tat = base
             for cost in costs:
                 start = max(new_tat, now)
-                after = start + cost * bucket.interval
+                after = start + cost * interval
                 over = after - now - bucket.tau
                 if over > 1e-9 and not (start == now and cost > bucket.burst):
                     if not fresh:  # refuse on the latest state only, never on a stale one
                         break
-                    remaining = max(0, math.floor((bucket.tau - (start - now)) / bucket.interval))
+                    remaining = max(0, math.floor((bucket.tau - (start - now)) / interval))
                     decisions.append(Decision(bucket, False, remaining, start - now, over))
                 else:
                     new_tat = after
-                    remaining = max(0, math.floor((bucket.tau - (after - now)) / bucket.interval))
+                    remaining = max(0, math.floor((bucket.tau - (after - now)) / interval))
                     decisions.append(Decision(bucket, True, remaining, after - now, 0.0))
             if len(decisions) == len(costs):
+                room = max(0, math.floor((now + bucket.tau - max(new_tat, now)) / interval))
+                extra = lease.slice(typical, room) if all(d.allowed for d in decisions) else 0
+                if extra:
+                    new_tat = max(new_tat, now) + extra * interval
                 if new_tat == tat or await self._write(key, new_tat, revision):
+                    lease.units += extra
+                    held.tat, held.leasing = new_tat, extra > 0
                     return decisions
+            if attempt >= 8:  # many processes on one entry: spread the retries out
+                await asyncio.sleep(random.uniform(0, 0.002 * attempt))
             state, fresh = await self._read(key), True
         raise Unavailable(
             503,
@@ -163,43 +256,64 @@ class RateLimiter:
             retry_after=0.1,
         )
 
-    async def adjust(self, bucket: Bucket, delta: int) -> None:
+    def adjust(self, bucket: Bucket, delta: int) -> None:
         """Give back (negative) or charge (positive) units after the fact: the request
-        was admitted with an estimate and its real usage is now known. Adjustments that
-        arrive while the bucket is being written are summed into the next write."""
-        if delta == 0:
-            return
-        self._deltas[bucket.key] = self._deltas.get(bucket.key, 0) + delta
-        async with self._lock(bucket.key):
-            pending = self._deltas.pop(bucket.key, 0)
-            if pending:
-                await self._adjust(bucket, pending)
+        was admitted with an estimate and its real usage is now known. Kept in the lease
+        (no I/O): a give-back admits this process's next requests, a charge is paid with
+        the next write, and either reaches the shared entry within ``IDLE_S``."""
+        if delta:
+            lease = self._hold(bucket).lease
+            lease.units -= delta
+            lease.used_at = time.monotonic()
 
-    async def _adjust(self, bucket: Bucket, delta: int) -> None:
-        state = self._seen.get(bucket.key) or await self._read(bucket.key)
-        for _ in range(_MAX_TRIES):
+    async def flush(self, everything: bool = False) -> None:
+        """Write back idle leases and debts (``everything``: all of them, now)."""
+        now = time.monotonic()
+        for held in list(self._held.values()):
+            if held.lease.units and (everything or held.lease.idle(now)):
+                await self._give_back(held)
+
+    async def _give_back(self, held: _Held) -> None:
+        async with self._lock(held.bucket.key):
+            units = held.lease.returned()
+            if units:
+                try:
+                    await self._write_back(held, units)
+                except BaseException:
+                    held.lease.units += units
+                    raise
+
+    async def _write_back(self, held: _Held, units: int) -> None:
+        key, interval = held.bucket.key, held.bucket.interval
+        state = self._seen.get(key) or await self._read(key)
+        for _ in range(_TRIES):
             tat, revision = state
             if revision is None:
                 return  # nothing recorded (expired): nothing to correct
-            now = time.time()
-            new_tat = (
-                max(now, tat) + delta * bucket.interval
-                if delta > 0
-                else tat + delta * bucket.interval
-            )
-            if await self._write(bucket.key, new_tat, revision):
+            new_tat = _carry(tat, units, interval, time.time())
+            if await self._write(key, new_tat, revision):
+                held.tat = new_tat
                 return
-            state = await self._read(bucket.key)
+            state = await self._read(key)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_S / 2)
+            try:
+                await self.flush()
+            except Exception as exc:  # NATS away: the leases wait for the next round
+                log.warning("rate-limit leases not written back: %s", exc)
 
     async def take_all(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
         """Take from every bucket or from none: on a refusal the others are refunded."""
         decisions = list(await asyncio.gather(*(self.take(b, c) for b, c in wanted)))
         if not all(d.allowed for d in decisions):
-            await asyncio.gather(
-                *(
+            exact = []
+            for d, (_, c) in zip(decisions, wanted, strict=True):
+                if d.allowed:
                     self.adjust(d.bucket, -c)
-                    for d, (_, c) in zip(decisions, wanted, strict=True)
-                    if d.allowed
-                )
-            )
+                    held = self._held[d.bucket.key]
+                    if not held.leasing:  # near the limit: give it back to everyone now
+                        exact.append(self._give_back(held))
+            await asyncio.gather(*exact)
         return decisions

@@ -161,8 +161,9 @@ class UsageRecorder:
         details = tuple(s.usage_detail(day, tenant, key_id, model, deployment, m) for m in metrics)
         return tuple(costs), tokens, details
 
-    async def record_now(self, **usage: Any) -> None:
-        """Publish before returning: a budget or quota's next admission must see it.
+    async def record_now(self, released: dict[str, int] | None = None, **usage: Any) -> None:
+        """Publish before returning: a budget or quota's next admission must see it,
+        and the request's holds released (``released``, broker/tenancy/holds.py).
         Only the counters admission reads wait (9 of 13); the per-day detail goes with
         the next batch. Concurrent callers share the publishes (group commit): what
         arrives while one group is being published goes out, summed per counter, in the
@@ -172,6 +173,8 @@ class UsageRecorder:
         for subject, value in details.items():
             pending[subject] += value
         for subject, value in checked.items():
+            urgent[subject] += value
+        for subject, value in (released or {}).items():
             urgent[subject] += value
         if self._urgent_done is None:
             self._urgent_done = asyncio.get_running_loop().create_future()
@@ -192,6 +195,11 @@ class UsageRecorder:
                         done.set_result(None)
         finally:
             self._urgent_flusher = None
+
+    def release(self, released: dict[str, int]) -> None:
+        """Release holds of a request that used nothing, with the next batch."""
+        for subject, value in released.items():
+            self._pending[subject] += value
 
     def add(self, **usage: Any) -> None:
         """Recorded with the next batch, within ``FLUSH_S`` (no I/O on the request path)."""

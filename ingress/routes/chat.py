@@ -97,7 +97,9 @@ async def admitted(
     elsewhere), and what every model route passes the broker client: the deadline, ids,
     trace, vouched tenancy and the caller's cache directives."""
     admission = services(request).admission
-    grant = await admission.admit(key or api_key(request), asked.model, len(body) // 4)
+    grant = await admission.admit(
+        key or api_key(request), asked.model, len(body) // 4, output_limit(asked)
+    )
     context["tenant"] = grant.tenancy.tenant
     options: dict[str, Any] = {
         "timeout": request_timeout(request),
@@ -107,6 +109,16 @@ async def admitted(
         "cache_control": request.headers.get("cache-control"),
     }
     return grant, options
+
+
+def output_limit(asked: ModelRequest) -> int | None:
+    """The most output tokens the request allows, whatever its API calls the field (a
+    budget holds that much of its cost until the answer is known)."""
+    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = getattr(asked, field, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def request_id(request: Request) -> str:

@@ -20,9 +20,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from nats.js.errors import NotFoundError
 
 from broker.client import BrokerClient
 from broker.nats.embedded import free_port
+from broker.nats.subjects import Subjects
+from broker.tenancy.usage import period_key
 from schemas.errors import AuthenticationError, BrokerError
 from schemas.settings import load_config
 from tests import bus
@@ -244,6 +247,67 @@ def test_budget_stops_spending_at_the_limit(tenancy: Tenancy) -> None:
     (row,) = report["rows"]
     assert (row["model"], row["deployment"], row["requests"]) == ("mock-gpt", "mock-gpt/0", 3)
     assert row["prompt_tokens"] == 6 and row["completion_tokens"] == 15
+
+
+async def _held(tenancy: Tenancy, scope: str, ident: str) -> int:
+    """What admissions hold of a daily budget right now (its counter in NATS)."""
+    config = load_config(tenancy.config)
+    subjects = Subjects.of(config)
+    subject = subjects.usage_hold(scope, ident, period_key("daily", time.time()), "cost")
+    nc = await bus.connect(tenancy.nats_url)
+    try:
+        msg = await nc.jetstream().get_last_msg(subjects.usage_stream, subject, direct=True)
+    except NotFoundError:
+        return 0
+    finally:
+        await nc.close()
+    return int(json.loads(msg.data)["val"])
+
+
+async def test_two_hundred_concurrent_requests_cannot_bypass_a_budget(tenancy: Tenancy) -> None:
+    """Each admission holds its estimate until a worker settles it, so requests in
+    flight count against the budget: 200 at once over three ingresses, against a
+    budget that fits 10 answers, spend no more than it (a gateway that checks only what
+    was spent admits them all). Every hold is released once answered."""
+    key = tenancy.create_key(tenant="crowd", budgets=[{"max_usd": 70, "period": "daily"}])
+    body = {
+        "model": "mock-gpt",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hello world"}],
+    }
+    async with httpx.AsyncClient(timeout=30) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    f"{tenancy.ingresses[i % 3]}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                for i in range(200)
+            )
+        )
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429}, statuses  # never a 5xx for contention
+    admitted = statuses.count(200)
+    assert 1 <= admitted <= 10, statuses  # each answer costs $7
+    assert all(_error(r)["code"] == "budget_exceeded" for r in responses if r.status_code == 429)
+    for _ in range(50):
+        report = tenancy.admin("GET", "/admin/usage", params={"tenant": "crowd"}).json()
+        if report["cost_usd"] >= 7.0 * admitted:
+            break
+        await asyncio.sleep(0.1)
+    assert report["cost_usd"] == pytest.approx(7.0 * admitted) and report["cost_usd"] <= 70
+    for _ in range(30):  # released with the usage; idle leases go back within 0.5 s
+        if await _held(tenancy, "key", key_id(tenancy, key)) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await _held(tenancy, "key", key_id(tenancy, key)) == 0
+
+
+def key_id(tenancy: Tenancy, secret: str) -> str:
+    keys = tenancy.admin("GET", "/admin/keys", params={"tenant": "crowd"}).json()["data"]
+    (record,) = keys
+    return str(record["id"])
 
 
 def test_streams_are_metered_even_when_the_caller_skips_usage(tenancy: Tenancy) -> None:

@@ -1,0 +1,181 @@
+"""Budget and quota holds: spending reserved at admission, so concurrency cannot bypass it.
+
+A budget (or token quota) of one period is a *pool*. Its state is two JetStream counters
+in the usage stream (broker/tenancy/usage.py): what was spent (``usage.a...``, recorded by
+workers) and what is held (``usage.h...``): reserved by admissions whose requests have
+not been settled yet, and leased by processes. A request is admitted while spent + held,
+without its own hold, is below the limit, as a budget always was ("not spent yet"); its
+hold is its estimate (prompt tokens plus its output limit, at the model's dearest price).
+The worker that answers it records the real cost and releases the hold in one publish,
+before the reply leaves, so the caller's next request sees both.
+
+Counters add atomically on the server (``Nats-Incr`` answers with the new total), so
+reservations of any number of processes never conflict and never over-admit: 200
+concurrent requests against a budget that fits 10 get 10 admissions. Each process leases
+holds like rate limits (broker/tenancy/leases.py): one increment reserves for many
+requests, which are then admitted from memory, and what is left goes back when idle.
+
+Bounds (docs/tenancy.md): a request costing more than its hold overshoots by the
+difference, like the last request a budget admits; a hold whose request never reaches a
+worker (it expired in the queue past ``max_queue_age_s``) or whose process died with a
+lease stays held until the period ends: that errs by refusing, never by admitting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from broker.tenancy.leases import IDLE_S, Lease
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """One budget or quota in one period: its counters and its limit (nano-USD for a
+    budget, tokens for a quota)."""
+
+    spent: str  # the usage aggregate workers add to
+    held: str  # the holds counter
+    limit: int
+    unit: str  # "cost" or "tokens": which of a request's holds it takes
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """The outcome of a reservation: admitted or not, and the pool's spent and held
+    totals when it was decided (for the refusal's message)."""
+
+    allowed: bool
+    spent: int = 0
+    held: int = 0
+
+
+class _Ack(msgspec.Struct):
+    val: str = "0"
+
+
+_ack = msgspec.json.Decoder(_Ack)
+
+
+class Holds:
+    def __init__(self, nc: NATS, js: JetStreamContext, stream: str) -> None:
+        self._nc = nc
+        self._js = js
+        self._stream = stream
+        self._leases: dict[str, Lease] = {}  # held subject -> this process's lease
+        self._room: dict[str, int] = {}  # held subject -> room left at the last renewal
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        with contextlib.suppress(Exception):
+            await self.flush(everything=True)
+
+    def leased(self, pool: Pool) -> int:
+        lease = self._leases.get(pool.held)
+        return lease.units if lease is not None else 0
+
+    async def reserve(self, pool: Pool, amount: int) -> Reserved:
+        """Hold ``amount`` of the pool for one request, if spent + held is below the
+        limit: from this process's lease when it has enough, else with one increment."""
+        lease = self._leases.get(pool.held)
+        if lease is None:
+            lease = self._leases[pool.held] = Lease()
+        if lease.spend(amount):
+            return Reserved(True)
+        lock = self._locks.get(pool.held)
+        if lock is None:
+            lock = self._locks[pool.held] = asyncio.Lock()
+        async with lock:
+            if lease.spend(amount):  # renewed while this one waited
+                return Reserved(True)
+            return await self._renew(pool, lease, amount)
+
+    async def _renew(self, pool: Pool, lease: Lease, amount: int) -> Reserved:
+        lease.renew()
+        carried, lease.units = lease.units, 0  # less than amount: used towards it
+        extra = lease.slice(amount, self._room.get(pool.held, 0))
+        asked = amount - carried + extra
+        held, spent = await asyncio.gather(self._add(pool.held, asked), self._spent(pool))
+        before = spent + held - carried - asked  # everyone else's holds, and all spending
+        if before >= pool.limit:
+            await self._add(pool.held, -(asked + carried))
+            return Reserved(False, spent, held - carried - asked)
+        room = pool.limit - before - amount
+        kept = max(0, min(extra, room))
+        if kept < extra:  # someone took the room meanwhile: keep only what fits
+            await self._add(pool.held, kept - extra)
+        lease.units = kept
+        self._room[pool.held] = max(0, room - kept)
+        return Reserved(True, spent, before - spent)
+
+    def give_back(self, pool: Pool, amount: int) -> None:
+        """A reservation not used after all (another check refused the request): it
+        admits this process's next requests, or goes back with the lease."""
+        lease = self._leases.get(pool.held)
+        if lease is not None and amount > 0:
+            lease.units += amount
+            lease.used_at = time.monotonic()
+
+    async def release(self, increments: dict[str, int]) -> None:
+        """Add to hold counters without waiting for the store (a release that is lost
+        errs by refusing, never by admitting)."""
+        for subject, amount in increments.items():
+            await self._nc.publish(subject, b"", headers={"Nats-Incr": str(amount)})
+
+    async def used(self, pool: Pool) -> tuple[int, int]:
+        """(spent, held) of the pool, read from the server now."""
+        spent, held = await asyncio.gather(self._spent(pool), self._read(pool.held))
+        return spent, held
+
+    async def _add(self, subject: str, amount: int) -> int:
+        """Add to a counter; its new total."""
+        reply = await self._nc.request(subject, b"", timeout=5, headers={"Nats-Incr": str(amount)})
+        return int(_ack.decode(reply.data).val)
+
+    async def _spent(self, pool: Pool) -> int:
+        return await self._read(pool.spent)
+
+    async def _read(self, subject: str) -> int:
+        try:
+            msg = await self._js.get_last_msg(self._stream, subject, direct=True)
+        except NotFoundError:
+            return 0
+        return int(_ack.decode(msg.data or b"{}").val)
+
+    async def flush(self, everything: bool = False) -> None:
+        """Return idle leases (``everything``: all of them, now)."""
+        now = time.monotonic()
+        for subject, lease in list(self._leases.items()):
+            if lease.units > 0 and (everything or lease.idle(now)):
+                units = lease.returned()
+                try:
+                    await self._add(subject, -units)
+                except BaseException:
+                    lease.units += units
+                    raise
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_S / 2)
+            try:
+                await self.flush()
+            except Exception as exc:  # NATS away: the leases wait for the next round
+                log.warning("budget leases not returned: %s", exc)

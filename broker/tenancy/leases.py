@@ -1,0 +1,78 @@
+"""Leases: a process's slice of a shared limit, spent from memory.
+
+A rate-limit bucket or a budget lives in NATS, shared by every process. Checking it for
+every request costs a JetStream round trip, and with many processes writing one entry
+they conflict. Instead a process takes a little more than the request needs in the same
+write, and admits the requests that follow from that slice without any I/O until it is
+spent. What it does not use goes back.
+
+The guarantee stays exact, because every admitted unit was taken from the shared state
+by a write that succeeded: leases never let more through than the limit. What they cost
+is the other way round: units one process holds are not available to another, so a
+request can be refused while another process still holds a few idle units. That is kept
+small and short:
+
+- a lease grows only while it is used up quickly (it doubles each time it is renewed
+  within ``IDLE_S``; it starts at nothing, one exact write per request);
+- it never takes more than ``1 / SHARE`` of what the shared state still had;
+- no lease is taken while fewer than ``MIN_ROOM`` requests' worth are left, so near the
+  limit every request is decided on the shared state itself;
+- a lease not used for ``IDLE_S`` is returned, and so is what a process owes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+IDLE_S = 0.5  # a lease unused this long is returned
+SHARE = 8  # a lease takes at most this fraction of what is left
+MIN_ROOM = 64  # below this many requests' worth left, no lease: exact writes
+
+
+@dataclass(slots=True)
+class Lease:
+    """Units taken from the shared state and not yet spent here (negative: owed to it,
+    e.g. a request used more tokens than its estimate), and how large to grow."""
+
+    units: int = 0
+    size: int = 0  # what the next renewal asks for beyond the requests at hand
+    renewed_at: float = 0.0  # monotonic
+    used_at: float = 0.0  # monotonic
+
+    def spend(self, cost: int) -> bool:
+        """Take ``cost`` from the slice, if it holds that much."""
+        if self.units < cost:
+            return False
+        self.units -= cost
+        self.used_at = time.monotonic()
+        return True
+
+    def renew(self) -> None:
+        """A renewal begins: renewed again within ``IDLE_S``, the lease was used up
+        quickly (demand is high) and grows."""
+        now = time.monotonic()
+        if now - self.renewed_at < IDLE_S:
+            self.size = max(1, 2 * self.size)
+        self.renewed_at = self.used_at = now
+
+    def slice(self, cost: int, room: int) -> int:
+        """How much to take beyond the requests at hand (each about ``cost``), given
+        ``room`` units still left in the shared state after them."""
+        if room < MIN_ROOM * max(1, cost):
+            return 0
+        return min(self.size * max(1, cost), room // SHARE)
+
+    def idle(self, now: float) -> bool:
+        """Should the slice go back (unused for ``IDLE_S``), or is a debt to pay?"""
+        if self.units < 0:
+            return True
+        return self.units > 0 and now - self.used_at >= IDLE_S
+
+    def returned(self) -> int:
+        """Empty the slice for a write back (the units, or minus the debt); a lease
+        returned unused shrinks."""
+        units, self.units = self.units, 0
+        if units > 0:
+            self.size //= 2
+        return units
