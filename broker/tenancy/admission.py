@@ -459,7 +459,9 @@ def _buckets(scope: str, ident: str, limits: Limits) -> list[Bucket]:
 
 
 def _amount(spending: Spending, cost: int, tokens: int) -> int:
-    return cost if spending.pool.unit == "cost" else tokens
+    """A request's hold of one pool: never 0, or a free model's requests would pass
+    from the lease after the budget was spent elsewhere."""
+    return max(1, cost if spending.pool.unit == "cost" else tokens)
 
 
 def _spent_error(spending: Spending, reserved: Reserved, now: float) -> BrokerError:
