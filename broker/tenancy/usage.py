@@ -214,16 +214,20 @@ class UsageRecorder:
             await self._publish(pending)
 
     async def _publish(self, increments: dict[str, int]) -> None:
-        async def one(subject: str, value: int) -> None:
-            if value:
-                await self._nc.request(subject, b"", timeout=5, headers={"Nats-Incr": str(value)})
-
-        results = await asyncio.gather(
-            *(one(s, v) for s, v in increments.items()), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                log.warning("usage not recorded: %s", result)
+        """Every increment, then one acknowledged: the usage stream stores what one
+        connection sends in order, so the last ack says all of them are stored (one
+        request-reply per group instead of one per counter: each costs an inbox token,
+        a reply and a wake-up)."""
+        items = [(s, v) for s, v in increments.items() if v]
+        if not items:
+            return
+        try:
+            for subject, value in items[:-1]:
+                await self._nc.publish(subject, b"", headers={"Nats-Incr": str(value)})
+            subject, value = items[-1]
+            await self._nc.request(subject, b"", timeout=5, headers={"Nats-Incr": str(value)})
+        except Exception as exc:
+            log.warning("usage not recorded (%d counters): %s", len(items), exc)
 
     async def _loop(self) -> None:
         while True:
