@@ -137,6 +137,8 @@ class Admission:
         self._subjects = Subjects.of(config)
         self._spendings: dict[tuple[str, str], list[Spending]] = {}  # this second's
         self._spendings_at = 0
+        self._buckets: dict[tuple[str, str], list[Bucket]] = {}  # this second's
+        self._buckets_at = 0
         self._prices: dict[str, tuple[float, float]] = {}  # model -> dearest (in, out)
 
     @classmethod
@@ -403,7 +405,17 @@ class Admission:
                 )
 
     def buckets(self, key_id: str, tenant: str) -> list[Bucket]:
-        """The rate-limit buckets a key's requests draw from (its own and its tenant's)."""
+        """The rate-limit buckets a key's requests draw from (its own and its tenant's),
+        built once a second like ``spendings`` (a limit changed takes effect within it)."""
+        second = int(time.time())
+        if second != self._buckets_at:
+            self._buckets, self._buckets_at = {}, second
+        found = self._buckets.get((key_id, tenant))
+        if found is None:
+            found = self._buckets[(key_id, tenant)] = self._build_buckets(key_id, tenant)
+        return found
+
+    def _build_buckets(self, key_id: str, tenant: str) -> list[Bucket]:
         key = self.keys.key(key_id)
         record = self.keys.tenant(tenant)
         out: list[Bucket] = []

@@ -304,6 +304,30 @@ async def test_two_hundred_concurrent_requests_cannot_bypass_a_budget(tenancy: T
     assert await _held(tenancy, "key", key_id(tenancy, key)) == 0
 
 
+async def test_a_hot_metered_key_is_never_refused_below_its_limits(tenancy: Tenancy) -> None:
+    """300 requests at once of one key over three ingresses, with rpm, tpm and a budget
+    on the key and its tenant far above the load: every one is answered (the shared
+    state is written once per lease, so there is nothing to contend on)."""
+    limits = {"rpm": 1_000_000, "tpm": 100_000_000}
+    budgets = [{"max_usd": 1_000_000, "period": "daily"}]
+    put = tenancy.admin("PUT", "/admin/tenants/busy", json={"limits": limits, "budgets": budgets})
+    assert put.status_code == 200, put.text
+    key = tenancy.create_key(tenant="busy", limits=limits, budgets=budgets)
+    body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello world"}]}
+    async with httpx.AsyncClient(timeout=30) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    f"{tenancy.ingresses[i % 3]}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                for i in range(300)
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 300, {r.text for r in responses}
+
+
 def key_id(tenancy: Tenancy, secret: str) -> str:
     keys = tenancy.admin("GET", "/admin/keys", params={"tenant": "crowd"}).json()["data"]
     (record,) = keys
