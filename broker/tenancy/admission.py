@@ -480,6 +480,17 @@ def _spent_error(spending: Spending, reserved: Reserved, now: float) -> BrokerEr
     """The 429 of a budget or quota that is used up (held counts: it is being spent)."""
     resets = period_end(spending.period, now)
     held = reserved.held
+    if reserved.spent < spending.pool.limit:  # not spent, only held: it clears in seconds
+        what = "budget" if spending.budget is not None else "token quota"
+        return RateLimited(
+            429,
+            f"The {spending.owner}'s {spending.period} {what} is held in full by requests "
+            "in flight; retry once they are answered.",
+            type="insufficient_quota",
+            code="budget_exceeded" if spending.budget is not None else "quota_exceeded",
+            retryable=True,
+            retry_after=1.0,
+        )
     if spending.budget is not None:
         budget, spent = spending.budget, reserved.spent / NANO
         pending = f" and {usd(held / NANO)} held by requests in flight" if held > 0 else ""

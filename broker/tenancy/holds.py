@@ -113,7 +113,11 @@ class Holds:
         carried, lease.units = lease.units, 0  # less than amount: used towards it
         extra = lease.slice(amount, self._room.get(pool.held, 0))
         asked = amount - carried + extra
-        held, spent = await asyncio.gather(self._add(pool.held, asked), self._spent(pool))
+        try:
+            held, spent = await asyncio.gather(self._add(pool.held, asked), self._spent(pool))
+        except BaseException:
+            lease.units += carried  # still ours (whether the add was stored is unknown)
+            raise
         before = spent + held - carried - asked  # everyone else's holds, and all spending
         if before >= pool.limit:
             await self._add(pool.held, -(asked + carried))
