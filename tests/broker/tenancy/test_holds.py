@@ -1,0 +1,83 @@
+"""Budget holds on real JetStream counters, shared by two "processes"."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import StreamConfig
+
+from broker.tenancy.holds import Holds, Pool
+from tests import bus
+
+
+@pytest.fixture
+async def shared(nats_url: str) -> AsyncIterator[tuple[NATS, str, Holds, Holds]]:
+    nc = await bus.connect(nats_url)
+    name = f"HOLDS_{uuid.uuid4().hex[:8]}"
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(
+            name=name,
+            subjects=[f"{name}.>"],
+            allow_msg_counter=True,
+            allow_direct=True,
+            max_msgs_per_subject=1,
+        )
+    )
+    yield nc, name, Holds(nc, js, name), Holds(nc, js, name)
+    await js.delete_stream(name)
+    await nc.close()
+
+
+async def _counter(nc: NATS, stream: str, subject: str) -> int:
+    msg = await nc.jetstream().get_last_msg(stream, subject, direct=True)
+    return int(msg.data.decode().split('"val":"')[1].split('"')[0])
+
+
+async def test_concurrent_reservations_never_pass_the_limit(
+    shared: tuple[NATS, str, Holds, Holds],
+) -> None:
+    """200 requests at once from two processes, against a pool that fits 10 of them:
+    exactly 10 are admitted, and once their holds are released (as a worker does after
+    recording the cost) the pool is free again."""
+    nc, stream, one, two = shared
+    pool = Pool(f"{stream}.spent", f"{stream}.held", limit=1000, unit="cost")
+    results = await asyncio.gather(
+        *((one if i % 2 else two).reserve(pool, 100) for i in range(200))
+    )
+    assert sum(r.allowed for r in results) == 10
+    assert one.leased(pool) == two.leased(pool) == 0  # near the limit: no lease
+    refused = next(r for r in results if not r.allowed)
+    assert refused.spent == 0 and refused.held >= 1000  # (+ refusals not yet given back)
+    await one.release({pool.held: -1000})  # the ten were answered
+    await nc.flush()
+    assert (await one.reserve(pool, 100)).allowed
+
+
+async def test_a_busy_pool_is_reserved_from_a_lease(
+    shared: tuple[NATS, str, Holds, Holds],
+) -> None:
+    """Far from its limit, one increment reserves for many requests: the lease doubles
+    while it is used up quickly, and what is unused goes back."""
+    nc, stream, one, _ = shared
+    pool = Pool(f"{stream}.spent2", f"{stream}.held2", limit=10**12, unit="cost")
+    adds = 0
+    add = one._add
+
+    async def counted(subject: str, amount: int) -> int:
+        nonlocal adds
+        adds += 1
+        return await add(subject, amount)
+
+    one._add = counted  # type: ignore[method-assign]
+    for _ in range(1000):
+        assert (await one.reserve(pool, 10)).allowed
+    assert adds <= 11  # log2(1000) renewals
+    leased = one.leased(pool)
+    assert await _counter(nc, stream, pool.held) == 1000 * 10 + leased
+    await one.flush(everything=True)
+    assert await _counter(nc, stream, pool.held) == 1000 * 10  # what the requests hold
