@@ -24,8 +24,6 @@ lease stays held until the period ends: that errs by refusing, never by admittin
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 from dataclasses import dataclass
 
@@ -34,9 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from broker.tenancy.leases import IDLE_S, Lease
-
-log = logging.getLogger(__name__)
+from broker.tenancy.leases import Lease, Leasing
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +63,7 @@ class _Ack(msgspec.Struct):
 _ack = msgspec.json.Decoder(_Ack)
 
 
-class Holds:
+class Holds(Leasing):
     def __init__(self, nc: NATS, js: JetStreamContext, stream: str) -> None:
         self._nc = nc
         self._js = js
@@ -75,18 +71,6 @@ class Holds:
         self._leases: dict[str, Lease] = {}  # held subject -> this process's lease
         self._room: dict[str, int] = {}  # held subject -> room left at the last renewal
         self._locks: dict[str, asyncio.Lock] = {}
-        self._sweeper: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep())
-
-    async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        with contextlib.suppress(Exception):
-            await self.flush(everything=True)
 
     def leased(self, pool: Pool) -> int:
         lease = self._leases.get(pool.held)
@@ -175,11 +159,3 @@ class Holds:
                 except BaseException:
                     lease.units += units
                     raise
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(IDLE_S / 2)
-            try:
-                await self.flush()
-            except Exception as exc:  # NATS away: the leases wait for the next round
-                log.warning("budget leases not returned: %s", exc)

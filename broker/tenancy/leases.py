@@ -22,8 +22,13 @@ small and short:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 IDLE_S = 0.5  # a lease unused this long is returned
 SHARE = 8  # a lease takes at most this fraction of what is left
@@ -76,3 +81,34 @@ class Lease:
         if units > 0:
             self.size //= 2
         return units
+
+
+class Leasing:
+    """What a holder of leases does besides admitting: return idle leases (and pay
+    debts) every ``IDLE_S / 2`` in the background, and everything when it stops (a
+    process that stops holds nothing)."""
+
+    _sweeper: asyncio.Task[None] | None = None
+
+    async def flush(self, everything: bool = False) -> None:
+        """Write back idle leases and debts (``everything``: all of them, now)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        with contextlib.suppress(Exception):  # NATS gone: the leases lapse with it
+            await self.flush(everything=True)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_S / 2)
+            try:
+                await self.flush()
+            except Exception as exc:  # NATS away: the leases wait for the next round
+                log.warning("%s: leases not written back: %s", type(self).__name__, exc)

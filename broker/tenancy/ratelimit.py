@@ -23,8 +23,6 @@ Three things keep a hot key off the shared entry (broker/tenancy/leases.py):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import math
 import random
 import struct
@@ -34,10 +32,8 @@ from dataclasses import dataclass, field
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from broker.tenancy.leases import IDLE_S, Lease
+from broker.tenancy.leases import Lease, Leasing
 from schemas.errors import BrokerError, Unavailable
-
-log = logging.getLogger(__name__)
 
 _TRIES = 64  # conflicting writes before giving up (each loser re-reads; someone won)
 
@@ -102,27 +98,13 @@ def _carry(tat: float, units: int, interval: float, now: float) -> float:
     return max(tat, now) - units * interval
 
 
-class RateLimiter:
+class RateLimiter(Leasing):
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
         self._seen: dict[str, tuple[float, int | None]] = {}  # key -> (tat, revision)
         self._locks: dict[str, asyncio.Lock] = {}  # key -> one write in flight at a time
         self._waiting: dict[str, list[tuple[int, asyncio.Future[Decision]]]] = {}
         self._held: dict[str, _Held] = {}
-        self._sweeper: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Return idle leases and pay debts in the background, every ``IDLE_S / 2``."""
-        self._sweeper = asyncio.create_task(self._sweep())
-
-    async def stop(self) -> None:
-        """Give every lease back (a process that stops holds nothing)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        with contextlib.suppress(BrokerError, OSError, TimeoutError):
-            await self.flush(everything=True)
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -295,14 +277,6 @@ class RateLimiter:
                 held.tat = new_tat
                 return
             state = await self._read(key)
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(IDLE_S / 2)
-            try:
-                await self.flush()
-            except Exception as exc:  # NATS away: the leases wait for the next round
-                log.warning("rate-limit leases not written back: %s", exc)
 
     async def take_all(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
         """Take from every bucket or from none: on a refusal the others are refunded."""

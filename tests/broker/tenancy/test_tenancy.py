@@ -264,6 +264,23 @@ async def _held(tenancy: Tenancy, scope: str, ident: str) -> int:
     return int(json.loads(msg.data)["val"])
 
 
+async def _at_once(
+    tenancy: Tenancy, key: str, body: dict[str, Any], count: int
+) -> list[httpx.Response]:
+    """``count`` chat requests sent together, spread over the three ingresses."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await asyncio.gather(
+            *(
+                client.post(
+                    f"{tenancy.ingresses[i % 3]}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                for i in range(count)
+            )
+        )
+
+
 async def test_two_hundred_concurrent_requests_cannot_bypass_a_budget(tenancy: Tenancy) -> None:
     """Each admission holds its estimate until a worker settles it, so requests in
     flight count against the budget: 200 at once over three ingresses, against a
@@ -275,17 +292,7 @@ async def test_two_hundred_concurrent_requests_cannot_bypass_a_budget(tenancy: T
         "max_tokens": 5,
         "messages": [{"role": "user", "content": "hello world"}],
     }
-    async with httpx.AsyncClient(timeout=30) as client:
-        responses = await asyncio.gather(
-            *(
-                client.post(
-                    f"{tenancy.ingresses[i % 3]}/v1/chat/completions",
-                    json=body,
-                    headers={"Authorization": f"Bearer {key}"},
-                )
-                for i in range(200)
-            )
-        )
+    responses = await _at_once(tenancy, key, body, 200)
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 429}, statuses  # never a 5xx for contention
     admitted = statuses.count(200)
@@ -314,17 +321,7 @@ async def test_a_hot_metered_key_is_never_refused_below_its_limits(tenancy: Tena
     assert put.status_code == 200, put.text
     key = tenancy.create_key(tenant="busy", limits=limits, budgets=budgets)
     body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello world"}]}
-    async with httpx.AsyncClient(timeout=30) as client:
-        responses = await asyncio.gather(
-            *(
-                client.post(
-                    f"{tenancy.ingresses[i % 3]}/v1/chat/completions",
-                    json=body,
-                    headers={"Authorization": f"Bearer {key}"},
-                )
-                for i in range(300)
-            )
-        )
+    responses = await _at_once(tenancy, key, body, 300)
     assert [r.status_code for r in responses] == [200] * 300, {r.text for r in responses}
 
 
