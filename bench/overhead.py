@@ -232,6 +232,12 @@ def main() -> None:
     parser.add_argument(
         "--tenancy", choices=["on", "off"], default="off", help="keys, limits and budgets"
     )
+    parser.add_argument(
+        "--upstream-latency-ms",
+        type=int,
+        default=0,
+        help="the mock upstream's latency (50 with --concurrency 256: a provider-bound load)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="promptbus-bench-"))
@@ -266,7 +272,15 @@ def main() -> None:
                 )
             )
             up = Proc(
-                [*PROMPTBUS, "mock-upstream", "--port", str(upstream_port)], work / "upstream.log"
+                [
+                    *PROMPTBUS,
+                    "mock-upstream",
+                    "--port",
+                    str(upstream_port),
+                    "--latency-ms",
+                    str(args.upstream_latency_ms),
+                ],
+                work / "upstream.log",
             )
             procs.append(up)
             wait_port("127.0.0.1", upstream_port, up)
