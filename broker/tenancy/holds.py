@@ -27,12 +27,11 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from broker.tenancy.leases import Lease, Leasing
+from broker.tenancy.usage import counter_value, read_counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +53,6 @@ class Reserved:
     allowed: bool
     spent: int = 0
     held: int = 0
-
-
-class _Ack(msgspec.Struct):
-    val: str = "0"
-
-
-_ack = msgspec.json.Decoder(_Ack)
 
 
 class Holds(Leasing):
@@ -130,23 +122,18 @@ class Holds(Leasing):
 
     async def used(self, pool: Pool) -> tuple[int, int]:
         """(spent, held) of the pool, read from the server now."""
-        spent, held = await asyncio.gather(self._spent(pool), self._read(pool.held))
+        spent, held = await asyncio.gather(
+            self._spent(pool), read_counter(self._js, self._stream, pool.held)
+        )
         return spent, held
 
     async def _add(self, subject: str, amount: int) -> int:
         """Add to a counter; its new total."""
         reply = await self._nc.request(subject, b"", timeout=5, headers={"Nats-Incr": str(amount)})
-        return int(_ack.decode(reply.data).val)
+        return counter_value(reply.data)
 
     async def _spent(self, pool: Pool) -> int:
-        return await self._read(pool.spent)
-
-    async def _read(self, subject: str) -> int:
-        try:
-            msg = await self._js.get_last_msg(self._stream, subject, direct=True)
-        except NotFoundError:
-            return 0
-        return int(_ack.decode(msg.data or b"{}").val)
+        return await read_counter(self._js, self._stream, pool.spent)
 
     async def flush(self, everything: bool = False) -> None:
         """Return idle leases (``everything``: all of them, now)."""

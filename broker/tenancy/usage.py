@@ -49,6 +49,21 @@ class _Counter(msgspec.Struct):
 _counter = msgspec.json.Decoder(_Counter)
 
 
+def counter_value(data: bytes | None) -> int:
+    """A counter's total: from its last message, or from the ack of a ``Nats-Incr``
+    publish (both carry it as ``{"val": "..."}``)."""
+    return int(_counter.decode(data or b"{}").val)
+
+
+async def read_counter(js: JetStreamContext, stream: str, subject: str) -> int:
+    """A counter's total read from the server now (one direct get; 0 if never added to)."""
+    try:
+        msg = await js.get_last_msg(stream, subject, direct=True)
+    except NotFoundError:
+        return 0
+    return counter_value(msg.data)
+
+
 # ---------------------------------------------------------------- periods
 
 
@@ -287,11 +302,7 @@ class UsageView:
         return await asyncio.shield(reading)
 
     async def _read(self, subject: str) -> int:
-        try:
-            msg = await self._js.get_last_msg(self._subjects.usage_stream, subject, direct=True)
-        except NotFoundError:
-            return 0
-        value = int(_counter.decode(msg.data or b"{}").val)
+        value = await read_counter(self._js, self._subjects.usage_stream, subject)
         self._values[subject] = value
         return value
 
@@ -309,7 +320,7 @@ async def report(
         subjects = sorted((info.state.subjects or {}) if info.state else {})
         for subject in subjects:
             msg = await js.get_last_msg(stream, subject, direct=True)
-            _add(rows, subject, int(_counter.decode(msg.data or b"{}").val), day)
+            _add(rows, subject, counter_value(msg.data), day)
     return sorted(rows.values(), key=lambda r: (r.day, r.tenant, r.key_id, r.model, r.deployment))
 
 
