@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from broker.cache.answers import AnswerCache
-from broker.cache.exact import CachePolicy, chunks_from_completion
+from broker.cache.exact import Cacheable, CachePolicy, chunks_from_completion
 from broker.nats.connection import connect
 from broker.nats.credentials import Login, Role, login_for, tenant_login
 from broker.nats.provision import (
@@ -65,6 +65,7 @@ from schemas.envelope import (
     H_RETRY_AFTER,
     H_SHOULD_RETRY,
     H_STATUS,
+    RESPONSES,
     TEXT_COMPLETIONS,
     ReplyKind,
     RequestMeta,
@@ -102,7 +103,7 @@ class Ask(NamedTuple):
     request_id: str | None = None
     traceparent: str | None = None
     tenancy: Tenancy | None = None
-    mode: str = "chat"  # or "embeddings", or TEXT_COMPLETIONS (queued with chat)
+    mode: str = "chat"  # or "embeddings"; TEXT_COMPLETIONS, RESPONSES are queued with chat
 
 
 class Reply(NamedTuple):
@@ -393,7 +394,7 @@ class BrokerClient:
         The ack arrives on our own inbox (``<prefix>.<token>.a``) like every reply, so
         a request costs one subscription-free round trip before the worker's answer.
         """
-        api = TEXT_COMPLETIONS if ask.mode == TEXT_COMPLETIONS else None
+        api = ask.mode if ask.mode in (TEXT_COMPLETIONS, RESPONSES) else None
         subject, failed = self.router.route(ask.model, "chat" if api else ask.mode)
         timeout, tenancy = ask.timeout, ask.tenancy
         meta = RequestMeta(
@@ -482,7 +483,7 @@ class BrokerClient:
         timeout: float | None = None,
         request_id: str | None = None,
         traceparent: str | None = None,
-        parsed: ChatCompletionRequest | CompletionRequest | None = None,
+        parsed: Cacheable | None = None,
         cache_control: str | None = None,
         tenancy: Tenancy | None = None,
         mode: str = "chat",
@@ -490,7 +491,8 @@ class BrokerClient:
         """Queue one non-streamed request and wait for its reply (an error reply included).
 
         ``mode`` is ``embeddings`` for a ``/v1/embeddings`` body (never cached), and
-        ``completions`` (``TEXT_COMPLETIONS``) for a legacy ``/v1/completions`` body.
+        ``completions`` (``TEXT_COMPLETIONS``) for a legacy ``/v1/completions`` body,
+        ``responses`` (``RESPONSES``) for a stateless ``/v1/responses`` body.
 
         With ``parsed`` (the decoded ``body``), the response cache may answer instead;
         ``cache_control`` is the caller's ``Cache-Control`` header. The reply's ``Pb-Cache``

@@ -7,6 +7,7 @@ at start-up instead of silently doing nothing.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from msgspec import Meta, Struct, field
 
@@ -83,6 +84,10 @@ class DeploymentConfig(_Config):
     mock_latency_ms: Annotated[float, Meta(ge=0)] = 0.0  # provider "mock" only
     api_version: str | None = None  # azure api-version, anthropic-version, gemini: v1beta
     default_max_tokens: Annotated[int, Meta(ge=1)] = 4096  # anthropic requires max_tokens
+    # How /v1/responses requests reach the upstream: "native" posts them to its
+    # /responses (provider openai: OpenAI, and vLLM, Ollama ... where they serve it);
+    # "chat" sends the chat request they mean. Unset: native for api.openai.com only.
+    responses_api: Literal["native", "chat"] | None = None
 
     def __post_init__(self) -> None:
         if self.provider in ("openai", "azure") and not self.base_url:
@@ -91,6 +96,15 @@ class DeploymentConfig(_Config):
             raise ValueError("`api_version` is required for provider `azure`")
         if self.base_url is None and self.provider in DEFAULT_BASE_URLS:
             self.base_url = DEFAULT_BASE_URLS[self.provider]
+        if self.responses_api == "native" and self.provider != "openai":
+            raise ValueError(
+                "`responses_api: native` is for provider `openai`; the others are "
+                "reached through chat"
+            )
+        if self.responses_api is None:
+            host = urlsplit(self.base_url or "").hostname
+            native = self.provider == "openai" and host == "api.openai.com"
+            self.responses_api = "native" if native else "chat"
 
 
 class TransformConfig(_Config):

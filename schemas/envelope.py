@@ -31,8 +31,9 @@ H_ADMISSION = "Pb-Admission"  # HMAC by the admitting process: "already checked"
 H_CUSTOM_ID = "Pb-Custom-Id"  # the caller's tag for the request, echoed on its replies
 H_ENQUEUE_BY = "Pb-Enqueue-By"  # epoch ms: stored later, the caller was told it failed
 H_ACCEPT_PARTS = "Pb-Accept-Parts"  # "1": the caller reassembles a reply sent in parts
-H_API = "Pb-Api"  # TEXT_COMPLETIONS for a legacy text completions body (absent: chat)
-TEXT_COMPLETIONS = "completions"
+H_API = "Pb-Api"  # the body's API when it is not chat (absent: chat)
+TEXT_COMPLETIONS = "completions"  # a legacy /v1/completions body
+RESPONSES = "responses"  # a /v1/responses body, stateless (no previous_response_id)
 
 # Reply headers (worker -> client)
 H_KIND = "Pb-Kind"
@@ -68,7 +69,7 @@ class RequestMeta(Struct, frozen=True):
     custom_id: str | None = None  # echoed on replies: many requests can share a reply subject
     enqueue_by_ms: int | None = None  # the publisher gave up on a store later than this
     accepts_parts: bool = False  # a reply over one message may come in parts
-    api: str | None = None  # TEXT_COMPLETIONS for a /v1/completions body; None: chat
+    api: str | None = None  # TEXT_COMPLETIONS, RESPONSES; None: chat
 
     def to_headers(self) -> dict[str, str]:
         msg_id = self.request_id + (f":{len(self.failed)}" if self.failed else "")

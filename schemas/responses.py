@@ -221,3 +221,60 @@ class DeletedResponse(Struct):
 
 
 response_request_decoder = msgspec.json.Decoder(ResponseRequest)
+
+
+# ---------------------------------------------------------------- from upstreams
+
+
+class ResponseShape(Struct):
+    """What an upstream's response object must have to be relayed (the rest is passed
+    on as the upstream sent it: reasoning items, built-in tool calls ...)."""
+
+    id: str
+    output: list[dict[str, Any]]
+    status: str
+    object: Literal["response"] = "response"
+
+
+class EventHead(Struct):
+    """A stream event's type and order; the rest is passed on as it came."""
+
+    type: str
+    sequence_number: int = 0
+
+
+class _Details(Struct):
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class UpstreamUsage(Struct):
+    """An upstream's ``usage``, read leniently: details may be null or missing."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: _Details | None = None
+    output_tokens_details: _Details | None = None
+
+
+class _Usage(Struct):
+    usage: UpstreamUsage | None = None
+
+
+class _UsageCarrier(Struct):
+    usage: UpstreamUsage | None = None  # a response object
+    response: _Usage | None = None  # response.completed and its kin
+
+
+response_shape_decoder = msgspec.json.Decoder(ResponseShape)
+event_head_decoder = msgspec.json.Decoder(EventHead)
+_usage_carrier_decoder = msgspec.json.Decoder(_UsageCarrier)
+
+
+def usage_in(body: bytes) -> UpstreamUsage | None:
+    """The usage a response object, or a stream's closing event, reports."""
+    carrier = _usage_carrier_decoder.decode(body)
+    if carrier.usage is not None:
+        return carrier.usage
+    return carrier.response.usage if carrier.response is not None else None

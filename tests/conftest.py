@@ -129,6 +129,40 @@ def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Pa
             },
             {"model_name": "orphan", "deployments": [{"provider": "mock"}]},
             {
+                # the Responses API passed through to an upstream that speaks it
+                "model_name": "native-gpt",
+                "deployments": [
+                    {
+                        "provider": "openai",
+                        "name": "native-openai",
+                        "base_url": f"{upstream}/u/native/v1",
+                        "api_key_env": "PB_TEST_UPSTREAM_KEY",
+                        "model": "gpt-4o-mini",
+                        "responses_api": "native",
+                        "input_cost_per_mtok": 1_000_000,
+                        "output_cost_per_mtok": 2_000_000,
+                    }
+                ],
+            },
+            {
+                # a native deployment that fails, then one reached through chat
+                "model_name": "native-then-chat",
+                "deployments": [
+                    {
+                        "provider": "openai",
+                        "name": "native-down",
+                        "base_url": f"{upstream}/u/native-down/v1",
+                        "api_key_env": "PB_TEST_UPSTREAM_KEY",
+                        "responses_api": "native",
+                        "retry": {"max_attempts": 1},
+                        "breaker": {"failure_threshold": 1000, "min_requests": 1000},
+                        "weight": 1e9,  # tried first (all but always)
+                    },
+                    {"provider": "mock", "name": "chat-mock", "weight": 1e-9},
+                ],
+                "routing": "weighted",
+            },
+            {
                 "model_name": "short-cache",
                 "cache_ttl_s": 1,
                 "deployments": [
@@ -173,6 +207,7 @@ def stack(workdir: Path, nats_url: str, provider_fakes: fake_providers.Fakes) ->
         procs.append(upstream)
         wait_port("127.0.0.1", upstream_port, upstream)
         served = ["mock-gpt", "mock-slow", "upstream-gpt", "dead-upstream", "short-cache"]
+        served += ["native-gpt", "native-then-chat"]
         served += provider_models + fake_providers.EMBEDDING_MODELS
         worker = Proc(
             [

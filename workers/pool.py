@@ -30,6 +30,8 @@ from nats.aio.msg import Msg
 
 from broker.nats import acks
 from broker.observability import metrics, tracing
+from broker.responses import translation as responses_translation
+from broker.responses.chat_turn import ChatTurn
 from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -48,6 +50,7 @@ from schemas.envelope import (
     H_KIND,
     H_REQUEST_ID,
     H_STATUS,
+    RESPONSES,
     TEXT_COMPLETIONS,
     ReplyKind,
     RequestMeta,
@@ -62,10 +65,12 @@ from schemas.errors import (
     deadline_exceeded,
     from_validation_error,
     internal_error,
+    invalid_request,
     poison_request,
     unknown_field,
     upstream_error,
 )
+from schemas.responses import ResponseRequest, response_request_decoder, usage_in
 from workers import embedding_reply
 from workers.answered import AnsweredMemory
 from workers.breaker import CircuitBreaker
@@ -74,7 +79,7 @@ from workers.lanes import Lane, PrioritySlots
 from workers.metering import Accounting
 from workers.pacing import Pacer
 from workers.poison import PoisonGuard
-from workers.providers.base import Provider
+from workers.providers.base import NativeResponses, Provider
 from workers.replies import publish_reply, reply_error
 from workers.retry import call_with_retries
 from workers.transforms import Transforms
@@ -82,7 +87,8 @@ from workers.transforms import Transforms
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Conversation = ChatCompletionRequest | CompletionRequest  # what answers in text, or streams
+# what answers in text, or streams
+Conversation = ChatCompletionRequest | CompletionRequest | ResponseRequest
 ModelRequest = Conversation | EmbeddingRequest
 
 
@@ -121,6 +127,7 @@ class Job:
     lane: Lane
     transforms: Transforms | None = None
     accounted: bool = False  # its usage was recorded, or another pool has it now
+    turn: ChatTurn | None = None  # a Responses request this deployment serves as chat
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +169,10 @@ class DeploymentPool:
         self.transforms = transforms
         self._key_transforms: dict[tuple[str, ...], Transforms | None] = {}
         self.provider = provider
+        # the adapter to hand Responses requests to as they are; None: they go as chat
+        self._native: NativeResponses | None = None
+        if deployment.responses_api == "native" and isinstance(provider, NativeResponses):
+            self._native = provider
         self.deployment = deployment
         self.model = model
         self.breaker = breaker
@@ -348,6 +359,8 @@ class DeploymentPool:
             else:
                 if job.meta.api == TEXT_COMPLETIONS:
                     request, unknown = decode_completion_request(job.msg.data)
+                elif job.meta.api == RESPONSES:
+                    request = self._responses_request(job)
                 else:
                     request, unknown = decode_chat_request(job.msg.data)
                 native = not self.provider.forwards_unknown_fields
@@ -366,6 +379,23 @@ class DeploymentPool:
                 await self._error(job, from_validation_error(exc))
                 return None
         return request, unknown
+
+    def _responses_request(self, job: Job) -> ChatCompletionRequest | ResponseRequest:
+        """A Responses body as this deployment serves it: as it is to a native upstream,
+        else as the chat request it means (``job.turn`` turns the answer back)."""
+        request = decode_checked(response_request_decoder, job.msg.data)
+        responses_translation.check_supported(request)
+        if request.previous_response_id is not None:
+            raise invalid_request(
+                "Over NATS a Responses request is stateless: send the whole conversation "
+                "as `input` (the ingress resolves previous_response_id).",
+                param="previous_response_id",
+                code="unsupported_parameter",
+            )
+        if self._native is not None:
+            return request
+        job.turn = ChatTurn(request)
+        return job.turn.chat
 
     async def _call(
         self,
@@ -399,10 +429,12 @@ class DeploymentPool:
                         remaining,
                         self._on_retry,
                     )
-                    usage = self._count_tokens(body)
+                    usage = self._count_tokens(body, request)
                     await self._account(job, usage)
                     if job.transforms is not None:
                         body = job.transforms.response(body)
+                    if job.turn is not None:
+                        body = job.turn.body(body)
                     body = self._stamp(body, meta)
                     await self._reply(meta, body, self._ok_headers(meta))
                     self._m_ok[job.lane].inc()
@@ -487,6 +519,9 @@ class DeploymentPool:
     ) -> Awaitable[bytes]:
         if isinstance(request, CompletionRequest):
             return self.provider.complete_text(request, traceparent, unknown)
+        if isinstance(request, ResponseRequest):
+            assert self._native is not None
+            return self._native.respond(request, traceparent)
         return self.provider.complete(request, traceparent, unknown)
 
     def _chunks(
@@ -494,6 +529,9 @@ class DeploymentPool:
     ) -> AsyncIterator[bytes]:
         if isinstance(request, CompletionRequest):
             return self.provider.stream_text(request, traceparent, unknown)
+        if isinstance(request, ResponseRequest):
+            assert self._native is not None
+            return self._native.stream_responses(request, traceparent)
         return self.provider.stream(request, traceparent, unknown)
 
     async def _stream(
@@ -510,13 +548,15 @@ class DeploymentPool:
         The provider is always asked for usage (costs, budgets and token limits need it);
         a caller who did not ask for it does not get the usage-only chunk."""
         meta = job.meta
-        options = request.stream_options
-        relay_usage = options is not None and bool(options.include_usage)
-        if not relay_usage:
-            upstream_options = msgspec.structs.replace(
-                options or StreamOptions(), include_usage=True
-            )
-            request = msgspec.structs.replace(request, stream_options=upstream_options)
+        relay_usage = True  # a Responses stream reports usage in its last event
+        if not isinstance(request, ResponseRequest):
+            options = request.stream_options
+            relay_usage = options is not None and bool(options.include_usage)
+            if not relay_usage:
+                upstream_options = msgspec.structs.replace(
+                    options or StreamOptions(), include_usage=True
+                )
+                request = msgspec.structs.replace(request, stream_options=upstream_options)
 
         async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
             chunks = self._chunks(request, _next_hop(meta), unknown).__aiter__()
@@ -532,18 +572,30 @@ class DeploymentPool:
         headers = self._ok_headers(meta, kind=self._chunk)
         usage: Usage | None = None
         rename = job.transforms.response if job.transforms is not None else None
+        turn = job.turn
         if first is not None:
             first = rename(first) if rename else first
-            await self._reply(meta, self._stamp(first, meta), headers)
-            usage = self._count_tokens(first)
+            usage = self._count_tokens(first, request)
+            if turn is None:
+                await self._reply(meta, self._stamp(first, meta), headers)
+            else:
+                opening = turn.start() + turn.chunk(first)
+                await self._reply(meta, self._stamp(opening[0], meta), headers)
+                await self._replies(meta, opening[1:], headers)
             try:
                 async for chunk in chunks:
-                    counted = self._count_tokens(chunk)
+                    counted = self._count_tokens(chunk, request)
                     if counted is not None:
                         usage = counted
                         if not relay_usage and _USAGE_ONLY in chunk:
                             continue  # asked for on the caller's behalf only
-                    await self._reply(meta, rename(chunk) if rename else chunk, headers)
+                    chunk = rename(chunk) if rename else chunk
+                    if turn is None:
+                        await self._reply(meta, chunk, headers)
+                    else:
+                        await self._replies(meta, turn.chunk(chunk), headers)
+                if turn is not None:
+                    await self._replies(meta, turn.finish(), headers)
             except BrokerError as exc:
                 # Part of the answer was delivered: end the stream with the error, no
                 # retry and no failover (the caller would see the start twice).
@@ -609,11 +661,16 @@ class DeploymentPool:
             self._key_transforms[names] = found
         return found
 
-    def _count_tokens(self, body: bytes) -> Usage | None:
-        """Usage from a response or the usage chunk of a stream; most chunks have none."""
+    def _count_tokens(self, body: bytes, request: Conversation) -> Usage | None:
+        """Usage from a response or the usage chunk of a stream; most chunks have none.
+        A Responses upstream reports it in its response object (or last event)."""
         if b'"usage":{' not in body:
             return None
-        usage = _usage_decoder.decode(body).usage
+        if isinstance(request, ResponseRequest):
+            reported = usage_in(body)
+            usage = responses_translation.chat_usage(reported) if reported else None
+        else:
+            usage = _usage_decoder.decode(body).usage
         if usage is not None:
             self._m_tokens_in.inc(usage.prompt_tokens)
             self._m_tokens_out.inc(usage.completion_tokens)
@@ -650,6 +707,12 @@ class DeploymentPool:
 
     async def _reply(self, meta: RequestMeta, body: bytes, headers: dict[str, str]) -> None:
         await publish_reply(self._nc, meta, body, headers, self._max_reply_bytes)
+
+    async def _replies(
+        self, meta: RequestMeta, bodies: list[bytes], headers: dict[str, str]
+    ) -> None:
+        for body in bodies:
+            await self._reply(meta, body, headers)
 
     def _ok_headers(self, meta: RequestMeta, kind: dict[str, str] | None = None) -> dict[str, str]:
         headers = (kind or self._ok) | {H_REQUEST_ID: meta.request_id}

@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 
 from broker.cache.exact import (
     BoundedMemoryCache,
+    Cacheable,
     CachedReply,
     CachePolicy,
     NatsKVCache,
@@ -20,7 +21,6 @@ from broker.nats.provision import ensure_bucket
 from broker.nats.subjects import CACHE
 from broker.observability import metrics
 from schemas.chat import ChatCompletionRequest
-from schemas.completions import CompletionRequest
 from schemas.config import Config
 from schemas.envelope import H_AGE, H_CACHE, H_DEPLOYMENT
 
@@ -50,9 +50,7 @@ class AnswerCache:
         if self.semantic is not None:
             await self.semantic.close()
 
-    def key(
-        self, model: str, parsed: ChatCompletionRequest | CompletionRequest | None, namespace: str
-    ) -> str | None:
+    def key(self, model: str, parsed: Cacheable | None, namespace: str) -> str | None:
         """The request's cache key; None when it cannot be cached (unparsed, unknown model)."""
         model_config = self._config.model(model)
         if parsed is None or model_config is None:
@@ -64,7 +62,7 @@ class AnswerCache:
         key: str,
         policy: CachePolicy,
         model: str,
-        parsed: ChatCompletionRequest | CompletionRequest,
+        parsed: Cacheable,
         namespace: str,
         *,
         semantic: bool = True,

@@ -41,8 +41,12 @@ from schemas.chat import (
 )
 from schemas.completions import CompletionRequest
 from schemas.config import CacheConfig, ModelConfig
+from schemas.responses import ResponseRequest
 
 Verdict = Literal["hit", "miss", "bypass"]
+
+# What the exact cache keys: the bodies whose answer is one JSON object.
+Cacheable = ChatCompletionRequest | CompletionRequest | ResponseRequest
 
 
 class CachedReply(msgspec.Struct):
@@ -206,20 +210,21 @@ class ResponseCache:
 
     def key(
         self,
-        request: ChatCompletionRequest | CompletionRequest,
+        request: Cacheable,
         model: ModelConfig,
         namespace: str = "default",
     ) -> str | None:
-        """The cache key, or None when this request must not be cached. Chat and legacy
-        completions never share a key: their bodies differ (``messages``, ``prompt``)."""
+        """The cache key, or None when this request must not be cached. Chat, legacy
+        completions and Responses never share a key: their bodies differ (``messages``,
+        ``prompt``, ``input``)."""
         if (request.stream and not self.config.streams) or self.ttl(model) <= 0:
             return None
-        if isinstance(request, CompletionRequest) and request.stream:
+        if not isinstance(request, ChatCompletionRequest) and request.stream:
             return None  # replayed streams are chat chunks
         deterministic = request.temperature == 0 or request.seed is not None
         if self.config.deterministic_only and not deterministic:
             return None
-        canonical: ChatCompletionRequest | CompletionRequest
+        canonical: Cacheable
         if isinstance(request, CompletionRequest):
             canonical = msgspec.structs.replace(
                 request, stream=None, stream_options=None, user=None

@@ -6,6 +6,7 @@ whose key made it, and is not found for anybody else."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgspec
 from nats.errors import MaxPayloadError
@@ -15,10 +16,9 @@ from nats.js.kv import KeyValue
 
 from broker.nats.provision import ensure_bucket
 from broker.nats.subjects import RESPONSES, kv_key
-from schemas.chat import Message
 from schemas.config import Config
 from schemas.errors import BrokerError, NotFound
-from schemas.responses import ListedItem, Response
+from schemas.responses import InputItem, ListedItem
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,13 @@ ANYONE = "-"  # the tenant of responses made without auth
 
 
 class StoredResponse(msgspec.Struct):
-    response: Response
-    # the conversation up to and including this response, as chat messages (without
-    # ``instructions``, which OpenAI does not carry over either)
-    messages: list[Message]
-    # the request's own input, as items with ids (``GET .../input_items``); empty for
-    # entries stored before it was kept
+    # the response object as the caller got it (a native upstream's extra fields too)
+    response: dict[str, Any]
+    # the conversation up to and including this response, as input items
+    # (broker/responses/conversation.py); ``instructions`` are not carried over, as
+    # OpenAI does not carry them either
+    conversation: list[InputItem] = []
+    # the request's own input, as items with ids (``GET .../input_items``)
     input: list[ListedItem] = []
 
 
@@ -65,9 +66,9 @@ class ResponseStore:
         """Keep it; False when it is too large for a NATS message (it is then not kept,
         and the response says ``store: false``)."""
         try:
-            await self._kv.put(self._key(tenant, stored.response.id), _encoder.encode(stored))
+            await self._kv.put(self._key(tenant, stored.response["id"]), _encoder.encode(stored))
         except MaxPayloadError:
-            log.warning("response %s not stored: larger than a NATS message", stored.response.id)
+            log.warning("response %s not stored: larger than a NATS message", stored.response["id"])
             return False
         return True
 

@@ -19,6 +19,7 @@ from schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    CompletionTokensDetails,
     DeveloperMessage,
     FilePart,
     FileRef,
@@ -29,6 +30,7 @@ from schemas.chat import (
     ImageURLPart,
     JSONSchema,
     Message,
+    PromptTokensDetails,
     ResponseFormat,
     ResponseFormatJSONObject,
     ResponseFormatJSONSchema,
@@ -54,6 +56,7 @@ from schemas.responses import (
     Response,
     ResponseRequest,
     ResponseUsage,
+    UpstreamUsage,
 )
 
 # Parameters promptbus does not serve, and why (each a 400 naming it).
@@ -321,6 +324,20 @@ def _usage(usage: Usage | None) -> ResponseUsage | None:
         usage.total_tokens,
         InputTokensDetails(cached or 0),
         OutputTokensDetails(reasoning or 0),
+    )
+
+
+def chat_usage(usage: UpstreamUsage) -> Usage:
+    """A Responses upstream's usage as chat counts it (what metering and costs take)."""
+    inputs, outputs = usage.input_tokens_details, usage.output_tokens_details
+    cached = inputs.cached_tokens if inputs else None
+    reasoning = outputs.reasoning_tokens if outputs else None
+    return Usage(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.total_tokens or usage.input_tokens + usage.output_tokens,
+        PromptTokensDetails(cached_tokens=cached) if cached is not None else None,
+        CompletionTokensDetails(reasoning_tokens=reasoning) if reasoning is not None else None,
     )
 
 

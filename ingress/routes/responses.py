@@ -1,26 +1,36 @@
-"""``/v1/responses``: the Responses API, served as the chat request it means (the
-translation is ``broker/responses/translation.py``; docs/apis.md says what is
-served). Stored responses (``store``, the default) live in NATS, per tenant."""
+"""``/v1/responses``: the Responses API. A request travels the bus stateless, tagged
+``Pb-Api: responses`` on the model's chat subject; each deployment serves it natively or
+as chat (``responses_api``; ``broker/responses/chat_turn.py``), and the answer comes
+back as the response object or its typed events (docs/apis.md says what is served).
+Stored responses (``store``, the default) live in NATS, per tenant."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.client import Reply, ReplyStream
-from broker.responses import translation
+from broker.responses import conversation, translation
 from broker.responses.store import ResponseStore, StoredResponse
 from ingress.http_io import page_limit, reply_headers
 from ingress.routes.chat import admitted, observed, read_model_request
-from ingress.routes.streams import Event, event_stream, first_of, translated
+from ingress.routes.streams import Event, event_stream, first_of, typed_event
 from ingress.state import services, tenant_of
-from schemas.chat import ChatCompletionRequest, Message, completion_decoder, encoder
-from schemas.errors import invalid_request
-from schemas.responses import DeletedResponse, InputItemList, ListedItem, response_request_decoder
-from schemas.responses import Response as ResponseObject
+from schemas.chat import encoder
+from schemas.envelope import RESPONSES
+from schemas.errors import BrokerError, invalid_request
+from schemas.responses import (
+    DeletedResponse,
+    InputItem,
+    InputItemList,
+    ResponseRequest,
+    event_head_decoder,
+    response_request_decoder,
+)
 
 
 async def create_response(request: Request) -> Response:
@@ -31,70 +41,126 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     found = services(request)
     broker = found.client
     asked, body = await read_model_request(request, response_request_decoder, context)
+    translation.check_supported(asked)
+    model = found.config.model(asked.model)
+    if model is not None and any(d.responses_api == "chat" for d in model.deployments):
+        translation.to_chat(
+            asked, []
+        )  # a deployment serves it as chat: refuse here what chat cannot take
     grant, options = await admitted(request, trace, asked, body, context)
     tenant = grant.tenancy.tenant if found.admission.required else None
-    history: list[Message] = []
+    history: list[InputItem] = []
     if asked.previous_response_id:
-        history = (await found.responses.get(tenant, asked.previous_response_id)).messages
-    chat = translation.to_chat(asked, history)
-    chat_body = encoder.encode(chat)
-    base = translation.shell(asked, translation.new_id("resp"), translation.created_now())
-    turn = Turn(found.responses, tenant, chat, base, translation.input_items(asked))
-    options["parsed"] = chat
+        history = (await found.responses.get(tenant, asked.previous_response_id)).conversation
+    sent = conversation.stateless(asked, history)
+    turn = Turn(found.responses, tenant, asked, history + conversation.turn_input(asked))
+    options["mode"] = RESPONSES
     limits = grant.rate_headers()
-    if chat.stream:
-        stream = await broker.open_stream(asked.model, chat_body, **options)
+    if asked.stream:
+        stream = await broker.open_stream(asked.model, encoder.encode(sent), **options)
         first = await first_of(stream)
-        return event_stream(_events(turn, first, stream), first, limits)
-    reply = await broker.request(asked.model, chat_body, **options)
+        return event_stream(turn.events(first, stream), first, limits)
+    reply = await broker.request(asked.model, encoder.encode(sent), parsed=sent, **options)
     headers = limits | reply_headers(reply)
     if reply.status != 200:
         return Response(
             reply.body, status_code=reply.status, media_type="application/json", headers=headers
         )
-    answer = translation.to_response(completion_decoder.decode(reply.body), base)
-    answer = await turn.keep(answer)
-    return Response(encoder.encode(answer), media_type="application/json", headers=headers)
+    answer = await turn.finished(reply.body)
+    return Response(answer, media_type="application/json", headers=headers)
+
+
+# Stream events that carry the whole response object; the last two end the stream.
+_RESPONSE_EVENTS = {"response.created", "response.queued", "response.in_progress"}
+_FINISHED_EVENTS = {"response.completed", "response.incomplete"}
 
 
 class Turn:
-    """One request's conversation: what is stored once its response is finished."""
+    """One request's exchange: its answer named as the response promptbus keeps (the
+    worker's or the upstream's id is provisional), and stored once finished."""
 
     def __init__(
         self,
         store: ResponseStore,
         tenant: str | None,
-        chat: ChatCompletionRequest,
-        base: ResponseObject,
-        items: list[ListedItem],
+        asked: ResponseRequest,
+        conversation: list[InputItem],
     ) -> None:
-        self.store, self.tenant, self.base, self.items = store, tenant, base, items
-        system = 1 if base.instructions else 0  # instructions are not carried over
-        self.messages = chat.messages[system:]
+        self.store, self.tenant, self.asked = store, tenant, asked
+        self.conversation = conversation  # up to and including this turn's input
+        self.id = translation.new_id("resp")
+        self.created_at = translation.created_now()
+        self.kept = asked.store is not False
 
-    async def keep(self, response: ResponseObject) -> ResponseObject:
-        """Store the finished response (unless ``store: false``); what the caller sees."""
-        if not response.store:
-            return response
-        messages = self.messages + translation.output_messages(response)
-        stored = StoredResponse(response, messages, self.items)
-        if not await self.store.put(self.tenant, stored):
-            response.store = False
+    def _named(self, response: dict[str, Any]) -> dict[str, Any]:
+        response["id"], response["created_at"] = self.id, self.created_at
+        response["previous_response_id"] = self.asked.previous_response_id
+        response["store"] = self.kept
         return response
 
+    async def _keep(self, response: dict[str, Any]) -> None:
+        """Store the finished response (unless ``store: false``); a response too large
+        to store says ``store: false``."""
+        if not self.kept:
+            return
+        output = response.get("output")
+        carried = conversation.carried(output) if isinstance(output, list) else []
+        items = translation.input_items(self.asked)
+        stored = StoredResponse(response, self.conversation + carried, items)
+        if not await self.store.put(self.tenant, stored):
+            response["store"] = False
 
-def _events(turn: Turn, first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
-    """Chat chunks as the Responses stream's typed events; the finished response is
-    stored before ``response.completed`` says whether it was."""
-    events = translation.ResponseEvents(turn.base)
+    async def finished(self, body: bytes) -> bytes:
+        """A response object from the bus as the caller gets it, stored first."""
+        response = self._named(msgspec.json.decode(body))
+        await self._keep(response)
+        return encoder.encode(response)
 
-    async def closing() -> list[Event]:
-        last = events.finish()
-        await turn.keep(events.response)
-        last[-1]["response"]["store"] = events.response.store
-        return last
+    async def events(self, first: Reply | None, stream: ReplyStream) -> AsyncIterator[bytes]:
+        """The stream's events relayed as server-sent events; those carrying the response
+        named, the finished one stored before it is sent. A failure on the way is an
+        ``error`` event, then ``response.failed``."""
+        sequence = -1
+        try:
+            async for reply in _replies(first, stream):
+                head = event_head_decoder.decode(reply.body)
+                sequence = head.sequence_number
+                body = reply.body
+                if head.type in _RESPONSE_EVENTS or head.type in _FINISHED_EVENTS:
+                    event = msgspec.json.decode(body)
+                    self._named(event["response"])
+                    if head.type in _FINISHED_EVENTS:
+                        await self._keep(event["response"])
+                    body = encoder.encode(event)
+                yield b"event: " + head.type.encode() + b"\ndata: " + body + b"\n\n"
+        except BrokerError as exc:
+            for event in self._failure(exc, sequence + 1):
+                yield typed_event(event)
+        finally:
+            stream.close()
 
-    return translated(first, stream, events.start(), events.chunk, closing, events.error)
+    def _failure(self, exc: BrokerError, sequence: int) -> list[Event]:
+        detail = exc.detail
+        failed = msgspec.to_builtins(translation.shell(self.asked, self.id, self.created_at))
+        failed |= {"status": "failed", "store": False}
+        failed["error"] = {"code": detail.code or "server_error", "message": detail.message}
+        return [
+            {
+                "type": "error",
+                "sequence_number": sequence,
+                "code": detail.code,
+                "message": detail.message,
+                "param": detail.param,
+            },
+            {"type": "response.failed", "sequence_number": sequence + 1, "response": failed},
+        ]
+
+
+async def _replies(first: Reply | None, stream: ReplyStream) -> AsyncIterator[Reply]:
+    if first is not None:
+        yield first
+        async for reply in stream:
+            yield reply
 
 
 async def retrieve_response(request: Request) -> Response:

@@ -104,3 +104,25 @@ def gemini_embeddings(answer: dict[str, Any]) -> dict[str, Any]:
 
     types.EmbedContentResponse.model_validate(answer)
     return answer
+
+
+@cache
+def _openai_responses_params(stream: bool) -> TypeAdapter[Any]:
+    from openai.types.responses import response_create_params as params
+
+    kind = (
+        params.ResponseCreateParamsStreaming if stream else params.ResponseCreateParamsNonStreaming
+    )
+    return TypeAdapter(kind)
+
+
+def openai_responses_request_problem(body: Any) -> str | None:
+    """Why the openai SDK's ``responses.create`` params would not take ``body`` (what a
+    native upstream, OpenAI's own, is sent)."""
+    if not isinstance(body, dict):
+        return "the body is not a JSON object"
+    try:
+        _openai_responses_params(bool(body.get("stream"))).validate_python(body)
+    except pydantic.ValidationError as exc:
+        return f"not a ResponseCreateParams: {str(exc)[:600]}"
+    return None

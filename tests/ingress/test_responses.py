@@ -1,19 +1,29 @@
 """``/v1/responses`` with the official openai SDK: ``responses.create``, ``responses.stream``,
 stored responses and ``previous_response_id``, function tools, and the clear 400s for what
-is not served. The mock provider answers (it echoes the last user text; see
-workers/mock/content.py for its tool calls)."""
+is not served; each through a deployment that speaks chat and one that speaks Responses
+natively (what that upstream is sent is checked against the SDK's own request types). The
+mock answers (it echoes the last user text; see workers/mock/content.py for its tool
+calls)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from broker.client import BrokerClient
+from schemas.envelope import RESPONSES
+from schemas.settings import load_config
 from tests.broker.tenancy.test_tenancy import Tenancy, tenancy  # noqa: F401 (fixture)
 from tests.conftest import Stack
+from tests.fakes.sdk_types import openai_responses_request_problem
 
+# Served through chat (the in-process mock), and natively (an OpenAI-compatible upstream
+# with `responses_api: native`): the SDK sees the same either way.
+MODELS = ["mock-gpt", "native-gpt"]
 TOOL = {
     "type": "function",
     "name": "lookup",
@@ -22,9 +32,10 @@ TOOL = {
 }
 
 
-def test_create_answers_as_a_response(openai_client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_create_answers_as_a_response(openai_client: openai.OpenAI, model: str) -> None:
     response = openai_client.responses.create(
-        model="mock-gpt", input="hello there", instructions="be brief", metadata={"k": "v"}
+        model=model, input="hello there", instructions="be brief", metadata={"k": "v"}
     )
     assert response.object == "response" and response.status == "completed"
     assert response.id.startswith("resp_")
@@ -37,9 +48,10 @@ def test_create_answers_as_a_response(openai_client: openai.OpenAI) -> None:
     assert response.usage.total_tokens == response.usage.input_tokens + 5
 
 
-def test_input_items_and_max_output_tokens(openai_client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_input_items_and_max_output_tokens(openai_client: openai.OpenAI, model: str) -> None:
     response = openai_client.responses.create(
-        model="mock-gpt",
+        model=model,
         input=[
             {"role": "developer", "content": "answer in one word"},
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a b"}]},
@@ -52,10 +64,11 @@ def test_input_items_and_max_output_tokens(openai_client: openai.OpenAI) -> None
     assert response.incomplete_details.reason == "max_output_tokens"
 
 
-def test_stream_has_the_typed_events(openai_client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_stream_has_the_typed_events(openai_client: openai.OpenAI, model: str) -> None:
     kinds: list[str] = []
     deltas: list[str] = []
-    with openai_client.responses.stream(model="mock-gpt", input="stream me") as stream:
+    with openai_client.responses.stream(model=model, input="stream me") as stream:
         for event in stream:
             kinds.append(event.type)
             if event.type == "response.output_text.delta":
@@ -75,11 +88,14 @@ def test_stream_has_the_typed_events(openai_client: openai.OpenAI) -> None:
     assert stored.output_text == final.output_text
 
 
-def test_previous_response_id_continues_the_conversation(openai_client: openai.OpenAI) -> None:
-    first = openai_client.responses.create(model="mock-gpt", input="one two three")
-    alone = openai_client.responses.create(model="mock-gpt", input="next", store=False)
+@pytest.mark.parametrize("model", MODELS)
+def test_previous_response_id_continues_the_conversation(
+    openai_client: openai.OpenAI, model: str
+) -> None:
+    first = openai_client.responses.create(model=model, input="one two three")
+    alone = openai_client.responses.create(model=model, input="next", store=False)
     follow = openai_client.responses.create(
-        model="mock-gpt", input="next", previous_response_id=first.id
+        model=model, input="next", previous_response_id=first.id
     )
     assert follow.output_text == "mock reply to: next"
     assert follow.previous_response_id == first.id
@@ -150,15 +166,16 @@ def test_input_items_are_listed_with_the_sdk(
     assert http.get("/v1/responses/resp_nothing/input_items").status_code == 404
 
 
-def test_function_tools_round_trip(openai_client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_function_tools_round_trip(openai_client: openai.OpenAI, model: str) -> None:
     called = openai_client.responses.create(
-        model="mock-gpt", input="weather", tools=[TOOL], tool_choice="required"
+        model=model, input="weather", tools=[TOOL], tool_choice="required"
     )
     [call] = called.output
     assert call.type == "function_call" and call.name == "lookup"
     assert json.loads(call.arguments) == {"text": "weather"}
     answered = openai_client.responses.create(
-        model="mock-gpt",
+        model=model,
         previous_response_id=called.id,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
         tools=[TOOL],
@@ -166,7 +183,7 @@ def test_function_tools_round_trip(openai_client: openai.OpenAI) -> None:
     assert answered.output_text == "mock reply to tool output: sunny"
     # The same conversation sent whole (no stored state): the call item, then its output.
     whole = openai_client.responses.create(
-        model="mock-gpt",
+        model=model,
         store=False,
         input=[
             {"role": "user", "content": "weather"},
@@ -178,10 +195,11 @@ def test_function_tools_round_trip(openai_client: openai.OpenAI) -> None:
     assert whole.output_text == "mock reply to tool output: rain"
 
 
-def test_streamed_function_call(openai_client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_streamed_function_call(openai_client: openai.OpenAI, model: str) -> None:
     arguments: list[str] = []
     with openai_client.responses.stream(
-        model="mock-gpt",
+        model=model,
         input="stream a call",
         tools=[TOOL],  # type: ignore[list-item]
         tool_choice={"type": "function", "name": "lookup"},
@@ -280,3 +298,108 @@ def test_openapi_lists_the_routes(stack: Stack) -> None:
     assert "post" in paths["/v1/responses"]
     assert {"get", "delete"} <= set(paths["/v1/responses/{response_id}"])
     assert "get" in paths["/v1/responses/{response_id}/input_items"]
+
+
+# ---------------------------------------------------------------- native deployments
+
+
+def _native_stats(stack: Stack, upstream: str = "native") -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(f"{stack.upstream}/u/{upstream}/_stats").json()
+    return stats
+
+
+def test_a_native_upstream_gets_a_responses_body_it_stores_nothing_of(
+    openai_client: openai.OpenAI, stack: Stack
+) -> None:
+    before = _native_stats(stack)["responses"]
+    made = openai_client.responses.create(
+        model="native-gpt", input="hello native", instructions="be brief", max_output_tokens=50
+    )
+    stats = _native_stats(stack)
+    assert stats["responses"] == before + 1  # the upstream's /responses, not its chat
+    sent = stats["last_responses_request"]
+    assert openai_responses_request_problem(sent) is None
+    assert sent["store"] is False and sent["model"] == "gpt-4o-mini"  # the upstream's name
+    assert sent["input"] == "hello native" and sent["instructions"] == "be brief"
+    assert made.output_text == "mock reply to: hello native"
+    assert made.store is True and made.id.startswith("resp_")  # promptbus's id, kept by it
+    assert openai_client.responses.retrieve(made.id).output_text == made.output_text
+
+
+def test_a_follow_up_sends_a_native_upstream_the_whole_conversation(
+    openai_client: openai.OpenAI, stack: Stack
+) -> None:
+    first = openai_client.responses.create(model="native-gpt", input="one two")
+    called = openai_client.responses.create(
+        model="native-gpt",
+        previous_response_id=first.id,
+        input="weather",
+        tools=[TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+    )
+    [call] = called.output
+    assert call.type == "function_call"
+    answered = openai_client.responses.create(
+        model="native-gpt",
+        previous_response_id=called.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=[TOOL],  # type: ignore[list-item]
+    )
+    assert answered.output_text == "mock reply to tool output: sunny"
+    assert answered.previous_response_id == called.id
+    sent = _native_stats(stack)["last_responses_request"]
+    assert openai_responses_request_problem(sent) is None
+    assert "previous_response_id" not in sent
+    assert sent["input"] == [
+        {"role": "user", "content": "one two"},
+        {"role": "assistant", "content": "mock reply to: one two"},
+        {"role": "user", "content": "weather"},
+        {
+            "type": "function_call",
+            "call_id": call.call_id,
+            "name": "lookup",
+            "arguments": call.arguments,
+        },
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+    ]
+
+
+def test_a_failed_native_deployment_fails_over_to_a_chat_one(
+    openai_client: openai.OpenAI, stack: Stack
+) -> None:
+    control = f"{stack.upstream}/u/native-down/_control"
+    httpx.post(control, json={"error_rate": 1.0, "error_status": 503}).raise_for_status()
+    before = _native_stats(stack, "native-down")["responses"]
+    raw = openai_client.responses.with_raw_response.create(
+        model="native-then-chat", input="carry on"
+    )
+    made = raw.parse()
+    assert made.output_text == "mock reply to: carry on"
+    assert raw.headers["x-promptbus-deployment"] == "chat-mock"
+    assert raw.headers["x-promptbus-failover-from"] == "native-down"
+    assert _native_stats(stack, "native-down")["responses"] == before + 1
+    with openai_client.responses.stream(model="native-then-chat", input="stream on") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "mock reply to: stream on"
+    assert openai_client.responses.retrieve(final.id).output_text == final.output_text
+
+
+async def test_over_nats_a_responses_body_is_served_stateless(stack: Stack) -> None:
+    """The bus contract (docs/subjects.md): a Responses body tagged ``Pb-Api: responses``
+    on the model's chat subject gets the response object; it must carry its whole
+    conversation (no previous_response_id)."""
+    client = await BrokerClient.connect(load_config(stack.config_path), stack.nats_url)
+    try:
+        for model in MODELS:
+            body = {"model": model, "input": "over the bus"}
+            reply = await client.request(model, json.dumps(body).encode(), mode=RESPONSES)
+            assert reply.status == 200, reply.body
+            answer = json.loads(reply.body)
+            assert answer["object"] == "response"
+            assert answer["output"][0]["content"][0]["text"] == "mock reply to: over the bus"
+            chained = body | {"previous_response_id": "resp_1"}
+            refused = await client.request(model, json.dumps(chained).encode(), mode=RESPONSES)
+            assert refused.status == 400
+            assert json.loads(refused.body)["error"]["param"] == "previous_response_id"
+    finally:
+        await client.close()

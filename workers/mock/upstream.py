@@ -10,6 +10,8 @@ with the same schema as the broker, and misbehaves on command, for tests and ben
 - per request, through the OpenAI ``metadata`` field: ``mock_status`` (answer with that
   HTTP error), ``mock_latency_ms``, ``mock_retry_after``;
 - ``POST /v1/completions`` serves legacy text completions too (without directives);
+- ``POST /v1/responses`` serves the Responses API, streamed (typed events) or not, as
+  OpenAI does (``responses_api: native`` deployments); ``/_stats`` shows the last body;
 - ``GET /_stats`` returns how many model requests arrived (``POST /_reset`` zeroes it).
 
 Plain ASGI, no framework, so that as a benchmark baseline it costs next to nothing.
@@ -24,6 +26,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from broker.responses.chat_turn import ChatTurn
 from schemas.chat import (
     Embedding,
     EmbeddingList,
@@ -44,6 +47,7 @@ from schemas.errors import (
     from_validation_error,
     invalid_request,
 )
+from schemas.responses import ResponseRequest, event_head_decoder, response_request_decoder
 from workers.mock import content as mock_content
 
 T = TypeVar("T")
@@ -78,6 +82,8 @@ class Stats(msgspec.Struct):
     # Top-level fields of the last chat request that the OpenAI schema does not define,
     # as received (what a vLLM would read: top_k, repetition_penalty...).
     last_unknown_fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    responses: int = 0  # POST /v1/responses requests
+    last_responses_request: dict[str, Any] | None = None  # the last one's body
 
 
 class _Upstream:
@@ -119,6 +125,8 @@ class MockUpstream:
             await self._chat(upstream, scope, receive, send)
         elif path in ("/v1/completions", "/completions") and method == "POST":
             await self._text(upstream, scope, receive, send)
+        elif path in ("/v1/responses", "/responses") and method == "POST":
+            await self._responses(upstream, scope, receive, send)
         elif path in ("/v1/embeddings", "/embeddings") and method == "POST":
             await self._embeddings(upstream, receive, send)
         elif path in ("/v1/models", "/models") and method == "GET":
@@ -171,10 +179,41 @@ class MockUpstream:
             return
         if request.stream:
             chunks = [encoder.encode(c) for c in mock_content.chunks(request, request.model)]
-            await self._stream(upstream, chunks, receive, send)
+            await self._stream(upstream, _data_frames(chunks), receive, send)
         else:
             answer = mock_content.completion(request, request.model)
             await _respond(send, 200, encoder.encode(answer))
+
+    async def _responses(
+        self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The Responses API, answered with the mock's chat content (translated by the
+        broker's own ``ChatTurn``): typed ``event:`` frames and no ``[DONE]``, as OpenAI."""
+
+        def decode(body: bytes) -> tuple[ResponseRequest, UnknownFields]:
+            request = response_request_decoder.decode(body)
+            upstream.stats.last_responses_request = msgspec.json.decode(body)
+            return request, {}
+
+        upstream.stats.responses += 1
+        request = await self._request(upstream, scope, receive, send, decode)
+        if request is None or not await self._behave(upstream, request.metadata or {}, send):
+            return
+        try:
+            turn = ChatTurn(msgspec.structs.replace(request, previous_response_id=None))
+        except BrokerError as exc:
+            await _error(send, exc)
+            return
+        model = request.model
+        if request.stream:
+            events = turn.start()
+            for chunk in mock_content.chunks(turn.chat, model):
+                events += turn.chunk(encoder.encode(chunk))
+            events += turn.finish()
+            await self._stream(upstream, _event_frames(events), receive, send, done=False)
+        else:
+            answer = encoder.encode(mock_content.completion(turn.chat, model))
+            await _respond(send, 200, turn.body(answer))
 
     async def _text(self, upstream: _Upstream, scope: Scope, receive: Receive, send: Send) -> None:
         """Legacy text completions, as vLLM and OpenAI serve them."""
@@ -184,7 +223,7 @@ class MockUpstream:
             return
         if request.stream:
             chunks = [encoder.encode(c) for c in mock_content.text_chunks(request, request.model)]
-            await self._stream(upstream, chunks, receive, send)
+            await self._stream(upstream, _data_frames(chunks), receive, send)
         else:
             answer = mock_content.text_completion(request, request.model)
             await _respond(send, 200, encoder.encode(answer))
@@ -255,9 +294,16 @@ class MockUpstream:
         return True
 
     async def _stream(
-        self, upstream: _Upstream, chunks: list[bytes], receive: Receive, send: Send
+        self,
+        upstream: _Upstream,
+        frames: list[bytes],
+        receive: Receive,
+        send: Send,
+        *,
+        done: bool = True,
     ) -> None:
-        """Send the chunks as server-sent events; a client hanging up first is counted."""
+        """Send server-sent event frames, then ``[DONE]`` (chat) unless ``done`` is
+        False (Responses); a client hanging up first is counted."""
         settings = upstream.settings
         upstream.stats.streamed += 1
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
@@ -265,19 +311,31 @@ class MockUpstream:
         drop_after = settings.drop_after_chunks
         hung_up = asyncio.ensure_future(receive())  # the body is read: next is the disconnect
         try:
-            for sent, chunk in enumerate(chunks):
+            for sent, frame in enumerate(frames):
                 if drop_after is not None and sent >= drop_after:
                     raise ConnectionAbortedError("mock upstream drops the connection mid-stream")
                 if hung_up.done():
                     upstream.stats.streams_abandoned += 1
                     return
-                payload = b"data: " + chunk + b"\n\n"
-                await send({"type": "http.response.body", "body": payload, "more_body": True})
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
                 if delay:
                     await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+            last = b"data: [DONE]\n\n" if done else b""
+            await send({"type": "http.response.body", "body": last})
         finally:
             hung_up.cancel()
+
+
+def _data_frames(chunks: list[bytes]) -> list[bytes]:
+    return [b"data: " + chunk + b"\n\n" for chunk in chunks]
+
+
+def _event_frames(events: list[bytes]) -> list[bytes]:
+    """Typed events as OpenAI frames them: ``event: <type>`` before each ``data:``."""
+    return [
+        b"event: " + event_head_decoder.decode(e).type.encode() + b"\ndata: " + e + b"\n\n"
+        for e in events
+    ]
 
 
 def _simulated_error(status: int, code: str | None = None) -> BrokerError:

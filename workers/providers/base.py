@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from schemas.chat import ChatCompletionRequest, EmbeddingList, EmbeddingRequest, UnknownFields
 from schemas.completions import CompletionRequest
 from schemas.errors import no_text_completions
+from schemas.responses import ResponseRequest
 
 
 class Provider(Protocol):
@@ -90,3 +91,19 @@ class WithoutTextCompletions:
     ) -> AsyncIterator[bytes]:
         raise no_text_completions(request.model, self.api_name)
         yield b""  # an async generator, like every stream
+
+
+@runtime_checkable
+class NativeResponses(Protocol):
+    """An adapter whose upstream serves the Responses API itself
+    (``responses_api: native``); the others get the chat request it means."""
+
+    async def respond(self, request: ResponseRequest, traceparent: str | None = None) -> bytes:
+        """The upstream's response object (the upstream stores nothing)."""
+        ...
+
+    def stream_responses(
+        self, request: ResponseRequest, traceparent: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """The upstream's typed stream events, in order."""
+        ...

@@ -26,6 +26,7 @@ from schemas.chat import (
 from schemas.completions import CompletionRequest, text_completion_decoder
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
+from schemas.responses import ResponseRequest, event_head_decoder, response_shape_decoder
 from workers.providers.errors import classify
 from workers.providers.http import new_session, transport_error
 
@@ -39,6 +40,7 @@ class OpenAICompatProvider:
         self._url = f"{self._base_url}/chat/completions"
         self._embeddings_url = f"{self._base_url}/embeddings"
         self._text_url = f"{self._base_url}/completions"
+        self._responses_url = f"{self._base_url}/responses"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -94,6 +96,32 @@ class OpenAICompatProvider:
     ) -> AsyncIterator[bytes]:
         body = self._body(request, unknown)
         return self._events(self._text_url, body, traceparent, text_completion_decoder)
+
+    async def respond(self, request: ResponseRequest, traceparent: str | None = None) -> bytes:
+        """The response object of a Responses request, from the upstream's own API."""
+        body = await self._post(self._responses_url, self._stateless(request), traceparent)
+        return self._checked(body, response_shape_decoder, "response object")
+
+    async def stream_responses(
+        self, request: ResponseRequest, traceparent: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """The typed events of a streamed Responses request, as the upstream sent them;
+        an ``error`` event fails the stream like an error mid-chat-stream."""
+        body = self._stateless(request)
+        async for event in self._events(self._responses_url, body, traceparent, event_head_decoder):
+            if b'"type":"error"' in event and event_head_decoder.decode(event).type == "error":
+                failure = msgspec.json.decode(event)
+                raise upstream_error(
+                    502,
+                    self.name,
+                    f"error mid-stream: {failure.get('message')}",
+                    code=failure.get("code"),
+                )
+            yield event
+
+    def _stateless(self, request: ResponseRequest) -> bytes:
+        """promptbus keeps the conversation (in NATS, per tenant): the upstream keeps nothing."""
+        return encoder.encode(msgspec.structs.replace(request, model=self._model, store=False))
 
     async def _post(self, url: str, body: bytes, traceparent: str | None) -> bytes:
         """The upstream's answer to one JSON POST; its errors classified."""
