@@ -202,7 +202,7 @@ def main() -> None:
 
     def responses_request() -> None:
         check_depth(RESPONSES_REQUEST)
-        encoder.encode(responses.to_chat(response_request_decoder.decode(RESPONSES_REQUEST), []))
+        encoder.encode(responses.to_chat(response_request_decoder.decode(RESPONSES_REQUEST)))
 
     asked = response_request_decoder.decode(RESPONSES_REQUEST)
     shell = responses.shell(asked, "resp_1", 1)

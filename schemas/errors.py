@@ -363,8 +363,10 @@ def upstream_error(
     code: str | None = None,
     retryable: bool | None = None,
     retry_after: float | None = None,
+    param: str | None = None,
 ) -> BrokerError:
-    """An error the provider returned or caused; the message names the deployment.
+    """An error the provider returned or caused; the message names the deployment, and
+    ``param`` the request parameter the provider found at fault, when it said.
 
     Unless told otherwise, timeouts, conflicts, rate limits and 5xx are retryable
     and other 4xx (the request itself is at fault) are not.
@@ -381,6 +383,7 @@ def upstream_error(
         code=code or f"upstream_{status}",
         retryable=retryable,
         retry_after=retry_after,
+        param=param,
     )
 
 

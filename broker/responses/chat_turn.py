@@ -17,7 +17,7 @@ class ChatTurn:
     def __init__(self, request: ResponseRequest) -> None:
         """``request`` is stateless (the ingress expanded ``previous_response_id``);
         its id is provisional: the ingress names the response it stores."""
-        self.chat: ChatCompletionRequest = translation.to_chat(request, [])
+        self.chat: ChatCompletionRequest = translation.to_chat(request)
         base = translation.shell(request, translation.new_id("resp"), translation.created_now())
         self._events = translation.ResponseEvents(base)
 

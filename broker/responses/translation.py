@@ -1,9 +1,9 @@
 """The Responses API as chat completions, and back (docs/apis.md).
 
-A Responses request travels the bus as the chat request it means, on the model's chat
-subject, so it shares the queue, lanes, limits, cache, retries and failover with chat;
-its answer (or its chunks) come back as chat and are turned into a ``response`` object
-(or its typed stream events) here. Pure functions and one small state machine: no I/O.
+A deployment whose upstream has no Responses API (``responses_api: chat``) serves a
+Responses request as the chat request it means, and its answer (or its chunks) as a
+``response`` object (or its typed stream events): the worker does it per deployment
+(``broker/responses/chat_turn.py``). Pure functions and one small state machine: no I/O.
 """
 
 from __future__ import annotations
@@ -271,14 +271,13 @@ def _response_format(request: ResponseRequest) -> ResponseFormat | None:
     )
 
 
-def to_chat(request: ResponseRequest, history: list[Message]) -> ChatCompletionRequest:
-    """The chat request a Responses request means: ``instructions`` first, then the
-    conversation so far (``previous_response_id``), then this turn's input."""
+def to_chat(request: ResponseRequest) -> ChatCompletionRequest:
+    """The chat request a stateless Responses request means: ``instructions`` first,
+    then the conversation (``input``; broker/responses/conversation.py)."""
     check_supported(request)
     messages: list[Message] = []
     if request.instructions:
         messages.append(SystemMessage(request.instructions))
-    messages += history
     messages += input_messages(request)
     reasoning = request.reasoning
     return ChatCompletionRequest(
@@ -414,22 +413,6 @@ def to_response(completion: ChatCompletion, base: Response) -> Response:
         incomplete_details=incomplete,
         usage=_usage(completion.usage),
     )
-
-
-def output_messages(response: Response) -> list[Message]:
-    """The response's output as the chat turn a later ``previous_response_id`` continues."""
-    text: list[str] = []
-    calls: list[ToolCall] = []
-    for item in response.output:
-        if item.type == "message":
-            text += [c.text or c.refusal or "" for c in item.content or []]
-        elif item.call_id and item.name is not None:
-            calls.append(
-                ToolCall(item.call_id, "function", FunctionCall(item.name, item.arguments or ""))
-            )
-    if not text and not calls:
-        return []
-    return [AssistantMessage(content="".join(text) if text else None, tool_calls=calls or None)]
 
 
 # ---------------------------------------------------------------- stream

@@ -44,9 +44,7 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     translation.check_supported(asked)
     model = found.config.model(asked.model)
     if model is not None and any(d.responses_api == "chat" for d in model.deployments):
-        translation.to_chat(
-            asked, []
-        )  # a deployment serves it as chat: refuse here what chat cannot take
+        translation.to_chat(asked)  # some deployment serves it as chat: refuse here what it cannot
     grant, options = await admitted(request, trace, asked, body, context)
     tenant = grant.tenancy.tenant if found.admission.required else None
     history: list[InputItem] = []

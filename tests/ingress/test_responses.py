@@ -403,3 +403,32 @@ async def test_over_nats_a_responses_body_is_served_stateless(stack: Stack) -> N
             assert json.loads(refused.body)["error"]["param"] == "previous_response_id"
     finally:
         await client.close()
+
+
+def test_a_native_answer_is_cached_and_named_anew(
+    openai_client: openai.OpenAI, stack: Stack
+) -> None:
+    """temperature 0: the second ask is the cache's answer, not the upstream's, under a
+    response id of its own (stored as its own, so it can be continued)."""
+    before = _native_stats(stack)["responses"]
+    ask = openai_client.responses.with_raw_response.create
+    first = ask(model="native-gpt", input="cache me natively", temperature=0)
+    second = ask(model="native-gpt", input="cache me natively", temperature=0)
+    assert first.headers["x-promptbus-cache"] == "miss"
+    assert second.headers["x-promptbus-cache"] == "hit"
+    assert _native_stats(stack)["responses"] == before + 1
+    again = second.parse()
+    assert again.output_text == first.parse().output_text == "mock reply to: cache me natively"
+    assert again.id != first.parse().id
+    assert openai_client.responses.retrieve(again.id).id == again.id
+
+
+def test_built_in_tools_reach_a_native_upstream(http: httpx.Client, stack: Stack) -> None:
+    """Refused at the door for a model with a chat deployment (above); a native-only
+    model passes them on, and here the upstream (the mock has none) refuses them."""
+    before = _native_stats(stack)["responses"]
+    body = {"model": "native-gpt", "input": "x", "tools": [{"type": "web_search"}]}
+    refused = http.post("/v1/responses", json=body)
+    assert _native_stats(stack)["responses"] == before + 1
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "tools[0].type"

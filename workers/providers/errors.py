@@ -86,6 +86,7 @@ def classify(
                 code=rule.code,
                 retryable=rule.retryable,
                 retry_after=retry_after if rule.retryable else None,
+                param=detail.param if detail is not None else None,
             )
     raise AssertionError("the last rule applies to every answer")
 
