@@ -4,9 +4,10 @@ Per request, in-process, no network. Worker side: the request translated to a na
 provider's body and encoded, its answer decoded and translated back to OpenAI JSON, a
 stream of chunks translated, and a model's transformation profiles; the costs an
 Anthropic or Gemini deployment adds over an OpenAI-compatible one (which relays bodies
-unchanged). Ingress side: the Responses and Messages APIs onto chat and back (request,
-answer, stream), next to the chat route's own decode and encode of the same request, the
-baseline they add to.
+unchanged), and a Responses request served as chat (``ChatTurn``). Ingress side: the
+Messages API onto chat and back, and what a Responses request costs there (made
+stateless, its answer and stream events named as the response promptbus keeps), next to
+the chat route's own decode and encode of the same request, the baseline they add to.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker.messages import translation as messages
+from broker.responses import conversation
 from broker.responses import translation as responses
+from broker.responses.chat_turn import ChatTurn
+from ingress.routes import responses as ingress_responses
 from schemas.chat import (
     ChatCompletionRequest,
     chunk_decoder,
@@ -33,7 +37,7 @@ from schemas.chat import (
 from schemas.config import TransformConfig
 from schemas.depth import check_depth
 from schemas.messages import messages_request_decoder
-from schemas.responses import response_request_decoder
+from schemas.responses import event_head_decoder, response_request_decoder
 from workers.providers import anthropic, gemini
 from workers.transforms import Transforms
 
@@ -200,25 +204,53 @@ def main() -> None:
         check_depth(REQUEST)
         encoder.encode(request_decoder.decode(REQUEST))
 
-    def responses_request() -> None:
+    def responses_request() -> None:  # a model whose deployments are all native
         check_depth(RESPONSES_REQUEST)
-        encoder.encode(responses.to_chat(response_request_decoder.decode(RESPONSES_REQUEST)))
+        asked = response_request_decoder.decode(RESPONSES_REQUEST)
+        responses.check_supported(asked)
+        encoder.encode(conversation.stateless(asked, []))
+
+    def responses_request_checked() -> None:  # ... with a chat deployment: checked as chat
+        check_depth(RESPONSES_REQUEST)
+        asked = response_request_decoder.decode(RESPONSES_REQUEST)
+        responses.check_supported(asked)
+        responses.to_chat(asked)
+        encoder.encode(conversation.stateless(asked, []))
 
     asked = response_request_decoder.decode(RESPONSES_REQUEST)
-    shell = responses.shell(asked, "resp_1", 1)
+    over_chat = ChatTurn(asked)
+    answer = over_chat.body(CHAT_ANSWER)
+    turn = ingress_responses.Turn(None, None, asked, [])  # type: ignore[arg-type]
+    events = over_chat.start()
+    for data in CHAT_CHUNKS:
+        events += over_chat.chunk(data)
+    events += over_chat.finish()
+    carriers = ingress_responses._CARRIERS
 
-    def responses_answer() -> None:
-        encoder.encode(responses.to_response(completion_decoder.decode(CHAT_ANSWER), shell))
+    def responses_answer() -> None:  # named as the response promptbus keeps
+        encoder.encode(turn.named(msgspec.json.decode(answer)))
 
-    def responses_stream() -> None:
-        events = responses.ResponseEvents(shell)
-        for event in events.start():
-            encoder.encode(event)
+    def responses_stream() -> None:  # relayed, the events carrying the response named
+        for body in events:
+            head = event_head_decoder.decode(body)
+            if head.type in carriers:
+                event = msgspec.json.decode(body)
+                turn.named(event["response"])
+                body = encoder.encode(event)
+            b"event: " + head.type.encode() + b"\ndata: " + body + b"\n\n"
+
+    def over_chat_request() -> None:
+        encoder.encode(ChatTurn(response_request_decoder.decode(RESPONSES_REQUEST)).chat)
+
+    def over_chat_stream() -> None:
+        chat_turn = ChatTurn(asked)
+        chat_turn.start()
         for data in CHAT_CHUNKS:
-            for event in events.chunk(chunk_decoder.decode(data)):
-                encoder.encode(event)
-        for event in events.finish():
-            encoder.encode(event)
+            chat_turn.chunk(data)
+        chat_turn.finish()
+
+    def over_chat_turn() -> None:  # what the stream case builds first, to subtract
+        ChatTurn(asked)
 
     def messages_request() -> None:
         check_depth(MESSAGES_REQUEST)
@@ -243,13 +275,14 @@ def main() -> None:
 
     ingress: list[tuple[str, Callable[[], object]]] = [
         ("chat request (decode, encode)", chat_request),
-        ("responses request -> chat", responses_request),
+        ("responses request (stateless)", responses_request),
+        ("responses request (checked as chat)", responses_request_checked),
         ("messages request -> chat", messages_request),
         ("chat answer (relayed)", lambda: b"" + CHAT_ANSWER),
-        ("responses answer <- chat", responses_answer),
+        ("responses answer (named)", responses_answer),
         ("messages answer <- chat", messages_answer),
         (f"chat stream ({len(CHAT_CHUNKS)} chunks, relayed)", chat_stream),
-        (f"responses stream ({len(CHAT_CHUNKS)} chunks)", responses_stream),
+        (f"responses stream ({len(events)} events, named)", responses_stream),
         (f"messages stream ({len(CHAT_CHUNKS)} chunks)", messages_stream),
     ]
     cases: list[tuple[str, Callable[[], object]]] = [
@@ -268,6 +301,10 @@ def main() -> None:
                 gemini.from_gemini(gemini.response_decoder.decode(GEMINI_ANSWER), "d", "m")
             ),
         ),
+        ("responses over chat: request", over_chat_request),
+        ("responses over chat: answer", lambda: over_chat.body(CHAT_ANSWER)),
+        (f"responses over chat: {len(CHAT_CHUNKS)} chunks", over_chat_stream),
+        ("  (of which the turn's set-up)", over_chat_turn),
         ("transforms request (2 profiles)", lambda: transforms.request(request)),
         ("transforms response (rename)", lambda: transforms.response(ANTHROPIC_ANSWER)),
     ]

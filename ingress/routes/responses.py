@@ -21,8 +21,8 @@ from ingress.routes.chat import admitted, observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, typed_event
 from ingress.state import services, tenant_of
 from schemas.chat import encoder
-from schemas.envelope import RESPONSES
-from schemas.errors import BrokerError, invalid_request
+from schemas.envelope import H_DEPLOYMENT, RESPONSES
+from schemas.errors import BrokerError, invalid_request, upstream_error
 from schemas.responses import (
     DeletedResponse,
     InputItem,
@@ -64,13 +64,14 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
         return Response(
             reply.body, status_code=reply.status, media_type="application/json", headers=headers
         )
-    answer = await turn.finished(reply.body)
+    answer = await turn.finished(reply)
     return Response(answer, media_type="application/json", headers=headers)
 
 
 # Stream events that carry the whole response object; the last two end the stream.
 _RESPONSE_EVENTS = {"response.created", "response.queued", "response.in_progress"}
 _FINISHED_EVENTS = {"response.completed", "response.incomplete"}
+_CARRIERS = _RESPONSE_EVENTS | _FINISHED_EVENTS | {"response.failed"}
 
 
 class Turn:
@@ -90,7 +91,8 @@ class Turn:
         self.created_at = translation.created_now()
         self.kept = asked.store is not False
 
-    def _named(self, response: dict[str, Any]) -> dict[str, Any]:
+    def named(self, response: dict[str, Any]) -> dict[str, Any]:
+        """``response`` under this exchange's id, as the caller asked to keep it."""
         response["id"], response["created_at"] = self.id, self.created_at
         response["previous_response_id"] = self.asked.previous_response_id
         response["store"] = self.kept
@@ -108,9 +110,16 @@ class Turn:
         if not await self.store.put(self.tenant, stored):
             response["store"] = False
 
-    async def finished(self, body: bytes) -> bytes:
+    async def finished(self, reply: Reply) -> bytes:
         """A response object from the bus as the caller gets it, stored first."""
-        response = self._named(msgspec.json.decode(body))
+        try:
+            response = msgspec.json.decode(reply.body)
+        except msgspec.DecodeError:
+            response = None
+        if not isinstance(response, dict):
+            deployment = reply.headers.get(H_DEPLOYMENT, "-")
+            raise upstream_error(502, deployment, f"not a response object: {reply.body[:200]!r}")
+        self.named(response)
         await self._keep(response)
         return encoder.encode(response)
 
@@ -121,19 +130,27 @@ class Turn:
         sequence = -1
         try:
             async for reply in _replies(first, stream):
-                head = event_head_decoder.decode(reply.body)
-                sequence = head.sequence_number
                 body = reply.body
-                if head.type in _RESPONSE_EVENTS or head.type in _FINISHED_EVENTS:
-                    event = msgspec.json.decode(body)
-                    self._named(event["response"])
+                try:
+                    head = event_head_decoder.decode(body)
+                    event = msgspec.json.decode(body) if head.type in _CARRIERS else None
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    raise upstream_error(
+                        502,
+                        reply.headers.get(H_DEPLOYMENT, "-"),
+                        f"not a Responses event: {body[:200]!r}",
+                    ) from None
+                sequence = head.sequence_number
+                response = event.get("response") if isinstance(event, dict) else None
+                if isinstance(response, dict):
+                    self.named(response)
                     if head.type in _FINISHED_EVENTS:
-                        await self._keep(event["response"])
+                        await self._keep(response)
                     body = encoder.encode(event)
                 yield b"event: " + head.type.encode() + b"\ndata: " + body + b"\n\n"
         except BrokerError as exc:
-            for event in self._failure(exc, sequence + 1):
-                yield typed_event(event)
+            for failure in self._failure(exc, sequence + 1):
+                yield typed_event(failure)
         finally:
             stream.close()
 
