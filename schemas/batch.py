@@ -15,8 +15,9 @@ from msgspec import Struct, field
 BATCH_ENDPOINT = "/v1/chat/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 COMPLETIONS_ENDPOINT = "/v1/completions"  # legacy text completions
+RESPONSES_ENDPOINT = "/v1/responses"  # stateless: each line holds its whole conversation
 # what a batch's lines may call
-BATCH_ENDPOINTS = (BATCH_ENDPOINT, EMBEDDINGS_ENDPOINT, COMPLETIONS_ENDPOINT)
+BATCH_ENDPOINTS = (BATCH_ENDPOINT, EMBEDDINGS_ENDPOINT, COMPLETIONS_ENDPOINT, RESPONSES_ENDPOINT)
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 
 

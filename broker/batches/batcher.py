@@ -50,11 +50,13 @@ from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
 from broker.nats.provision import provision
 from broker.nats.subjects import Subjects
+from broker.responses.translation import check_supported
 from broker.tenancy.admission import Admission
 from schemas.batch import (
     BATCH_ENDPOINT,
     COMPLETIONS_ENDPOINT,
     EMBEDDINGS_ENDPOINT,
+    RESPONSES_ENDPOINT,
     BatchError,
     BatchErrors,
     BatchRecord,
@@ -79,6 +81,7 @@ from schemas.envelope import (
     H_REPLY_TO,
     H_REQUEST_ID,
     H_STATUS,
+    RESPONSES,
     TEXT_COMPLETIONS,
     ReplyKind,
     Tenancy,
@@ -92,6 +95,7 @@ from schemas.errors import (
     request_too_large,
     wrong_endpoint,
 )
+from schemas.responses import ResponseRequest, response_request_decoder
 
 log = logging.getLogger(__name__)
 
@@ -509,8 +513,8 @@ class BatchRun:
                 raise request_too_large(self._max_line_bytes, "The line's request body")
             parsed = decode_checked(line_decoder, line)
             model = self._check_line(parsed.method, parsed.url, bytes(parsed.body))
-            if parsed.url == COMPLETIONS_ENDPOINT:
-                headers[H_API] = TEXT_COMPLETIONS
+            if parsed.url in _APIS:
+                headers[H_API] = _APIS[parsed.url]
         except BrokerError as exc:
             headers |= {
                 H_KIND: ReplyKind.ERROR.value,
@@ -544,9 +548,11 @@ class BatchRun:
         if url == EMBEDDINGS_ENDPOINT:
             mode, name = "embeddings", decode_checked(embedding_request_decoder, body).model
         else:
-            request: ChatCompletionRequest | CompletionRequest
+            request: ChatCompletionRequest | CompletionRequest | ResponseRequest
             if url == COMPLETIONS_ENDPOINT:
                 request = decode_completion_request(body)[0]
+            elif url == RESPONSES_ENDPOINT:
+                request = _stateless_response(body)
             else:
                 request = decode_checked(request_decoder, body)
             if request.stream:
@@ -833,6 +839,26 @@ _head_decoder = msgspec.json.Decoder(_Head)
 
 
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+# The header naming a line's API, for the endpoints that are not chat's own.
+_APIS = {COMPLETIONS_ENDPOINT: TEXT_COMPLETIONS, RESPONSES_ENDPOINT: RESPONSES}
+
+
+def _stateless_response(body: bytes) -> ResponseRequest:
+    """A Responses line: stateless, as on the bus (nothing of a batch is stored)."""
+    request = decode_checked(response_request_decoder, body)
+    check_supported(request)
+    for name in ("previous_response_id", "store"):
+        if getattr(request, name):
+            raise InvalidRequest(
+                400,
+                f"`{name}` is not supported in batches: a line holds its whole "
+                "conversation, and batch responses are not stored.",
+                param=name,
+                code="unsupported_parameter",
+            )
+    return request
 
 
 def _custom_id(line: bytes) -> str:

@@ -8,6 +8,8 @@ deployments and fail over between them. Pure: bytes in, bytes out, no I/O.
 
 from __future__ import annotations
 
+import msgspec
+
 from broker.responses import translation
 from schemas.chat import ChatCompletionRequest, chunk_decoder, completion_decoder, encoder
 from schemas.responses import ResponseRequest
@@ -18,7 +20,8 @@ class ChatTurn:
         """``request`` is stateless (the ingress expanded ``previous_response_id``);
         its id is provisional: the ingress names the response it stores."""
         self.chat: ChatCompletionRequest = translation.to_chat(request)
-        base = translation.shell(request, translation.new_id("resp"), translation.created_now())
+        unstored = msgspec.structs.replace(request, store=False)  # nothing on the bus keeps it
+        base = translation.shell(unstored, translation.new_id("resp"), translation.created_now())
         self._events = translation.ResponseEvents(base)
 
     def body(self, completion: bytes) -> bytes:

@@ -153,6 +153,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchEnv]:
                             {
                                 "provider": "openai",
                                 "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                                "responses_api": "native",
                                 "retry": {"max_attempts": 1},
                                 "breaker": {"failure_threshold": 1000, "min_requests": 1000},
                             }
@@ -323,6 +324,47 @@ def test_a_text_completions_batch(env: BatchEnv) -> None:
         assert body["choices"][0]["text"] == f"mock completion of: prompt {custom_id[2:]}"
     errors = {line["custom_id"]: line for line in env.file_lines(batch["error_file_id"])}
     assert errors["a-chat-line"]["error"]["code"] == "invalid_url"
+    assert "Streaming is not supported" in errors["streamed"]["error"]["message"]
+
+
+def test_a_responses_batch(env: BatchEnv) -> None:
+    """Lines calling /v1/responses, answered through chat (the mock) and natively (an
+    upstream with the API); each line is stateless, so one that names a previous
+    response, or asks to be stored, fails alone, as a streamed one does."""
+    lines = [
+        {
+            "custom_id": f"r-{i}",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": model, "input": f"question {i}", "instructions": "be brief"},
+        }
+        for i, model in enumerate(["batch-gpt", "batch-upstream"] * 3)
+    ]
+    refused = {
+        "chained": {"previous_response_id": "resp_1"},
+        "stored": {"store": True},
+        "streamed": {"stream": True},
+    }
+    for custom_id, extra in refused.items():
+        body = {"model": "batch-gpt", "input": "x"} | extra
+        lines.append(
+            {"custom_id": custom_id, "method": "POST", "url": "/v1/responses", "body": body}
+        )
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    batch = env.done(env.submit_bytes(data, endpoint="/v1/responses"))
+    assert batch["request_counts"] == {"total": 9, "completed": 6, "failed": 3}, batch
+    output = {line["custom_id"]: line for line in env.file_lines(batch["output_file_id"])}
+    assert sorted(output) == [f"r-{i}" for i in range(6)]
+    for custom_id, line in output.items():
+        body = line["response"]["body"]
+        assert body["object"] == "response" and body["status"] == "completed"
+        assert body["store"] is False and body["instructions"] == "be brief"
+        assert body["output"][0]["content"][0]["text"] == f"mock reply to: question {custom_id[2:]}"
+        assert body["usage"]["output_tokens"] == 5
+    errors = {line["custom_id"]: line for line in env.file_lines(batch["error_file_id"])}
+    for custom_id, name in [("chained", "previous_response_id"), ("stored", "store")]:
+        assert errors[custom_id]["error"]["code"] == "unsupported_parameter"
+        assert f"`{name}` is not supported in batches" in errors[custom_id]["error"]["message"]
     assert "Streaming is not supported" in errors["streamed"]["error"]["message"]
 
 
