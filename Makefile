@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run cluster test test-reliability bench bench-tenancy bench-failover lint install clean
+.PHONY: run cluster test test-reliability bench bench-tenancy bench-failover bench-peers lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench-tenancy: $(STAMP)
 
 bench-failover: $(STAMP)
 	$(BIN)/python bench/failover.py
+
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers/run.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check schemas broker workers ingress cli tests bench
