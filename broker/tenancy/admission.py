@@ -254,16 +254,24 @@ class Admission:
         buckets = self.buckets(key.id, tenant.name)
         if not spendings and not buckets:
             return Grant(Tenancy(key.id, tenant.name, estimate))
+        wanted = _wanted(buckets, estimate)
         if not spendings:
-            decisions = await self._take(buckets, estimate)
+            decisions = self.limiter.take_leased(wanted) or await self._take(wanted)
             return Grant(Tenancy(key.id, tenant.name, estimate), decisions)
         tokens = estimate + (OUTPUT_HOLD if output is None else output)
         cost = self._cost_hold(model, estimate, tokens - estimate)
+        tenancy = Tenancy(key.id, tenant.name, estimate, True, hold_cost=cost, hold_tokens=tokens)
+        # Most requests are decided from this process's leases alone, synchronously.
+        if self.holds.reserve_leased([(s.pool, _amount(s, cost, tokens)) for s in spendings]):
+            leased = self.limiter.take_leased(wanted)
+            if leased is not None:
+                return Grant(tenancy, leased)
+            self._give_back(spendings, cost, tokens)
         # Holds and rate-limit takes run concurrently (from memory, or one round trip
         # in all); either is given back if the other refuses the request.
         held, taken = await asyncio.gather(
             self._reserve(spendings, cost, tokens),
-            self._take(buckets, estimate),
+            self._take(wanted),
             return_exceptions=True,
         )
         if isinstance(held, BaseException):
@@ -273,7 +281,6 @@ class Admission:
         if isinstance(taken, BaseException):
             self._give_back(spendings, cost, tokens)
             raise taken
-        tenancy = Tenancy(key.id, tenant.name, estimate, True, hold_cost=cost, hold_tokens=tokens)
         return Grant(tenancy, taken)
 
     def spendings(self, key_id: str, tenant_name: str, now: float) -> list[Spending]:
@@ -425,10 +432,9 @@ class Admission:
             out += _buckets("tenant", name_token(record.name), record.limits)
         return out
 
-    async def _take(self, buckets: list[Bucket], estimate: int) -> list[Decision]:
-        if not buckets:
+    async def _take(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
+        if not wanted:
             return []
-        wanted = [(b, 1 if b.kind == "requests" else max(1, estimate)) for b in buckets]
         decisions = await self.limiter.take_all(wanted)
         refused = [d for d in decisions if not d.allowed]
         if refused:
@@ -513,3 +519,8 @@ def _spent_error(spending: Spending, reserved: Reserved, now: float) -> BrokerEr
         code="quota_exceeded",
         retry_after=max(1.0, resets - now) if resets else None,
     )
+
+
+def _wanted(buckets: list[Bucket], estimate: int) -> list[tuple[Bucket, int]]:
+    """What a request takes from each bucket: one request, or its estimated tokens."""
+    return [(b, 1 if b.kind == "requests" else max(1, estimate)) for b in buckets]

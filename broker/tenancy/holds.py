@@ -68,6 +68,21 @@ class Holds(Leasing):
         lease = self._leases.get(pool.held)
         return lease.units if lease is not None else 0
 
+    def reserve_leased(self, wanted: list[tuple[Pool, int]]) -> bool:
+        """Hold every amount from this process's leases, or none (False): the common case
+        decided without a task or a lock."""
+        leases = self._leases
+        for pool, amount in wanted:
+            lease = leases.get(pool.held)
+            if lease is None or lease.units < amount:
+                return False
+        for index, (pool, amount) in enumerate(wanted):
+            if not leases[pool.held].spend(amount):  # a pool named twice
+                for earlier, spent in wanted[:index]:
+                    self.give_back(earlier, spent)
+                return False
+        return True
+
     async def reserve(self, pool: Pool, amount: int) -> Reserved:
         """Hold ``amount`` of the pool for one request, if spent + held is below the
         limit: from this process's lease when it has enough, else with one increment."""

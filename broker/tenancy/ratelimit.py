@@ -278,6 +278,23 @@ class RateLimiter(Leasing):
                 return
             state = await self._read(key)
 
+    def take_leased(self, wanted: list[tuple[Bucket, int]]) -> list[Decision] | None:
+        """Every take from this process's leases, or none taken (None): the common case
+        decided without a task, a lock or a future."""
+        helds = []
+        for bucket, cost in wanted:
+            held = self._held.get(bucket.key)
+            if held is None or held.bucket != bucket or held.lease.units < cost:
+                return None
+            helds.append(held)
+        for index, (held, (_, cost)) in enumerate(zip(helds, wanted, strict=True)):
+            if not held.lease.spend(cost):  # a bucket named twice, short the second time
+                for earlier, (_, spent) in zip(helds[:index], wanted, strict=False):
+                    earlier.lease.units += spent
+                return None
+        now = time.time()
+        return [held.decide(now) for held in helds]
+
     async def take_all(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
         """Take from every bucket or from none: on a refusal the others are refunded."""
         decisions = list(await asyncio.gather(*(self.take(b, c) for b, c in wanted)))
