@@ -81,3 +81,26 @@ async def test_a_busy_pool_is_reserved_from_a_lease(
     assert await _counter(nc, stream, pool.held) == 1000 * 10 + leased
     await one.flush(everything=True)
     assert await _counter(nc, stream, pool.held) == 1000 * 10  # what the requests hold
+
+
+async def test_a_leased_reservation_is_all_or_nothing(
+    shared: tuple[NATS, str, Holds, Holds],
+) -> None:
+    """The synchronous path admission tries first: every pool from its lease, or none
+    touched (so the shared path then decides everything)."""
+    _, stream, one, _ = shared
+    roomy = Pool(f"{stream}.s1", f"{stream}.h1", limit=1_000_000, unit="cost")
+    other = Pool(f"{stream}.s2", f"{stream}.h2", limit=1_000_000, unit="cost")
+    assert not one.reserve_leased([(roomy, 10)])  # no lease yet
+    for _ in range(20):  # renewed quickly: the lease grows past one request
+        assert (await one.reserve(roomy, 10)).allowed
+        if one.leased(roomy) >= 10:
+            break
+    leased = one.leased(roomy)
+    assert leased >= 10
+    assert not one.reserve_leased([(roomy, 10), (other, 10)])  # `other` has no lease
+    assert one.leased(roomy) == leased  # ... so nothing was taken from `roomy`
+    assert one.reserve_leased([(roomy, 10)])
+    assert one.leased(roomy) == leased - 10
+    assert not one.reserve_leased([(roomy, leased)])  # more than is left
+    assert one.leased(roomy) == leased - 10

@@ -100,6 +100,29 @@ async def test_a_hot_key_is_admitted_from_its_lease_without_io(
     assert 1_000_000 - 2001 <= remaining <= 1_000_000 - 2001 + 5  # + what refilled
 
 
+async def test_takes_from_leases_are_all_or_nothing(
+    limiter: tuple[RateLimiter, RateLimiter],
+) -> None:
+    """The synchronous path admission tries first: every bucket from its lease (with the
+    bucket's state as the answer), or none touched."""
+    one, _ = limiter
+    rpm = Bucket("sync.rpm", "requests", limit=60, burst=1_000_000)
+    tpm = Bucket("sync.tpm", "tokens", limit=600, burst=1_000_000)
+    assert one.take_leased([(rpm, 1)]) is None  # nothing leased yet
+    for _ in range(20):  # renewed quickly: the lease grows past one request
+        assert (await one.take(rpm, 1)).allowed
+        if one.leased(rpm) >= 1:
+            break
+    leased = one.leased(rpm)
+    assert leased >= 1
+    assert one.take_leased([(rpm, 1), (tpm, 10)]) is None  # tpm has no lease ...
+    assert one.leased(rpm) == leased  # ... so rpm gave nothing
+    [decision] = one.take_leased([(rpm, 1)]) or []
+    assert decision.allowed and decision.bucket == rpm
+    assert one.leased(rpm) == leased - 1
+    assert one.take_leased([(rpm, leased)]) is None and one.leased(rpm) == leased - 1
+
+
 async def test_a_request_larger_than_the_burst_passes_only_on_a_full_bucket(
     limiter: tuple[RateLimiter, RateLimiter],
 ) -> None:
