@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import itertools
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -71,6 +70,7 @@ from schemas.envelope import (
     RequestMeta,
     Tenancy,
     deadline_after,
+    new_request_id,
 )
 from schemas.errors import (
     BrokerError,
@@ -398,7 +398,7 @@ class BrokerClient:
         subject, failed = self.router.route(ask.model, "chat" if api else ask.mode)
         timeout, tenancy = ask.timeout, ask.tenancy
         meta = RequestMeta(
-            request_id=ask.request_id or uuid.uuid4().hex,
+            request_id=ask.request_id or new_request_id(),
             reply_to=f"{self._prefix}.{token}",
             deadline_ms=deadline_after(timeout),
             traceparent=ask.traceparent,

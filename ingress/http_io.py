@@ -45,18 +45,21 @@ def require_json(request: Request) -> None:
 async def read_body(request: Request, limit: int, why: str | None = None) -> bytes:
     """The whole body, refusing early (413) once it exceeds ``limit`` bytes; ``why``
     names the limit when it is not the NATS one."""
-    too_large = request_too_large(limit, why=why) if why else request_too_large(limit)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit, why)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit, why)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(limit: int, why: str | None) -> BrokerError:
+    return request_too_large(limit, why=why) if why else request_too_large(limit)
 
 
 MIN_TIMEOUT_S = 0.05

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
+import os
 import time
 from enum import StrEnum
 
 from msgspec import Struct
 
 # Request headers (client -> worker)
+
 H_REQUEST_ID = "Pb-Request-Id"
 H_REPLY_TO = "Pb-Reply-To"
 H_DEADLINE = "Pb-Deadline"  # absolute deadline, Unix epoch milliseconds
@@ -186,3 +189,13 @@ class Tenancy(Struct, frozen=True):
             hold_cost=hold_cost,
             hold_tokens=hold_tokens,
         )
+
+
+_ID_PREFIX = os.urandom(8).hex()  # this process's, random: ids unique across processes
+_id_counter = itertools.count()
+
+
+def new_request_id() -> str:
+    """A request id, 32 hex digits like a UUID's: this process's random prefix and a
+    counter (a tenth of ``uuid4().hex``'s cost, paid on every request)."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -26,6 +25,7 @@ from ingress.routes.streams import event_stream, first_of, relayed
 from ingress.state import api_key, services
 from schemas.chat import UnknownFields
 from schemas.depth import check_depth, decode_chat_request, decode_checked
+from schemas.envelope import new_request_id
 from schemas.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def output_limit(asked: ModelRequest) -> int | None:
 
 
 def request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    return request.headers.get("x-request-id") or new_request_id()
 
 
 Work = Callable[[Request, str, dict[str, Any]], Awaitable[Response]]
