@@ -28,15 +28,20 @@ def _anthropic_event() -> TypeAdapter[Any]:
     return TypeAdapter(RawMessageStreamEvent)
 
 
-def anthropic_request_problem(body: Any) -> str | None:
-    """Why the anthropic SDK's ``messages.create`` params would not take ``body``."""
+def _params_problem(params: Any, body: Any, what: str) -> str | None:
+    """Why ``params`` (``(stream) -> TypeAdapter``) would not take ``body``."""
     if not isinstance(body, dict):
         return "the body is not a JSON object"
     try:
-        _anthropic_params(bool(body.get("stream"))).validate_python(body)
+        params(bool(body.get("stream"))).validate_python(body)
     except pydantic.ValidationError as exc:
-        return f"not a MessageCreateParams: {exc}"
+        return f"not a {what}: {str(exc)[:2000]}"
     return None
+
+
+def anthropic_request_problem(body: Any) -> str | None:
+    """Why the anthropic SDK's ``messages.create`` params would not take ``body``."""
+    return _params_problem(_anthropic_params, body, "MessageCreateParams")
 
 
 def anthropic_answer(message: dict[str, Any]) -> dict[str, Any]:
@@ -119,10 +124,4 @@ def _openai_responses_params(stream: bool) -> TypeAdapter[Any]:
 def openai_responses_request_problem(body: Any) -> str | None:
     """Why the openai SDK's ``responses.create`` params would not take ``body`` (what a
     native upstream, OpenAI's own, is sent)."""
-    if not isinstance(body, dict):
-        return "the body is not a JSON object"
-    try:
-        _openai_responses_params(bool(body.get("stream"))).validate_python(body)
-    except pydantic.ValidationError as exc:
-        return f"not a ResponseCreateParams: {str(exc)[:600]}"
-    return None
+    return _params_problem(_openai_responses_params, body, "ResponseCreateParams")
