@@ -432,3 +432,28 @@ def test_built_in_tools_reach_a_native_upstream(http: httpx.Client, stack: Stack
     assert _native_stats(stack)["responses"] == before + 1
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "tools[0].type"
+
+
+def test_a_native_stream_cut_mid_way_ends_with_error_and_failed(
+    http: httpx.Client, stack: Stack
+) -> None:
+    """The upstream drops the connection after three events: the caller gets those, then
+    an ``error`` event and ``response.failed`` (with promptbus's id), and nothing is
+    stored."""
+    control = f"{stack.upstream}/u/native/_control"
+    httpx.post(control, json={"drop_after_chunks": 3}).raise_for_status()
+    try:
+        body = {"model": "native-gpt", "input": "cut me off", "stream": True}
+        with http.stream("POST", "/v1/responses", json=body) as response:
+            assert response.status_code == 200
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    finally:
+        httpx.post(control, json={"drop_after_chunks": None}).raise_for_status()
+    events = [json.loads(line[6:]) for line in lines]
+    kinds = [event["type"] for event in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[3:] == ["error", "response.failed"]
+    failed = events[-1]["response"]
+    assert failed["id"] == events[0]["response"]["id"] and failed["status"] == "failed"
+    assert [e["sequence_number"] for e in events] == list(range(5))
+    assert http.get(f"/v1/responses/{failed['id']}").status_code == 404
