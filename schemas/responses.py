@@ -146,6 +146,7 @@ class OutputItem(Struct, omit_defaults=True):
 
 class InputTokensDetails(Struct):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # the openai SDK's Response type requires it
 
 
 class OutputTokensDetails(Struct):
