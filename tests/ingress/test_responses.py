@@ -457,3 +457,24 @@ def test_a_native_stream_cut_mid_way_ends_with_error_and_failed(
     assert failed["id"] == events[0]["response"]["id"] and failed["status"] == "failed"
     assert [e["sequence_number"] for e in events] == list(range(5))
     assert http.get(f"/v1/responses/{failed['id']}").status_code == 404
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bodies_and_events_pass_the_sdks_strict_types(http: httpx.Client, model: str) -> None:
+    """The SDK parses leniently; its types validated strictly catch a field it would
+    miss (the answer and every stream event, native and through chat)."""
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    body = {"model": model, "input": "strictly", "instructions": "x", "tools": [TOOL]}
+    made = http.post("/v1/responses", json=body)
+    assert made.status_code == 200, made.text
+    assert Response.model_validate_json(made.text).output_text == "mock reply to: strictly"
+    adapter: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
+    with http.stream("POST", "/v1/responses", json=body | {"stream": True}) as stream:
+        events = [
+            adapter.validate_json(line[6:])
+            for line in stream.iter_lines()
+            if line.startswith("data: ")
+        ]
+    assert events[-1].type == "response.completed"
