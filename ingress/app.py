@@ -17,10 +17,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from broker.client import BrokerClient
 from broker.nats.credentials import Role, login_for
+from ingress.address_limits import AddressLimits
 from ingress.error_handlers import HANDLERS
 from ingress.routes import admin, batches, files, health
 from ingress.routes.chat import chat_completions
@@ -96,7 +98,11 @@ def create_app(
             if client is None:
                 await broker.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS)
+    limited = config.ingress.per_ip_rpm is not None or config.ingress.global_rpm is not None
+    middleware = [Middleware(AddressLimits, config=config.ingress)] if limited else []
+    app = Starlette(
+        routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS, middleware=middleware
+    )
     # No 307 to the path without its trailing slash: an API client does not follow
     # redirects of a POST or DELETE, and `/v1/files/%2F` is simply not found.
     app.router.redirect_slashes = False

@@ -214,6 +214,10 @@ class IngressConfig(_Config):
     # gets 503 at once. Keep max_connections under the process's open-file limit.
     header_timeout_s: PositiveFloat = 10.0
     max_connections: Annotated[int, Meta(ge=1)] = 4096
+    # Requests per minute on the /v1/ routes from one client address, and in all, across
+    # every replica (ingress/address_limits.py), checked before the key; None: none.
+    per_ip_rpm: Annotated[int, Meta(ge=1)] | None = None
+    global_rpm: Annotated[int, Meta(ge=1)] | None = None
 
 
 class SemanticCacheConfig(_Config):

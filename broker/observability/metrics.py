@@ -121,7 +121,7 @@ ERRORS = Counter(
 REFUSED = Counter(
     "promptbus_admission_refused_total",
     "Requests refused at admission: invalid_api_key, model_not_allowed, rate_limit_exceeded, "
-    "budget_exceeded, quota_exceeded",
+    "budget_exceeded, quota_exceeded, ip_rate_limit_exceeded, global_rate_limit_exceeded",
     ["code"],
 )
 POISON = Counter(
