@@ -104,6 +104,7 @@ class Ask(NamedTuple):
     traceparent: str | None = None
     tenancy: Tenancy | None = None
     mode: str = "chat"  # or "embeddings"; TEXT_COMPLETIONS, RESPONSES are queued with chat
+    unable: tuple[str, ...] = ()  # deployments that cannot serve it (capabilities)
 
 
 class Reply(NamedTuple):
@@ -395,7 +396,7 @@ class BrokerClient:
         a request costs one subscription-free round trip before the worker's answer.
         """
         api = ask.mode if ask.mode in (TEXT_COMPLETIONS, RESPONSES) else None
-        subject, failed = self.router.route(ask.model, "chat" if api else ask.mode)
+        subject, failed = self.router.route(ask.model, "chat" if api else ask.mode, ask.unable)
         timeout, tenancy = ask.timeout, ask.tenancy
         meta = RequestMeta(
             request_id=ask.request_id or new_request_id(),
@@ -487,6 +488,7 @@ class BrokerClient:
         cache_control: str | None = None,
         tenancy: Tenancy | None = None,
         mode: str = "chat",
+        unable: tuple[str, ...] = (),
     ) -> Reply:
         """Queue one non-streamed request and wait for its reply (an error reply included).
 
@@ -499,7 +501,9 @@ class BrokerClient:
         header says ``hit`` or ``miss`` whenever the request was cacheable. ``tenancy``
         is what admission granted (the ingress); each tenant has its own cache.
         """
-        ask = Ask(model, body, self._timeout(timeout), request_id, traceparent, tenancy, mode)
+        ask = Ask(
+            model, body, self._timeout(timeout), request_id, traceparent, tenancy, mode, unable
+        )
         namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE
         cache = self.cache
         key = cache.key(model, parsed, namespace) if cache is not None else None
@@ -544,12 +548,15 @@ class BrokerClient:
         cache_control: str | None = None,
         tenancy: Tenancy | None = None,
         mode: str = "chat",
+        unable: tuple[str, ...] = (),
     ) -> ReplyStream:
         """Queue one streamed request; iterate the result for its chunk replies.
 
         With ``cache.streams`` on and ``parsed`` given, a cached answer is replayed instead.
         """
-        ask = Ask(model, body, self._timeout(timeout), request_id, traceparent, tenancy, mode)
+        ask = Ask(
+            model, body, self._timeout(timeout), request_id, traceparent, tenancy, mode, unable
+        )
         token = str(next(self._tokens))
         stream = ReplyStream(self, token, ask.timeout)
         namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE

@@ -16,6 +16,7 @@ from schemas.prices import BUILTIN_PRICES
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Routing = Literal["least-busy", "weighted", "round-robin", "lowest-latency", "lowest-cost"]
+Capability = Literal["tools", "vision", "json_schema"]  # what a request may need
 PositiveFloat = Annotated[float, Meta(gt=0)]
 Provider = Literal["openai", "azure", "anthropic", "gemini", "mock"]
 # Where each native API lives unless ``base_url`` says otherwise.
@@ -88,6 +89,10 @@ class DeploymentConfig(_Config):
     # /responses (provider openai: OpenAI, and vLLM, Ollama ... where they serve it);
     # "chat" sends the chat request they mean. Unset: native for api.openai.com only.
     responses_api: Literal["native", "chat"] | None = None
+    # What the deployment serves, when not everything: a request that needs what it
+    # lacks goes to one that has it (broker/routing/capabilities.py); none: a 400.
+    capabilities: list[Capability] | None = None  # unset: every capability
+    context_window: Annotated[int, Meta(ge=1)] | None = None  # tokens; unset: unknown
 
     def __post_init__(self) -> None:
         if self.provider in ("openai", "azure") and not self.base_url:

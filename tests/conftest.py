@@ -128,6 +128,32 @@ def write_config(path: Path, nats_url: str, upstream: str, dead_port: int) -> Pa
                 ],
             },
             {"model_name": "orphan", "deployments": [{"provider": "mock"}]},
+            *(
+                {
+                    # capability routing: only `full` serves tools, images, schemas and
+                    # long prompts (broker/routing/capabilities.py)
+                    "model_name": name,
+                    "routing": routing,
+                    "deployments": [
+                        {
+                            "provider": "mock",
+                            "name": f"{name}-plain",
+                            "capabilities": [],
+                            "context_window": 40,
+                        },
+                        {
+                            "provider": "mock",
+                            "name": f"{name}-full",
+                            "capabilities": ["tools", "vision", "json_schema"],
+                        },
+                    ],
+                }
+                for name, routing in [("capable-gpt", "least-busy"), ("capable-rr", "round-robin")]
+            ),
+            {
+                "model_name": "text-only",
+                "deployments": [{"provider": "mock", "capabilities": ["tools"]}],
+            },
             {
                 # the Responses API passed through to an upstream that speaks it
                 "model_name": "native-gpt",
@@ -207,7 +233,7 @@ def stack(workdir: Path, nats_url: str, provider_fakes: fake_providers.Fakes) ->
         procs.append(upstream)
         wait_port("127.0.0.1", upstream_port, upstream)
         served = ["mock-gpt", "mock-slow", "upstream-gpt", "dead-upstream", "short-cache"]
-        served += ["native-gpt", "native-then-chat"]
+        served += ["native-gpt", "native-then-chat", "capable-gpt", "capable-rr", "text-only"]
         served += provider_models + fake_providers.EMBEDDING_MODELS
         worker = Proc(
             [

@@ -63,9 +63,12 @@ class Router:
         """Not taking requests now: open, or half-open (only its prober sends to it)."""
         return self._state(deployment) is not BreakerState.CLOSED
 
-    def route(self, model: str, mode: str = "chat") -> tuple[str, tuple[str, ...]]:
+    def route(
+        self, model: str, mode: str = "chat", unable: tuple[str, ...] = ()
+    ) -> tuple[str, tuple[str, ...]]:
         """Where to queue a new request for ``model``, and the deployments already passed
-        over; or the error the request gets instead."""
+        over (``unable``: those that cannot serve it, broker/routing/capabilities.py);
+        or the error the request gets instead."""
         config = self._config.model(model)
         if config is None:
             raise model_not_found(model)
@@ -78,10 +81,10 @@ class Router:
                     return self._subjects.queue(fallback, mode), skipped
             raise no_worker(model, self._directory.why_unserved(model))
         if config.routing != "least-busy":
-            target = self.choose(config)
+            target = self.choose(config, exclude=unable)
             if target is not None:
-                return self._subjects.dep(target.name), ()
-        return self._subjects.queue(model, mode), ()
+                return self._subjects.dep(target.name), unable
+        return self._subjects.queue(model, mode), unable
 
     def next_subject(
         self, model: ModelConfig, failed: Collection[str], *, context: bool = False

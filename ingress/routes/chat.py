@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.observability import metrics, tracing
+from broker.routing import capabilities
 from broker.tenancy.admission import Grant
 from ingress.http_io import (
     error_response,
@@ -177,10 +178,15 @@ async def observed(
 
 
 async def _chat(request: Request, trace: str, context: dict[str, Any]) -> Response:
-    broker = services(request).client
+    found = services(request)
+    broker = found.client
     chat, unknown, body = await read_open_request(request, decode_chat_request, context)
     cacheable = None if unknown else chat  # the cache key knows only our fields
+    model = found.config.model(chat.model)
+    unable = capabilities.unable_for_chat(model, chat, len(body) // 4)
     grant, options = await admitted(request, trace, chat, body, context)
+    if unable:
+        options["unable"] = unable
     limits = grant.rate_headers()
     if chat.stream:
         stream = await broker.open_stream(chat.model, body, parsed=cacheable, **options)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from broker.client import Reply, ReplyStream
 from broker.messages import translation
+from broker.routing import capabilities
 from ingress.http_io import reply_headers
 from ingress.routes.chat import admitted, observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, translated
@@ -36,11 +37,15 @@ async def create_message(request: Request) -> Response:
 
 
 async def _create(request: Request, trace: str, context: dict[str, Any]) -> Response:
-    broker = services(request).client
+    found = services(request)
+    broker = found.client
     asked, body = await read_model_request(request, messages_request_decoder, context)
     key = request.headers.get("x-api-key")
     grant, options = await admitted(request, trace, asked, body, context, key)
     chat = translation.to_chat(asked)
+    unable = capabilities.unable_for_chat(found.config.model(asked.model), chat, len(body) // 4)
+    if unable:
+        options["unable"] = unable
     extra = translation.extra_fields(asked)
     chat_body = with_fields(encoder.encode(chat), extra)
     options["parsed"] = None if extra else chat  # the cache key knows only chat's fields

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from broker.client import Reply, ReplyStream
 from broker.responses import conversation, translation
 from broker.responses.store import ResponseStore, StoredResponse
+from broker.routing import capabilities
 from ingress.http_io import page_limit, reply_headers
 from ingress.routes.chat import admitted, observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, typed_event
@@ -45,7 +46,10 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     model = found.config.model(asked.model)
     if model is not None and any(d.responses_api == "chat" for d in model.deployments):
         translation.to_chat(asked)  # some deployment serves it as chat: refuse here what it cannot
+    unable = capabilities.unable_for_responses(model, asked, len(body) // 4)
     grant, options = await admitted(request, trace, asked, body, context)
+    if unable:
+        options["unable"] = unable
     tenant = grant.tenancy.tenant if found.admission.required else None
     history: list[InputItem] = []
     if asked.previous_response_id:
