@@ -11,18 +11,20 @@ The ingress, the CLI and NATS-side users all go through this class.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import secrets
 import time
 from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from broker.batches.files import FileStore
 from broker.nats.provision import StreamKind, ensure_bucket, ensure_stream
-from broker.nats.subjects import BATCHES, Subjects
+from broker.nats.subjects import BATCHES, Subjects, bucket
 from schemas.batch import (
     BATCH_ENDPOINTS,
     COMPLETION_WINDOWS,
@@ -85,17 +87,26 @@ def batch_not_found(batch_id: str) -> BrokerError:
 
 
 class BatchStore:
-    def __init__(self, kv: KeyValue, files: FileStore, subjects: Subjects) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        files: FileStore,
+        subjects: Subjects,
+        js: JetStreamContext | None = None,
+        bucket_name: str = "",
+    ) -> None:
         self.kv = kv
         self.files = files
         self.subjects = subjects
+        self._js, self._bucket = js, bucket_name  # for reads from the stream's leader
 
     @classmethod
     async def open(cls, js: JetStreamContext, config: Config) -> BatchStore:
         subjects = Subjects.of(config)
         await ensure_stream(js, config, subjects, StreamKind.RESULTS)
         kv = await ensure_bucket(js, config, BATCHES)
-        return cls(kv, await FileStore.open(js, config), subjects)
+        name = bucket(config.nats.subject_prefix, BATCHES)
+        return cls(kv, await FileStore.open(js, config), subjects, js, name)
 
     # ------------------------------------------------------------ records
 
@@ -145,10 +156,22 @@ class BatchStore:
         await self.kv.create(batch.id, encoder.encode(record))
         return batch
 
-    async def record(self, batch_id: str) -> tuple[BatchRecord, int]:
-        """The record and its revision (for compare-and-set)."""
+    async def record(self, batch_id: str, *, latest: bool = False) -> tuple[BatchRecord, int]:
+        """The record and its revision (for compare-and-set). A replicated bucket answers
+        direct gets from any replica, one that is behind included; ``latest`` asks the
+        stream's leader, for the revision a compare-and-set must name."""
         if not batch_id.startswith("batch_") or not _valid_key(batch_id):
             raise batch_not_found(batch_id)
+        if latest and self._js is not None:
+            try:
+                msg = await self._js.get_last_msg(
+                    f"KV_{self._bucket}", f"$KV.{self._bucket}.{batch_id}", direct=False
+                )
+            except NotFoundError:
+                raise batch_not_found(batch_id) from None
+            if not msg.data or msg.seq is None:
+                raise batch_not_found(batch_id)
+            return batch_decoder.decode(msg.data), msg.seq
         try:
             entry = await self.kv.get(batch_id)
         except KeyNotFoundError:
@@ -167,15 +190,21 @@ class BatchStore:
     async def update(
         self, batch_id: str, change: Callable[[BatchRecord], BatchRecord | None]
     ) -> BatchRecord:
-        """Apply ``change`` (None: leave as is) with compare-and-set, retrying on a race."""
+        """Apply ``change`` (None: leave as is) with compare-and-set, retrying on a race.
+        After a conflict the record is read from the leader, and retries back off: a
+        replica left behind by a node's crash once answered every read with an old
+        revision, and the batch never finalized."""
+        conflicts = 0
         while True:
-            record, revision = await self.record(batch_id)
+            record, revision = await self.record(batch_id, latest=conflicts > 0)
             changed = change(record)
             if changed is None:
                 return record
             try:
                 await self.kv.update(batch_id, encoder.encode(changed), last=revision)
             except KeyWrongLastSequenceError:
+                conflicts += 1
+                await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * conflicts)))
                 continue
             return changed
 
