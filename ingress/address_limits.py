@@ -42,7 +42,7 @@ class AddressLimits:
         limiter = services.admission.limiter
         address = scope["client"][0] if scope.get("client") else "-"
         wanted = [(bucket, 1) for bucket in self._for(address)]
-        decisions = limiter.take_leased(wanted) or await limiter.take_all(wanted)
+        decisions = await limiter.take_all(wanted)
         refused = [d for d in decisions if not d.allowed]
         if refused:
             error = _refusal(max(refused, key=lambda d: d.retry_after_s), address)

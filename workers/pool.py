@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from broker.nats import acks
 from broker.observability import metrics, tracing
+from broker.responses import conversation
 from broker.responses import translation as responses_translation
 from broker.responses.chat_turn import ChatTurn
 from schemas.chat import (
@@ -65,12 +66,11 @@ from schemas.errors import (
     deadline_exceeded,
     from_validation_error,
     internal_error,
-    invalid_request,
     poison_request,
     unknown_field,
     upstream_error,
 )
-from schemas.responses import ResponseRequest, response_request_decoder, usage_in
+from schemas.responses import ResponseRequest, usage_in
 from workers import embedding_reply
 from workers.answered import AnsweredMemory
 from workers.breaker import CircuitBreaker
@@ -383,15 +383,7 @@ class DeploymentPool:
     def _responses_request(self, job: Job) -> ChatCompletionRequest | ResponseRequest:
         """A Responses body as this deployment serves it: as it is to a native upstream,
         else as the chat request it means (``job.turn`` turns the answer back)."""
-        request = decode_checked(response_request_decoder, job.msg.data)
-        responses_translation.check_supported(request)
-        if request.previous_response_id is not None:
-            raise invalid_request(
-                "Over NATS a Responses request is stateless: send the whole conversation "
-                "as `input` (the ingress resolves previous_response_id).",
-                param="previous_response_id",
-                code="unsupported_parameter",
-            )
+        request = conversation.decode_stateless(job.msg.data, "over NATS")
         if self._native is not None:
             return request
         job.turn = ChatTurn(request)

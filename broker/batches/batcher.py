@@ -50,7 +50,7 @@ from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
 from broker.nats.provision import provision
 from broker.nats.subjects import Subjects
-from broker.responses.translation import check_supported
+from broker.responses.conversation import decode_stateless
 from broker.tenancy.admission import Admission
 from schemas.batch import (
     BATCH_ENDPOINT,
@@ -95,7 +95,7 @@ from schemas.errors import (
     request_too_large,
     wrong_endpoint,
 )
-from schemas.responses import ResponseRequest, response_request_decoder
+from schemas.responses import ResponseRequest
 
 log = logging.getLogger(__name__)
 
@@ -846,18 +846,15 @@ _APIS = {COMPLETIONS_ENDPOINT: TEXT_COMPLETIONS, RESPONSES_ENDPOINT: RESPONSES}
 
 
 def _stateless_response(body: bytes) -> ResponseRequest:
-    """A Responses line: stateless, as on the bus (nothing of a batch is stored)."""
-    request = decode_checked(response_request_decoder, body)
-    check_supported(request)
-    for name in ("previous_response_id", "store"):
-        if getattr(request, name):
-            raise InvalidRequest(
-                400,
-                f"`{name}` is not supported in batches: a line holds its whole "
-                "conversation, and batch responses are not stored.",
-                param=name,
-                code="unsupported_parameter",
-            )
+    """A Responses line: stateless, as on the bus, and not stored."""
+    request = decode_stateless(body, "in batches")
+    if request.store:
+        raise InvalidRequest(
+            400,
+            "`store` is not supported in batches: batch responses are not stored.",
+            param="store",
+            code="unsupported_parameter",
+        )
     return request
 
 

@@ -15,7 +15,10 @@ from typing import Any
 
 import msgspec
 
-from schemas.responses import InputItem, ResponseRequest
+from broker.responses import translation
+from schemas.depth import decode_checked
+from schemas.errors import invalid_request
+from schemas.responses import InputItem, ResponseRequest, response_request_decoder
 
 
 def turn_input(request: ResponseRequest) -> list[InputItem]:
@@ -42,6 +45,22 @@ def carried(output: list[dict[str, Any]]) -> list[InputItem]:
             call = msgspec.convert(item, InputItem, strict=False)
             items.append(msgspec.structs.replace(call, id=None, status=None))
     return items
+
+
+def decode_stateless(body: bytes, where: str) -> ResponseRequest:
+    """A Responses body as the bus carries it (a worker's, a batch line's): checked, and
+    holding its whole conversation; ``previous_response_id`` is a 400 naming it (only
+    the ingress keeps stored responses). ``where`` says where it was sent."""
+    request = decode_checked(response_request_decoder, body)
+    translation.check_supported(request)
+    if request.previous_response_id is not None:
+        raise invalid_request(
+            f"`previous_response_id` is not supported {where}: send the whole conversation "
+            "as `input` (the ingress resolves previous_response_id).",
+            param="previous_response_id",
+            code="unsupported_parameter",
+        )
+    return request
 
 
 def stateless(request: ResponseRequest, history: list[InputItem]) -> ResponseRequest:

@@ -256,7 +256,7 @@ class Admission:
             return Grant(Tenancy(key.id, tenant.name, estimate))
         wanted = _wanted(buckets, estimate)
         if not spendings:
-            decisions = self.limiter.take_leased(wanted) or await self._take(wanted)
+            decisions = await self._take(wanted)
             return Grant(Tenancy(key.id, tenant.name, estimate), decisions)
         tokens = estimate + (OUTPUT_HOLD if output is None else output)
         cost = self._cost_hold(model, estimate, tokens - estimate)

@@ -155,9 +155,9 @@ class RateLimiter(Leasing):
         From the lease when it holds enough (no I/O). Otherwise the takes of one bucket
         in this process are decided together: the first caller to get the bucket's lock
         decides for everyone waiting, in arrival order, and writes the bucket once."""
-        held = self._held.get(bucket.key)
-        if held is not None and held.bucket == bucket and held.lease.spend(cost):
-            return held.decide(time.time())
+        leased = self.take_leased([(bucket, cost)])
+        if leased is not None:
+            return leased[0]
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(bucket.key, []).append((cost, future))
         async with self._lock(bucket.key):
@@ -296,7 +296,11 @@ class RateLimiter(Leasing):
         return [held.decide(now) for held in helds]
 
     async def take_all(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
-        """Take from every bucket or from none: on a refusal the others are refunded."""
+        """Take from every bucket or from none: on a refusal the others are refunded.
+        From the leases when they all hold enough: no task per bucket then."""
+        leased = self.take_leased(wanted)
+        if leased is not None:
+            return leased
         decisions = list(await asyncio.gather(*(self.take(b, c) for b, c in wanted)))
         if not all(d.allowed for d in decisions):
             exact = []

@@ -42,10 +42,11 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     found = services(request)
     broker = found.client
     asked, body = await read_model_request(request, response_request_decoder, context)
-    translation.check_supported(asked)
     model = found.config.model(asked.model)
     if model is not None and any(d.responses_api == "chat" for d in model.deployments):
-        translation.to_chat(asked)  # some deployment serves it as chat: refuse here what it cannot
+        translation.to_chat(asked)  # some deployment serves it as chat: refuse what it cannot
+    else:
+        translation.check_supported(asked)  # (to_chat checks this too)
     unable = capabilities.unable_for_responses(model, asked, len(body) // 4)
     grant, options = await admitted(request, trace, asked, body, context)
     if unable:
@@ -55,7 +56,7 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     if asked.previous_response_id:
         history = (await found.responses.get(tenant, asked.previous_response_id)).conversation
     sent = conversation.stateless(asked, history)
-    turn = Turn(found.responses, tenant, asked, history + conversation.turn_input(asked))
+    turn = Turn(found.responses, tenant, asked, conversation.turn_input(sent))
     options["mode"] = RESPONSES
     limits = grant.rate_headers()
     if asked.stream:
