@@ -51,6 +51,7 @@ from broker.nats.credentials import Role, login_for
 from broker.nats.provision import provision
 from broker.nats.subjects import Subjects
 from broker.responses.conversation import decode_stateless
+from broker.tasks import cancel_and_wait, raise_if_cancelled
 from broker.tenancy.admission import Admission
 from schemas.batch import (
     BATCH_ENDPOINT,
@@ -112,6 +113,7 @@ REPAIR_BACKOFF_MAX_S = 60.0  # found none lost: look again after twice as long, 
 REPAIR_CHECKS = 256  # stream lookups in flight at once while looking
 UNKNOWN_STALL_S = 60.0  # lines queued by an earlier run: published again after this stall
 SPENDING_CHECK_S = 1.0  # how often a metered key's budgets and quota are read
+IDLE_CHECK_S = 5.0  # no result for this long: ask whether the results consumer still works
 
 
 EXPIRED_LINE = LineError(
@@ -195,18 +197,14 @@ class Batcher:
             log.exception("batch %s: run failed; it will be resumed", run.batch_id)
             await asyncio.sleep(SCAN_S)
         finally:
-            for task in (work, keeper):
-                task.cancel()
-            await asyncio.gather(work, keeper, return_exceptions=True)
+            await cancel_and_wait(work, keeper)
             await lease.release()
             self._running.pop(run.batch_id, None)
 
     async def stop(self) -> None:
         if self._scan_task:
             self._scan_task.cancel()
-        for task in list(self._running.values()):
-            task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await cancel_and_wait(*self._running.values())
         if self.admission is not None:
             await self.admission.close()
         if self._nc is not None and self._owns_connection:
@@ -378,9 +376,7 @@ class BatchRun:
             results.close()
             raise
         finally:
-            monitor.cancel()
-            collector.cancel()
-            await asyncio.gather(monitor, collector, return_exceptions=True)
+            await cancel_and_wait(monitor, collector)
 
     async def _await_results(self, record: BatchRecord) -> None:
         """Wait for the last results; when they stop coming, look for lost lines."""
@@ -618,13 +614,18 @@ class BatchRun:
             try:
                 sub = await self._results_subscription()
                 remaining = (await sub.consumer_info()).num_pending or 0
+                idle_since, stalled = time.monotonic(), 0
                 while not drain or remaining > 0:
                     try:
                         msgs = await sub.fetch(FETCH, timeout=1.0)
                     except TimeoutError:
                         raise_if_cancelled()
+                        if time.monotonic() - idle_since >= IDLE_CHECK_S:
+                            idle_since = time.monotonic()
+                            stalled = await check_results_consumer(sub, stalled)
                         continue
                     raise_if_cancelled()
+                    idle_since, stalled = time.monotonic(), 0
                     for msg in msgs:
                         results.add(msg)
                     remaining -= len(msgs)
@@ -808,14 +809,27 @@ class BatchRun:
         return stored.id
 
 
-def raise_if_cancelled() -> None:
-    """Python 3.11's ``wait_for`` (inside nats-py's fetch too) can return a result that
-    arrived together with a cancellation and drop the cancellation: a loop that goes on
-    after it would never end (a batch stopped by its quota once hung before finalizing). The task
-    still counts the request (``cancelling()``), so honour it here."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+class ConsumerStalled(Exception):
+    """The results consumer holds results it does not deliver."""
+
+
+async def check_results_consumer(sub: JetStreamContext.PullSubscription, stalled: int) -> int:
+    """Raise if an idle results consumer is gone or stuck; how many idle checks in a row
+    found results waiting.
+
+    After nats-server restarts, or the node holding an ephemeral consumer dies, fetches
+    can time out for ever without an error: the server answers a pull on a deleted
+    consumer with a 409 that nats-py takes for "no messages", and a pull subscription
+    does not outlive a server reboot (nats-io/nats.py#504). A batch then had every
+    result stored and waited, in_progress, until another batcher took its lease over.
+    ``consumer_info`` raises when the consumer is gone; results pending on two checks
+    in a row with nothing delivered between them mean it is stuck."""
+    info = await sub.consumer_info()
+    if not info.num_pending:
+        return 0
+    if stalled >= 1:
+        raise ConsumerStalled(f"{info.num_pending} results pending, none delivered")
+    return stalled + 1
 
 
 def _finalizing(

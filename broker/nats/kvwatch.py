@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from nats.js.kv import KeyValue
+
+from broker.tasks import cancel_and_wait
 
 # Called with (key, value or None when deleted/purged/expired, revision).
 OnEntry = Callable[[str, bytes | None, int | None], None]
@@ -35,7 +36,4 @@ class KVFollower:
             ready.set()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)

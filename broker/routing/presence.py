@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from broker.nats.kvwatch import KVFollower
 from broker.nats.subjects import subject_token
+from broker.tasks import cancel_and_wait
 from schemas.state import DeploymentStats, WorkerBeat, beat_decoder
 
 log = logging.getLogger(__name__)
@@ -54,38 +55,44 @@ class PresencePublisher:
         self._task = asyncio.create_task(self._loop())
 
     async def beat(self) -> None:
-        for model, stats in self._models.items():
-            deployments = stats()
-            beat = WorkerBeat(
+        """Put every model's beat at once: one round trip, however many models. (One
+        after another, 20 models under load took longer than the TTL, and live workers
+        vanished from the directory.)"""
+        now = time.time()
+        beats = [
+            WorkerBeat(
                 worker_id=self._worker_id,
                 model=model,
                 deployments=deployments,
                 capacity=sum(d.capacity for d in deployments),
                 inflight=sum(d.inflight for d in deployments),
-                ts=time.time(),
+                ts=now,
             )
-            await self._kv.put(self._key(model), _encoder.encode(beat))
-        for model, reason in self._unavailable.items():
-            beat = WorkerBeat(
-                worker_id=self._worker_id,
-                model=model,
-                deployments=[],
-                ts=time.time(),
-                unavailable=reason,
+            for model, deployments in ((m, stats()) for m, stats in self._models.items())
+        ]
+        beats += [
+            WorkerBeat(
+                worker_id=self._worker_id, model=model, deployments=[], ts=now, unavailable=why
             )
-            await self._kv.put(self._key(model), _encoder.encode(beat))
+            for model, why in self._unavailable.items()
+        ]
+        await asyncio.gather(
+            *(self._kv.put(self._key(beat.model), _encoder.encode(beat)) for beat in beats)
+        )
 
     async def _loop(self) -> None:
+        """Beat every period from the last beat's start, however long a beat took."""
+        next_beat = time.monotonic()
         while True:
-            await asyncio.sleep(self._period)
+            next_beat = max(next_beat + self._period, time.monotonic())
+            await asyncio.sleep(next_beat - time.monotonic())
             try:
                 await self.beat()
             except Exception as exc:  # NATS away: try again next period
                 log.debug("presence heartbeat failed: %s", exc)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        await cancel_and_wait(self._task)  # no beat may follow the deletes
         for model in [*self._models, *self._unavailable]:
             with contextlib.suppress(Exception):
                 await self._kv.delete(self._key(model))

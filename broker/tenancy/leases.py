@@ -28,6 +28,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from broker.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 IDLE_S = 0.5  # a lease unused this long is returned
@@ -98,10 +100,7 @@ class Leasing:
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         with contextlib.suppress(Exception):  # NATS gone: the leases lapse with it
             await self.flush(everything=True)
 

@@ -41,6 +41,7 @@ from broker.nats.permissions import AUTH_REQUESTS
 from broker.nats.subjects import BREAKERS, WORKERS, Subjects, bucket, subject_token
 from broker.nats.tls import client_context
 from broker.observability.metrics import NATS_LOGINS
+from broker.tasks import cancel_and_wait
 from broker.tenancy.admission import Admission
 from schemas.config import Config
 
@@ -126,10 +127,7 @@ class NatsAccess:
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         for nc in (self._nc, self._system):
             if nc is not None:
                 with contextlib.suppress(Exception):

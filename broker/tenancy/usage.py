@@ -32,6 +32,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from broker.nats.subjects import Subjects, parse_usage_detail
+from broker.tasks import cancel_and_wait
 from schemas.config import Config
 from schemas.tenancy import Period, UsageRow
 
@@ -129,10 +130,7 @@ class UsageRecorder:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self.flush()
 
     def _increments(
