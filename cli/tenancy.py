@@ -54,7 +54,13 @@ def _quota(text: str) -> Quota:
 
 
 def _limits(args: argparse.Namespace) -> Limits:
-    return Limits(rpm=args.rpm, tpm=args.tpm, rpm_burst=args.rpm_burst, tpm_burst=args.tpm_burst)
+    return Limits(
+        rpm=args.rpm,
+        tpm=args.tpm,
+        rpm_burst=args.rpm_burst,
+        tpm_burst=args.tpm_burst,
+        max_inflight=args.max_inflight,
+    )
 
 
 def _print(value: Any) -> None:
@@ -191,6 +197,9 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         parser.add_argument("--tpm", type=int, default=None, help="tokens per minute")
         parser.add_argument("--rpm-burst", type=int, default=None)
         parser.add_argument("--tpm-burst", type=int, default=None)
+        parser.add_argument(
+            "--max-inflight", type=int, default=None, help="requests in flight at once"
+        )
         parser.add_argument("--budget", type=_budget, action="append", help="USD[/daily|/monthly]")
         parser.add_argument("--model", action="append", help="allowed model (repeatable)")
 

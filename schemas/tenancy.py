@@ -19,12 +19,14 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 
 class Limits(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """Token buckets: ``rpm``/``tpm`` per minute, holding ``*_burst`` at most (default:
-    one minute's worth)."""
+    one minute's worth); ``max_inflight``: requests in flight at once, across every
+    process (more wait for a slot, up to their timeout)."""
 
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     rpm_burst: PositiveInt | None = None
     tpm_burst: PositiveInt | None = None
+    max_inflight: PositiveInt | None = None
 
 
 class Budget(Struct, kw_only=True, forbid_unknown_fields=True):

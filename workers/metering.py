@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from broker.tenancy.admission import ANONYMOUS_KEY, DEFAULT_TENANT, Admission, bearer
+from broker.tenancy.admission import ANONYMOUS_KEY, DEFAULT_TENANT, Admission, Grant, bearer
 from broker.tenancy.usage import UsageRecorder
 from schemas.chat import Usage
 from schemas.envelope import H_AUTHORIZATION, RequestMeta, Tenancy, deadline_after
@@ -22,11 +22,16 @@ class Accounting:
         self.admission = admission
         self.recorder = recorder
 
-    async def vet(self, msg: Msg, meta: RequestMeta, model: str) -> RequestMeta:
-        """The request's meta with a vouched-for tenancy; raises ``BrokerError`` (401,
-        403, 429) when a directly queued request may not run."""
+    async def vet(
+        self, msg: Msg, meta: RequestMeta, model: str
+    ) -> tuple[RequestMeta, Grant | None]:
+        """The request's meta with a vouched-for tenancy, and the grant of a request
+        admitted here (``finish`` it when the worker lets go of the request); raises
+        ``BrokerError`` (401, 403, 429) when a directly queued request may not run. A
+        key or tenant at its ``max_inflight`` is refused at once (429, retry after a
+        second): the request was pulled already, and waiting would hold a worker slot."""
         if not self.admission.required or self.admission.vouched(meta, msg.data):
-            return meta  # without auth there is nothing to check (nor to vouch for)
+            return meta, None  # without auth there is nothing to check (nor to vouch for)
         secret = bearer((msg.headers or {}).get(H_AUTHORIZATION))
         grant = await self.admission.admit(secret, model, len(msg.data) // 4)
         admitted = msgspec.structs.replace(meta, tenancy=grant.tenancy)
@@ -34,7 +39,7 @@ class Accounting:
             admitted = msgspec.structs.replace(
                 admitted, deadline_ms=deadline_after(self.admission.config.nats.max_queue_age_s)
             )
-        return self.admission.keys.vouch(admitted, msg.data)
+        return self.admission.keys.vouch(admitted, msg.data), grant
 
     def key_transforms(self, meta: RequestMeta) -> tuple[str, ...]:
         """The transformation profiles of the request's key, if it has any."""

@@ -33,6 +33,7 @@ from broker.observability import metrics, tracing
 from broker.responses import conversation
 from broker.responses import translation as responses_translation
 from broker.responses.chat_turn import ChatTurn
+from broker.tenancy.admission import Grant
 from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -128,6 +129,7 @@ class Job:
     transforms: Transforms | None = None
     accounted: bool = False  # its usage was recorded, or another pool has it now
     turn: ChatTurn | None = None  # a Responses request this deployment serves as chat
+    grant: Grant | None = None  # admitted here (queued directly on NATS): its slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +304,8 @@ class DeploymentPool:
                 self._by_reply.pop(meta.reply_to, None)
             self._m_inflight.dec()
             self._answered.finish(identity, settled)
+            if job.grant is not None:
+                job.grant.finish()
             if settled:
                 if not job.accounted and self._accounting is not None:
                     self._accounting.release(msg, job.meta)  # answered without usage
@@ -367,7 +371,9 @@ class DeploymentPool:
                 if unknown and native and isinstance(request, ChatCompletionRequest):
                     raise unknown_field(next(iter(unknown)), self.deployment.provider)
             if self._accounting is not None:
-                job.meta = await self._accounting.vet(job.msg, job.meta, self.model.model_name)
+                job.meta, job.grant = await self._accounting.vet(
+                    job.msg, job.meta, self.model.model_name
+                )
         except BrokerError as exc:
             await self._error(job, exc)
             return None

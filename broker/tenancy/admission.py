@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
@@ -31,6 +32,7 @@ from nats.aio.client import Client as NATS
 from broker.nats.provision import StreamKind, ensure_bucket, ensure_stream
 from broker.nats.subjects import KEYS, RATELIMITS, Subjects, name_token
 from broker.observability import metrics
+from broker.tenancy.concurrency import Concurrency, Slot
 from broker.tenancy.holds import Holds, Pool, Reserved
 from broker.tenancy.keys import KeyStore
 from broker.tenancy.ratelimit import Bucket, Decision, RateLimiter
@@ -67,6 +69,13 @@ class Grant:
 
     tenancy: Tenancy
     decisions: list[Decision] = field(default_factory=list)
+    slots: list[Slot] = field(default_factory=list)  # under max_inflight caps
+    waited_s: float = 0.0  # for a slot
+
+    def finish(self) -> None:
+        """The request has ended (answered, failed or abandoned): free its slots."""
+        for slot in self.slots:
+            slot.release()
 
     def rate_headers(self) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` headers, from the tightest bucket of each kind."""
@@ -128,8 +137,10 @@ class Admission:
         limiter: RateLimiter,
         usage: UsageView,
         holds: Holds,
+        concurrency: Concurrency | None = None,
     ) -> None:
         self.config = config
+        self.concurrency = concurrency
         self.keys = keys
         self.limiter = limiter
         self.usage = usage
@@ -149,16 +160,21 @@ class Admission:
         subjects = Subjects.of(config)
         await ensure_stream(js, config, subjects, StreamKind.USAGE)
         keys = KeyStore(await ensure_bucket(js, config, KEYS))
-        limiter = RateLimiter(await ensure_bucket(js, config, RATELIMITS))
+        shared_limits = await ensure_bucket(js, config, RATELIMITS)
+        limiter = RateLimiter(shared_limits)
         usage = UsageView(js, config)
         holds = Holds(nc, js, subjects.usage_stream)
+        concurrency = Concurrency(shared_limits)
         await keys.start()
         await usage.start()
         limiter.start()
         holds.start()
-        return cls(config, keys, limiter, usage, holds)
+        concurrency.start()
+        return cls(config, keys, limiter, usage, holds, concurrency)
 
     async def close(self) -> None:
+        if self.concurrency is not None:
+            await self.concurrency.stop()
         await self.limiter.stop()
         await self.holds.stop()
         await self.keys.stop()
@@ -230,26 +246,66 @@ class Admission:
         return key.id, key.tenant
 
     async def admit(
-        self, secret: str | None, model: str, estimate: int, output: int | None = None
+        self,
+        secret: str | None,
+        model: str,
+        estimate: int,
+        output: int | None = None,
+        wait_s: float = 0.0,
+        gone: Callable[[], Awaitable[object]] | None = None,
     ) -> Grant:
         """Admit a request of ``model`` with about ``estimate`` prompt tokens and at most
-        ``output`` output tokens (None: not limited by the request)."""
+        ``output`` output tokens (None: not limited by the request), waiting up to
+        ``wait_s`` for a slot under its key's and tenant's ``max_inflight`` (or until
+        ``gone`` returns: the caller left). The caller calls ``Grant.finish`` when the
+        request has ended."""
         try:
-            return await self._admit(secret, model, estimate, output)
+            if not self.required:
+                return Grant(Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT, estimate))
+            key = self.keys.lookup(secret) if secret else None
+            if key is None:
+                raise unauthorized(secret)
+            tenant = self.keys.tenant(key.tenant) or TenantRecord(name=key.tenant)
+            self._check_model(key, tenant, model)
+            caps = _caps(key, tenant)
+            if not caps:
+                return await self._admit(key, tenant, model, estimate, output)
+            slots, waited = await self._slots(caps, wait_s, gone)
+            try:
+                grant = await self._admit(key, tenant, model, estimate, output)
+            except BaseException:
+                for slot in slots:
+                    slot.release()
+                raise
+            grant.slots, grant.waited_s = slots, waited
+            return grant
         except BrokerError as exc:
             metrics.REFUSED.labels(exc.detail.code or "refused").inc()
             raise
 
+    async def _slots(
+        self,
+        caps: list[tuple[str, int, str]],
+        wait_s: float,
+        gone: Callable[[], Awaitable[object]] | None,
+    ) -> tuple[list[Slot], float]:
+        """A slot under every cap (key first, then tenant), or none; and the wait."""
+        assert self.concurrency is not None
+        started = time.monotonic()
+        slots: list[Slot] = []
+        try:
+            for entry, limit, owner in caps:
+                left = wait_s - (time.monotonic() - started)
+                slots.append(await self.concurrency.acquire(entry, limit, left, owner, gone))
+        except BaseException:
+            for slot in slots:
+                slot.release()
+            raise
+        return slots, time.monotonic() - started
+
     async def _admit(
-        self, secret: str | None, model: str, estimate: int, output: int | None
+        self, key: KeyRecord, tenant: TenantRecord, model: str, estimate: int, output: int | None
     ) -> Grant:
-        if not self.required:
-            return Grant(Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT, estimate))
-        key = self.keys.lookup(secret) if secret else None
-        if key is None:
-            raise unauthorized(secret)
-        tenant = self.keys.tenant(key.tenant) or TenantRecord(name=key.tenant)
-        self._check_model(key, tenant, model)
         spendings = self.spendings(key.id, tenant.name, time.time())
         buckets = self.buckets(key.id, tenant.name)
         if not spendings and not buckets:
@@ -461,6 +517,23 @@ class Admission:
             for bucket in self.buckets(tenancy.key_id, tenancy.tenant):
                 if bucket.kind == "tokens":
                     self.limiter.adjust(bucket, delta)
+
+
+def _caps(key: KeyRecord, tenant: TenantRecord) -> list[tuple[str, int, str]]:
+    """(KV entry, limit, owner) of the ``max_inflight`` caps a key's requests count
+    against."""
+    caps = []
+    if key.limits.max_inflight:
+        caps.append((f"inflight.key.{key.id}", key.limits.max_inflight, f"key {key.id}"))
+    if tenant.limits.max_inflight:
+        caps.append(
+            (
+                f"inflight.tenant.{name_token(tenant.name)}",
+                tenant.limits.max_inflight,
+                f"tenant {tenant.name}",
+            )
+        )
+    return caps
 
 
 def _buckets(scope: str, ident: str, limits: Limits) -> list[Bucket]:

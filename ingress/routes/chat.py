@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from broker.observability import metrics, tracing
 from broker.routing import capabilities
 from broker.tenancy.admission import Grant
 from ingress.http_io import (
+    MIN_TIMEOUT_S,
     error_response,
     read_body,
     reply_headers,
@@ -48,8 +50,11 @@ def model_named_in(body: bytes) -> str:
         return ""
 
 
-class ModelRequest(Protocol):
+class NamedModel(Protocol):
     model: str
+
+
+class ModelRequest(NamedModel, Protocol):
     stream: bool | None
 
 
@@ -89,7 +94,7 @@ async def read_open_request(
 async def admitted(
     request: Request,
     trace: str,
-    asked: ModelRequest,
+    asked: NamedModel,
     body: bytes,
     context: dict[str, Any],
     key: str | None = None,
@@ -97,13 +102,24 @@ async def admitted(
     """Admission for a model request (its key, or ``key`` when the route reads it from
     elsewhere), and what every model route passes the broker client: the deadline, ids,
     trace, vouched tenancy and the caller's cache directives."""
-    admission = services(request).admission
+    found = services(request)
+    admission = found.admission
+    timeout = request_timeout(request)
+    wait_s = found.config.ingress.default_timeout_s if timeout is None else timeout
     grant = await admission.admit(
-        key or api_key(request), asked.model, len(body) // 4, output_limit(asked)
+        key or api_key(request),
+        asked.model,
+        len(body) // 4,
+        output_limit(asked),
+        wait_s,
+        lambda: client_gone(request),
     )
+    context["grant"] = grant
     context["tenant"] = grant.tenancy.tenant
+    if grant.waited_s and timeout is not None:  # the wait for a slot counts
+        timeout = max(MIN_TIMEOUT_S, timeout - grant.waited_s)
     options: dict[str, Any] = {
-        "timeout": request_timeout(request),
+        "timeout": timeout,
         "request_id": str(context["request_id"]),
         "traceparent": tracing.child(trace),
         "tenancy": admission.vouch(grant),
@@ -112,7 +128,35 @@ async def admitted(
     return grant, options
 
 
-def output_limit(asked: ModelRequest) -> int | None:
+async def client_gone(request: Request) -> None:
+    """Returns when the HTTP client has hung up (the body is read: the server's next
+    message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def finish_with(grant: Grant, response: Response | None) -> None:
+    """Free the request's concurrency slots when its response has been sent: a stream's
+    once its last event is (or the client left), any other at once."""
+    if not isinstance(response, StreamingResponse):
+        grant.finish()
+        return
+    events = response.body_iterator
+
+    async def finishing() -> AsyncIterator[Any]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            grant.finish()
+
+    response.body_iterator = finishing()
+    # A stream the client left before it started never runs the generator: its slots
+    # are freed when the response goes (Starlette then runs no background either).
+    weakref.finalize(response, grant.finish)
+
+
+def output_limit(asked: NamedModel) -> int | None:
     """The most output tokens the request allows, whatever its API calls the field (a
     budget holds that much of its cost until the answer is known)."""
     for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
@@ -146,6 +190,7 @@ async def observed(
     trace = tracing.accept(request.headers.get("traceparent"))
     context: dict[str, Any] = {"request_id": request_id(request), "model": "", "stream": False}
     metrics.INGRESS_INFLIGHT.inc()
+    response: Response | None = None
     try:
         response = await work(request, trace, context)
     except BrokerError as exc:
@@ -154,6 +199,9 @@ async def observed(
         metrics.ERRORS.labels("-", exc.detail.code or f"http_{exc.status}").inc()
     finally:
         metrics.INGRESS_INFLIGHT.dec()
+        grant: Grant | None = context.pop("grant", None)
+        if grant is not None and grant.slots:
+            finish_with(grant, response)
     response.headers["x-request-id"] = str(context["request_id"])
     response.headers["traceparent"] = trace
     elapsed = time.perf_counter() - started

@@ -3,13 +3,16 @@ same keys, budgets and limits as chat."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.observability import metrics, tracing
-from ingress.http_io import error_response, read_body, reply_headers, request_timeout, require_json
-from ingress.routes.chat import model_named_in, request_id
-from ingress.state import api_key, services
+from broker.tenancy.admission import Grant
+from ingress.http_io import error_response, read_body, reply_headers, require_json
+from ingress.routes.chat import admitted, model_named_in, request_id
+from ingress.state import services
 from schemas.chat import embedding_request_decoder
 from schemas.depth import decode_checked
 from schemas.errors import BrokerError
@@ -17,26 +20,20 @@ from schemas.errors import BrokerError
 
 async def embeddings(request: Request) -> Response:
     found = services(request)
-    config, broker, admission = found.config, found.client, found.admission
+    config, broker = found.config, found.client
     trace = tracing.accept(request.headers.get("traceparent"))
     rid = request_id(request)
     model = "-"
     body = b""
+    grant: Grant | None = None
     try:
         require_json(request)
         body = await read_body(request, broker.max_body_bytes)
         parsed = decode_checked(embedding_request_decoder, body)
         model = parsed.model if config.model(parsed.model) else "-"
-        grant = await admission.admit(api_key(request), parsed.model, len(body) // 4)
-        reply = await broker.request(
-            parsed.model,
-            body,
-            timeout=request_timeout(request),
-            request_id=rid,
-            traceparent=tracing.child(trace),
-            tenancy=admission.vouch(grant),
-            mode="embeddings",
-        )
+        context: dict[str, Any] = {"request_id": rid}
+        grant, options = await admitted(request, trace, parsed, body, context)
+        reply = await broker.request(parsed.model, body, mode="embeddings", **options)
         response = Response(
             reply.body,
             status_code=reply.status,
@@ -49,6 +46,9 @@ async def embeddings(request: Request) -> Response:
         if model == "-":
             named = model_named_in(body)
             model = named if config.model(named) else "-"
+    finally:
+        if grant is not None:
+            grant.finish()
     response.headers["x-request-id"] = rid
     response.headers["traceparent"] = trace
     metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), "false").inc()
