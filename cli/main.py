@@ -331,7 +331,7 @@ async def _chat(
 
 
 def cmd_tenancy(args: argparse.Namespace) -> None:
-    """keys / tenants / usage: see cli/tenancy.py."""
+    """keys / tenants / usage (cli/tenancy.py), experiments (cli/experiments.py)."""
     config = _config(args)
     run(args.action(args, config, _nats_url(args, config)))
 
@@ -429,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import tenancy
 
     tenancy.add_commands(lambda name, _, help: add(name, cmd_tenancy, help))
+    from cli import experiments
+
+    experiments.add_commands(lambda name, _, help: add(name, cmd_tenancy, help))
     add("batcher", cmd_batcher, "run batches: validate, publish lines, write output files")
     batch = add("batch", cmd_batch, "bulk batches from a JSONL file")
     actions = batch.add_subparsers(dest="batch_command", required=True)

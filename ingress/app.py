@@ -24,7 +24,7 @@ from broker.client import BrokerClient
 from broker.nats.credentials import Role, login_for
 from ingress.address_limits import AddressLimits
 from ingress.error_handlers import HANDLERS
-from ingress.routes import admin, batches, files, health
+from ingress.routes import admin, batches, experiments, files, health
 from ingress.routes.chat import chat_completions
 from ingress.routes.completions import completions
 from ingress.routes.embeddings import embeddings
@@ -66,6 +66,9 @@ ROUTES = [
     Route("/admin/tenants", admin.list_tenants, methods=["GET"]),
     Route("/admin/tenants/{name}", admin.set_tenant, methods=["PUT"]),
     Route("/admin/usage", admin.usage, methods=["GET"]),
+    Route("/admin/experiments", experiments.list_experiments, methods=["GET"]),
+    Route("/admin/experiments/{name}", experiments.show_experiment, methods=["GET"]),
+    Route("/admin/experiments/{name}/rollback", experiments.roll_back, methods=["POST"]),
     Route("/admin/breakers", admin.list_breakers, methods=["GET"]),
     Route("/admin/breakers/{deployment:path}/{action}", admin.change_breaker, methods=["POST"]),
     Route("/admin/deployments", admin.list_deployments, methods=["GET"]),

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from broker.batches.store import BatchStore
 from broker.client import BrokerClient
+from broker.experiments.traffic import Experiments
 from broker.responses.store import ResponseStore
 from broker.tenancy.admission import Admission, bearer
 from broker.tenancy.nats_access import NatsAccess
@@ -25,6 +26,7 @@ class Services:
     admin_key: str | None  # the admin API's key (admin.api_key_env); None: admin API off
     responses: ResponseStore
     nats_access: NatsAccess | None = None  # tenants' NATS logins, where this has the keys
+    experiments: Experiments | None = None  # None: the config splits no alias
 
     @classmethod
     async def open(cls, config: Config, client: BrokerClient) -> Services:
@@ -36,6 +38,7 @@ class Services:
             batches=await BatchStore.open(client.js, config),
             admin_key=os.environ.get(config.admin.api_key_env) or None,
             responses=await ResponseStore.open(client.js, config),
+            experiments=await Experiments.open(client.nc, config),
         )
         client.vouch = admission.keys.vouch
         client.unqueued = admission.release
@@ -46,6 +49,8 @@ class Services:
         return found
 
     async def close(self) -> None:
+        if self.experiments is not None:
+            await self.experiments.close()
         if self.nats_access is not None:
             await self.nats_access.stop()
         await self.admission.close()

@@ -310,6 +310,37 @@ class ResponsesConfig(_Config):
     retention_s: PositiveFloat = 30 * 86400.0  # as long as OpenAI keeps them: 30 days
 
 
+class CanaryConfig(_Config):
+    """A split that moves ``variant`` from the first step's share of the traffic to the
+    last in steps, ``step_s`` apart; rolled back to 0% by itself when, over the last
+    ``window_s``, its error rate exceeds the baseline's by ``max_error_rate_increase``
+    (absolute) or its p95 latency exceeds the baseline's by ``max_p95_increase`` (a
+    fraction: 0.5 = 50% slower), judged once it has ``min_requests`` in the window."""
+
+    variant: str  # the model alias on trial; the experiment's other variant is the baseline
+    steps: Annotated[list[Annotated[int, Meta(ge=1, le=100)]], Meta(min_length=1)] = field(
+        default_factory=lambda: [1, 5, 25, 50, 100]
+    )
+    step_s: PositiveFloat = 3600.0
+    window_s: PositiveFloat = 300.0
+    min_requests: Annotated[int, Meta(ge=1)] = 50
+    max_error_rate_increase: Annotated[float, Meta(ge=0, le=1)] = 0.05
+    max_p95_increase: Annotated[float, Meta(ge=0)] = 0.5
+    check_s: PositiveFloat = 10.0  # how often the canary is judged
+
+
+class ExperimentConfig(_Config):
+    """A model alias whose traffic is split between variants (other aliases)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    model: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\s*>]+$")]
+    variants: Annotated[dict[str, Annotated[int, Meta(ge=0)]], Meta(min_length=2)]
+    # sticky: the same end user (the request's `user`, or x-promptbus-user) or key always
+    # gets the same variant (hash-based); none: each request is drawn anew
+    sticky: Literal["none", "user", "key"] = "none"
+    canary: CanaryConfig | None = None
+
+
 class Config(_Config):
     model_list: list[ModelConfig]
     nats: NatsConfig = field(default_factory=NatsConfig)
@@ -322,6 +353,7 @@ class Config(_Config):
     transforms: dict[str, TransformConfig] = {}  # profiles, named by models' `transforms`
     batch: BatchConfig = field(default_factory=BatchConfig)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    experiments: list[ExperimentConfig] = []
 
     def __post_init__(self) -> None:
         carried = self.nats.max_payload_bytes - HEADER_ROOM
@@ -372,6 +404,38 @@ class Config(_Config):
         for model in self.model_list:
             for deployment in model.deployments:
                 self._price(deployment, deployment.model or model.model_name)
+        self._check_experiments(seen)
+
+    def _check_experiments(self, models: set[str]) -> None:
+        names: set[str] = set()
+        aliases: set[str] = set()
+        for experiment in self.experiments:
+            where = f"experiment `{experiment.name}`"
+            if experiment.name in names:
+                raise ValueError(f"duplicate {where}")
+            names.add(experiment.name)
+            if experiment.model in models or experiment.model in aliases:
+                raise ValueError(f"{where}: model `{experiment.model}` is already a model alias")
+            aliases.add(experiment.model)
+            for variant in experiment.variants:
+                if variant not in models:
+                    raise ValueError(f"{where}: variant `{variant}` is not in model_list")
+            if not any(experiment.variants.values()) and experiment.canary is None:
+                raise ValueError(f"{where}: every variant has weight 0")
+            canary = experiment.canary
+            if canary is not None:
+                if canary.variant not in experiment.variants or len(experiment.variants) != 2:
+                    raise ValueError(
+                        f"{where}: a canary needs exactly two variants, its `variant` one of them"
+                    )
+                if canary.steps != sorted(canary.steps):
+                    raise ValueError(f"{where}: canary steps must rise")
+
+    def experiment(self, alias: str) -> ExperimentConfig | None:
+        for experiment in self.experiments:
+            if experiment.model == alias:
+                return experiment
+        return None
 
     def _price(self, deployment: DeploymentConfig, upstream_model: str) -> None:
         """Fill a deployment's unset prices: config ``prices``, built-in table, else 0."""

@@ -35,7 +35,6 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker.batches.lease import BatchLease, new_owner
 from broker.batches.results import H_LINE_ERROR, Results
 from broker.batches.store import (
     BatchStore,
@@ -48,10 +47,11 @@ from broker.batches.store import (
 from broker.nats.block_publish import BlockPublisher, Message, PublishError
 from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
+from broker.nats.lease import KVLease, new_owner
 from broker.nats.provision import provision
 from broker.nats.subjects import Subjects
+from broker.nats.tasks import cancel_and_wait, raise_if_cancelled
 from broker.responses.conversation import decode_stateless
-from broker.tasks import cancel_and_wait, raise_if_cancelled
 from broker.tenancy.admission import Admission
 from schemas.batch import (
     BATCH_ENDPOINT,
@@ -127,7 +127,7 @@ class MalformedLine(Exception):
 
 
 class Batcher:
-    """Finds unfinished batches and runs each one it can lease (broker/batches/lease.py)."""
+    """Finds unfinished batches and runs each one it can lease (broker/nats/lease.py)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -168,8 +168,11 @@ class Batcher:
                     if is_terminal(record.batch):
                         self._finished.add(batch_id)
                         continue
-                    lease = BatchLease(
-                        self.store.kv, batch_id, self.owner, self.config.batch.lease_ttl_s
+                    lease = KVLease(
+                        self.store.kv,
+                        lease_key(batch_id),
+                        self.owner,
+                        self.config.batch.lease_ttl_s,
                     )
                     if not await lease.acquire():
                         continue  # another batcher runs it
@@ -180,7 +183,7 @@ class Batcher:
                 log.warning("batch scan failed: %s", exc)
             await asyncio.sleep(SCAN_S)
 
-    async def _run(self, run: BatchRun, lease: BatchLease) -> None:
+    async def _run(self, run: BatchRun, lease: KVLease) -> None:
         """Run the batch while holding its lease; stop if another batcher takes it."""
         work = asyncio.create_task(run.run())
         keeper = asyncio.create_task(lease.keep())
@@ -830,6 +833,11 @@ async def check_results_consumer(sub: JetStreamContext.PullSubscription, stalled
     if stalled >= 1:
         raise ConsumerStalled(f"{info.num_pending} results pending, none delivered")
     return stalled + 1
+
+
+def lease_key(batch_id: str) -> str:
+    """The batch's lease in the batches bucket: which batcher runs it."""
+    return f"run.{batch_id}"
 
 
 def _finalizing(

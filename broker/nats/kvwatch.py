@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from nats.js.kv import KeyValue
 
-from broker.tasks import cancel_and_wait
+from broker.nats.tasks import cancel_and_wait
 
 # Called with (key, value or None when deleted/purged/expired, revision).
 OnEntry = Callable[[str, bytes | None, int | None], None]

@@ -32,6 +32,7 @@ from broker.nats.subjects import (
     BATCHES,
     BREAKERS,
     CACHE,
+    EXPERIMENTS,
     KEYS,
     RATELIMITS,
     RESPONSES,
@@ -315,6 +316,8 @@ BUCKETS: dict[str, BucketSpec] = {
     BATCHES: BucketSpec("promptbus batches"),
     # Responses API responses kept for previous_response_id and GET (key <tenant>.<id>)
     RESPONSES: BucketSpec("promptbus stored responses", ttl=lambda c: c.responses.retention_s),
+    # canary state per experiment (key = its name) and the judge's lease (judge)
+    EXPERIMENTS: BucketSpec("promptbus experiments: canary steps and rollbacks"),
     # starts of redelivered requests (key <stream>.<seq>): a request that ends its worker
     # every time is recognised on its nats.max_deliver-th start; written only for
     # redeliveries, never on the hot path; entries outlive any queued request

@@ -46,6 +46,7 @@ BATCHES = "batches"
 ATTEMPTS = "attempts"  # how many times workers began serving a redelivered request
 FILES = "files"  # an Object Store bucket
 RESPONSES = "responses"  # stored Responses API responses (previous_response_id)
+EXPERIMENTS = "experiments"  # canary state per experiment, and the judge's lease
 
 
 def bucket(prefix: str, kind: str) -> str:
@@ -212,6 +213,13 @@ class Subjects:
         """A report row's counter: ``day`` is YYYYMMDD (UTC)."""
         names = ".".join(name_token(n) for n in (tenant, key_id, model, deployment))
         return f"{self.prefix}.usage.d.{day}.{names}.{metric}"
+
+    def experiment_counter(self, experiment: str, variant: str, minute: int, metric: str) -> str:
+        """One variant's ``metric`` in one minute (Unix time // 60) of an experiment."""
+        return f"{self.prefix}.usage.x.{experiment}.{name_token(variant)}.{minute}.{metric}"
+
+    def experiment_counters(self, experiment: str) -> str:
+        return f"{self.prefix}.usage.x.{experiment}.>"
 
     def usage_details(self, day: str, tenant: str | None = None) -> str:
         """Every report row of one day, or of one tenant's day."""

@@ -68,6 +68,17 @@ INGRESS_DURATION = Histogram(
     ["model", "stream"],
     buckets=LATENCY_BUCKETS,
 )
+EXPERIMENT_REQUESTS = Counter(
+    "promptbus_experiment_requests_total",
+    "Requests of a split alias, by experiment, the variant that served it and status",
+    ["experiment", "variant", "status"],
+)
+EXPERIMENT_DURATION = Histogram(
+    "promptbus_experiment_request_duration_seconds",
+    "Ingress latency of a split alias's requests by variant (streams: to the first chunk)",
+    ["experiment", "variant"],
+    buckets=LATENCY_BUCKETS,
+)
 INGRESS_INFLIGHT = Gauge(
     "promptbus_ingress_inflight_requests",
     "Requests the ingress is waiting on",

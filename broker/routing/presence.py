@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from broker.nats.kvwatch import KVFollower
 from broker.nats.subjects import subject_token
-from broker.tasks import cancel_and_wait
+from broker.nats.tasks import cancel_and_wait
 from schemas.state import DeploymentStats, WorkerBeat, beat_decoder
 
 log = logging.getLogger(__name__)

@@ -212,7 +212,10 @@ class Admission:
                 code="unknown_transform",
                 param="transforms",
             )
-        models = [m for m in spec.models or () if self.config.model(m) is None]
+        config = self.config
+        models = [
+            m for m in spec.models or () if config.model(m) is None and config.experiment(m) is None
+        ]
         if models:
             raise InvalidRequest(
                 400,
@@ -253,12 +256,14 @@ class Admission:
         output: int | None = None,
         wait_s: float = 0.0,
         gone: Callable[[], Awaitable[object]] | None = None,
+        asked_as: str | None = None,
     ) -> Grant:
         """Admit a request of ``model`` with about ``estimate`` prompt tokens and at most
         ``output`` output tokens (None: not limited by the request), waiting up to
         ``wait_s`` for a slot under its key's and tenant's ``max_inflight`` (or until
-        ``gone`` returns: the caller left). The caller calls ``Grant.finish`` when the
-        request has ended."""
+        ``gone`` returns: the caller left). ``asked_as``: the alias the caller named, when
+        an experiment routed it to ``model`` (keys are allowed aliases). The caller
+        calls ``Grant.finish`` when the request has ended."""
         try:
             if not self.required:
                 return Grant(Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT, estimate))
@@ -266,7 +271,7 @@ class Admission:
             if key is None:
                 raise unauthorized(secret)
             tenant = self.keys.tenant(key.tenant) or TenantRecord(name=key.tenant)
-            self._check_model(key, tenant, model)
+            self._check_model(key, tenant, asked_as or model)
             caps = _caps(key, tenant)
             if not caps:
                 return await self._admit(key, tenant, model, estimate, output)

@@ -30,7 +30,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from broker.tasks import cancel_and_wait
+from broker.nats.tasks import cancel_and_wait
 from schemas.errors import BrokerError, InvalidRequest, RateLimited
 
 log = logging.getLogger(__name__)

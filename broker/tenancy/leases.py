@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from broker.tasks import cancel_and_wait
+from broker.nats.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ from broker.nats.connection import connect
 from broker.nats.credentials import ACCOUNT, ISSUER, Credentials, Role, tenant_inbox_prefix
 from broker.nats.permissions import AUTH_REQUESTS
 from broker.nats.subjects import BREAKERS, WORKERS, Subjects, bucket, subject_token
+from broker.nats.tasks import cancel_and_wait
 from broker.nats.tls import client_context
 from broker.observability.metrics import NATS_LOGINS
-from broker.tasks import cancel_and_wait
 from broker.tenancy.admission import Admission
 from schemas.config import Config
 

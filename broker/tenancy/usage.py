@@ -32,7 +32,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from broker.nats.subjects import Subjects, parse_usage_detail
-from broker.tasks import cancel_and_wait
+from broker.nats.tasks import cancel_and_wait
 from schemas.config import Config
 from schemas.tenancy import Period, UsageRow
 
@@ -220,6 +220,13 @@ class UsageRecorder:
         for increments in self._increments(**usage):
             for subject, value in increments.items():
                 pending[subject] += value
+
+    def add_counts(self, increments: dict[str, int]) -> None:
+        """Add to any counters of the usage stream with the next batch (experiments'
+        per-variant counts, broker/experiments/stats.py)."""
+        pending = self._pending
+        for subject, value in increments.items():
+            pending[subject] += value
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(int)

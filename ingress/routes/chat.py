@@ -88,7 +88,33 @@ async def read_open_request(
         context["model"] = model_named_in(body)  # for the metrics of the refusal
         raise
     context["model"], context["stream"] = asked.model, bool(asked.stream)
+    experiments = services(request).experiments
+    if experiments is not None:
+        experiment = experiments.experiment(asked.model)
+        if experiment is not None:
+            variant = experiments.route(experiment, sticky_id(request, asked, experiment.sticky))
+            context["experiment"], context["variant"] = experiment.name, variant
+            context["asked_as"], asked.model = asked.model, variant
+            context["model"] = variant
     return asked, unknown, body
+
+
+def end_user(request: Request, asked: object) -> str | None:
+    """The end user a request names: ``x-promptbus-user``, else its ``user`` field (the
+    Messages API's ``metadata.user_id``)."""
+    named = request.headers.get("x-promptbus-user") or getattr(asked, "user", None)
+    if named is None:
+        metadata = getattr(asked, "metadata", None)
+        named = getattr(metadata, "user_id", None)
+    return named if isinstance(named, str) and named else None
+
+
+def sticky_id(request: Request, asked: object, sticky: str) -> str | None:
+    """What a sticky split hashes: the end user (else the key), or the key."""
+    if sticky == "none":
+        return None
+    key = api_key(request) or request.headers.get("x-api-key")
+    return (end_user(request, asked) if sticky == "user" else None) or key
 
 
 async def admitted(
@@ -113,6 +139,7 @@ async def admitted(
         output_limit(asked),
         wait_s,
         lambda: client_gone(request),
+        context.get("asked_as"),
     )
     context["grant"] = grant
     context["tenant"] = grant.tenancy.tenant
@@ -126,6 +153,47 @@ async def admitted(
         "cache_control": request.headers.get("cache-control"),
     }
     return grant, options
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    input_tokens: int = 0  # the Responses and Messages APIs' names
+    output_tokens: int = 0
+
+
+class _WithUsage(msgspec.Struct):
+    usage: _Usage | None = None
+
+
+_usage_decoder = msgspec.json.Decoder(_WithUsage)
+
+
+def observe_variant(
+    request: Request, response: Response, context: dict[str, Any], elapsed: float
+) -> None:
+    """An experiment's request: the variant in the answer's headers and its counters (a
+    stream's latency is to its first event, its tokens are not counted here)."""
+    experiments = services(request).experiments
+    assert experiments is not None
+    experiment, variant = str(context["experiment"]), str(context["variant"])
+    response.headers["x-promptbus-experiment"] = experiment
+    response.headers["x-promptbus-variant"] = variant
+    prompt = completion = 0
+    if not isinstance(response, StreamingResponse) and response.status_code < 300:
+        try:
+            usage = _usage_decoder.decode(response.body).usage
+        except msgspec.DecodeError:
+            usage = None
+        if usage is not None:
+            prompt = usage.prompt_tokens or usage.input_tokens
+            completion = usage.completion_tokens or usage.output_tokens
+    deployment = response.headers.get("x-promptbus-deployment")
+    metrics.EXPERIMENT_REQUESTS.labels(experiment, variant, str(response.status_code)).inc()
+    metrics.EXPERIMENT_DURATION.labels(experiment, variant).observe(elapsed)
+    experiments.observe(
+        experiment, variant, response.status_code, elapsed, deployment, prompt, completion
+    )
 
 
 async def client_gone(request: Request) -> None:
@@ -205,6 +273,8 @@ async def observed(
     response.headers["x-request-id"] = str(context["request_id"])
     response.headers["traceparent"] = trace
     elapsed = time.perf_counter() - started
+    if "variant" in context:
+        observe_variant(request, response, context, elapsed)
     model = str(context["model"]) if config.model(str(context["model"])) else "-"
     stream = "true" if context["stream"] else "false"
     metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), stream).inc()

@@ -26,6 +26,11 @@ async def list_models(request: Request) -> Response:
             for m in found.config.model_list
             if (allowed is None or m.model_name in allowed) and servable(m)
         ]
+        + [  # split aliases (experiments): served while any variant is
+            Model(id=e.model, created=0, owned_by="promptbus")
+            for e in found.config.experiments
+            if (allowed is None or e.model in allowed) and any(live(v) for v in e.variants)
+        ]
     )
     return Response(encoder.encode(models), media_type="application/json")
 
@@ -35,9 +40,12 @@ async def retrieve_model(request: Request) -> Response:
     name = request.path_params["model"]
     allowed = found.admission.allowed_models(api_key(request))  # 401 first
     model = found.config.model(name)
-    if model is None or (allowed is not None and name not in allowed):
+    owner = model.owned_by if model is not None else "promptbus"
+    if (model is None and found.config.experiment(name) is None) or (
+        allowed is not None and name not in allowed
+    ):
         raise model_not_found(name)
     return Response(
-        encoder.encode(Model(id=name, created=0, owned_by=model.owned_by)),
+        encoder.encode(Model(id=name, created=0, owned_by=owner)),
         media_type="application/json",
     )

@@ -580,7 +580,7 @@ def test_two_batchers_run_a_batch_once_and_the_survivor_takes_over(env: BatchEnv
     assert f"{batch_id}: resuming" not in survivor.output()  # it left the batch alone
     batch = env.done(batch_id, timeout=120)
     assert_exactly_once(env, batch, ids)
-    assert f"batch {batch_id}: taking over" in survivor.output()
+    assert f"run.{batch_id}: taking over" in survivor.output()  # its lease (run.<id>)
 
 
 def test_a_batch_past_its_window_expires_with_unanswered_lines_in_the_error_file(

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,14 @@ class CountingUpstream:
                 "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
             }
         )
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll the upstream's counts (they change in its own thread: no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 class Stack:
@@ -183,8 +191,7 @@ def test_a_flooding_tenant_waits_while_another_starts_at_once(stack: Stack) -> N
             floods = [
                 asyncio.create_task(stack.chat(http, flood, f"a-{i}")) for i in range(500)
             ]
-            while stack.upstream.running["a"] < CAP:  # a's backlog has formed
-                await asyncio.sleep(0.02)
+            await until(lambda: stack.upstream.running["a"] >= CAP)  # a's backlog formed
             await asyncio.sleep(LATENCY_S)
             sent = {f"b-{i}": time.monotonic() for i in range(5)}
             lights = await asyncio.gather(*(stack.chat(http, light, tag) for tag in sent))
@@ -206,8 +213,7 @@ def test_a_request_that_finds_no_slot_in_its_time_gets_429(stack: Stack) -> None
     async def run() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(timeout=30) as http:
             first = asyncio.create_task(stack.chat(http, key, "solo-0"))
-            while stack.upstream.running["solo"] < 1:
-                await asyncio.sleep(0.01)
+            await until(lambda: stack.upstream.running["solo"] >= 1)
             second = await stack.chat(http, key, "solo-1", **{"x-promptbus-timeout": "0.2"})
             return await first, second
 

@@ -1,14 +1,14 @@
-"""Which batcher runs a batch: a lease in the batches KV bucket.
+"""Which process does a job that one process at a time must do: a lease in a KV bucket.
 
-Several batchers may run (for availability, or by accident: ``--scale batcher=2``); each
-batch is run by one of them. The key ``run.<batch-id>`` names the holder and when its
-hold ends; the holder renews it every third of ``batch.lease_ttl_s``. Every change is a
-compare-and-set on the key's revision, so two batchers never both believe they hold it.
-A batcher that dies stops renewing, and another takes the batch over once the hold has
-ended, resuming from the checkpoint as a restarted batcher would.
+Batches (``run.<batch-id>`` in the batches bucket: several batchers may run, each batch
+is run by one of them) and canaries (the experiments bucket: one process judges and
+steps them) use it. The key names the holder and when its hold ends; the holder renews
+it every third of the TTL. Every change is a compare-and-set on the key's revision, so
+two processes never both believe they hold it. A holder that dies stops renewing, and
+another takes the job over once the hold has ended.
 
-Expiry is judged by the batchers' wall clocks: clocks apart by more than the TTL would
-let two batchers run one batch at once (their results still count once per line).
+Expiry is judged by the processes' wall clocks: clocks apart by more than the TTL would
+let two of them do the job at once (a batch's results still count once per line).
 """
 
 from __future__ import annotations
@@ -36,19 +36,14 @@ _decoder = msgspec.json.Decoder(Hold)
 
 
 def new_owner() -> str:
-    """A batcher's name in leases: host and pid (for people), and a random part."""
+    """A process's name in leases: host and pid (for people), and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def lease_key(batch_id: str) -> str:
-    return f"run.{batch_id}"
-
-
-class BatchLease:
-    def __init__(self, kv: KeyValue, batch_id: str, owner: str, ttl_s: float) -> None:
+class KVLease:
+    def __init__(self, kv: KeyValue, key: str, owner: str, ttl_s: float) -> None:
         self._kv = kv
-        self._key = lease_key(batch_id)
-        self.batch_id = batch_id
+        self._key = key
         self.owner = owner
         self.ttl_s = ttl_s
         self._revision: int | None = None
@@ -63,7 +58,8 @@ class BatchLease:
         return msgspec.json.encode(Hold(self.owner, self._until_ms))
 
     async def acquire(self) -> bool:
-        """Take the lease if nobody holds it or the hold has ended; False otherwise."""
+        """Take the lease if nobody holds it or the hold has ended (or renew it, held by
+        this owner); False otherwise."""
         try:
             entry = await self._kv.get(self._key)
         except KeyNotFoundError:  # never held, or released (a delete marker)
@@ -83,12 +79,12 @@ class BatchLease:
         except KeyWrongLastSequenceError:
             return False
         if hold.owner and hold.owner != self.owner:
-            log.info("batch %s: taking over from %s", self.batch_id, hold.owner)
+            log.info("%s: taking over from %s", self._key, hold.owner)
         return True
 
     async def keep(self) -> None:
         """Renew until cancelled; returns when the lease is lost (taken over, or not
-        renewed before it ended), and then the caller must stop running the batch."""
+        renewed before it ended), and then the caller must stop doing the job."""
         while True:
             await asyncio.sleep(self.ttl_s / 3)
             try:
@@ -100,16 +96,16 @@ class BatchLease:
                 return
             except Exception as exc:  # NATS unreachable: retry while the hold lasts
                 if time.time() * 1000 >= self._until_ms:
-                    log.warning("batch %s: lease not renewed in time (%s)", self.batch_id, exc)
+                    log.warning("%s: lease not renewed in time (%s)", self._key, exc)
                     self._revision = None
                     return
 
     async def release(self) -> None:
-        """Let another batcher take the batch at once (a finished or failed run)."""
+        """Let another process take the job at once (it finished, or failed)."""
         revision, self._revision = self._revision, None
         if revision is None:
             return
         try:
             await self._kv.delete(self._key, last=revision)
         except Exception as exc:  # it ends by itself after the TTL
-            log.debug("batch %s: lease not released (%s)", self.batch_id, exc)
+            log.debug("%s: lease not released (%s)", self._key, exc)

@@ -1,4 +1,4 @@
-"""broker/tasks.py: a task that drops a cancellation still ends."""
+"""broker/nats/tasks.py: a task that drops a cancellation still ends."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.tasks import cancel_and_wait, raise_if_cancelled
+from broker.nats.tasks import cancel_and_wait, raise_if_cancelled
 
 
 async def test_a_task_that_drops_its_cancel_is_cancelled_again() -> None:

@@ -1,0 +1,1 @@
+"""Traffic splits and canaries between model aliases (issue 19)."""
