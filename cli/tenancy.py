@@ -1,5 +1,6 @@
-"""``promptbus keys|tenants|usage``: manage virtual keys and read usage over NATS directly
-(the same operations as the admin API, for operators with access to NATS)."""
+"""``promptbus keys|teams|tenants|usage``: manage virtual keys, teams and tenants, and read
+usage over NATS directly (the same operations as the admin API, for operators with access
+to NATS)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 
 from broker.nats.connection import connect
@@ -18,7 +20,16 @@ from broker.tenancy.admission import Admission
 from cli.options import connection_options
 from schemas.config import Config
 from schemas.errors import BrokerError
-from schemas.tenancy import Budget, KeySpec, Limits, Quota, TenantSpec
+from schemas.tenancy import (
+    Budget,
+    EndUserPolicy,
+    KeySpec,
+    Limits,
+    Quota,
+    TeamSpec,
+    TenantSpec,
+    check_team_name,
+)
 
 Action = Callable[[NATS, Admission], Awaitable[Any]]
 
@@ -70,6 +81,7 @@ def _print(value: Any) -> None:
 async def keys_create(args: argparse.Namespace, config: Config, url: str) -> None:
     spec = KeySpec(
         tenant=args.tenant,
+        team=args.team,
         name=args.name or "",
         models=args.model,
         limits=_limits(args),
@@ -119,12 +131,54 @@ async def keys_change(args: argparse.Namespace, config: Config, url: str) -> Non
 
 
 async def tenants_set(args: argparse.Namespace, config: Config, url: str) -> None:
+    per_user = [args.user_rpm, args.user_tpm, args.user_max_inflight, args.user_budget]
+    end_users = None
+    if any(v is not None for v in per_user) or args.user_quota is not None:
+        end_users = EndUserPolicy(
+            limits=Limits(
+                rpm=args.user_rpm, tpm=args.user_tpm, max_inflight=args.user_max_inflight
+            ),
+            budgets=args.user_budget or [],
+            quota=args.user_quota,
+        )
     spec = TenantSpec(
-        limits=_limits(args), budgets=args.budget or [], quota=args.quota, models=args.model
+        limits=_limits(args),
+        budgets=args.budget or [],
+        quota=args.quota,
+        models=args.model,
+        end_users=end_users,
     )
 
     async def action(nc: NATS, admission: Admission) -> None:
         _print(views.key_free(await admission.keys.set_tenant(args.name, spec)))
+
+    await _with_admission(config, url, action)
+
+
+async def teams_set(args: argparse.Namespace, config: Config, url: str) -> None:
+    spec = TeamSpec(
+        limits=_limits(args), budgets=args.budget or [], quota=args.quota, models=args.model
+    )
+
+    async def action(nc: NATS, admission: Admission) -> None:
+        try:
+            check_team_name(args.name)
+            admission.check_models(spec.models)
+        except BrokerError as exc:
+            raise SystemExit(f"promptbus: {exc.message}") from None
+        _print(views.team_view(await admission.keys.set_team(args.tenant, args.name, spec)))
+
+    await _with_admission(config, url, action)
+
+
+async def teams_list(args: argparse.Namespace, config: Config, url: str) -> None:
+    async def action(nc: NATS, admission: Admission) -> None:
+        for team in admission.keys.teams(args.tenant):
+            limits = msgspec.to_builtins(team.limits)
+            shown = " ".join(f"{k}={v}" for k, v in sorted(limits.items())) or "no limits"
+            keys = sum(1 for k in admission.keys.keys(team.tenant) if k.team == team.name)
+            models = ",".join(team.models) if team.models is not None else "*"
+            print(f"{team.tenant}/{team.name}  {shown}  models={models}  keys={keys}")
 
     await _with_admission(config, url, action)
 
@@ -138,9 +192,24 @@ async def tenants_list(args: argparse.Namespace, config: Config, url: str) -> No
 
 async def usage(args: argparse.Namespace, config: Config, url: str) -> None:
     async def action(nc: NATS, admission: Admission) -> None:
-        report = await views.usage_report(nc.jetstream(), config, args.days, args.tenant)
+        report = await views.usage_report(
+            nc.jetstream(), config, args.days, args.tenant, args.by, admission.keys
+        )
         if args.json:
             _print(report)
+            return
+        if args.by != "key":
+            print(
+                f"{'day':<10} {'tenant':<14} {args.by:<24} {'requests':>8} {'tokens':>10} "
+                f"{'cost_usd':>12}"
+            )
+            for row in report["rows"]:
+                tokens = row["prompt_tokens"] + row["completion_tokens"]
+                print(
+                    f"{row['day']:<10} {row['tenant']:<14} {row[args.by]:<24} "
+                    f"{row['requests']:>8} {tokens:>10} {row['cost_usd']:>12.6f}"
+                )
+            print(f"total cost: ${report['cost_usd']:.6f}")
             return
         print(
             f"{'day':<10} {'tenant':<14} {'key':<16} {'model':<18} {'deployment':<20} "
@@ -207,6 +276,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = leaf(keys_sub, "create", keys_create, "a new key (the secret is printed once)")
     create.add_argument("--tenant", required=True)
+    create.add_argument("--team", default=None, help="a team of the tenant (teams set)")
     create.add_argument("--name", default="")
     create.add_argument("--transform", action="append", help="transformation profile (repeatable)")
     limit_options(create)
@@ -223,9 +293,32 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     limit_options(setter)
     setter.add_argument("--quota", type=_quota, default=None, help="TOKENS[/period]")
     leaf(tenants_sub, "list", tenants_list, "tenants and their usage")
+    for option, help in (
+        ("--user-rpm", "each end user's requests per minute"),
+        ("--user-tpm", "each end user's tokens per minute"),
+        ("--user-max-inflight", "each end user's requests in flight"),
+    ):
+        setter.add_argument(option, type=int, default=None, help=help)
+    setter.add_argument(
+        "--user-budget", type=_budget, action="append", help="each end user's USD[/period]"
+    )
+    setter.add_argument("--user-quota", type=_quota, default=None, help="each end user's quota")
+
+    teams = add("teams", None, "set and list teams: groups of a tenant's keys with limits")
+    teams_sub = teams.add_subparsers(dest="teams_command", required=True)
+    team_setter = leaf(teams_sub, "set", teams_set, "create or replace a team's settings")
+    team_setter.add_argument("tenant")
+    team_setter.add_argument("name")
+    limit_options(team_setter)
+    team_setter.add_argument("--quota", type=_quota, default=None, help="TOKENS[/period]")
+    team_listing = leaf(teams_sub, "list", teams_list, "teams and their limits")
+    team_listing.add_argument("--tenant", default=None)
 
     report = add("usage", None, "tokens and cost per day, tenant, key, model, deployment")
     report.set_defaults(action=usage)
     report.add_argument("--tenant", default=None)
     report.add_argument("--days", type=int, default=1, help="the last N days (default: today)")
     report.add_argument("--json", action="store_true")
+    report.add_argument(
+        "--by", choices=views.USAGE_BY, default="key", help="rows per key (default), team or user"
+    )

@@ -27,6 +27,8 @@ H_FAILED = "Pb-Failed"  # deployments that already failed this request (failover
 H_AUTHORIZATION = "Authorization"  # NATS callers: "Bearer sk-pb-..." (auth.required)
 H_KEY_ID = "Pb-Key-Id"  # the admitted key's id (never the key)
 H_TENANT = "Pb-Tenant"
+H_TEAM = "Pb-Team"  # the admitted key's team, when it has one
+H_END_USER = "Pb-End-User"  # the end user the request named (its `user`), when it did
 H_TOKEN_ESTIMATE = "Pb-Token-Estimate"  # tokens charged at admission, corrected after
 H_METERED = "Pb-Metered"  # "1": a budget or quota applies, record usage before replying
 H_HOLD = "Pb-Hold"  # "<nano-USD> <tokens>": held of its budgets and quota, released after
@@ -145,6 +147,8 @@ class Tenancy(Struct, frozen=True):
     signature: str = ""
     hold_cost: int = 0  # nano-USD held of each budget until the worker settles
     hold_tokens: int = 0  # tokens held of the tenant's quota
+    team: str = ""  # the key's team ("" none)
+    user: str = ""  # the end user (schemas.tenancy.end_user_id), "" none
 
     def signed_part(
         self, request_id: str, reply_to: str | None, deadline_ms: int | None, body: bytes
@@ -155,7 +159,8 @@ class Tenancy(Struct, frozen=True):
         digest = hashlib.sha256(body).hexdigest()[:32]
         return (
             f"{request_id}|{self.key_id}|{self.tenant}|{self.estimate}|{int(self.metered)}"
-            f"|{self.hold_cost}|{self.hold_tokens}|{reply_to or ''}|{deadline_ms or ''}|{digest}"
+            f"|{self.hold_cost}|{self.hold_tokens}|{self.team}|{self.user}"
+            f"|{reply_to or ''}|{deadline_ms or ''}|{digest}"
         )
 
     def to_headers(self) -> dict[str, str]:
@@ -168,6 +173,10 @@ class Tenancy(Struct, frozen=True):
         }
         if self.hold_cost or self.hold_tokens:
             headers[H_HOLD] = f"{self.hold_cost} {self.hold_tokens}"
+        if self.team:
+            headers[H_TEAM] = self.team
+        if self.user:
+            headers[H_END_USER] = self.user
         return headers
 
     @classmethod
@@ -188,6 +197,8 @@ class Tenancy(Struct, frozen=True):
             signature=headers.get(H_ADMISSION, ""),
             hold_cost=hold_cost,
             hold_tokens=hold_tokens,
+            team=headers.get(H_TEAM, ""),
+            user=headers.get(H_END_USER, ""),
         )
 
 

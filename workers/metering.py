@@ -23,7 +23,7 @@ class Accounting:
         self.recorder = recorder
 
     async def vet(
-        self, msg: Msg, meta: RequestMeta, model: str
+        self, msg: Msg, meta: RequestMeta, model: str, user: str | None = None
     ) -> tuple[RequestMeta, Grant | None]:
         """The request's meta with a vouched-for tenancy, and the grant of a request
         admitted here (``finish`` it when the worker lets go of the request); raises
@@ -33,7 +33,7 @@ class Accounting:
         if not self.admission.required or self.admission.vouched(meta, msg.data):
             return meta, None  # without auth there is nothing to check (nor to vouch for)
         secret = bearer((msg.headers or {}).get(H_AUTHORIZATION))
-        grant = await self.admission.admit(secret, model, len(msg.data) // 4)
+        grant = await self.admission.admit(secret, model, len(msg.data) // 4, user=user)
         admitted = msgspec.structs.replace(meta, tenancy=grant.tenancy)
         if admitted.deadline_ms is None:  # its failover copies carry a signed expiry
             admitted = msgspec.structs.replace(
@@ -64,6 +64,8 @@ class Accounting:
             "completion_tokens": usage.completion_tokens,
             "cost_usd": cost_usd,
             "at": time.time(),
+            "team": tenancy.team,
+            "user": tenancy.user,
         }
         if tenancy.metered:
             released = self.admission.released(tenancy, record["at"])

@@ -371,8 +371,12 @@ class DeploymentPool:
                 if unknown and native and isinstance(request, ChatCompletionRequest):
                     raise unknown_field(next(iter(unknown)), self.deployment.provider)
             if self._accounting is not None:
+                user = getattr(request, "user", None)  # the end user it names, if any
                 job.meta, job.grant = await self._accounting.vet(
-                    job.msg, job.meta, self.model.model_name
+                    job.msg,
+                    job.meta,
+                    self.model.model_name,
+                    user if isinstance(user, str) else None,
                 )
         except BrokerError as exc:
             await self._error(job, exc)

@@ -221,6 +221,13 @@ class Subjects:
     def experiment_counters(self, experiment: str) -> str:
         return f"{self.prefix}.usage.x.{experiment}.>"
 
+    def usage_user_detail(self, day: str, tenant: str, user: str, metric: str) -> str:
+        """An end user's day (``usage --by user``)."""
+        return f"{self.prefix}.usage.e.{day}.{name_token(tenant)}.{name_token(user)}.{metric}"
+
+    def usage_user_details(self, day: str, tenant: str | None = None) -> str:
+        return f"{self.prefix}.usage.e.{day}.{name_token(tenant) if tenant else '*'}.>"
+
     def usage_details(self, day: str, tenant: str | None = None) -> str:
         """Every report row of one day, or of one tenant's day."""
         return f"{self.prefix}.usage.d.{day}.{name_token(tenant) if tenant else '*'}.>"

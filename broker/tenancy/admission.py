@@ -46,7 +46,18 @@ from schemas.errors import (
     PermissionDenied,
     RateLimited,
 )
-from schemas.tenancy import Budget, KeyRecord, KeySpec, Limits, Period, TenantRecord
+from schemas.tenancy import (
+    Budget,
+    KeyRecord,
+    KeySpec,
+    Limits,
+    Period,
+    Quota,
+    TeamRecord,
+    TenantRecord,
+    end_user_id,
+    kv_token,
+)
 
 ANONYMOUS_KEY = ANONYMOUS  # usage of requests without a key (auth.required off)
 DEFAULT_TENANT = "default"
@@ -61,6 +72,67 @@ class Spending:
     owner: str  # "key key_..." or "tenant ..."
     period: Period
     budget: Budget | None = None  # None: the tenant's token quota
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One level of the hierarchy a request counts against: key, team, tenant, end user."""
+
+    scope: str  # "key", "team", "tenant", "user": in counter subjects
+    ident: str  # who, in counter subjects ("<tenant>/<team>" for a team)
+    entry: str  # its prefix in KV keys (rate-limit buckets, concurrency caps)
+    owner: str  # in messages: "key key_...", "team acme/ml", "end user alice of tenant acme"
+    limits: Limits
+    budgets: list[Budget]
+    quota: Quota | None = None
+
+
+def levels(
+    key: KeyRecord | None,
+    key_id: str,
+    team: TeamRecord | None,
+    tenant: TenantRecord | None,
+    tenant_name: str,
+    user: str,
+) -> list[Level]:
+    """The levels a request of this key (and end user) counts against, tightest first."""
+    out = [Level("key", key_id, f"key.{key_id}", f"key {key_id}", *_own(key))]
+    if team is not None:
+        ident = f"{tenant_name}/{team.name}"
+        entry = f"team.{kv_token(tenant_name)}.{team.name}"
+        out.append(
+            Level("team", ident, entry, f"team {ident}", team.limits, team.budgets, team.quota)
+        )
+    if tenant is not None:
+        out.append(
+            Level(
+                "tenant",
+                tenant_name,
+                f"tenant.{name_token(tenant.name)}",
+                f"tenant {tenant_name}",
+                tenant.limits,
+                tenant.budgets,
+                tenant.quota,
+            )
+        )
+        policy = tenant.end_users
+        if policy is not None and user:
+            out.append(
+                Level(
+                    "user",
+                    f"{tenant_name}/{user}",
+                    f"user.{kv_token(tenant_name)}.{kv_token(user)}",
+                    f"end user {user} of tenant {tenant_name}",
+                    policy.limits,
+                    policy.budgets,
+                    policy.quota,
+                )
+            )
+    return out
+
+
+def _own(key: KeyRecord | None) -> tuple[Limits, list[Budget]]:
+    return (key.limits, key.budgets) if key is not None else (Limits(), [])
 
 
 @dataclass(slots=True)
@@ -146,9 +218,9 @@ class Admission:
         self.usage = usage
         self.holds = holds
         self._subjects = Subjects.of(config)
-        self._spendings: dict[tuple[str, str], list[Spending]] = {}  # this second's
+        self._spendings: dict[tuple[str, str, str], list[Spending]] = {}  # this second's
         self._spendings_at = 0
-        self._buckets: dict[tuple[str, str], list[Bucket]] = {}  # this second's
+        self._buckets: dict[tuple[str, str, str], list[Bucket]] = {}  # this second's
         self._buckets_at = 0
         self._prices: dict[str, tuple[float, float]] = {}  # model -> dearest (in, out)
 
@@ -212,9 +284,22 @@ class Admission:
                 code="unknown_transform",
                 param="transforms",
             )
+        self.check_models(spec.models)
+        if spec.team is not None and self.keys.team(spec.tenant, spec.team) is None:
+            known = ", ".join(t.name for t in self.keys.teams(spec.tenant)) or "none"
+            raise InvalidRequest(
+                400,
+                f"Tenant {spec.tenant} has no team `{spec.team}` (it has: {known}); create "
+                "it first (`promptbus teams set` or PUT /admin/teams/{tenant}/{name}).",
+                code="unknown_team",
+                param="team",
+            )
+
+    def check_models(self, names: list[str] | None) -> None:
+        """Models a key, team or tenant may be limited to must exist (or be split aliases)."""
         config = self.config
         models = [
-            m for m in spec.models or () if config.model(m) is None and config.experiment(m) is None
+            m for m in names or () if config.model(m) is None and config.experiment(m) is None
         ]
         if models:
             raise InvalidRequest(
@@ -257,13 +342,15 @@ class Admission:
         wait_s: float = 0.0,
         gone: Callable[[], Awaitable[object]] | None = None,
         asked_as: str | None = None,
+        user: str | None = None,
     ) -> Grant:
         """Admit a request of ``model`` with about ``estimate`` prompt tokens and at most
         ``output`` output tokens (None: not limited by the request), waiting up to
         ``wait_s`` for a slot under its key's and tenant's ``max_inflight`` (or until
         ``gone`` returns: the caller left). ``asked_as``: the alias the caller named, when
-        an experiment routed it to ``model`` (keys are allowed aliases). The caller
-        calls ``Grant.finish`` when the request has ended."""
+        an experiment routed it to ``model`` (keys are allowed aliases). ``user``: the
+        end user the request names (its tenant's ``end_users`` policy applies to them).
+        The caller calls ``Grant.finish`` when the request has ended."""
         try:
             if not self.required:
                 return Grant(Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT, estimate))
@@ -271,13 +358,15 @@ class Admission:
             if key is None:
                 raise unauthorized(secret)
             tenant = self.keys.tenant(key.tenant) or TenantRecord(name=key.tenant)
-            self._check_model(key, tenant, asked_as or model)
-            caps = _caps(key, tenant)
+            team = self.keys.team(key.tenant, key.team) if key.team else None
+            self._check_model(key, team, tenant, asked_as or model)
+            who = end_user_id(user)
+            caps = _caps(self.levels(key.id, tenant.name, who))
             if not caps:
-                return await self._admit(key, tenant, model, estimate, output)
+                return await self._admit(key, tenant, model, estimate, output, who)
             slots, waited = await self._slots(caps, wait_s, gone)
             try:
-                grant = await self._admit(key, tenant, model, estimate, output)
+                grant = await self._admit(key, tenant, model, estimate, output, who)
             except BaseException:
                 for slot in slots:
                     slot.release()
@@ -309,19 +398,35 @@ class Admission:
         return slots, time.monotonic() - started
 
     async def _admit(
-        self, key: KeyRecord, tenant: TenantRecord, model: str, estimate: int, output: int | None
+        self,
+        key: KeyRecord,
+        tenant: TenantRecord,
+        model: str,
+        estimate: int,
+        output: int | None,
+        user: str,
     ) -> Grant:
-        spendings = self.spendings(key.id, tenant.name, time.time())
-        buckets = self.buckets(key.id, tenant.name)
+        spendings = self.spendings(key.id, tenant.name, time.time(), user)
+        buckets = self.buckets(key.id, tenant.name, user)
+        team = key.team or ""
         if not spendings and not buckets:
-            return Grant(Tenancy(key.id, tenant.name, estimate))
+            return Grant(Tenancy(key.id, tenant.name, estimate, team=team, user=user))
         wanted = _wanted(buckets, estimate)
         if not spendings:
             decisions = await self._take(wanted)
-            return Grant(Tenancy(key.id, tenant.name, estimate), decisions)
+            return Grant(Tenancy(key.id, tenant.name, estimate, team=team, user=user), decisions)
         tokens = estimate + (OUTPUT_HOLD if output is None else output)
         cost = self._cost_hold(model, estimate, tokens - estimate)
-        tenancy = Tenancy(key.id, tenant.name, estimate, True, hold_cost=cost, hold_tokens=tokens)
+        tenancy = Tenancy(
+            key.id,
+            tenant.name,
+            estimate,
+            True,
+            hold_cost=cost,
+            hold_tokens=tokens,
+            team=team,
+            user=user,
+        )
         # Most requests are decided from this process's leases alone, synchronously.
         if self.holds.reserve_leased([(s.pool, _amount(s, cost, tokens)) for s in spendings]):
             leased = self.limiter.take_leased(wanted)
@@ -344,47 +449,49 @@ class Admission:
             raise taken
         return Grant(tenancy, taken)
 
-    def spendings(self, key_id: str, tenant_name: str, now: float) -> list[Spending]:
-        """The budgets and quota a key's requests count against now (built once a second:
+    def levels(self, key_id: str, tenant_name: str, user: str = "") -> list[Level]:
+        key = self.keys.key(key_id)
+        team = self.keys.team(tenant_name, key.team) if key is not None and key.team else None
+        return levels(key, key_id, team, self.keys.tenant(tenant_name), tenant_name, user)
+
+    def spendings(
+        self, key_id: str, tenant_name: str, now: float, user: str = ""
+    ) -> list[Spending]:
+        """The budgets and quotas a key's requests count against now (built once a second:
         the request path pays a dict lookup, not period arithmetic)."""
         second = int(now)
         if second != self._spendings_at:
             self._spendings, self._spendings_at = {}, second
-        found = self._spendings.get((key_id, tenant_name))
+        found = self._spendings.get((key_id, tenant_name, user))
         if found is None:
-            found = self._spendings[(key_id, tenant_name)] = self._build_spendings(
-                key_id, tenant_name, now
+            found = self._spendings[(key_id, tenant_name, user)] = self._build_spendings(
+                self.levels(key_id, tenant_name, user), now
             )
         return found
 
-    def _build_spendings(self, key_id: str, tenant_name: str, now: float) -> list[Spending]:
-        key, tenant = self.keys.key(key_id), self.keys.tenant(tenant_name)
+    def _build_spendings(self, found: list[Level], now: float) -> list[Spending]:
         out: list[Spending] = []
         s = self._subjects
-        owners = [
-            ("key", key_id, f"key {key_id}", key.budgets if key else []),
-            ("tenant", tenant_name, f"tenant {tenant_name}", tenant.budgets if tenant else []),
-        ]
-        for scope, ident, owner, budgets in owners:
-            for budget in budgets:
+        for level in found:
+            for budget in level.budgets:
                 at = period_key(budget.period, now)
                 pool = Pool(
-                    s.usage_aggregate(scope, ident, at, "cost"),
-                    s.usage_hold(scope, ident, at, "cost"),
+                    s.usage_aggregate(level.scope, level.ident, at, "cost"),
+                    s.usage_hold(level.scope, level.ident, at, "cost"),
                     round(budget.max_usd * NANO),
                     "cost",
                 )
-                out.append(Spending(pool, owner, budget.period, budget))
-        quota = tenant.quota if tenant else None
-        if quota is not None:
-            at = period_key(quota.period, now)
-            pool = Pool(
-                s.usage_aggregate("tenant", tenant_name, at, "tokens"),
-                s.usage_hold("tenant", tenant_name, at, "tokens"),
-                quota.tokens,
-                "tokens",
-            )
-            out.append(Spending(pool, f"tenant {tenant_name}", quota.period))
+                out.append(Spending(pool, level.owner, budget.period, budget))
+            quota = level.quota
+            if quota is not None:
+                at = period_key(quota.period, now)
+                pool = Pool(
+                    s.usage_aggregate(level.scope, level.ident, at, "tokens"),
+                    s.usage_hold(level.scope, level.ident, at, "tokens"),
+                    quota.tokens,
+                    "tokens",
+                )
+                out.append(Spending(pool, level.owner, quota.period))
         return out
 
     def _cost_hold(self, model: str, prompt: int, output: int) -> int:
@@ -434,7 +541,7 @@ class Admission:
             return {}
         return {
             s.pool.held: -_amount(s, tenancy.hold_cost, tenancy.hold_tokens)
-            for s in self.spendings(tenancy.key_id, tenancy.tenant, now)
+            for s in self.spendings(tenancy.key_id, tenancy.tenant, now, tenancy.user)
         }
 
     async def release(self, tenancy: Tenancy) -> None:
@@ -457,9 +564,12 @@ class Admission:
         for d in decisions:
             self.limiter.adjust(d.bucket, -(1 if d.bucket.kind == "requests" else estimate))
 
-    def _check_model(self, key: KeyRecord, tenant: TenantRecord, model: str) -> None:
+    def _check_model(
+        self, key: KeyRecord, team: TeamRecord | None, tenant: TenantRecord, model: str
+    ) -> None:
         for owner, allowed in (
             (f"key {key.id}", key.models),
+            (f"team {tenant.name}/{team.name}" if team else "", team.models if team else None),
             (f"tenant {tenant.name}", tenant.models),
         ):
             if allowed is not None and model not in allowed:
@@ -472,26 +582,21 @@ class Admission:
                     param="model",
                 )
 
-    def buckets(self, key_id: str, tenant: str) -> list[Bucket]:
-        """The rate-limit buckets a key's requests draw from (its own and its tenant's),
-        built once a second like ``spendings`` (a limit changed takes effect within it)."""
+    def buckets(self, key_id: str, tenant: str, user: str = "") -> list[Bucket]:
+        """The rate-limit buckets a key's requests draw from (its own, its team's, its
+        tenant's, and its end user's), built once a second like ``spendings`` (a limit
+        changed takes effect within it)."""
         second = int(time.time())
         if second != self._buckets_at:
             self._buckets, self._buckets_at = {}, second
-        found = self._buckets.get((key_id, tenant))
+        found = self._buckets.get((key_id, tenant, user))
         if found is None:
-            found = self._buckets[(key_id, tenant)] = self._build_buckets(key_id, tenant)
+            found = self._buckets[(key_id, tenant, user)] = [
+                bucket
+                for level in self.levels(key_id, tenant, user)
+                for bucket in _buckets(level.entry, level.owner, level.limits)
+            ]
         return found
-
-    def _build_buckets(self, key_id: str, tenant: str) -> list[Bucket]:
-        key = self.keys.key(key_id)
-        record = self.keys.tenant(tenant)
-        out: list[Bucket] = []
-        if key is not None:
-            out += _buckets("key", key.id, key.limits)
-        if record is not None:
-            out += _buckets("tenant", name_token(record.name), record.limits)
-        return out
 
     async def _take(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
         if not wanted:
@@ -500,10 +605,9 @@ class Admission:
         refused = [d for d in decisions if not d.allowed]
         if refused:
             worst = max(refused, key=lambda d: d.retry_after_s)
-            owner = worst.bucket.key.split(".")[0:2]
             error = RateLimited(
                 429,
-                f"Rate limit reached for {owner[0]} {owner[1]}: {worst.bucket.limit} "
+                f"Rate limit reached for {worst.bucket.owner}: {worst.bucket.limit} "
                 f"{worst.bucket.kind} per minute; retry in {math.ceil(worst.retry_after_s)}s.",
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
@@ -519,38 +623,28 @@ class Admission:
         process's leases; written back with them)."""
         delta = tokens - tenancy.estimate
         if delta and tenancy.key_id != ANONYMOUS_KEY:
-            for bucket in self.buckets(tenancy.key_id, tenancy.tenant):
+            for bucket in self.buckets(tenancy.key_id, tenancy.tenant, tenancy.user):
                 if bucket.kind == "tokens":
                     self.limiter.adjust(bucket, delta)
 
 
-def _caps(key: KeyRecord, tenant: TenantRecord) -> list[tuple[str, int, str]]:
-    """(KV entry, limit, owner) of the ``max_inflight`` caps a key's requests count
-    against."""
-    caps = []
-    if key.limits.max_inflight:
-        caps.append((f"inflight.key.{key.id}", key.limits.max_inflight, f"key {key.id}"))
-    if tenant.limits.max_inflight:
-        caps.append(
-            (
-                f"inflight.tenant.{name_token(tenant.name)}",
-                tenant.limits.max_inflight,
-                f"tenant {tenant.name}",
-            )
-        )
-    return caps
+def _caps(found: list[Level]) -> list[tuple[str, int, str]]:
+    """(KV entry, limit, owner) of the ``max_inflight`` caps a request counts against."""
+    return [
+        (f"inflight.{level.entry}", level.limits.max_inflight, level.owner)
+        for level in found
+        if level.limits.max_inflight
+    ]
 
 
-def _buckets(scope: str, ident: str, limits: Limits) -> list[Bucket]:
+def _buckets(entry: str, owner: str, limits: Limits) -> list[Bucket]:
     out = []
     if limits.rpm:
-        out.append(
-            Bucket(f"{scope}.{ident}.rpm", "requests", limits.rpm, limits.rpm_burst or limits.rpm)
-        )
+        burst = limits.rpm_burst or limits.rpm
+        out.append(Bucket(f"{entry}.rpm", "requests", limits.rpm, burst, owner))
     if limits.tpm:
-        out.append(
-            Bucket(f"{scope}.{ident}.tpm", "tokens", limits.tpm, limits.tpm_burst or limits.tpm)
-        )
+        burst = limits.tpm_burst or limits.tpm
+        out.append(Bucket(f"{entry}.tpm", "tokens", limits.tpm, burst, owner))
     return out
 
 

@@ -23,9 +23,13 @@ from schemas.tenancy import (
     IssuedKey,
     KeyRecord,
     KeySpec,
+    TeamRecord,
+    TeamSpec,
     TenantRecord,
     TenantSpec,
     key_decoder,
+    kv_token,
+    team_decoder,
     tenant_decoder,
 )
 
@@ -47,6 +51,10 @@ def _tenant_entry(name: str) -> str:
     return "tenant." + name_token(name)
 
 
+def _team_entry(tenant: str, name: str) -> str:
+    return f"team.{kv_token(tenant)}.{name}"
+
+
 class KeyStore:
     """The bucket's keys and tenants, followed live; writes go straight to the bucket."""
 
@@ -55,6 +63,7 @@ class KeyStore:
         self._by_digest: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
         self._tenants: dict[str, TenantRecord] = {}
+        self._teams: dict[tuple[str, str], TeamRecord] = {}  # (tenant, team)
         self._follower = KVFollower(kv, self._apply)
         self.admission_secret = b""
 
@@ -86,6 +95,12 @@ class KeyStore:
                 record = key_decoder.decode(value)
                 self._by_id[record.id] = record
                 self._by_digest[record.digest] = record
+        elif kind == "team":
+            if value is None:
+                self._teams = {k: t for k, t in self._teams.items() if _team_entry(*k) != key}
+            else:
+                team = team_decoder.decode(value)
+                self._teams[(team.tenant, team.name)] = team
         elif kind == "tenant":
             if value is None:
                 self._tenants = {n: t for n, t in self._tenants.items() if _tenant_entry(n) != key}
@@ -108,6 +123,15 @@ class KeyStore:
 
     def tenant(self, name: str) -> TenantRecord | None:
         return self._tenants.get(name)
+
+    def team(self, tenant: str, name: str) -> TeamRecord | None:
+        return self._teams.get((tenant, name))
+
+    def teams(self, tenant: str | None = None) -> list[TeamRecord]:
+        return sorted(
+            (t for t in self._teams.values() if tenant is None or t.tenant == tenant),
+            key=lambda t: (t.tenant, t.name),
+        )
 
     def keys(self, tenant: str | None = None) -> list[KeyRecord]:
         records = sorted(self._by_id.values(), key=lambda r: r.created_at)
@@ -161,6 +185,7 @@ class KeyStore:
             digest=hashed,
             hint=f"{KEY_PREFIX}...{secret[-4:]}",
             tenant=spec.tenant,
+            team=spec.team,
             name=spec.name,
             models=spec.models,
             limits=spec.limits,
@@ -203,6 +228,7 @@ class KeyStore:
             budgets=spec.budgets,
             quota=spec.quota,
             models=spec.models,
+            end_users=spec.end_users,
             created_at=time.time(),
         )
         entry = _tenant_entry(name)
@@ -216,6 +242,24 @@ class KeyStore:
         if keep_existing:
             return self._tenants.setdefault(name, record)
         self._tenants[name] = record
+        return record
+
+    async def set_team(self, tenant: str, name: str, spec: TeamSpec) -> TeamRecord:
+        old = self._teams.get((tenant, name))
+        record = TeamRecord(
+            name=name,
+            tenant=tenant,
+            limits=spec.limits,
+            budgets=spec.budgets,
+            quota=spec.quota,
+            models=spec.models,
+            created_at=old.created_at if old is not None else time.time(),
+        )
+        value = _encoder.encode(record)
+        await self._kv.put(_team_entry(tenant, name), value)
+        self._teams[(tenant, name)] = record  # read-your-writes
+        if tenant not in self._tenants:
+            await self.set_tenant(tenant, TenantSpec(), keep_existing=True)
         return record
 
     async def _put_key(self, record: KeyRecord) -> None:

@@ -46,6 +46,7 @@ class Bucket:
     kind: str
     limit: int  # per minute
     burst: int
+    owner: str = ""  # whose limit, in messages: "key key_...", "team acme/ml"
 
     @property
     def interval(self) -> float:

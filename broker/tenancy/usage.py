@@ -31,10 +31,10 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker.nats.subjects import Subjects, parse_usage_detail
+from broker.nats.subjects import Subjects, decode_token, parse_usage_detail
 from broker.nats.tasks import cancel_and_wait
 from schemas.config import Config
-from schemas.tenancy import Period, UsageRow
+from schemas.tenancy import Period, TeamUsageRow, UsageRow, UserUsageRow
 
 log = logging.getLogger(__name__)
 
@@ -144,35 +144,51 @@ class UsageRecorder:
         completion_tokens: int,
         cost_usd: float,
         at: float,
+        team: str = "",
+        user: str = "",
     ) -> tuple[dict[str, int], dict[str, int]]:
         """A request's counter increments: those budgets and quotas read (cost and tokens
-        per period), and the per-day detail behind the usage report."""
-        costs, tokens, details = self._names(tenant, key_id, model, deployment, int(at))
+        per period), and the per-day detail behind the usage reports."""
+        costs, tokens, details = self._names(tenant, key_id, team, user, model, deployment, int(at))
         cost = round(cost_usd * NANO)
         checked = dict.fromkeys(costs, cost)
         checked.update(dict.fromkeys(tokens, prompt_tokens + completion_tokens))
         values = (1, prompt_tokens, completion_tokens, cost)
-        return checked, dict(zip(details, values, strict=True))
+        return checked, dict(zip(details, values * (len(details) // 4), strict=True))
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (one recorder per process)
     def _names(
-        self, tenant: str, key_id: str, model: str, deployment: str, second: int
+        self,
+        tenant: str,
+        key_id: str,
+        team: str,
+        user: str,
+        model: str,
+        deployment: str,
+        second: int,
     ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
         """The counters one request adds to, built once per second (the hot path pays
-        dict updates, not string formatting)."""
+        dict updates, not string formatting). Team and end-user counters only for
+        requests that have them."""
         s, at = self._subjects, float(second)
         costs: list[str] = []
+        tokens: list[str] = []
         if key_id != ANONYMOUS:  # budgets and quotas exist only for keys
-            for period in BUDGET_PERIODS:
-                costs.append(aggregate(s, "key", key_id, period, at, "cost"))
-                costs.append(aggregate(s, "tenant", tenant, period, at, "cost"))
-            tokens = tuple(aggregate(s, "tenant", tenant, p, at, "tokens") for p in QUOTA_PERIODS)
-        else:
-            tokens = ()
+            scopes = [("key", key_id, False), ("tenant", tenant, True)]
+            if team:
+                scopes.append(("team", f"{tenant}/{team}", True))
+            if user:
+                scopes.append(("user", f"{tenant}/{user}", True))
+            for scope, ident, has_quota in scopes:
+                costs += (aggregate(s, scope, ident, p, at, "cost") for p in BUDGET_PERIODS)
+                if has_quota:
+                    tokens += (aggregate(s, scope, ident, p, at, "tokens") for p in QUOTA_PERIODS)
         metrics = ("requests", "prompt", "completion", "cost")
         day = day_of(at)
-        details = tuple(s.usage_detail(day, tenant, key_id, model, deployment, m) for m in metrics)
-        return tuple(costs), tokens, details
+        details = [s.usage_detail(day, tenant, key_id, model, deployment, m) for m in metrics]
+        if user:
+            details += (s.usage_user_detail(day, tenant, user, m) for m in metrics)
+        return tuple(costs), tuple(tokens), tuple(details)
 
     async def record_now(self, released: dict[str, int] | None = None, **usage: Any) -> None:
         """Publish before returning: a budget or quota's next admission must see it,
@@ -329,6 +345,55 @@ async def report(
     return sorted(rows.values(), key=lambda r: (r.day, r.tenant, r.key_id, r.model, r.deployment))
 
 
+async def user_report(
+    js: JetStreamContext, config: Config, days: list[str], tenant: str | None = None
+) -> list[UserUsageRow]:
+    """End users' rows for the given days (YYYYMMDD), optionally one tenant's."""
+    rows: dict[tuple[str, str, str], UserUsageRow] = {}
+    subjects_of = Subjects.of(config)
+    stream = subjects_of.usage_stream
+    for day in days:
+        scope = subjects_of.usage_user_details(day, tenant)
+        info = await js.stream_info(stream, subjects_filter=scope)
+        for subject in sorted((info.state.subjects or {}) if info.state else {}):
+            msg = await js.get_last_msg(stream, subject, direct=True)
+            who, user, metric = (decode_token(p) for p in subject.split(".")[-3:])
+            row = rows.get((day, who, user))
+            if row is None:
+                iso = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+                row = rows[(day, who, user)] = UserUsageRow(day=iso, tenant=who, user=user)
+            _count(row, metric, counter_value(msg.data))
+    return sorted(rows.values(), key=lambda r: (r.day, r.tenant, r.user))
+
+
+def _count(row: UsageRow | UserUsageRow | TeamUsageRow, metric: str, value: int) -> None:
+    if metric == "requests":
+        row.requests += value
+    elif metric == "prompt":
+        row.prompt_tokens += value
+    elif metric == "completion":
+        row.completion_tokens += value
+    elif metric == "cost":
+        row.cost_usd += value / NANO
+
+
+def team_rows(rows: list[UsageRow], team_of: dict[str, str | None]) -> list[TeamUsageRow]:
+    """The key rows summed per team (``team_of``: key id -> its team; "-": none)."""
+    teams: dict[tuple[str, str, str], TeamUsageRow] = {}
+    for row in rows:
+        team = team_of.get(row.key_id) or "-"
+        found = teams.get((row.day, row.tenant, team))
+        if found is None:
+            found = teams[(row.day, row.tenant, team)] = TeamUsageRow(
+                day=row.day, tenant=row.tenant, team=team
+            )
+        found.requests += row.requests
+        found.prompt_tokens += row.prompt_tokens
+        found.completion_tokens += row.completion_tokens
+        found.cost_usd += row.cost_usd
+    return sorted(teams.values(), key=lambda r: (r.day, r.tenant, r.team))
+
+
 def _add(rows: dict[tuple[str, ...], UsageRow], subject: str, value: int, day: str) -> None:
     tenant, key_id, model, deployment, metric = parse_usage_detail(subject)
     ident = (day, tenant, key_id, model, deployment)
@@ -338,11 +403,4 @@ def _add(rows: dict[tuple[str, ...], UsageRow], subject: str, value: int, day: s
         row = rows[ident] = UsageRow(
             day=iso, tenant=tenant, key_id=key_id, model=model, deployment=deployment
         )
-    if metric == "requests":
-        row.requests += value
-    elif metric == "prompt":
-        row.prompt_tokens += value
-    elif metric == "completion":
-        row.completion_tokens += value
-    elif metric == "cost":
-        row.cost_usd += value / NANO
+    _count(row, metric, value)

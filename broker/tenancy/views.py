@@ -11,9 +11,10 @@ import msgspec
 from nats.js import JetStreamContext
 
 from broker.tenancy.admission import Admission
-from broker.tenancy.usage import BUDGET_PERIODS, NANO, report
+from broker.tenancy.keys import KeyStore
+from broker.tenancy.usage import BUDGET_PERIODS, NANO, report, team_rows, user_report
 from schemas.config import Config
-from schemas.tenancy import IssuedKey, KeyRecord
+from schemas.tenancy import IssuedKey, KeyRecord, TeamRecord
 
 
 def key_view(record: KeyRecord) -> dict[str, Any]:
@@ -37,6 +38,11 @@ def issued_view(issued: IssuedKey) -> dict[str, Any]:
     return {"key": issued.key, **key_view(issued.record)}
 
 
+def team_view(team: TeamRecord) -> dict[str, Any]:
+    view: dict[str, Any] = msgspec.to_builtins(team)
+    return view
+
+
 async def tenants_view(admission: Admission) -> list[dict[str, Any]]:
     """Tenants with their spend this day and month and their quota use, read fresh."""
     now = time.time()
@@ -56,13 +62,39 @@ async def tenants_view(admission: Admission) -> list[dict[str, Any]]:
     return views
 
 
+USAGE_BY = ("key", "team", "user")
+
+
 async def usage_report(
-    js: JetStreamContext, config: Config, days: int, tenant: str | None
+    js: JetStreamContext,
+    config: Config,
+    days: int,
+    tenant: str | None,
+    by: str = "key",
+    keys: KeyStore | None = None,
 ) -> dict[str, Any]:
-    """The last ``days`` days (UTC, today included): rows and totals per dimension."""
+    """The last ``days`` days (UTC, today included): rows and totals per dimension; or,
+    ``by`` team or end user, one row per day and team (``keys`` tells each key's team)
+    or end user."""
     today = datetime.now(UTC)
     wanted = [(today - timedelta(days=n)).strftime("%Y%m%d") for n in range(days - 1, -1, -1)]
+    shown_days = [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in wanted]
+    if by == "user":
+        users = await user_report(js, config, wanted, tenant)
+        return {
+            "days": shown_days,
+            "rows": msgspec.to_builtins(users),
+            "cost_usd": round(sum(r.cost_usd for r in users), 9),
+        }
     rows = await report(js, config, wanted, tenant)
+    if by == "team":
+        team_of = {k.id: k.team for k in keys.keys()} if keys is not None else {}
+        teams = team_rows(rows, team_of)
+        return {
+            "days": shown_days,
+            "rows": msgspec.to_builtins(teams),
+            "cost_usd": round(sum(r.cost_usd for r in teams), 9),
+        }
     totals: dict[str, dict[str, dict[str, float]]] = {
         dim: defaultdict(lambda: {"requests": 0, "tokens": 0, "cost_usd": 0.0})
         for dim in ("tenant", "key_id", "model", "deployment")
@@ -74,7 +106,7 @@ async def usage_report(
             entry["tokens"] += row.prompt_tokens + row.completion_tokens
             entry["cost_usd"] = round(entry["cost_usd"] + row.cost_usd, 9)
     return {
-        "days": [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in wanted],
+        "days": shown_days,
         "rows": msgspec.to_builtins(rows),
         "by_tenant": dict(totals["tenant"]),
         "by_key": dict(totals["key_id"]),

@@ -12,8 +12,11 @@
     POST /admin/keys/{id}/revoke                  revoke (also DELETE /admin/keys/{id})
     GET  /admin/tenants                           tenants with their current usage
     PUT  /admin/tenants/{name}                    set a tenant's limits, budgets, quota
-    GET  /admin/usage[?tenant=&days=7]            tokens and cost per day, tenant, key,
-                                                  model and deployment
+    GET  /admin/usage[?tenant=&days=7&by=]        tokens and cost per day, tenant, key,
+                                                  model and deployment (by=team|user: per
+                                                  team, per end user)
+    GET  /admin/teams[?tenant=]                   teams with their limits
+    PUT  /admin/teams/{tenant}/{name}             set a team's limits, budgets, quota, models
 
 Authentication: ``Authorization: Bearer <key>``, the key being the value of the
 environment variable named by ``admin.api_key_env``. Unset: the admin API is off (403).
@@ -42,7 +45,7 @@ from schemas.errors import (
     PermissionDenied,
     from_validation_error,
 )
-from schemas.tenancy import KeySpec, TenantSpec
+from schemas.tenancy import KeySpec, TeamSpec, TenantSpec, check_team_name
 
 _encoder = msgspec.json.Encoder()
 DASHBOARD_HTML = (Path(__file__).parents[1] / "static" / "dashboard.html").read_bytes()
@@ -186,5 +189,25 @@ async def usage(request: Request) -> Response:
     if not 1 <= days <= 366:
         raise InvalidRequest(400, "`days` must be between 1 and 366.", param="days")
     tenant = query.get("tenant")
-    report = await tenancy_views.usage_report(found.client.js, found.config, days, tenant)
+    by = query.get("by", "key")
+    if by not in tenancy_views.USAGE_BY:
+        raise InvalidRequest(400, "`by` must be key, team or user.", param="by")
+    report = await tenancy_views.usage_report(
+        found.client.js, found.config, days, tenant, by, found.admission.keys
+    )
     return _json(report)
+
+
+async def list_teams(request: Request) -> Response:
+    found = authorize(request)
+    teams = found.admission.keys.teams(request.query_params.get("tenant"))
+    return _json({"object": "list", "data": [tenancy_views.team_view(t) for t in teams]})
+
+
+async def set_team(request: Request) -> Response:
+    found = authorize(request)
+    tenant, name = request.path_params["tenant"], request.path_params["name"]
+    check_team_name(name)
+    spec = _decode(await read_body(request, ADMIN_MAX_BODY_BYTES, "an admin spec"), TeamSpec)
+    found.admission.check_models(spec.models)
+    return _json(await found.admission.keys.set_team(tenant, name, spec))

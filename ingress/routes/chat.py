@@ -140,6 +140,7 @@ async def admitted(
         wait_s,
         lambda: client_gone(request),
         context.get("asked_as"),
+        end_user(request, asked),
     )
     context["grant"] = grant
     context["tenant"] = grant.tenancy.tenant

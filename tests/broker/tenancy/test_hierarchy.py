@@ -1,0 +1,191 @@
+"""Tenant -> team -> key, and the end user (issue 19): each level's limits, budgets and
+models are checked together, the error names the level that refused, and usage is
+reported by team and by end user. One worker, one ingress, the CLI for teams."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from broker.nats.embedded import free_port
+from tests import bus
+from tests.procs import PROMPTBUS, Proc, wait_http
+
+ADMIN = "hierarchy-admin-secret"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+class Stack:
+    def __init__(self, base: str, config: Path) -> None:
+        self.base, self.config = base, config
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(
+            method, f"{self.base}{path}", headers=ADMIN_HEADERS, timeout=10, **kwargs
+        )
+
+    def key(self, tenant: str, **spec: Any) -> str:
+        response = self.admin("POST", "/admin/keys", json={"tenant": tenant, **spec})
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    def chat(
+        self, key: str, model: str = "cheap-gpt", user: str | None = None, **headers: str
+    ) -> httpx.Response:
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+        if user is not None:
+            body["user"] = user
+        return httpx.post(
+            f"{self.base}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}", **headers},
+            timeout=20,
+        )
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [*PROMPTBUS, *args, "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("hierarchy")
+    config = work / "promptbus.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "nats": {
+                    "url": nats_url,
+                    "subject_prefix": "hy",
+                    "stream": "HY_REQ",
+                    **bus.config_section(),
+                },
+                "auth": {"required": True},
+                "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
+                "model_list": [
+                    {"model_name": "cheap-gpt", "deployments": [{"provider": "mock"}]},
+                    {"model_name": "other-gpt", "deployments": [{"provider": "mock"}]},
+                    {
+                        "model_name": "dear-gpt",  # $1 a token: one request spends dollars
+                        "deployments": [
+                            {
+                                "provider": "mock",
+                                "input_cost_per_mtok": 1_000_000,
+                                "output_cost_per_mtok": 1_000_000,
+                            }
+                        ],
+                    },
+                ],
+            }
+        )
+    )
+    procs = [Proc([*PROMPTBUS, "worker", "-c", str(config)], work / "worker.log")]
+    port = free_port()
+    try:
+        procs.append(
+            Proc(
+                [*PROMPTBUS, "ingress", "-c", str(config), "--port", str(port)],
+                work / "ingress.log",
+                {"PROMPTBUS_ADMIN_KEY": ADMIN},
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/readyz", procs[1])
+        result = Stack(base, config)
+        probe = result.key("probe")
+        for _ in range(100):
+            if result.chat(probe).status_code == 200:
+                break
+            time.sleep(0.1)
+        yield result
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def test_a_team_limit_holds_across_its_keys_and_names_the_team(stack: Stack) -> None:
+    stack.cli("teams", "set", "acme", "ml", "--rpm", "3", "--model", "cheap-gpt")
+    listed = stack.cli("teams", "list", "--tenant", "acme")
+    assert "acme/ml" in listed and "rpm=3" in listed
+    created = stack.cli("keys", "create", "--tenant", "acme", "--team", "ml")
+    first = next(line.split('"')[3] for line in created.splitlines() if '"key":' in line)
+    second = stack.key("acme", team="ml")
+    outsider = stack.key("acme")  # no team: the team's limit is not its
+    codes = [stack.chat(k).status_code for k in (first, second, first)]
+    assert codes == [200, 200, 200]
+    refused = stack.chat(second)
+    assert refused.status_code == 429
+    assert "team acme/ml" in _error(refused)["message"]
+    assert _error(refused)["code"] == "rate_limit_exceeded"
+    assert stack.chat(outsider).status_code == 200
+
+    other = stack.chat(outsider, model="other-gpt")
+    assert other.status_code == 200
+    barred = stack.chat(first, model="other-gpt")  # the team allows cheap-gpt only
+    assert barred.status_code == 403
+    assert "team acme/ml" in _error(barred)["message"] and _error(barred)["param"] == "model"
+
+
+def test_a_key_names_a_team_of_its_tenant_or_is_refused(stack: Stack) -> None:
+    response = stack.admin("POST", "/admin/keys", json={"tenant": "acme", "team": "nope"})
+    assert response.status_code == 400
+    assert _error(response)["code"] == "unknown_team" and _error(response)["param"] == "team"
+
+
+def test_each_end_user_has_its_own_budget_and_the_error_names_them(stack: Stack) -> None:
+    """The tenant gives every end user $5 a day: alice spends hers, bob still has his."""
+    response = stack.admin(
+        "PUT",
+        "/admin/tenants/shop",
+        json={"end_users": {"budgets": [{"max_usd": 5, "period": "daily"}], "limits": {}}},
+    )
+    assert response.status_code == 200, response.text
+    key = stack.key("shop")
+    assert stack.chat(key, "dear-gpt", user="alice").status_code == 200  # spends > $5
+    refused = stack.chat(key, "dear-gpt", user="alice")
+    assert refused.status_code == 429, refused.text
+    error = _error(refused)
+    assert error["code"] == "budget_exceeded" and "end user alice" in error["message"]
+    assert stack.chat(key, "dear-gpt", user="bob").status_code == 200
+    header = stack.chat(key, "dear-gpt", **{"x-promptbus-user": "alice"})
+    assert header.status_code == 429  # the header names the end user too
+
+
+def test_an_end_user_rate_limit_and_usage_by_user_and_team(stack: Stack) -> None:
+    stack.admin("PUT", "/admin/tenants/chatty", json={"end_users": {"limits": {"rpm": 2}}})
+    key = stack.key("chatty")
+    codes = [stack.chat(key, user="carol").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    assert stack.chat(key, user="dave").status_code == 200
+
+    deadline = time.monotonic() + 10
+    while True:  # usage is recorded with the worker's next batch
+        by_user = stack.admin("GET", "/admin/usage?by=user&tenant=chatty").json()
+        rows = {row["user"]: row["requests"] for row in by_user["rows"]}
+        if rows == {"carol": 2, "dave": 1} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows == {"carol": 2, "dave": 1}
+    by_team = stack.admin("GET", "/admin/usage?by=team&tenant=acme").json()
+    teams = {row["team"]: row["requests"] for row in by_team["rows"]}
+    assert teams.get("ml", 0) >= 3  # the team's keys' requests, summed
+    shown = stack.cli("usage", "--tenant", "chatty", "--by", "user")
+    assert "carol" in shown and "dave" in shown
