@@ -105,6 +105,7 @@ class Ask(NamedTuple):
     tenancy: Tenancy | None = None
     mode: str = "chat"  # or "embeddings"; TEXT_COMPLETIONS, RESPONSES are queued with chat
     unable: tuple[str, ...] = ()  # deployments that cannot serve it (capabilities)
+    experiment: str | None = None  # the experiment whose split chose ``model``
 
 
 class Reply(NamedTuple):
@@ -409,6 +410,7 @@ class BrokerClient:
             enqueue_by_ms=deadline_after(min(timeout, PUBLISH_ACK_TIMEOUT_S)),
             accepts_parts=True,
             api=api,
+            experiment=ask.experiment,
         )
         if self.vouch is not None and tenancy is not None:
             meta = self.vouch(meta, ask.body)
@@ -489,6 +491,7 @@ class BrokerClient:
         tenancy: Tenancy | None = None,
         mode: str = "chat",
         unable: tuple[str, ...] = (),
+        experiment: str | None = None,
     ) -> Reply:
         """Queue one non-streamed request and wait for its reply (an error reply included).
 
@@ -502,7 +505,15 @@ class BrokerClient:
         is what admission granted (the ingress); each tenant has its own cache.
         """
         ask = Ask(
-            model, body, self._timeout(timeout), request_id, traceparent, tenancy, mode, unable
+            model,
+            body,
+            self._timeout(timeout),
+            request_id,
+            traceparent,
+            tenancy,
+            mode,
+            unable,
+            experiment,
         )
         namespace = tenancy.tenant if tenancy else DEFAULT_NAMESPACE
         cache = self.cache
@@ -549,13 +560,22 @@ class BrokerClient:
         tenancy: Tenancy | None = None,
         mode: str = "chat",
         unable: tuple[str, ...] = (),
+        experiment: str | None = None,
     ) -> ReplyStream:
         """Queue one streamed request; iterate the result for its chunk replies.
 
         With ``cache.streams`` on and ``parsed`` given, a cached answer is replayed instead.
         """
         ask = Ask(
-            model, body, self._timeout(timeout), request_id, traceparent, tenancy, mode, unable
+            model,
+            body,
+            self._timeout(timeout),
+            request_id,
+            traceparent,
+            tenancy,
+            mode,
+            unable,
+            experiment,
         )
         token = str(next(self._tokens))
         stream = ReplyStream(self, token, ask.timeout)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from nats.aio.client import Client as NATS
 
 from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
+from broker.nats.subjects import Subjects
+from broker.spend import records as spend_records
 from broker.tenancy import views
 from broker.tenancy.admission import Admission
 from cli.options import connection_options
@@ -190,7 +194,55 @@ async def tenants_list(args: argparse.Namespace, config: Config, url: str) -> No
     await _with_admission(config, url, action)
 
 
+async def spend_log(args: argparse.Namespace, config: Config, url: str) -> None:
+    """``usage --requests``: one line per request; ``--format jsonl|csv`` exports every
+    page (one page in memory at a time) to stdout or ``--output``."""
+    since = time.time() - args.hours * 3600 if args.hours else None
+    nc = await connect(url, "promptbus-admin", login_for(config, Role.ADMIN))
+    out = open(args.output, "w") if args.output else sys.stdout  # noqa: ASYNC230
+    try:
+        cursor, first = 0, True
+        while True:
+            page, after = await spend_records.read(
+                nc.jetstream(),
+                Subjects.of(config),
+                tenant=args.tenant,
+                key_id=args.key,
+                model=args.model,
+                since=since,
+                after=cursor,
+                limit=spend_records.MAX_PAGE,
+            )
+            if args.format == "csv":
+                text = spend_records.as_csv(page)
+                out.write(text if first else text.split("\n", 1)[1])
+            elif args.format == "jsonl":
+                out.write(spend_records.as_jsonl(page).decode())
+            else:
+                for r in page:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.at))
+                    tokens = r.prompt_tokens + r.completion_tokens
+                    flags = ("cache " if r.cache_hit else "") + (r.error or "")
+                    out.write(
+                        f"{when} {r.request_id} {r.tenant} {r.key_id} {r.user or '-'} "
+                        f"{r.model} {r.deployment or '-'} {r.status} {tokens} "
+                        f"${r.cost_usd:.6f} {r.latency_ms:.0f}ms {flags}\n"
+                    )
+            first = False
+            if after is None:
+                break
+            cursor = after
+    finally:
+        await nc.close()
+        if out is not sys.stdout:
+            out.close()
+
+
 async def usage(args: argparse.Namespace, config: Config, url: str) -> None:
+    if args.requests:
+        await spend_log(args, config, url)
+        return
+
     async def action(nc: NATS, admission: Admission) -> None:
         report = await views.usage_report(
             nc.jetstream(), config, args.days, args.tenant, args.by, admission.keys
@@ -322,3 +374,9 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     report.add_argument(
         "--by", choices=views.USAGE_BY, default="key", help="rows per key (default), team or user"
     )
+    report.add_argument("--requests", action="store_true", help="the spend log: each request")
+    report.add_argument("--key", default=None, help="with --requests: one key's")
+    report.add_argument("--model", default=None, help="with --requests: one model's")
+    report.add_argument("--hours", type=float, default=None, help="with --requests: the last N h")
+    report.add_argument("--format", choices=("text", "jsonl", "csv"), default="text")
+    report.add_argument("--output", "-o", default=None, help="with --requests: write here")

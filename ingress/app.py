@@ -24,7 +24,7 @@ from broker.client import BrokerClient
 from broker.nats.credentials import Role, login_for
 from ingress.address_limits import AddressLimits
 from ingress.error_handlers import HANDLERS
-from ingress.routes import admin, batches, experiments, files, health
+from ingress.routes import admin, batches, experiments, files, health, spend
 from ingress.routes.chat import chat_completions
 from ingress.routes.completions import completions
 from ingress.routes.embeddings import embeddings
@@ -67,6 +67,7 @@ ROUTES = [
     Route("/admin/tenants/{name}", admin.set_tenant, methods=["PUT"]),
     Route("/admin/usage", admin.usage, methods=["GET"]),
     Route("/admin/teams", admin.list_teams, methods=["GET"]),
+    Route("/admin/requests", spend.list_requests, methods=["GET"]),
     Route("/admin/teams/{tenant}/{name}", admin.set_team, methods=["PUT"]),
     Route("/admin/experiments", experiments.list_experiments, methods=["GET"]),
     Route("/admin/experiments/{name}", experiments.show_experiment, methods=["GET"]),

@@ -11,9 +11,12 @@ from starlette.requests import Request
 from broker.batches.store import BatchStore
 from broker.client import BrokerClient
 from broker.experiments.traffic import Experiments
+from broker.nats.provision import StreamKind, ensure_stream
+from broker.nats.subjects import Subjects
 from broker.responses.store import ResponseStore
 from broker.tenancy.admission import Admission, bearer
 from broker.tenancy.nats_access import NatsAccess
+from broker.tenancy.usage import UsageRecorder
 from schemas.config import Config
 
 
@@ -27,10 +30,14 @@ class Services:
     responses: ResponseStore
     nats_access: NatsAccess | None = None  # tenants' NATS logins, where this has the keys
     experiments: Experiments | None = None  # None: the config splits no alias
+    recorder: UsageRecorder | None = None  # spend records of cache hits, variant counters
 
     @classmethod
     async def open(cls, config: Config, client: BrokerClient) -> Services:
         admission = await Admission.open(client.nc, config)
+        await ensure_stream(client.js, config, Subjects.of(config), StreamKind.SPEND)
+        recorder = UsageRecorder(client.nc, config.nats.subject_prefix)
+        recorder.start()
         found = cls(
             config=config,
             client=client,
@@ -38,7 +45,8 @@ class Services:
             batches=await BatchStore.open(client.js, config),
             admin_key=os.environ.get(config.admin.api_key_env) or None,
             responses=await ResponseStore.open(client.js, config),
-            experiments=await Experiments.open(client.nc, config),
+            experiments=await Experiments.open(client.nc, config, recorder),
+            recorder=recorder,
         )
         client.vouch = admission.keys.vouch
         client.unqueued = admission.release
@@ -51,6 +59,8 @@ class Services:
     async def close(self) -> None:
         if self.experiments is not None:
             await self.experiments.close()
+        if self.recorder is not None:
+            await self.recorder.stop()
         if self.nats_access is not None:
             await self.nats_access.stop()
         await self.admission.close()

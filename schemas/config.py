@@ -310,6 +310,14 @@ class ResponsesConfig(_Config):
     retention_s: PositiveFloat = 30 * 86400.0  # as long as OpenAI keeps them: 30 days
 
 
+class SpendLogConfig(_Config):
+    """One record per request (broker/spend/): who, which model and deployment, tokens,
+    cost, latency, status; never prompts or keys."""
+
+    enabled: bool = True
+    retention_s: PositiveFloat = 30 * 86400.0  # records older than this are dropped
+
+
 class CanaryConfig(_Config):
     """A split that moves ``variant`` from the first step's share of the traffic to the
     last in steps, ``step_s`` apart; rolled back to 0% by itself when, over the last
@@ -354,6 +362,7 @@ class Config(_Config):
     batch: BatchConfig = field(default_factory=BatchConfig)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     experiments: list[ExperimentConfig] = []
+    spend_log: SpendLogConfig = field(default_factory=SpendLogConfig)
 
     def __post_init__(self) -> None:
         carried = self.nats.max_payload_bytes - HEADER_ROOM

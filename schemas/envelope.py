@@ -37,6 +37,7 @@ H_CUSTOM_ID = "Pb-Custom-Id"  # the caller's tag for the request, echoed on its 
 H_ENQUEUE_BY = "Pb-Enqueue-By"  # epoch ms: stored later, the caller was told it failed
 H_ACCEPT_PARTS = "Pb-Accept-Parts"  # "1": the caller reassembles a reply sent in parts
 H_API = "Pb-Api"  # the body's API when it is not chat (absent: chat)
+H_EXPERIMENT = "Pb-Experiment"  # the experiment that routed it here (spend logs)
 TEXT_COMPLETIONS = "completions"  # a legacy /v1/completions body
 RESPONSES = "responses"  # a /v1/responses body, stateless (no previous_response_id)
 
@@ -75,6 +76,7 @@ class RequestMeta(Struct, frozen=True):
     enqueue_by_ms: int | None = None  # the publisher gave up on a store later than this
     accepts_parts: bool = False  # a reply over one message may come in parts
     api: str | None = None  # TEXT_COMPLETIONS, RESPONSES; None: chat
+    experiment: str | None = None  # the experiment whose split chose this model
 
     def to_headers(self) -> dict[str, str]:
         msg_id = self.request_id + (f":{len(self.failed)}" if self.failed else "")
@@ -97,6 +99,8 @@ class RequestMeta(Struct, frozen=True):
             headers[H_ACCEPT_PARTS] = "1"
         if self.api is not None:
             headers[H_API] = self.api
+        if self.experiment is not None:
+            headers[H_EXPERIMENT] = self.experiment
         return headers
 
     @classmethod
@@ -121,6 +125,7 @@ class RequestMeta(Struct, frozen=True):
             enqueue_by_ms=int(enqueue_by) if enqueue_by and enqueue_by.isdigit() else None,
             accepts_parts=headers.get(H_ACCEPT_PARTS) == "1",
             api=headers.get(H_API),
+            experiment=headers.get(H_EXPERIMENT),
         )
 
     def remaining(self, now_ms: int | None = None) -> float | None:

@@ -9,10 +9,13 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from broker.nats.subjects import Subjects
+from broker.spend import records
 from broker.tenancy.admission import ANONYMOUS_KEY, DEFAULT_TENANT, Admission, Grant, bearer
 from broker.tenancy.usage import UsageRecorder
 from schemas.chat import Usage
 from schemas.envelope import H_AUTHORIZATION, RequestMeta, Tenancy, deadline_after
+from schemas.spend import SpendRecord
 
 _ANONYMOUS = Tenancy(ANONYMOUS_KEY, DEFAULT_TENANT)
 
@@ -21,6 +24,7 @@ class Accounting:
     def __init__(self, admission: Admission, recorder: UsageRecorder) -> None:
         self.admission = admission
         self.recorder = recorder
+        self._subjects = Subjects.of(admission.config)
 
     async def vet(
         self, msg: Msg, meta: RequestMeta, model: str, user: str | None = None
@@ -40,6 +44,41 @@ class Accounting:
                 admitted, deadline_ms=deadline_after(self.admission.config.nats.max_queue_age_s)
             )
         return self.admission.keys.vouch(admitted, msg.data), grant
+
+    def spend(
+        self,
+        meta: RequestMeta,
+        model: str,
+        deployment: str,
+        status: int,
+        latency_s: float,
+        usage: Usage | None = None,
+        cost_usd: float = 0.0,
+        error: str = "",
+    ) -> None:
+        """The request's spend-log record, with the next batch of usage."""
+        if not self.admission.config.spend_log.enabled:
+            return
+        tenancy = meta.tenancy or _ANONYMOUS
+        entry = SpendRecord(
+            at=time.time(),
+            request_id=meta.request_id,
+            tenant=tenancy.tenant,
+            key_id=tenancy.key_id,
+            team=tenancy.team,
+            user=tenancy.user,
+            model=model,
+            deployment=deployment,
+            status=status,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cost_usd=cost_usd,
+            latency_ms=round(latency_s * 1000, 3),
+            failover=len(meta.failed),
+            experiment=meta.experiment or "",
+            error=error,
+        )
+        records.record(self.recorder, self._subjects, entry)
 
     def key_transforms(self, meta: RequestMeta) -> tuple[str, ...]:
         """The transformation profiles of the request's key, if it has any."""

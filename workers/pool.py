@@ -130,6 +130,8 @@ class Job:
     accounted: bool = False  # its usage was recorded, or another pool has it now
     turn: ChatTurn | None = None  # a Responses request this deployment serves as chat
     grant: Grant | None = None  # admitted here (queued directly on NATS): its slots
+    started: float = field(default_factory=time.monotonic)
+    spent: bool = False  # its spend-log record is written
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,8 +615,17 @@ class DeploymentPool:
     async def _account(self, job: Job, usage: Usage | None) -> None:
         if self._accounting is not None and usage is not None:
             job.accounted = True
-            await self._accounting.settle(
-                job.meta, self.model.model_name, self.name, usage, self._cost(usage)
+            cost = self._cost(usage)
+            await self._accounting.settle(job.meta, self.model.model_name, self.name, usage, cost)
+            job.spent = True
+            self._accounting.spend(
+                job.meta,
+                self.model.model_name,
+                self.name,
+                200,
+                time.monotonic() - job.started,
+                usage,
+                cost,
             )
 
     def _cost(self, usage: Usage) -> float:
@@ -728,6 +739,16 @@ class DeploymentPool:
         model, lane = self.model.model_name, job.lane.value
         metrics.WORKER_REQUESTS.labels(model, self.name, str(error.status), lane).inc()
         await reply_error(self._nc, job.meta, error, self._shown)
+        if self._accounting is not None and not job.spent:
+            job.spent = True
+            self._accounting.spend(
+                job.meta,
+                model,
+                self.name,
+                error.status,
+                time.monotonic() - job.started,
+                error=error.detail.code or "",
+            )
 
     async def _keep_alive(self) -> None:
         """Tell JetStream that long requests are still being worked on, so that they are not

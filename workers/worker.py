@@ -125,6 +125,7 @@ class Worker:
         self._directory = WorkerDirectory(kv, config.worker.presence_ttl_s)
         board = BreakerBoard(await ensure_bucket(js, config, BREAKERS), self.worker_id)
         await ensure_stream(js, config, subjects, StreamKind.DEAD)
+        await ensure_stream(js, config, subjects, StreamKind.SPEND)
         self._poison = PoisonGuard(
             nc, await ensure_bucket(js, config, ATTEMPTS), subjects, config.worker.max_deliver
         )

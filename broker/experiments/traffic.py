@@ -42,23 +42,21 @@ class Experiments:
         }
 
     @classmethod
-    async def open(cls, nc: NATS, config: Config) -> Experiments | None:
-        """None without experiments in the config: the request path then pays nothing."""
+    async def open(cls, nc: NATS, config: Config, recorder: UsageRecorder) -> Experiments | None:
+        """None without experiments in the config: the request path then pays nothing.
+        ``recorder``: the ingress's, started and stopped by it."""
         if not config.experiments:
             return None
         js = nc.jetstream()
         kv = await ensure_bucket(js, config, EXPERIMENTS)
-        recorder = UsageRecorder(nc, config.nats.subject_prefix)
         found = cls(config, js, kv, recorder)
         await found._follower.start()
-        recorder.start()
         found.judge.start()
         return found
 
     async def close(self) -> None:
         await self.judge.stop()
         await self._follower.stop()
-        await self._recorder.stop()
 
     def _apply(self, key: str, value: bytes | None, revision: int | None) -> None:
         experiment = next((e for e in self.config.experiments if e.name == key), None)

@@ -246,12 +246,27 @@ def _usage(config: Config, subjects: Subjects) -> StreamConfig:
     )
 
 
+def _spend(config: Config, subjects: Subjects) -> StreamConfig:
+    """Spend logs (``<prefix>.spend.<tenant>.<key>``): one record per request, kept for
+    ``spend_log.retention_s``."""
+    return StreamConfig(
+        name=subjects.spend_stream,
+        description="promptbus spend logs: one record per request, no prompts, no keys",
+        subjects=[f"{subjects.prefix}.spend.>"],
+        storage=StorageType.FILE,
+        max_age=config.spend_log.retention_s,
+        allow_direct=True,
+        num_replicas=config.nats.replicas,
+    )
+
+
 class StreamKind(StrEnum):
     REQUESTS = "requests"
     BULK = "bulk"
     RESULTS = "results"
     DEAD = "dead"
     USAGE = "usage"
+    SPEND = "spend"
 
 
 STREAMS: dict[StreamKind, Callable[[Config, Subjects], StreamConfig]] = {
@@ -260,6 +275,7 @@ STREAMS: dict[StreamKind, Callable[[Config, Subjects], StreamConfig]] = {
     StreamKind.RESULTS: _results,
     StreamKind.DEAD: _dead,
     StreamKind.USAGE: _usage,
+    StreamKind.SPEND: _spend,
 }
 # Counter streams cannot be updated in place; an existing one is only scaled.
 _CREATE_ONLY = frozenset({StreamKind.USAGE})

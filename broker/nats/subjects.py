@@ -221,6 +221,19 @@ class Subjects:
     def experiment_counters(self, experiment: str) -> str:
         return f"{self.prefix}.usage.x.{experiment}.>"
 
+    @property
+    def spend_stream(self) -> str:
+        return f"{self.stream}_SPEND"
+
+    def spend(self, tenant: str, key_id: str) -> str:
+        """Where a request's spend record goes (broker/spend/)."""
+        return f"{self.prefix}.spend.{name_token(tenant)}.{name_token(key_id)}"
+
+    def spend_filter(self, tenant: str | None = None, key_id: str | None = None) -> str:
+        """The records of one tenant, one key, or all."""
+        tenant_part = name_token(tenant) if tenant else "*"
+        return f"{self.prefix}.spend.{tenant_part}.{name_token(key_id) if key_id else '*'}"
+
     def usage_user_detail(self, day: str, tenant: str, user: str, metric: str) -> str:
         """An end user's day (``usage --by user``)."""
         return f"{self.prefix}.usage.e.{day}.{name_token(tenant)}.{name_token(user)}.{metric}"

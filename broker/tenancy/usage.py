@@ -125,6 +125,7 @@ class UsageRecorder:
         self._urgent: dict[str, int] = defaultdict(int)  # record_now's, not yet published
         self._urgent_done: asyncio.Future[None] | None = None  # when they will be
         self._urgent_flusher: asyncio.Task[None] | None = None
+        self._records: list[tuple[str, bytes]] = []  # spend-log records (broker/spend/)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -244,10 +245,27 @@ class UsageRecorder:
         for subject, value in increments.items():
             pending[subject] += value
 
+    def add_record(self, subject: str, data: bytes) -> None:
+        """A spend-log record, published with the next batch of counters."""
+        self._records.append((subject, data))
+
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(int)
         if pending:
             await self._publish(pending)
+        records, self._records = self._records, []
+        if records:
+            await self._publish_records(records)
+
+    async def _publish_records(self, records: list[tuple[str, bytes]]) -> None:
+        """Every record, the last one acknowledged (stored in order, like the counters)."""
+        try:
+            for subject, data in records[:-1]:
+                await self._nc.publish(subject, data)
+            subject, data = records[-1]
+            await self._nc.request(subject, data, timeout=5)
+        except Exception as exc:
+            log.warning("spend log: %d records not stored: %s", len(records), exc)
 
     async def _publish(self, increments: dict[str, int]) -> None:
         """Every increment, then one acknowledged: the usage stream stores what one

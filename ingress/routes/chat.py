@@ -13,8 +13,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from broker.nats.subjects import Subjects
 from broker.observability import metrics, tracing
 from broker.routing import capabilities
+from broker.spend import records as spend_records
 from broker.tenancy.admission import Grant
 from ingress.http_io import (
     MIN_TIMEOUT_S,
@@ -30,6 +32,7 @@ from schemas.chat import UnknownFields
 from schemas.depth import check_depth, decode_chat_request, decode_checked
 from schemas.envelope import new_request_id
 from schemas.errors import BrokerError
+from schemas.spend import SpendRecord
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,8 @@ async def admitted(
         "tenancy": admission.vouch(grant),
         "cache_control": request.headers.get("cache-control"),
     }
+    if "experiment" in context:
+        options["experiment"] = context["experiment"]
     return grant, options
 
 
@@ -195,6 +200,30 @@ def observe_variant(
     experiments.observe(
         experiment, variant, response.status_code, elapsed, deployment, prompt, completion
     )
+
+
+def spend_cache_hit(
+    request: Request, grant: Grant, context: dict[str, Any], elapsed: float
+) -> None:
+    """The spend record of an answer from the cache (no worker saw the request)."""
+    found = services(request)
+    if found.recorder is None or not found.config.spend_log.enabled:
+        return
+    tenancy = grant.tenancy
+    entry = SpendRecord(
+        at=time.time(),
+        request_id=str(context["request_id"]),
+        tenant=tenancy.tenant,
+        key_id=tenancy.key_id,
+        team=tenancy.team,
+        user=tenancy.user,
+        model=str(context["model"]),
+        status=200,
+        latency_ms=round(elapsed * 1000, 3),
+        cache_hit=True,
+        experiment=str(context.get("experiment", "")),
+    )
+    spend_records.record(found.recorder, Subjects.of(found.config), entry)
 
 
 async def client_gone(request: Request) -> None:
@@ -271,6 +300,8 @@ async def observed(
         grant: Grant | None = context.pop("grant", None)
         if grant is not None and grant.slots:
             finish_with(grant, response)
+    if grant is not None and response.headers.get("x-promptbus-cache") == "hit":
+        spend_cache_hit(request, grant, context, time.perf_counter() - started)
     response.headers["x-request-id"] = str(context["request_id"])
     response.headers["traceparent"] = trace
     elapsed = time.perf_counter() - started

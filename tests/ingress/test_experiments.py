@@ -30,7 +30,9 @@ ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 class Stack:
     def __init__(self, bases: list[str], config: Path, nats_url: str) -> None:
         self.bases, self.config, self.nats_url = bases, config, nats_url
-        self.clients = [openai.OpenAI(base_url=f"{b}/v1", api_key="unused") for b in bases]
+        self.clients = [  # no retries: each answer is the variant that gave it
+            openai.OpenAI(base_url=f"{b}/v1", api_key="unused", max_retries=0) for b in bases
+        ]
 
     def admin(self, path: str, method: str = "GET", **kwargs: Any) -> Any:
         response = httpx.request(
@@ -160,6 +162,9 @@ def test_a_sticky_split_keeps_each_user_on_one_variant_across_ingresses(stack: S
     assert {v: r["requests"] for v, r in reports.items()} == {
         v: 2 * n for v, n in split.items()
     }  # every request of both ingresses, under the variant that served it
+    logged = stack.admin("/admin/requests?model=trial-gpt&limit=1000")["data"]
+    mixed = [r for r in logged if r.get("experiment") == "mix"]
+    assert len(mixed) == 2 * split["trial-gpt"]  # the spend log names the experiment too
     assert all(r["errors"] == 0 and r["p95_ms"] is not None for r in reports.values())
 
 

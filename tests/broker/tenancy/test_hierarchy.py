@@ -189,3 +189,59 @@ def test_an_end_user_rate_limit_and_usage_by_user_and_team(stack: Stack) -> None
     assert teams.get("ml", 0) >= 3  # the team's keys' requests, summed
     shown = stack.cli("usage", "--tenant", "chatty", "--by", "user")
     assert "carol" in shown and "dave" in shown
+
+
+def test_the_spend_log_has_one_record_per_request_and_no_prompt_or_key(stack: Stack) -> None:
+    """issue 18's spend logs: who, which model and deployment, tokens, cost, latency,
+    status, cache hit; paged, filtered, exported; never the prompt or the key."""
+    key = stack.key("ledger")
+    marker = "PROMPT-MARKER-7c1f"
+    body = {
+        "model": "dear-gpt",
+        "temperature": 0,
+        "user": "erin",
+        "messages": [{"role": "user", "content": marker}],
+    }
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(2):  # the second from the cache
+        sent = httpx.post(f"{stack.base}/v1/chat/completions", json=body, headers=headers)
+        assert sent.status_code == 200, sent.text
+    assert sent.headers["x-promptbus-cache"] == "hit"
+    assert stack.chat(key, "cheap-gpt").status_code == 200
+
+    deadline = time.monotonic() + 10
+    while True:  # records come with the next usage batch
+        listed = stack.admin("GET", "/admin/requests?tenant=ledger").json()
+        if len(listed["data"]) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    rows = listed["data"]  # in the order they were stored (the cache hit by the ingress)
+    assert listed["next_cursor"] is None and len(rows) == 3
+    cached = next(r for r in rows if r.get("cache_hit"))
+    cheap = next(r for r in rows if r["model"] == "cheap-gpt")
+    first = next(r for r in rows if r is not cached and r is not cheap)
+    assert first["model"] == "dear-gpt" and first["deployment"] == "dear-gpt/0"
+    assert first["user"] == "erin" and first["status"] == 200 and not first.get("cache_hit")
+    assert first["prompt_tokens"] > 0 and first["cost_usd"] > 0 and first["latency_ms"] > 0
+    assert cached["cache_hit"] is True and cached["user"] == "erin"
+    assert cached.get("cost_usd", 0) == 0 and cached["request_id"] != first["request_id"]
+    assert cheap["model"] == "cheap-gpt" and cheap["key_id"] == first["key_id"]
+
+    ids = [r["request_id"] for r in rows]
+    page = stack.admin("GET", "/admin/requests?tenant=ledger&limit=2").json()
+    assert [r["request_id"] for r in page["data"]] == ids[:2]
+    rest = stack.admin("GET", f"/admin/requests?tenant=ledger&cursor={page['next_cursor']}")
+    assert [r["request_id"] for r in rest.json()["data"]] == ids[2:]
+    by_model = stack.admin("GET", "/admin/requests?tenant=ledger&model=cheap-gpt").json()
+    assert [r["request_id"] for r in by_model["data"]] == [cheap["request_id"]]
+
+    csv_text = stack.admin("GET", "/admin/requests?tenant=ledger&format=csv").text
+    assert csv_text.splitlines()[0].startswith("at,request_id,tenant,key_id,model")
+    assert len(csv_text.splitlines()) == 4
+    exported = stack.cli("usage", "--requests", "--tenant", "ledger", "--format", "jsonl")
+    assert len(exported.splitlines()) == 3
+    for text in (csv_text, exported, stack.cli("usage", "--requests", "--tenant", "ledger")):
+        assert marker not in text and key not in text and key[6:] not in text
+
+    bad = stack.admin("GET", "/admin/requests?since=yesterday")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
