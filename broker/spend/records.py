@@ -2,7 +2,8 @@
 
 Written by whichever process ends a request (the worker that answered it, the ingress
 for an answer from the cache), added to the usage recorder's next batch: no I/O on the
-request path. Read back through an ephemeral consumer on the spend stream, filtered by
+request path, and one stored message per key and batch (its records a line each), not
+one per request. Read back through an ephemeral consumer on the spend stream, filtered by
 tenant and key on the subject, by model and time in memory, a page at a time; the
 cursor is the stream sequence after the page's last record.
 """
@@ -42,7 +43,9 @@ async def read(
     after: int = 0,
     limit: int = 100,
 ) -> tuple[list[SpendRecord], int | None]:
-    """A page of records, oldest first, and the cursor of the next page (None: the end)."""
+    """A page of records, oldest first, and the cursor of the next page (None: the end).
+    A message holds the records of one key from one batch; a page ends with a whole
+    message, so it can hold a few more than ``limit``."""
     stream = subjects.spend_stream
     try:
         info = await js.stream_info(stream)
@@ -75,15 +78,18 @@ async def read(
                 break
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
-                try:
-                    entry = spend_decoder.decode(msg.data)
-                except msgspec.DecodeError:
-                    continue
-                if (model is None or entry.model == model) and (since is None or entry.at >= since):
-                    entry.seq = seq
-                    page.append(entry)
-                    if len(page) >= limit:
-                        break
+                for line in msg.data.split(b"\n"):
+                    try:
+                        entry = spend_decoder.decode(line)
+                    except msgspec.DecodeError:
+                        continue
+                    if (model is None or entry.model == model) and (
+                        since is None or entry.at >= since
+                    ):
+                        entry.seq = seq
+                        page.append(entry)
+                if len(page) >= limit:
+                    break  # whole messages only: the cursor is a message's sequence
             if (await sub.consumer_info()).num_pending == 0:
                 seq = last  # nothing more in this filter
     finally:

@@ -114,6 +114,9 @@ def day_of(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y%m%d")
 
 
+RECORDS_MAX_BYTES = 256 * 1024  # a spend-log message, well under NATS's max_payload
+
+
 class UsageRecorder:
     """Adds a request's usage to the counters; batched unless the caller waits for it."""
 
@@ -125,7 +128,7 @@ class UsageRecorder:
         self._urgent: dict[str, int] = defaultdict(int)  # record_now's, not yet published
         self._urgent_done: asyncio.Future[None] | None = None  # when they will be
         self._urgent_flusher: asyncio.Task[None] | None = None
-        self._records: list[tuple[str, bytes]] = []  # spend-log records (broker/spend/)
+        self._records: dict[str, list[bytes]] = defaultdict(list)  # spend log, by subject
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -246,26 +249,40 @@ class UsageRecorder:
             pending[subject] += value
 
     def add_record(self, subject: str, data: bytes) -> None:
-        """A spend-log record, published with the next batch of counters."""
-        self._records.append((subject, data))
+        """A spend-log record, published with the next batch of counters: the records of
+        one subject (tenant and key) in a batch travel as one message, a line each."""
+        self._records[subject].append(data)
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(int)
         if pending:
             await self._publish(pending)
-        records, self._records = self._records, []
+        records, self._records = self._records, defaultdict(list)
         if records:
             await self._publish_records(records)
 
-    async def _publish_records(self, records: list[tuple[str, bytes]]) -> None:
-        """Every record, the last one acknowledged (stored in order, like the counters)."""
+    async def _publish_records(self, records: dict[str, list[bytes]]) -> None:
+        """One message of lines per subject (split at ``RECORDS_MAX_BYTES``), the last
+        one acknowledged (stored in order, like the counters)."""
+        chunks: list[tuple[str, bytes]] = []
+        for subject, lines in records.items():
+            chunk: list[bytes] = []
+            size = 0
+            for line in lines:
+                if chunk and size + len(line) > RECORDS_MAX_BYTES:
+                    chunks.append((subject, b"\n".join(chunk)))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line) + 1
+            chunks.append((subject, b"\n".join(chunk)))
         try:
-            for subject, data in records[:-1]:
+            for subject, data in chunks[:-1]:
                 await self._nc.publish(subject, data)
-            subject, data = records[-1]
+            subject, data = chunks[-1]
             await self._nc.request(subject, data, timeout=5)
         except Exception as exc:
-            log.warning("spend log: %d records not stored: %s", len(records), exc)
+            count = sum(len(lines) for lines in records.values())
+            log.warning("spend log: %d records not stored: %s", count, exc)
 
     async def _publish(self, increments: dict[str, int]) -> None:
         """Every increment, then one acknowledged: the usage stream stores what one
