@@ -238,9 +238,33 @@ async def spend_log(args: argparse.Namespace, config: Config, url: str) -> None:
             out.close()
 
 
+async def usage_forecast(args: argparse.Namespace, config: Config, url: str) -> None:
+    async def action(nc: NATS, admission: Admission) -> None:
+        rows = await views.forecast_view(nc.jetstream(), config, admission.keys, args.tenant)
+        if args.json:
+            _print(msgspec.to_builtins(rows))
+            return
+        print(
+            f"{'scope':<7} {'name':<20} {'month to date':>14} {'per day':>10} "
+            f"{'projected':>12} {'budget':>10}  budget spent on"
+        )
+        for r in rows:
+            budget = f"{r.budget_usd:.2f}" if r.budget_usd is not None else "-"
+            print(
+                f"{r.scope:<7} {r.name:<20} {r.month_to_date_usd:>14.4f} "
+                f"{r.daily_rate_usd:>10.4f} {r.projected_usd:>12.4f} {budget:>10}  "
+                f"{r.budget_spent_on or '-'}"
+            )
+
+    await _with_admission(config, url, action)
+
+
 async def usage(args: argparse.Namespace, config: Config, url: str) -> None:
     if args.requests:
         await spend_log(args, config, url)
+        return
+    if args.forecast:
+        await usage_forecast(args, config, url)
         return
 
     async def action(nc: NATS, admission: Admission) -> None:
@@ -375,6 +399,9 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--by", choices=views.USAGE_BY, default="key", help="rows per key (default), team or user"
     )
     report.add_argument("--requests", action="store_true", help="the spend log: each request")
+    report.add_argument(
+        "--forecast", action="store_true", help="this month's spend, projected, with budgets"
+    )
     report.add_argument("--key", default=None, help="with --requests: one key's")
     report.add_argument("--model", default=None, help="with --requests: one model's")
     report.add_argument("--hours", type=float, default=None, help="with --requests: the last N h")

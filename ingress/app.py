@@ -67,6 +67,7 @@ ROUTES = [
     Route("/admin/tenants/{name}", admin.set_tenant, methods=["PUT"]),
     Route("/admin/usage", admin.usage, methods=["GET"]),
     Route("/admin/teams", admin.list_teams, methods=["GET"]),
+    Route("/admin/forecast", admin.forecast, methods=["GET"]),
     Route("/admin/requests", spend.list_requests, methods=["GET"]),
     Route("/admin/teams/{tenant}/{name}", admin.set_team, methods=["PUT"]),
     Route("/admin/experiments", experiments.list_experiments, methods=["GET"]),

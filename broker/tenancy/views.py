@@ -11,6 +11,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from broker.tenancy.admission import Admission
+from broker.tenancy.forecast import Forecast, forecast, month_days
 from broker.tenancy.keys import KeyStore
 from broker.tenancy.usage import BUDGET_PERIODS, NANO, report, team_rows, user_report
 from schemas.config import Config
@@ -36,6 +37,24 @@ def key_free(value: Any) -> Any:
 
 def issued_view(issued: IssuedKey) -> dict[str, Any]:
     return {"key": issued.key, **key_view(issued.record)}
+
+
+async def forecast_view(
+    js: JetStreamContext, config: Config, keys: KeyStore, tenant: str | None
+) -> list[Forecast]:
+    """This month's spend and its projection per tenant and key, with monthly budgets."""
+    now = time.time()
+    rows = await report(js, config, month_days(now), tenant)
+    budgets: dict[tuple[str, str], float] = {}
+    for record in keys.tenants():
+        for budget in record.budgets:
+            if budget.period == "monthly":
+                budgets[("tenant", record.name)] = budget.max_usd
+    for key in keys.keys(tenant):
+        for budget in key.budgets:
+            if budget.period == "monthly":
+                budgets[("key", key.id)] = budget.max_usd
+    return forecast(rows, now, budgets)
 
 
 def team_view(team: TeamRecord) -> dict[str, Any]:

@@ -15,6 +15,8 @@
     GET  /admin/usage[?tenant=&days=7&by=]        tokens and cost per day, tenant, key,
                                                   model and deployment (by=team|user: per
                                                   team, per end user)
+    GET  /admin/forecast[?tenant=]                month-to-date spend per tenant and key,
+                                                  projected to the month's end, budgets
     GET  /admin/teams[?tenant=]                   teams with their limits
     PUT  /admin/teams/{tenant}/{name}             set a team's limits, budgets, quota, models
 
@@ -196,6 +198,14 @@ async def usage(request: Request) -> Response:
         found.client.js, found.config, days, tenant, by, found.admission.keys
     )
     return _json(report)
+
+
+async def forecast(request: Request) -> Response:
+    found = authorize(request)
+    rows = await tenancy_views.forecast_view(
+        found.client.js, found.config, found.admission.keys, request.query_params.get("tenant")
+    )
+    return _json({"object": "list", "data": rows})
 
 
 async def list_teams(request: Request) -> Response:

@@ -247,3 +247,19 @@ def test_the_spend_log_has_one_record_per_request_and_no_prompt_or_key(stack: St
 
     bad = stack.admin("GET", "/admin/requests?since=yesterday")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+
+
+def test_a_forecast_projects_this_months_spend_beside_the_budget(stack: Stack) -> None:
+    """After the spend-log test, tenant ledger has spent this month; the forecast says so
+    per tenant and key, projected to the month's end."""
+    stack.admin(
+        "PUT", "/admin/tenants/ledger", json={"budgets": [{"max_usd": 1, "period": "monthly"}]}
+    )
+    rows = stack.admin("GET", "/admin/forecast?tenant=ledger").json()["data"]
+    tenant = next(r for r in rows if r["scope"] == "tenant")
+    assert tenant["name"] == "ledger" and tenant["month_to_date_usd"] > 1  # dear-gpt: $1/token
+    assert tenant["projected_usd"] >= tenant["month_to_date_usd"]
+    assert tenant["budget_usd"] == 1 and tenant["budget_spent_on"] is not None  # spent already
+    assert any(r["scope"] == "key" and r["tenant"] == "ledger" for r in rows)
+    shown = stack.cli("usage", "--forecast", "--tenant", "ledger")
+    assert "ledger" in shown and "projected" in shown
