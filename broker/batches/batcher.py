@@ -278,9 +278,17 @@ class BatchRun:
             return
         key = self._keys.key(record.key_id)
         tenant = self._keys.tenant(record.tenant or "")
-        budgets = bool(key and key.budgets) or bool(tenant and (tenant.budgets or tenant.quota))
-        self._owner = Tenancy(record.key_id, record.tenant or "", metered=budgets)
-        for models in (key.models if key else None, tenant.models if tenant else None):
+        team = self._keys.team(key.tenant, key.team) if key is not None and key.team else None
+        budgets = (
+            bool(key and key.budgets)
+            or bool(tenant and (tenant.budgets or tenant.quota))
+            or bool(team and (team.budgets or team.quota))
+        )
+        self._owner = Tenancy(
+            record.key_id, record.tenant or "", metered=budgets, team=team.name if team else ""
+        )
+        allowed = (key.models if key else None, team.models if team else None)
+        for models in (*allowed, tenant.models if tenant else None):
             if models is not None:
                 self._allowed = (
                     set(models) if self._allowed is None else self._allowed & set(models)
