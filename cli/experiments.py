@@ -11,13 +11,14 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from broker.experiments import canary, split, stats
+from broker.experiments.traffic import report_since
 from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
 from broker.nats.provision import ensure_bucket
 from broker.nats.subjects import EXPERIMENTS, Subjects
 from cli.options import connection_options
 from schemas.config import Config, ExperimentConfig
-from schemas.experiments import CanaryState, VariantReport, canary_decoder
+from schemas.experiments import CanaryState, VariantReport
 
 
 def _experiment(config: Config, name: str) -> ExperimentConfig:
@@ -30,11 +31,7 @@ def _experiment(config: Config, name: str) -> ExperimentConfig:
 
 async def _state(nc: NATS, config: Config, name: str) -> CanaryState | None:
     kv = await ensure_bucket(nc.jetstream(), config, EXPERIMENTS)
-    try:
-        entry = await kv.get(name)
-    except Exception:
-        return None
-    return canary_decoder.decode(entry.value) if entry.value else None
+    return (await canary.read_state(kv, name))[0]
 
 
 def _when(ts: float) -> str:
@@ -86,7 +83,7 @@ async def report(args: argparse.Namespace, config: Config, url: str) -> None:
     experiment = _experiment(config, args.name)
     nc = await _connected(config, url)
     try:
-        since = time.time() - args.hours * 3600 if args.hours else None
+        since = report_since(args.hours)
         reports = await stats.read(
             nc.jetstream(), Subjects.of(config), experiment.name, list(experiment.variants), since
         )

@@ -120,7 +120,7 @@ class CanaryJudge:
         canary = experiment.canary
         assert canary is not None
         now = time.time() if now is None else now
-        state, revision = await self._state(experiment.name)
+        state, revision = await read_state(self._kv, experiment.name)
         why = None
         if state is not None and state.rolled_back_at is None:
             baseline = next(v for v in experiment.variants if v != canary.variant)
@@ -135,12 +135,8 @@ class CanaryJudge:
         changed = advanced(experiment, state, now, why)
         if changed is None:
             return
-        value = msgspec.json.encode(changed)
         try:
-            if revision is None:
-                await self._kv.create(experiment.name, value)
-            else:
-                await self._kv.update(experiment.name, value, last=revision)
+            await write_state(self._kv, experiment.name, changed, revision)
         except KeyWrongLastSequenceError:
             return  # changed meanwhile (an operator's rollback): judged again next round
         event = changed.events[-1]
@@ -155,35 +151,40 @@ class CanaryJudge:
             f": {event.detail}" if event.detail else "",
         )
 
-    async def _state(self, name: str) -> tuple[CanaryState | None, int | None]:
-        try:
-            entry = await self._kv.get(name)
-        except KeyNotFoundError:
-            return None, None
-        if not entry.value:
-            return None, entry.revision
-        return canary_decoder.decode(entry.value), entry.revision
+
+async def read_state(kv: KeyValue, name: str) -> tuple[CanaryState | None, int | None]:
+    """An experiment's canary state and its revision (None, None: not started)."""
+    try:
+        entry = await kv.get(name)
+    except KeyNotFoundError:
+        return None, None
+    if not entry.value:
+        return None, entry.revision
+    return canary_decoder.decode(entry.value), entry.revision
+
+
+async def write_state(kv: KeyValue, name: str, state: CanaryState, revision: int | None) -> None:
+    """Compare-and-set on ``revision`` (None: create); KeyWrongLastSequenceError when
+    another process changed it first."""
+    value = msgspec.json.encode(state)
+    if revision is None:
+        await kv.create(name, value)
+    else:
+        await kv.update(name, value, last=revision)
 
 
 async def roll_back(kv: KeyValue, experiment: ExperimentConfig, reason: str) -> CanaryState:
     """An operator's rollback (the admin API, the CLI): the canary goes to 0% now."""
     for _ in range(16):
-        try:
-            entry = await kv.get(experiment.name)
-            state = canary_decoder.decode(entry.value or b"{}")
-            revision: int | None = entry.revision
-        except KeyNotFoundError:
-            state, revision = CanaryState(started_at=time.time()), None
+        found, revision = await read_state(kv, experiment.name)
+        state = found or CanaryState(started_at=time.time())
         if state.rolled_back_at is not None:
             return state
         now = time.time()
         state.rolled_back_at, state.reason = now, reason
         state.events.append(CanaryEvent(at=now, kind="rolled_back", share=0, detail=reason))
         try:
-            if revision is None:
-                await kv.create(experiment.name, msgspec.json.encode(state))
-            else:
-                await kv.update(experiment.name, msgspec.json.encode(state), last=revision)
+            await write_state(kv, experiment.name, state, revision)
             return state
         except KeyWrongLastSequenceError:
             continue

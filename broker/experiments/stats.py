@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
@@ -65,11 +64,6 @@ class VariantStats:
         self._recorder.add_counts(increments)
 
 
-@dataclass(slots=True)
-class _Totals:
-    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-
 async def read(
     js: JetStreamContext,
     subjects: Subjects,
@@ -83,15 +77,15 @@ async def read(
     names = (info.state.subjects or {}) if info.state else {}
     first = minute_of(since) if since is not None else None
     tokens = {name_token(v): v for v in variants}
-    totals: dict[str, _Totals] = {v: _Totals() for v in variants}
+    totals: dict[str, dict[str, int]] = {v: defaultdict(int) for v in variants}
     for subject in sorted(names):
         parts = subject.split(".")
         variant, minute, metric = tokens.get(parts[-3]), int(parts[-2]), parts[-1]
         if variant is None or (first is not None and minute < first):
             continue
         msg = await js.get_last_msg(stream, subject, direct=True)
-        totals[variant].counts[metric] += counter_value(msg.data)
-    return {v: report_of(v, t.counts) for v, t in totals.items()}
+        totals[variant][metric] += counter_value(msg.data)
+    return {v: report_of(v, counts) for v, counts in totals.items()}
 
 
 def report_of(variant: str, counts: dict[str, int]) -> VariantReport:

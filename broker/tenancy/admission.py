@@ -135,6 +135,15 @@ def _own(key: KeyRecord | None) -> tuple[Limits, list[Budget]]:
     return (key.limits, key.budgets) if key is not None else (Limits(), [])
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A key's levels as admission checks them: buckets, budgets and quotas, and caps."""
+
+    buckets: list[Bucket]
+    spendings: list[Spending]
+    caps: list[tuple[str, int, str]]  # (KV entry, max_inflight, owner)
+
+
 @dataclass(slots=True)
 class Grant:
     """An admitted request: its tenancy and the rate-limit state to report."""
@@ -218,10 +227,8 @@ class Admission:
         self.usage = usage
         self.holds = holds
         self._subjects = Subjects.of(config)
-        self._spendings: dict[tuple[str, str, str], list[Spending]] = {}  # this second's
-        self._spendings_at = 0
-        self._buckets: dict[tuple[str, str, str], list[Bucket]] = {}  # this second's
-        self._buckets_at = 0
+        self._plans: dict[tuple[str, str, str], Plan] = {}  # this second's
+        self._plans_at = 0
         self._prices: dict[str, tuple[float, float]] = {}  # model -> dearest (in, out)
 
     @classmethod
@@ -361,12 +368,12 @@ class Admission:
             team = self.keys.team(key.tenant, key.team) if key.team else None
             self._check_model(key, team, tenant, asked_as or model)
             who = end_user_id(user)
-            caps = _caps(self.levels(key.id, tenant.name, who))
-            if not caps:
-                return await self._admit(key, tenant, model, estimate, output, who)
-            slots, waited = await self._slots(caps, wait_s, gone)
+            plan = self.plan(key.id, tenant.name, time.time(), who)
+            if not plan.caps:
+                return await self._admit(key, tenant, model, estimate, output, who, plan)
+            slots, waited = await self._slots(plan.caps, wait_s, gone)
             try:
-                grant = await self._admit(key, tenant, model, estimate, output, who)
+                grant = await self._admit(key, tenant, model, estimate, output, who, plan)
             except BaseException:
                 for slot in slots:
                     slot.release()
@@ -405,9 +412,9 @@ class Admission:
         estimate: int,
         output: int | None,
         user: str,
+        plan: Plan,
     ) -> Grant:
-        spendings = self.spendings(key.id, tenant.name, time.time(), user)
-        buckets = self.buckets(key.id, tenant.name, user)
+        spendings, buckets = plan.spendings, plan.buckets
         team = key.team or ""
         if not spendings and not buckets:
             return Grant(Tenancy(key.id, tenant.name, estimate, team=team, user=user))
@@ -454,20 +461,34 @@ class Admission:
         team = self.keys.team(tenant_name, key.team) if key is not None and key.team else None
         return levels(key, key_id, team, self.keys.tenant(tenant_name), tenant_name, user)
 
-    def spendings(
-        self, key_id: str, tenant_name: str, now: float, user: str = ""
-    ) -> list[Spending]:
-        """The budgets and quotas a key's requests count against now (built once a second:
-        the request path pays a dict lookup, not period arithmetic)."""
+    def plan(self, key_id: str, tenant_name: str, now: float, user: str = "") -> Plan:
+        """What a key's (and end user's) requests count against now: built once a second
+        (a limit changed takes effect within it), so the request path pays a dict lookup,
+        not period arithmetic."""
         second = int(now)
-        if second != self._spendings_at:
-            self._spendings, self._spendings_at = {}, second
-        found = self._spendings.get((key_id, tenant_name, user))
+        if second != self._plans_at:
+            self._plans, self._plans_at = {}, second
+        found = self._plans.get((key_id, tenant_name, user))
         if found is None:
-            found = self._spendings[(key_id, tenant_name, user)] = self._build_spendings(
+            found = self._plans[(key_id, tenant_name, user)] = self._build_plan(
                 self.levels(key_id, tenant_name, user), now
             )
         return found
+
+    def _build_plan(self, found: list[Level], now: float) -> Plan:
+        return Plan(
+            buckets=[
+                b for level in found for b in _buckets(level.entry, level.owner, level.limits)
+            ],
+            spendings=self._build_spendings(found, now),
+            caps=_caps(found),
+        )
+
+    def spendings(
+        self, key_id: str, tenant_name: str, now: float, user: str = ""
+    ) -> list[Spending]:
+        """The budgets and quotas a key's requests count against now."""
+        return self.plan(key_id, tenant_name, now, user).spendings
 
     def _build_spendings(self, found: list[Level], now: float) -> list[Spending]:
         out: list[Spending] = []
@@ -584,19 +605,8 @@ class Admission:
 
     def buckets(self, key_id: str, tenant: str, user: str = "") -> list[Bucket]:
         """The rate-limit buckets a key's requests draw from (its own, its team's, its
-        tenant's, and its end user's), built once a second like ``spendings`` (a limit
-        changed takes effect within it)."""
-        second = int(time.time())
-        if second != self._buckets_at:
-            self._buckets, self._buckets_at = {}, second
-        found = self._buckets.get((key_id, tenant, user))
-        if found is None:
-            found = self._buckets[(key_id, tenant, user)] = [
-                bucket
-                for level in self.levels(key_id, tenant, user)
-                for bucket in _buckets(level.entry, level.owner, level.limits)
-            ]
-        return found
+        tenant's, and its end user's)."""
+        return self.plan(key_id, tenant, time.time(), user).buckets
 
     async def _take(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
         if not wanted:

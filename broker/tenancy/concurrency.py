@@ -106,10 +106,6 @@ class Concurrency:
             with contextlib.suppress(Exception):  # NATS gone: the holding lapses
                 await self._write(cap, 0)
 
-    def in_use(self, key: str) -> int:
-        cap = self._caps.get(key)
-        return cap.busy if cap is not None else 0
-
     async def acquire(
         self,
         key: str,
