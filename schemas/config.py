@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from msgspec import Meta, Struct, field
 
+from schemas.alerts import AlertRule, Severity
 from schemas.chat import check_transform_fields
 from schemas.prices import BUILTIN_PRICES
 
@@ -318,6 +319,57 @@ class SpendLogConfig(_Config):
     retention_s: PositiveFloat = 30 * 86400.0  # records older than this are dropped
 
 
+class TelemetryConfig(_Config):
+    """What each process counted, reported to NATS every ``report_every_s`` for the
+    dashboard's charts and the alert rules (broker/telemetry/); kept ``retention_s``."""
+
+    enabled: bool = True
+    report_every_s: Annotated[float, Meta(ge=1, le=60)] = 5.0
+    retention_s: Annotated[float, Meta(ge=600)] = 3900.0  # an hour of charts, and some
+
+
+class WebhookConfig(_Config):
+    """Where alerts are sent: ``json`` posts the alert event as it is, ``slack`` a
+    message for a Slack incoming webhook. The URL may come from the environment
+    (``url_env``), since a Slack webhook URL is a secret."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    url: str | None = None
+    url_env: str | None = None
+    format: Literal["json", "slack"] = "json"
+    min_severity: Severity = "info"
+    timeout_s: PositiveFloat = 5.0
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError(f"webhook `{self.name}`: set exactly one of url and url_env")
+        if self.url is not None and urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"webhook `{self.name}`: url must be http(s)")
+
+
+class AlertsConfig(_Config):
+    """Alert rules, evaluated every ``evaluate_every_s`` by one process at a time (a
+    lease in NATS), with notifications to ``webhooks`` (broker/alerts/). Budget warnings
+    fire at each percentage of ``budget_warnings`` of every key's and tenant's budget."""
+
+    enabled: bool = True
+    evaluate_every_s: Annotated[float, Meta(ge=1, le=300)] = 5.0
+    rules: list[AlertRule] = []
+    webhooks: list[WebhookConfig] = []
+    budget_warnings: list[Annotated[float, Meta(gt=0, le=100)]] = field(
+        default_factory=lambda: [80.0, 90.0]
+    )
+    history_retention_s: PositiveFloat = 30 * 86400.0
+    notify_attempts: Annotated[int, Meta(ge=1, le=20)] = 6  # per webhook, with backoff
+    repeat_s: PositiveFloat = 3600.0  # a firing alert nobody acknowledged is sent again
+    notify_max_backoff_s: PositiveFloat = 30.0
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError("alerts.rules: rule names must be unique")
+
+
 class CanaryConfig(_Config):
     """A split that moves ``variant`` from the first step's share of the traffic to the
     last in steps, ``step_s`` apart; rolled back to 0% by itself when, over the last
@@ -363,6 +415,8 @@ class Config(_Config):
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     experiments: list[ExperimentConfig] = []
     spend_log: SpendLogConfig = field(default_factory=SpendLogConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def __post_init__(self) -> None:
         carried = self.nats.max_payload_bytes - HEADER_ROOM

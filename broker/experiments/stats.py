@@ -16,10 +16,12 @@ from collections import defaultdict
 from nats.js import JetStreamContext
 
 from broker.nats.subjects import Subjects, name_token
+from broker.telemetry.histogram import percentile
 from broker.tenancy.usage import NANO, UsageRecorder, counter_value
 from schemas.experiments import VariantReport
 
 # upper bounds of the latency buckets, in milliseconds; one more counts what is slower
+# (their own, not telemetry's: the counters kept in NATS are numbered by these)
 BUCKETS_MS = (25, 50, 100, 250, 500, 750, 1000, 1500, 2500, 5000, 10000, 30000, 60000)
 
 
@@ -98,31 +100,12 @@ def report_of(variant: str, counts: dict[str, int]) -> VariantReport:
         requests=requests,
         errors=errors,
         error_rate=errors / requests if requests else 0.0,
-        p50_ms=percentile(histogram, 0.50),
-        p95_ms=percentile(histogram, 0.95),
-        p99_ms=percentile(histogram, 0.99),
+        p50_ms=percentile(histogram, 0.50, BUCKETS_MS),
+        p95_ms=percentile(histogram, 0.95, BUCKETS_MS),
+        p99_ms=percentile(histogram, 0.99, BUCKETS_MS),
         mean_ms=counts.get("ms", 0) / requests if requests else None,
         prompt_tokens=counts.get("prompt", 0),
         completion_tokens=counts.get("completion", 0),
         cost_usd=cost,
         cost_per_request_usd=cost / requests if requests else 0.0,
     )
-
-
-def percentile(histogram: list[int], q: float) -> float | None:
-    """The ``q`` quantile in milliseconds, interpolated within its bucket (the open last
-    bucket reports its lower bound)."""
-    total = sum(histogram)
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for index, count in enumerate(histogram):
-        if count and seen + count >= rank:
-            low = BUCKETS_MS[index - 1] if index > 0 else 0.0
-            if index >= len(BUCKETS_MS):
-                return float(low)
-            high = BUCKETS_MS[index]
-            return low + (high - low) * (rank - seen) / count
-        seen += count
-    return float(BUCKETS_MS[-1])

@@ -30,6 +30,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fi
 from broker.nats.subjects import (
     ATTEMPTS,
     BATCHES,
+    ALERTS,
     BREAKERS,
     CACHE,
     EXPERIMENTS,
@@ -267,6 +268,38 @@ class StreamKind(StrEnum):
     DEAD = "dead"
     USAGE = "usage"
     SPEND = "spend"
+    TELEMETRY = "telemetry"
+    ALERTS = "alerts"
+
+
+def _telemetry(config: Config, subjects: Subjects) -> StreamConfig:
+    """Telemetry reports (``<prefix>.telemetry.<process>``): each process's counts of a few
+    seconds, kept ``telemetry.retention_s`` for the charts and alert rules. In memory: a
+    lost hour of charts is no loss, and it spares the disk a write every few seconds."""
+    return StreamConfig(
+        name=subjects.telemetry_stream,
+        description="promptbus telemetry: per-process counts for charts and alerts",
+        subjects=[subjects.telemetry_wildcard],
+        storage=StorageType.MEMORY,
+        discard=DiscardPolicy.OLD,
+        max_age=config.telemetry.retention_s,
+        max_bytes=256 * 1024 * 1024,
+        num_replicas=config.nats.replicas,
+    )
+
+
+def _alerts(config: Config, subjects: Subjects) -> StreamConfig:
+    """Alert history (``<prefix>.alerts.<rule>``): every alert's pending, firing,
+    acknowledged and resolved events, kept ``alerts.history_retention_s``."""
+    return StreamConfig(
+        name=subjects.alerts_stream,
+        description="promptbus alert history",
+        subjects=[subjects.alerts_wildcard],
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=config.alerts.history_retention_s,
+        num_replicas=config.nats.replicas,
+    )
 
 
 STREAMS: dict[StreamKind, Callable[[Config, Subjects], StreamConfig]] = {
@@ -276,6 +309,8 @@ STREAMS: dict[StreamKind, Callable[[Config, Subjects], StreamConfig]] = {
     StreamKind.DEAD: _dead,
     StreamKind.USAGE: _usage,
     StreamKind.SPEND: _spend,
+    StreamKind.TELEMETRY: _telemetry,
+    StreamKind.ALERTS: _alerts,
 }
 # Counter streams cannot be updated in place; an existing one is only scaled.
 _CREATE_ONLY = frozenset({StreamKind.USAGE})
@@ -334,6 +369,9 @@ BUCKETS: dict[str, BucketSpec] = {
     RESPONSES: BucketSpec("promptbus stored responses", ttl=lambda c: c.responses.retention_s),
     # canary state per experiment (key = its name) and the judge's lease (judge)
     EXPERIMENTS: BucketSpec("promptbus experiments: canary steps and rollbacks"),
+    # alerts pending or firing (active.<id>), rules added at run time (rule.<name>) and
+    # the evaluator's lease (evaluator)
+    ALERTS: BucketSpec("promptbus alerts: active alerts, rules, the evaluator's lease"),
     # starts of redelivered requests (key <stream>.<seq>): a request that ends its worker
     # every time is recognised on its nats.max_deliver-th start; written only for
     # redeliveries, never on the hot path; entries outlive any queued request

@@ -47,6 +47,7 @@ ATTEMPTS = "attempts"  # how many times workers began serving a redelivered requ
 FILES = "files"  # an Object Store bucket
 RESPONSES = "responses"  # stored Responses API responses (previous_response_id)
 EXPERIMENTS = "experiments"  # canary state per experiment, and the judge's lease
+ALERTS = "alerts"  # alerts pending or firing, rules added at run time, the evaluator's lease
 
 
 def bucket(prefix: str, kind: str) -> str:
@@ -233,6 +234,30 @@ class Subjects:
         """The records of one tenant, one key, or all."""
         tenant_part = name_token(tenant) if tenant else "*"
         return f"{self.prefix}.spend.{tenant_part}.{name_token(key_id) if key_id else '*'}"
+
+    @property
+    def telemetry_stream(self) -> str:
+        return f"{self.stream}_TELEMETRY"
+
+    def telemetry(self, process: str) -> str:
+        """Where one process's telemetry reports go (broker/telemetry/)."""
+        return f"{self.prefix}.telemetry.{name_token(process)}"
+
+    @property
+    def telemetry_wildcard(self) -> str:
+        return f"{self.prefix}.telemetry.>"
+
+    @property
+    def alerts_stream(self) -> str:
+        return f"{self.stream}_ALERTS"
+
+    def alert_event(self, rule: str) -> str:
+        """Where one rule's alert events (pending, firing, resolved, acknowledged) go."""
+        return f"{self.prefix}.alerts.{name_token(rule)}"
+
+    @property
+    def alerts_wildcard(self) -> str:
+        return f"{self.prefix}.alerts.>"
 
     def usage_user_detail(self, day: str, tenant: str, user: str, metric: str) -> str:
         """An end user's day (``usage --by user``)."""

@@ -4,7 +4,8 @@ the percentiles it is judged by."""
 from __future__ import annotations
 
 from broker.experiments.canary import advanced, verdict
-from broker.experiments.stats import BUCKETS_MS, percentile, report_of
+from broker.experiments.stats import BUCKETS_MS, report_of
+from broker.telemetry.histogram import percentile
 from schemas.config import CanaryConfig, ExperimentConfig
 from schemas.experiments import VariantReport
 
@@ -48,9 +49,9 @@ def test_steps_follow_the_schedule_then_complete_and_a_rollback_is_final() -> No
 def test_percentiles_interpolate_within_buckets() -> None:
     histogram = [0] * (len(BUCKETS_MS) + 1)
     histogram[BUCKETS_MS.index(100)] = 100  # 100 requests between 50 and 100 ms
-    assert percentile(histogram, 0.5) == 75.0
-    assert percentile(histogram, 0.95) == 97.5
-    assert percentile([0] * len(histogram), 0.5) is None
+    assert percentile(histogram, 0.5, BUCKETS_MS) == 75.0
+    assert percentile(histogram, 0.95, BUCKETS_MS) == 97.5
+    assert percentile([0] * len(histogram), 0.5, BUCKETS_MS) is None
     report = report_of("v", {"requests": 100, "errors": 5, "l3": 100, "ms": 7500, "cost": 10**9})
     assert report.error_rate == 0.05 and report.mean_ms == 75.0
     assert report.cost_usd == 1.0 and report.cost_per_request_usd == 0.01
