@@ -331,7 +331,8 @@ async def _chat(
 
 
 def cmd_tenancy(args: argparse.Namespace) -> None:
-    """keys / tenants / usage (cli/tenancy.py), experiments (cli/experiments.py)."""
+    """keys / tenants / usage (cli/tenancy.py), experiments (cli/experiments.py), alerts
+    (cli/alerts.py)."""
     config = _config(args)
     run(args.action(args, config, _nats_url(args, config)))
 
@@ -432,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import experiments
 
     experiments.add_commands(lambda name, _, help: add(name, cmd_tenancy, help))
+    from cli import alerts
+
+    alerts.add_commands(lambda name, _, help: add(name, cmd_tenancy, help))
     add("batcher", cmd_batcher, "run batches: validate, publish lines, write output files")
     batch = add("batch", cmd_batch, "bulk batches from a JSONL file")
     actions = batch.add_subparsers(dest="batch_command", required=True)

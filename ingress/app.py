@@ -24,7 +24,7 @@ from broker.client import BrokerClient
 from broker.nats.credentials import Role, login_for
 from ingress.address_limits import AddressLimits
 from ingress.error_handlers import HANDLERS
-from ingress.routes import admin, batches, experiments, files, health, spend
+from ingress.routes import admin, alerts, batches, experiments, files, health, spend
 from ingress.routes.chat import chat_completions
 from ingress.routes.completions import completions
 from ingress.routes.embeddings import embeddings
@@ -73,6 +73,13 @@ ROUTES = [
     Route("/admin/experiments", experiments.list_experiments, methods=["GET"]),
     Route("/admin/experiments/{name}", experiments.show_experiment, methods=["GET"]),
     Route("/admin/experiments/{name}/rollback", experiments.roll_back, methods=["POST"]),
+    Route("/admin/alerts", alerts.list_alerts, methods=["GET"]),
+    Route("/admin/alerts/history", alerts.alert_history, methods=["GET"]),
+    Route("/admin/alerts/rules", alerts.list_rules, methods=["GET"]),
+    Route("/admin/alerts/rules/{name}", alerts.set_rule, methods=["PUT"]),
+    Route("/admin/alerts/rules/{name}", alerts.delete_rule, methods=["DELETE"]),
+    Route("/admin/alerts/{alert_id}/ack", alerts.acknowledge, methods=["POST"]),
+    Route("/admin/series", alerts.series, methods=["GET"]),
     Route("/admin/breakers", admin.list_breakers, methods=["GET"]),
     Route("/admin/breakers/{deployment:path}/{action}", admin.change_breaker, methods=["POST"]),
     Route("/admin/deployments", admin.list_deployments, methods=["GET"]),

@@ -17,6 +17,7 @@ from broker.responses.store import ResponseStore
 from broker.tenancy.admission import Admission, bearer
 from broker.tenancy.nats_access import NatsAccess
 from broker.tenancy.usage import UsageRecorder
+from ingress.watch import Watch
 from schemas.config import Config
 
 
@@ -31,6 +32,7 @@ class Services:
     nats_access: NatsAccess | None = None  # tenants' NATS logins, where this has the keys
     experiments: Experiments | None = None  # None: the config splits no alias
     recorder: UsageRecorder | None = None  # spend records of cache hits, variant counters
+    watch: Watch | None = None  # telemetry, charts and alerts
 
     @classmethod
     async def open(cls, config: Config, client: BrokerClient) -> Services:
@@ -48,6 +50,7 @@ class Services:
             experiments=await Experiments.open(client.nc, config, recorder),
             recorder=recorder,
         )
+        found.watch = await Watch.open(config, client, admission)
         client.vouch = admission.keys.vouch
         client.unqueued = admission.release
         credentials = NatsAccess.available(config)
@@ -57,6 +60,8 @@ class Services:
         return found
 
     async def close(self) -> None:
+        if self.watch is not None:
+            await self.watch.close()
         if self.experiments is not None:
             await self.experiments.close()
         if self.recorder is not None:

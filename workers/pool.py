@@ -33,6 +33,7 @@ from broker.observability import metrics, tracing
 from broker.responses import conversation
 from broker.responses import translation as responses_translation
 from broker.responses.chat_turn import ChatTurn
+from broker.telemetry.counts import WORKER, Telemetry
 from broker.tenancy.admission import Grant
 from schemas.chat import (
     ChatCompletionRequest,
@@ -132,6 +133,9 @@ class Job:
     grant: Grant | None = None  # admitted here (queued directly on NATS): its slots
     started: float = field(default_factory=time.monotonic)
     spent: bool = False  # its spend-log record is written
+    waited_s: float | None = None  # in the queue, before this worker took it
+    usage: Usage | None = None  # what it used, once accounted
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,7 @@ class PoolShared:
     poison: PoisonGuard | None = None
     accounting: Accounting | None = None
     answered: AnsweredMemory = field(default_factory=AnsweredMemory)
+    telemetry: Telemetry | None = None  # counts for charts and alerts (broker/telemetry/)
 
 
 _USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage
@@ -188,6 +193,7 @@ class DeploymentPool:
         self._max_reply_bytes = shared.settings.max_reply_bytes
         self._poison = shared.poison
         self._answered = shared.answered
+        self._telemetry = shared.telemetry
         self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, started)
         self._by_reply: dict[str, asyncio.Task[object]] = {}  # reply subject -> its task
         self._sweeper: asyncio.Task[None] | None = None
@@ -267,8 +273,10 @@ class DeploymentPool:
                 await self._ack(msg)
             return
         stored = identity[2] if identity is not None else None  # stored ns
+        waited = None
         if stored is not None:
-            self._m_queue_wait[lane].observe(max(0.0, (time.time_ns() - stored) / 1e9))
+            waited = max(0.0, (time.time_ns() - stored) / 1e9)
+            self._m_queue_wait[lane].observe(waited)
         if (
             meta.enqueue_by_ms is not None
             and stored is not None
@@ -289,7 +297,7 @@ class DeploymentPool:
         self._m_inflight.inc()
         settled = True
         slots = self.slots
-        job = Job(msg, meta, lane)
+        job = Job(msg, meta, lane, waited_s=waited)
         try:
             if not slots.try_acquire(lane):
                 await slots.acquire(lane)
@@ -441,7 +449,7 @@ class DeploymentPool:
                         body = job.turn.body(body)
                     body = self._stamp(body, meta)
                     await self._reply(meta, body, self._ok_headers(meta))
-                    self._m_ok[job.lane].inc()
+                    self._served(job)
         except BrokerError as exc:
             context = isinstance(exc, ContextLengthExceeded)
             movable = context or is_deployment_fault(exc) or isinstance(exc, CircuitOpen)
@@ -609,13 +617,37 @@ class DeploymentPool:
                 return usage
         await self._account(job, usage)
         await self._reply(meta, b"", self._ok_headers(meta, kind=self._end))
-        self._m_ok[job.lane].inc()
+        self._served(job)
         return usage
 
+    def _served(self, job: Job) -> None:
+        self._m_ok[job.lane].inc()
+        self._observe(job, 200)
+
+    def _observe(self, job: Job, status: int) -> None:
+        telemetry = self._telemetry
+        if telemetry is None:
+            return
+        usage, tenancy = job.usage, job.meta.tenancy
+        telemetry.observe(
+            WORKER,
+            self.model.model_name,
+            self.name,
+            tenancy.tenant if tenancy is not None else "",
+            status,
+            time.monotonic() - job.started,
+            wait_s=job.waited_s,
+            prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+            completion_tokens=usage.completion_tokens if usage is not None else 0,
+            cost_usd=job.cost_usd,
+        )
+
     async def _account(self, job: Job, usage: Usage | None) -> None:
+        if usage is not None:
+            job.usage, job.cost_usd = usage, self._cost(usage)
         if self._accounting is not None and usage is not None:
             job.accounted = True
-            cost = self._cost(usage)
+            cost = job.cost_usd
             await self._accounting.settle(job.meta, self.model.model_name, self.name, usage, cost)
             job.spent = True
             self._accounting.spend(
@@ -660,7 +692,7 @@ class DeploymentPool:
         model = job.transforms.response_model if job.transforms is not None else None
         body = self._stamp(embedding_reply.reply_body(result, request, model), meta)
         await self._reply(meta, body, self._ok_headers(meta))
-        self._m_ok[job.lane].inc()
+        self._served(job)
         return usage
 
     def _transforms_for(self, meta: RequestMeta) -> Transforms | None:
@@ -738,6 +770,7 @@ class DeploymentPool:
     async def _error(self, job: Job, error: BrokerError) -> None:
         model, lane = self.model.model_name, job.lane.value
         metrics.WORKER_REQUESTS.labels(model, self.name, str(error.status), lane).inc()
+        self._observe(job, error.status)
         await reply_error(self._nc, job.meta, error, self._shown)
         if self._accounting is not None and not job.spent:
             job.spent = True

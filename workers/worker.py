@@ -34,6 +34,8 @@ from broker.nats.subjects import ATTEMPTS, BREAKERS, WORKERS, Subjects
 from broker.observability import metrics
 from broker.routing.presence import PresencePublisher, WorkerDirectory
 from broker.routing.router import Router
+from broker.telemetry.counts import Telemetry
+from broker.telemetry.reporter import TelemetryReporter
 from broker.tenancy.admission import Admission
 from broker.tenancy.usage import UsageRecorder
 from schemas.config import Config, DeploymentConfig, ModelConfig
@@ -106,6 +108,7 @@ class Worker:
         self._nc: NATS | None = None
         self._owns_connection = False
         self._poison: PoisonGuard | None = None
+        self._reporter: TelemetryReporter | None = None
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
         if nc is None:
@@ -126,6 +129,13 @@ class Worker:
         board = BreakerBoard(await ensure_bucket(js, config, BREAKERS), self.worker_id)
         await ensure_stream(js, config, subjects, StreamKind.DEAD)
         await ensure_stream(js, config, subjects, StreamKind.SPEND)
+        telemetry = None
+        if config.telemetry.enabled:
+            await ensure_stream(js, config, subjects, StreamKind.TELEMETRY)
+            telemetry = Telemetry()
+            self._reporter = TelemetryReporter(
+                js, subjects, self.worker_id, telemetry, config.telemetry.report_every_s
+            )
         self._poison = PoisonGuard(
             nc, await ensure_bucket(js, config, ATTEMPTS), subjects, config.worker.max_deliver
         )
@@ -136,7 +146,13 @@ class Worker:
         router = Router(config, subjects, self._directory, board.state)
         failover = Failover(subjects, js, router)
         shared = PoolShared(
-            nc, failover, config.worker, config.transforms, self._poison, self._accounting
+            nc,
+            failover,
+            config.worker,
+            config.transforms,
+            self._poison,
+            self._accounting,
+            telemetry=telemetry,
         )
         board.on_change(self._repace)
         for model in self.models:
@@ -190,6 +206,8 @@ class Worker:
         if self._pacers:
             self._pace_task = asyncio.create_task(self._pace())
         await self._presence.start()
+        if self._reporter is not None:
+            self._reporter.start()
         self._cancels = await nc.subscribe(subjects.cancel, cb=self._on_cancel)
         self._queue_watch = asyncio.create_task(self._watch_queues(js, sorted(self._queues)))
         if config.worker.metrics_port is not None:
@@ -306,6 +324,8 @@ class Worker:
         if self._directory:
             await self._directory.stop()
         await asyncio.gather(*(p.stop() for p in self._pools))
+        if self._reporter is not None:
+            await self._reporter.stop()  # what the drained requests counted
         if self._accounting is not None:
             await self._accounting.recorder.stop()  # the last batch of usage
             await self._accounting.admission.close()

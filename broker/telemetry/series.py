@@ -126,7 +126,7 @@ class Series:
         """The rows of the slots in [since, until), matching ``labels``, per group of
         ``by``; gauges from the latest slot of the span that has any."""
         labels, by = labels or {}, tuple(by)
-        first, last = int(since // SLOT_S), int(until // SLOT_S)
+        first, last = int(since // SLOT_S), int((until - 1e-6) // SLOT_S)
         out: dict[Group, Window] = defaultdict(Window)
         for slot in range(first, last + 1):
             for key, counts in self._counts.get(slot, {}).items():

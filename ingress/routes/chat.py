@@ -17,6 +17,7 @@ from broker.nats.subjects import Subjects
 from broker.observability import metrics, tracing
 from broker.routing import capabilities
 from broker.spend import records as spend_records
+from broker.telemetry.counts import INGRESS
 from broker.tenancy.admission import Grant
 from ingress.http_io import (
     MIN_TIMEOUT_S,
@@ -254,6 +255,16 @@ def finish_with(grant: Grant, response: Response | None) -> None:
     weakref.finalize(response, grant.finish)
 
 
+def count_answer(
+    request: Request, model: str, grant: Grant | None, status: int, elapsed: float
+) -> None:
+    """The answer in this ingress's telemetry (charts, alert rules): no I/O."""
+    watch = services(request).watch
+    if watch is not None and watch.telemetry is not None:
+        tenant = grant.tenancy.tenant if grant is not None else ""
+        watch.telemetry.observe(INGRESS, model, "", tenant, status, elapsed)
+
+
 def output_limit(asked: NamedModel) -> int | None:
     """The most output tokens the request allows, whatever its API calls the field (a
     budget holds that much of its cost until the answer is known)."""
@@ -311,6 +322,7 @@ async def observed(
     stream = "true" if context["stream"] else "false"
     metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), stream).inc()
     metrics.INGRESS_DURATION.labels(model, stream).observe(elapsed)
+    count_answer(request, model, grant, response.status_code, elapsed)
     level = logging.WARNING if response.status_code >= 400 else logging.DEBUG
     if log.isEnabledFor(level):
         log.log(

@@ -3,6 +3,7 @@ same keys, budgets and limits as chat."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -11,7 +12,7 @@ from starlette.responses import Response
 from broker.observability import metrics, tracing
 from broker.tenancy.admission import Grant
 from ingress.http_io import error_response, read_body, reply_headers, require_json
-from ingress.routes.chat import admitted, model_named_in, request_id
+from ingress.routes.chat import admitted, count_answer, model_named_in, request_id
 from ingress.state import services
 from schemas.chat import embedding_request_decoder
 from schemas.depth import decode_checked
@@ -20,6 +21,7 @@ from schemas.errors import BrokerError
 
 async def embeddings(request: Request) -> Response:
     found = services(request)
+    started = time.perf_counter()
     config, broker = found.config, found.client
     trace = tracing.accept(request.headers.get("traceparent"))
     rid = request_id(request)
@@ -52,4 +54,5 @@ async def embeddings(request: Request) -> Response:
     response.headers["x-request-id"] = rid
     response.headers["traceparent"] = trace
     metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), "false").inc()
+    count_answer(request, model, grant, response.status_code, time.perf_counter() - started)
     return response

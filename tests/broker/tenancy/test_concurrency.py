@@ -188,9 +188,7 @@ def test_a_flooding_tenant_waits_while_another_starts_at_once(stack: Stack) -> N
     async def run() -> tuple[list[httpx.Response], list[httpx.Response], dict[str, float]]:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
         async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-            floods = [
-                asyncio.create_task(stack.chat(http, flood, f"a-{i}")) for i in range(500)
-            ]
+            floods = [asyncio.create_task(stack.chat(http, flood, f"a-{i}")) for i in range(500)]
             await until(lambda: stack.upstream.running["a"] >= CAP)  # a's backlog formed
             await asyncio.sleep(LATENCY_S)
             sent = {f"b-{i}": time.monotonic() for i in range(5)}
