@@ -362,6 +362,7 @@ class AlertsConfig(_Config):
     history_retention_s: PositiveFloat = 30 * 86400.0
     notify_attempts: Annotated[int, Meta(ge=1, le=20)] = 6  # per webhook, with backoff
     repeat_s: PositiveFloat = 3600.0  # a firing alert nobody acknowledged is sent again
+    budget_every_s: PositiveFloat = 30.0  # budgets are read from NATS counters this often
     notify_max_backoff_s: PositiveFloat = 30.0
 
     def __post_init__(self) -> None:

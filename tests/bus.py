@@ -26,6 +26,7 @@ BROKERS = [
     Subjects("fz", "FZ_REQ"),
     Subjects("tn", "TN_REQ"),
     Subjects("lanes", "LANES"),
+    Subjects("al", "AL_REQ"),
 ]
 
 

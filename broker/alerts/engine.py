@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 EVALUATOR_KEY = "evaluator"
 LEASE_TTL_S = 15.0
-BUDGET_EVERY_S = 30.0  # budgets are read from NATS counters: not every round
 _BUDGET_METRICS = ("budget_used_pct", "quota_used_pct")
 
 
@@ -74,18 +73,24 @@ class AlertEngine:
     async def _loop(self) -> None:
         while True:
             try:
-                if await self._lease.acquire():
-                    await self.round()
+                await self.evaluate()
             except Exception as exc:  # NATS away: evaluate at the next round
                 log.warning("alert evaluator: %s", exc)
             await asyncio.sleep(self._config.alerts.evaluate_every_s)
+
+    async def evaluate(self) -> bool:
+        """One round, if this process holds (or takes) the evaluator lease."""
+        if not await self._lease.acquire():  # taken, or renewed: ours for a TTL more
+            return False
+        await self.round()
+        return True
 
     async def round(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         if self._reporter is not None:
             rows = await gauges.sample(self._js, self._config, self._subjects)
             self._series.add(TelemetryReport(process="gauges", at=now, rows=rows))
-            await self._reporter.report(rows)
+            await self._reporter.report(rows, at=now)
         rules = in_force(self._config.alerts, await self.store.rules())
         active = await self.store.active()
         measured: set[str] = set()
@@ -108,7 +113,11 @@ class AlertEngine:
     ) -> list[tuple[AlertRule, dict[str, str], float | None]]:
         out: list[tuple[AlertRule, dict[str, str], float | None]] = []
         watched = [r for r in rules if r.metric in _BUDGET_METRICS]
-        if watched and self._admission is not None and now - self._budgets_at >= BUDGET_EVERY_S:
+        if (
+            watched
+            and self._admission is not None
+            and now - self._budgets_at >= self._config.alerts.budget_every_s
+        ):
             self._budgets, self._budgets_at = await budgets.used(self._admission, now), now
         for rule in rules:
             if rule.metric in _BUDGET_METRICS:

@@ -42,13 +42,14 @@ class TelemetryReporter:
             await asyncio.sleep(self._every)
             await self.report()
 
-    async def report(self, rows: list[TelemetryRow] | None = None) -> None:
+    async def report(self, rows: list[TelemetryRow] | None = None, at: float | None = None) -> None:
         """Publish what was counted (or ``rows``); lost, not retried, when NATS is away:
         a few seconds missing from a chart is better than a growing backlog."""
         rows = self.telemetry.take() if rows is None else rows
         if not rows:
             return
-        report = TelemetryReport(process=self._process, at=time.time(), rows=rows)
+        at = time.time() if at is None else at
+        report = TelemetryReport(process=self._process, at=at, rows=rows)
         try:
             await self._js.publish(self._subject, report_encoder.encode(report), timeout=5.0)
         except Exception as exc:
