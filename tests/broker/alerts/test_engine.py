@@ -67,7 +67,7 @@ async def _reported(
     series = Series()
     await series.follow(js, subjects)
     async with asyncio.timeout(10):
-        while not series.window(at - 1, at + 1):
+        while not series.window(at - 1, at + 1):  # noqa: ASYNC110 (polls a follower)
             await asyncio.sleep(0.05)
     return series
 
@@ -176,7 +176,7 @@ async def test_deployment_rules_read_what_workers_served(js: JetStreamContext) -
         assert alert.status == "firing" and alert.labels == {"deployment": "dep-a"}
         assert alert.value == 1.0
         async with asyncio.timeout(10):
-            while refusing.attempts < 1:
+            while refusing.attempts < 1:  # noqa: ASYNC110 (polls a server)
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         assert refusing.attempts == 1 and engine.notifier.sent == 0
