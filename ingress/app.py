@@ -85,6 +85,7 @@ ROUTES = [
     Route("/admin/deployments", admin.list_deployments, methods=["GET"]),
     Route("/admin/overview", admin.overview, methods=["GET"]),
     Route("/admin/dashboard", admin.dashboard, methods=["GET"]),
+    Route("/admin/static/{name}", admin.vendored, methods=["GET"]),
     Route("/openapi.json", health.openapi_endpoint, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),

@@ -6,6 +6,7 @@
     GET  /admin/deployments                       in-flight, queued, latency, error rate...
     GET  /admin/overview                          the dashboard's data in one call
     GET  /admin/dashboard                         the live dashboard page (asks for the key)
+    GET  /admin/static/{uplot.js,uplot.css}       its charting library (no key needed)
     POST /admin/keys                              create a key (the secret is shown once)
     GET  /admin/keys[?tenant=]                    keys without secrets
     POST /admin/keys/{id}/rotate                  a new secret for the same key
@@ -19,6 +20,8 @@
                                                   projected to the month's end, budgets
     GET  /admin/teams[?tenant=]                   teams with their limits
     PUT  /admin/teams/{tenant}/{name}             set a team's limits, budgets, quota, models
+
+Alerts and the dashboard's time series: ingress/routes/alerts.py.
 
 Authentication: ``Authorization: Bearer <key>``, the key being the value of the
 environment variable named by ``admin.api_key_env``. Unset: the admin API is off (403).
@@ -50,7 +53,13 @@ from schemas.errors import (
 from schemas.tenancy import KeySpec, TeamSpec, TenantSpec, check_team_name
 
 _encoder = msgspec.json.Encoder()
-DASHBOARD_HTML = (Path(__file__).parents[1] / "static" / "dashboard.html").read_bytes()
+STATIC = Path(__file__).parents[1] / "static"
+DASHBOARD_HTML = (STATIC / "dashboard.html").read_bytes()
+# The dashboard's vendored charting library (ingress/static/vendor/uplot/README.md)
+VENDORED = {
+    "uplot.js": ((STATIC / "vendor/uplot/uPlot.iife.min.js").read_bytes(), "text/javascript"),
+    "uplot.css": ((STATIC / "vendor/uplot/uPlot.min.css").read_bytes(), "text/css"),
+}
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -134,6 +143,15 @@ async def overview(request: Request) -> Response:
 async def dashboard(request: Request) -> Response:
     """The page itself holds no data: it asks for the key and polls /admin/overview."""
     return Response(DASHBOARD_HTML, media_type="text/html")
+
+
+async def vendored(request: Request) -> Response:
+    """The dashboard's charting library: public code, served without the key."""
+    found = VENDORED.get(request.path_params["name"])
+    if found is None:
+        raise NotFound(404, "No such file.", code="not_found")
+    body, media_type = found
+    return Response(body, media_type=media_type, headers={"cache-control": "max-age=86400"})
 
 
 async def create_key(request: Request) -> Response:

@@ -25,6 +25,15 @@ from tests.procs import PROMPTBUS, Proc, eventually, wait_http, wait_port
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".promptbus" / "artifacts"
 ADMIN_KEY = "admin-test-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+# fires while `retrying` has traffic: an alert for the dashboard to show
+DASHBOARD_RULE = {
+    "name": "retrying-busy",
+    "metric": "requests_per_s",
+    "op": ">",
+    "threshold": 0,
+    "labels": {"model": "retrying"},
+    "severity": "info",
+}
 FAST_RETRY = {"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.05}
 CALM_BREAKER = {"failure_threshold": 1000, "min_requests": 1000}
 QUICK_BREAKER = {"failure_threshold": 2, "min_requests": 1000, "cooldown_s": 1.0}
@@ -221,6 +230,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
             {
                 "nats": {"url": nats_url, **bus.config_section()},
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
+                "telemetry": {"report_every_s": 1},
+                "alerts": {"evaluate_every_s": 1, "rules": [DASHBOARD_RULE]},
                 "model_list": models,
             }
         )
@@ -677,6 +688,21 @@ def test_dashboard_in_headless_chromium(env: Env, tmp_path: Path) -> None:
         return any(d["deployment"] == "retry-dep" and d["requests"] >= 5 for d in listed)
 
     eventually(reported, "a heartbeat reports retry-dep's requests")
+
+    def charted() -> bool:  # the ingress's and worker's telemetry, back from NATS
+        series = env.http.get("/admin/series?by=deployment", headers=ADMIN).json()
+        rates = series["groups"].get("retry-dep", {}).get("requests_per_s", [])
+        return any(rates)
+
+    eventually(charted, "the series show retry-dep's requests")
+    fired = eventually(
+        lambda: [
+            a
+            for a in env.http.get("/admin/alerts", headers=ADMIN).json()["data"]
+            if a["rule"] == "retrying-busy" and a["status"] == "firing"
+        ],
+        "the retrying-busy alert fires",
+    )
     url = f"{env.ingress}/admin/dashboard#key={ADMIN_KEY}"
     dom = subprocess.run(
         [*command, "--dump-dom", url], capture_output=True, text=True, timeout=90
@@ -685,11 +711,18 @@ def test_dashboard_in_headless_chromium(env: Env, tmp_path: Path) -> None:
     row = dom.split('data-deployment="retry-dep"', 1)[1].split("</tr>", 1)[0]
     assert "<td>retrying</td>" in dom and 'class="closed">closed' in row
     assert "updated " in dom  # the page fetched /admin/overview with the key
+    # the charts: drawn by the vendored uPlot, a line per model
+    chart = dom.split('id="chart-requests_per_s"', 1)[1].split('class="chart"', 1)[0]
+    assert "<canvas" in chart and "retrying" in chart
+    for metric in ("latency_p95_ms", "errors", "queue_depth", "tokens_per_s", "cost_per_hour_usd"):
+        assert f'id="chart-{metric}"' in dom
+    alert_row = dom.split(f'data-alert="{fired[0]["id"]}"', 1)[1].split("</tr>", 1)[0]
+    assert "firing" in alert_row and "retrying-busy" in alert_row
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
     subprocess.run(
-        [*command, f"--screenshot={shot}", "--window-size=1400,1100", url],
+        [*command, f"--screenshot={shot}", "--window-size=1400,2200", url],
         capture_output=True,
         timeout=90,
     )

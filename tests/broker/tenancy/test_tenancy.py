@@ -82,6 +82,7 @@ def tenancy(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator
                 "auth": {"required": True},
                 "transforms": {"short": {"set": {"max_tokens": 2}, "response_model": "house"}},
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
+                "alerts": {"evaluate_every_s": 1, "budget_every_s": 1},
                 "model_list": [
                     {
                         "model_name": "mock-gpt",
@@ -226,6 +227,45 @@ def test_tokens_per_minute_bucket(tenancy: Tenancy) -> None:
     assert int(first.headers["x-ratelimit-remaining-tokens"]) < 400
     statuses = [tenancy.chat(key, text="word " * 100).status_code for _ in range(4)]
     assert statuses.count(429) >= 1, statuses
+
+
+def test_budget_warnings_fire_at_80_and_90_percent(tenancy: Tenancy) -> None:
+    """Out of the box, with no rule configured: a key at 82% of its budget has a
+    warning, one at 91% a critical alert too; one evaluator (of three ingresses) raises
+    each once, and every ingress shows them."""
+    # one "hello world" costs $7 (see below)
+    warned = tenancy.create_key(tenant="warned", budgets=[{"max_usd": 8.5, "period": "daily"}])
+    nearly = tenancy.create_key(tenant="nearly", budgets=[{"max_usd": 7.7, "period": "daily"}])
+    assert tenancy.chat(warned).status_code == 200 and tenancy.chat(nearly).status_code == 200
+
+    def alerts_of(tenant: str, base: str) -> dict[str, dict[str, Any]]:
+        listed = httpx.get(f"{base}/admin/alerts", headers=ADMIN_HEADERS, timeout=10).json()
+        return {a["rule"]: a for a in listed["data"] if a["labels"].get("tenant") == tenant}
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if len(alerts_of("nearly", tenancy.ingresses[0])) == 2 and alerts_of(
+            "warned", tenancy.ingresses[0]
+        ):
+            break
+        time.sleep(0.2)
+    for base in tenancy.ingresses:
+        warnings = alerts_of("warned", base)
+        assert set(warnings) == {"budget-80"}, warnings
+        alert = warnings["budget-80"]
+        assert alert["status"] == "firing" and alert["severity"] == "warning"
+        assert alert["value"] == pytest.approx(100 * 7 / 8.5)
+        assert alert["labels"]["period"] == "daily" and alert["labels"]["owner"].startswith("key ")
+        critical = alerts_of("nearly", base)
+        assert set(critical) == {"budget-80", "budget-90"}
+        assert critical["budget-90"]["severity"] == "critical"
+    history = tenancy.admin("GET", "/admin/alerts/history").json()["data"]
+    fired = [
+        e
+        for e in history
+        if e["kind"] == "firing" and e["alert"]["labels"].get("tenant") == "nearly"
+    ]
+    assert sorted(e["alert"]["rule"] for e in fired) == ["budget-80", "budget-90"]
 
 
 def test_budget_stops_spending_at_the_limit(tenancy: Tenancy) -> None:
