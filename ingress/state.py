@@ -13,6 +13,7 @@ from broker.client import BrokerClient
 from broker.experiments.traffic import Experiments
 from broker.nats.provision import StreamKind, ensure_stream
 from broker.nats.subjects import Subjects
+from broker.observability import otel
 from broker.responses.store import ResponseStore
 from broker.tenancy.admission import Admission, bearer
 from broker.tenancy.nats_access import NatsAccess
@@ -36,6 +37,7 @@ class Services:
 
     @classmethod
     async def open(cls, config: Config, client: BrokerClient) -> Services:
+        otel.start(config.otel, "ingress")
         admission = await Admission.open(client.nc, config)
         await ensure_stream(client.js, config, Subjects.of(config), StreamKind.SPEND)
         recorder = UsageRecorder(client.nc, config.nats.subject_prefix)
@@ -69,6 +71,7 @@ class Services:
         if self.nats_access is not None:
             await self.nats_access.stop()
         await self.admission.close()
+        otel.shutdown()
 
 
 def services(request: Request) -> Services:

@@ -328,6 +328,19 @@ class TelemetryConfig(_Config):
     retention_s: Annotated[float, Meta(ge=600)] = 3900.0  # an hour of charts, and some
 
 
+class OtelConfig(_Config):
+    """OpenTelemetry export over OTLP/HTTP (``pip install promptbus[otel]``): a span per
+    hop (ingress, queue wait, worker, each upstream attempt) and request metrics; off by
+    default. ``headers_env`` names a variable holding ``key=value,...`` headers."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318"  # a collector's OTLP/HTTP base URL
+    service_name: str = "promptbus"
+    export_every_s: PositiveFloat = 5.0
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+    headers_env: str | None = None
+
+
 class WebhookConfig(_Config):
     """Where alerts are sent: ``json`` posts the alert event as it is, ``slack`` a
     message for a Slack incoming webhook. The URL may come from the environment
@@ -418,6 +431,7 @@ class Config(_Config):
     spend_log: SpendLogConfig = field(default_factory=SpendLogConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    otel: OtelConfig = field(default_factory=OtelConfig)
 
     def __post_init__(self) -> None:
         carried = self.nats.max_payload_bytes - HEADER_ROOM

@@ -19,17 +19,18 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker.nats import acks
-from broker.observability import metrics, tracing
+from broker.observability import metrics, otel, tracing
 from broker.responses import conversation
 from broker.responses import translation as responses_translation
 from broker.responses.chat_turn import ChatTurn
@@ -134,6 +135,12 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     spent: bool = False  # its spend-log record is written
     waited_s: float | None = None  # in the queue, before this worker took it
+    status: int = 0  # of its answer
+    # OpenTelemetry on: the worker's span id and each upstream attempt's
+    # [traceparent, start ns, end ns, error code] (broker/observability/otel.py)
+    span_id: str = ""
+    attempts: list[list[Any]] | None = None
+    picked_ns: int = 0
     usage: Usage | None = None  # what it used, once accounted
     cost_usd: float = 0.0
 
@@ -298,6 +305,9 @@ class DeploymentPool:
         settled = True
         slots = self.slots
         job = Job(msg, meta, lane, waited_s=waited)
+        traced = otel.enabled() and meta.traceparent is not None
+        if traced:
+            job.span_id, job.attempts, job.picked_ns = os.urandom(8).hex(), [], time.time_ns()
         try:
             if not slots.try_acquire(lane):
                 await slots.acquire(lane)
@@ -316,6 +326,8 @@ class DeploymentPool:
             self._answered.finish(identity, settled)
             if job.grant is not None:
                 job.grant.finish()
+            if traced:
+                self._trace(job, stored)
             if settled:
                 if not job.accounted and self._accounting is not None:
                     self._accounting.release(msg, job.meta)  # answered without usage
@@ -435,7 +447,7 @@ class DeploymentPool:
                 else:
                     body = await call_with_retries(
                         lambda: self._attempt(
-                            self._answer(request, _next_hop(meta), unknown), attempt_timeout
+                            self._answer(request, self._hop(job), unknown), attempt_timeout, job=job
                         ),
                         self.deployment.retry,
                         remaining,
@@ -484,10 +496,75 @@ class DeploymentPool:
         timeout = self.deployment.timeout_s
         return timeout if remaining is None or timeout < remaining else None
 
+    def _trace(self, job: Job, stored_ns: int | None) -> None:
+        """The request's spans in this worker: its wait in the queue, its service here
+        and each upstream attempt (broker/observability/otel.py)."""
+        parent = job.meta.traceparent
+        assert parent is not None
+        mine = f"00-{parent.split('-')[1]}-{job.span_id}-01"
+        model, picked = self.model.model_name, job.picked_ns
+        if stored_ns:
+            otel.record_span(
+                "queue wait", tracing.child(parent), parent, stored_ns, picked, {"model": model}
+            )
+        attributes = {
+            "model": model,
+            "deployment": self.name,
+            "http.response.status_code": job.status,
+            "promptbus.request_id": job.meta.request_id,
+            "promptbus.lane": job.lane.value,
+        }
+        failed = str(job.status) if job.status >= 400 else None
+        otel.record_span(
+            f"worker {self.name}",
+            mine,
+            parent,
+            picked,
+            time.time_ns(),
+            attributes,
+            kind="consumer",
+            error=failed,
+        )
+        for number, (hop, start, end, error) in enumerate(job.attempts or (), 1):
+            otel.record_span(
+                f"upstream {self.name}",
+                hop,
+                mine,
+                start,
+                end or time.time_ns(),
+                {"deployment": self.name, "promptbus.attempt": number},
+                kind="client",
+                error=error or None,
+            )
+
+    def _hop(self, job: Job) -> str | None:
+        """The trace context of the next upstream attempt: same trace, a span of its own
+        (a child of the worker's span, kept for OpenTelemetry when it is on)."""
+        hop = _next_hop(job.meta)
+        if job.attempts is not None and hop is not None:
+            job.attempts.append([hop, time.time_ns(), 0, ""])
+        return hop
+
     async def _attempt(
-        self, call: Awaitable[T], timeout: float | None, *, stream: bool = False
+        self,
+        call: Awaitable[T],
+        timeout: float | None,
+        *,
+        stream: bool = False,
+        job: Job | None = None,
     ) -> T:
         """One provider call under the per-attempt timeout, counted by the breaker."""
+        if job is not None and job.attempts:
+            try:
+                return await self._attempt(call, timeout, stream=stream)
+            except StopAsyncIteration:
+                raise  # an empty stream: answered
+            except BaseException as exc:
+                code = exc.detail.code if isinstance(exc, BrokerError) else type(exc).__name__
+                job.attempts[-1][3] = code or "error"
+                raise
+            finally:
+                job.attempts[-1][2] = time.time_ns()
         if not self.breaker.allows():
             if inspect.iscoroutine(call):
                 call.close()
@@ -571,9 +648,9 @@ class DeploymentPool:
                 request = msgspec.structs.replace(request, stream_options=upstream_options)
 
         async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
-            chunks = self._chunks(request, _next_hop(meta), unknown).__aiter__()
+            chunks = self._chunks(request, self._hop(job), unknown).__aiter__()
             try:
-                first = await self._attempt(anext(chunks), attempt_timeout, stream=True)
+                first = await self._attempt(anext(chunks), attempt_timeout, stream=True, job=job)
             except StopAsyncIteration:
                 return None, chunks
             return first, chunks
@@ -625,6 +702,7 @@ class DeploymentPool:
         self._observe(job, 200)
 
     def _observe(self, job: Job, status: int) -> None:
+        job.status = status
         telemetry = self._telemetry
         if telemetry is None:
             return
@@ -676,7 +754,9 @@ class DeploymentPool:
     ) -> Usage:
         meta = job.meta
         result = await call_with_retries(
-            lambda: self._attempt(self.provider.embed(request, _next_hop(meta)), attempt_timeout),
+            lambda: self._attempt(
+                self.provider.embed(request, self._hop(job)), attempt_timeout, job=job
+            ),
             self.deployment.retry,
             remaining,
             self._on_retry,

@@ -31,7 +31,7 @@ from broker.nats.provision import (
 )
 from broker.nats.pull import PullConsumer
 from broker.nats.subjects import ATTEMPTS, BREAKERS, WORKERS, Subjects
-from broker.observability import metrics
+from broker.observability import metrics, otel
 from broker.routing.presence import PresencePublisher, WorkerDirectory
 from broker.routing.router import Router
 from broker.telemetry.counts import Telemetry
@@ -121,6 +121,7 @@ class Worker:
         self._nc = nc
         js = nc.jetstream()
         config = self.config
+        otel.start(config.otel, "worker")
         subjects = Subjects.of(config)
         await provision(js, config, subjects)
         kv = await ensure_bucket(js, config, WORKERS)
@@ -329,5 +330,6 @@ class Worker:
         if self._accounting is not None:
             await self._accounting.recorder.stop()  # the last batch of usage
             await self._accounting.admission.close()
+        otel.shutdown()
         if self._nc is not None and self._owns_connection:
             await self._nc.drain()

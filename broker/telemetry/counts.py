@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from broker.observability import otel
 from broker.telemetry.histogram import bucket_of
 from schemas.telemetry import TelemetryRow
 
@@ -57,6 +58,11 @@ class Telemetry:
             counts["o"] += completion_tokens
         if cost_usd:
             counts["usd"] += round(cost_usd * NANO)
+        if otel.enabled():  # the same request as OTLP metrics
+            tokens = prompt_tokens + completion_tokens
+            otel.record_request(
+                source, model, deployment, status, latency_s, wait_s, tokens, cost_usd
+            )
 
     def take(self) -> list[TelemetryRow]:
         """The rows counted since the last call, and a fresh start."""

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from broker.nats.subjects import Subjects
-from broker.observability import metrics, tracing
+from broker.observability import metrics, otel, tracing
 from broker.routing import capabilities
 from broker.spend import records as spend_records
 from broker.telemetry.counts import INGRESS
@@ -153,7 +153,7 @@ async def admitted(
     options: dict[str, Any] = {
         "timeout": timeout,
         "request_id": str(context["request_id"]),
-        "traceparent": tracing.child(trace),
+        "traceparent": context.get("hop") or tracing.child(trace),
         "tenancy": admission.vouch(grant),
         "cache_control": request.headers.get("cache-control"),
     }
@@ -265,6 +265,34 @@ def count_answer(
         watch.telemetry.observe(INGRESS, model, "", tenant, status, elapsed)
 
 
+def record_ingress_span(
+    request: Request,
+    hop: str,
+    incoming: str | None,
+    started_ns: int,
+    context: dict[str, Any],
+    response: Response,
+) -> None:
+    """The ingress's span (OpenTelemetry on): from the request's arrival to its answer
+    (a stream's first chunk), a child of the caller's span if it sent one."""
+    otel.record_span(
+        f"{request.method} {request.url.path}",
+        hop,
+        incoming.strip().lower() if tracing.valid(incoming) and incoming else None,
+        started_ns,
+        time.time_ns(),
+        {
+            "http.request.method": request.method,
+            "url.path": request.url.path,
+            "http.response.status_code": response.status_code,
+            "model": str(context["model"]),
+            "promptbus.request_id": str(context["request_id"]),
+        },
+        kind="server",
+        error=str(context["error"]) if "error" in context else None,
+    )
+
+
 def output_limit(asked: NamedModel) -> int | None:
     """The most output tokens the request allows, whatever its API calls the field (a
     budget holds that much of its cost until the answer is known)."""
@@ -295,9 +323,13 @@ async def observed(
     """Metrics, trace context and the request log around the actual work of a model
     request (``work(request, traceparent, context)``): chat, responses, messages."""
     config = services(request).config
-    started = time.perf_counter()
-    trace = tracing.accept(request.headers.get("traceparent"))
+    started, started_ns = time.perf_counter(), time.time_ns()
+    incoming = request.headers.get("traceparent")
+    trace = tracing.accept(incoming)
+    # the ingress's own span: what it sends on (its id), a child of the caller's
+    hop = tracing.child(trace)
     context: dict[str, Any] = {"request_id": request_id(request), "model": "", "stream": False}
+    context["hop"] = hop
     metrics.INGRESS_INFLIGHT.inc()
     response: Response | None = None
     try:
@@ -323,6 +355,8 @@ async def observed(
     metrics.INGRESS_REQUESTS.labels(model, str(response.status_code), stream).inc()
     metrics.INGRESS_DURATION.labels(model, stream).observe(elapsed)
     count_answer(request, model, grant, response.status_code, elapsed)
+    if otel.enabled():
+        record_ingress_span(request, hop, incoming, started_ns, context, response)
     level = logging.WARNING if response.status_code >= 400 else logging.DEBUG
     if log.isEnabledFor(level):
         log.log(

@@ -1,0 +1,131 @@
+"""OpenTelemetry export (``otel.enabled``) from real ingress and worker processes to an
+in-process OTLP receiver: one trace per request, a span per hop (ingress, queue wait,
+worker, upstream attempt), parented as the traceparent headers are; and the metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
+
+from broker.nats.embedded import free_port
+from tests import bus
+from tests.fakes.otlp import OtlpReceiver
+from tests.procs import PROMPTBUS, Proc, eventually, wait_http
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+@pytest.fixture(scope="module")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, nats_url: str
+) -> Iterator[tuple[OtlpReceiver, str]]:
+    receiver = OtlpReceiver().start()
+    work = tmp_path_factory.mktemp("otel")
+    config = work / "promptbus.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "nats": {
+                    "url": nats_url,
+                    "subject_prefix": "ot",
+                    "stream": "OT_REQ",
+                    **bus.config_section(),
+                },
+                "otel": {"enabled": True, "endpoint": receiver.url, "export_every_s": 0.5},
+                "model_list": [
+                    {
+                        "model_name": "otel-gpt",
+                        "deployments": [{"provider": "mock", "name": "otel-dep"}],
+                    }
+                ],
+            }
+        )
+    )
+    port = free_port()
+    procs = [Proc([*PROMPTBUS, "worker", "-c", str(config)], work / "worker.log")]
+    try:
+        procs.append(
+            Proc([*PROMPTBUS, "ingress", "-c", str(config), "--port", str(port)], work / "i.log")
+        )
+        wait_http(f"http://127.0.0.1:{port}/readyz", procs[1])
+        yield receiver, f"http://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        receiver.stop()
+
+
+def _attributes(span: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attribute in span.attributes:
+        value = attribute.value
+        out[attribute.key] = value.string_value or value.int_value
+    return out
+
+
+def test_one_trace_has_a_span_per_hop(exported: tuple[OtlpReceiver, str]) -> None:
+    receiver, base = exported
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+
+    def answered() -> bool:
+        try:
+            client.chat.completions.create(
+                model="otel-gpt",
+                messages=[{"role": "user", "content": "trace me"}],
+                extra_headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"},
+            )
+        except openai.APIStatusError:
+            return False  # the worker is not serving yet
+        return True
+
+    eventually(answered, "the worker answers", timeout=20)
+
+    def hops() -> dict[str, Any] | None:
+        spans = {s.name: s for s in receiver.spans_of(TRACE_ID)}
+        wanted = {"POST /v1/chat/completions", "queue wait", "worker otel-dep", "upstream otel-dep"}
+        return spans if wanted <= set(spans) else None
+
+    spans = eventually(hops, "every hop's span is exported", timeout=20)
+    ingress = spans["POST /v1/chat/completions"]
+    worker, wait, attempt = (
+        spans["worker otel-dep"],
+        spans["queue wait"],
+        spans["upstream otel-dep"],
+    )
+    assert ingress.parent_span_id.hex() == CALLER_SPAN  # the caller's span is its parent
+    assert wait.parent_span_id == ingress.span_id and worker.parent_span_id == ingress.span_id
+    assert attempt.parent_span_id == worker.span_id
+    assert ingress.start_time_unix_nano <= wait.start_time_unix_nano
+    assert wait.end_time_unix_nano <= worker.start_time_unix_nano + 1_000_000
+    assert worker.start_time_unix_nano <= attempt.start_time_unix_nano
+    assert attempt.end_time_unix_nano <= worker.end_time_unix_nano
+    assert _attributes(ingress)["http.response.status_code"] == 200
+    assert _attributes(worker)["deployment"] == "otel-dep"
+    assert _attributes(attempt)["promptbus.attempt"] == 1
+    roles = {r.get("promptbus.role") for r in receiver.resources}
+    assert {"ingress", "worker"} <= roles
+
+    def counted() -> set[str] | None:
+        names = {m.name for m in receiver.metrics}
+        return names if {"promptbus.requests", "promptbus.request.duration"} <= names else None
+
+    assert "promptbus.queue.wait" in eventually(counted, "the metrics are exported", timeout=20)
+
+
+def test_export_is_off_by_default() -> None:
+    from broker.observability import otel
+    from schemas.config import OtelConfig
+
+    assert not OtelConfig().enabled
+    assert not otel.enabled()  # this process never started it
+    started = time.perf_counter()
+    otel.record_span("x", f"00-{TRACE_ID}-{CALLER_SPAN}-01", None, 0, 1)  # a no-op
+    assert time.perf_counter() - started < 0.01
