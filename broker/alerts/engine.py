@@ -23,6 +23,7 @@ from broker.alerts.store import AlertStore, alert_id
 from broker.nats.lease import KVLease, new_owner
 from broker.nats.subjects import Subjects
 from broker.nats.tasks import cancel_and_wait
+from broker.observability import metrics
 from broker.telemetry import gauges
 from broker.telemetry.reporter import TelemetryReporter
 from broker.telemetry.series import Series
@@ -59,6 +60,7 @@ class AlertEngine:
         self._budgets: list[tuple[str, dict[str, str], float]] = []
         self._budgets_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._exported: set[tuple[str, str, str]] = set()
 
     def start(self) -> None:
         self.notifier.start()
@@ -107,6 +109,19 @@ class AlertEngine:
                     await self._step(gone, ident, alert.labels, None, False, (alert, revision), now)
                 else:
                     await self._resolve(alert, revision, now)
+        self._export(await self.store.active())
+
+    def _export(self, active: dict[str, tuple[Alert, int]]) -> None:
+        """The ``promptbus_alerts`` gauge: what is pending or firing, per rule."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for alert, _ in active.values():
+            key: tuple[str, str, str] = (alert.rule, alert.severity, alert.status)
+            counts[key] = counts.get(key, 0) + 1
+        for key in self._exported - counts.keys():
+            metrics.ALERTS_ACTIVE.labels(*key).set(0)
+        for key, count in counts.items():
+            metrics.ALERTS_ACTIVE.labels(*key).set(count)
+        self._exported = set(counts)
 
     async def _measured(
         self, rules: list[AlertRule], now: float

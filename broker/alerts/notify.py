@@ -15,6 +15,7 @@ import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from broker.nats.tasks import cancel_and_wait
+from broker.observability import metrics
 from schemas.alerts import SEVERITIES, AlertEvent
 from schemas.config import AlertsConfig, WebhookConfig
 
@@ -82,6 +83,7 @@ class Notifier:
             try:
                 self._queue.put_nowait((hook, url, event))
             except asyncio.QueueFull:
+                metrics.ALERT_NOTIFICATIONS.labels(hook.name, "dropped").inc()
                 log.error("alert notification to %s dropped: %d waiting", hook.name, QUEUE_LIMIT)
 
     async def _loop(self) -> None:
@@ -90,7 +92,9 @@ class Notifier:
             try:
                 await self._deliver(hook, url, event)
                 self.sent += 1
+                metrics.ALERT_NOTIFICATIONS.labels(hook.name, "sent").inc()
             except Exception as exc:
+                metrics.ALERT_NOTIFICATIONS.labels(hook.name, "failed").inc()
                 log.error("alert %s not delivered to %s: %s", event.alert.id, hook.name, exc)
 
     async def _deliver(self, hook: WebhookConfig, url: str, event: AlertEvent) -> None:

@@ -173,6 +173,20 @@ QUEUED = Gauge(
     multiprocess_mode="max",
 )
 
+# ---------------------------------------------------------------- alerts
+
+ALERTS_ACTIVE = Gauge(
+    "promptbus_alerts",
+    "Alerts pending or firing, by rule, severity and status (set by the evaluator)",
+    ["rule", "severity", "status"],
+    multiprocess_mode="max",
+)
+ALERT_NOTIFICATIONS = Counter(
+    "promptbus_alert_notifications_total",
+    "Alert notifications to webhooks by outcome: sent, failed (after retries), dropped",
+    ["webhook", "outcome"],
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The metrics text and its content type, aggregated across processes if configured."""

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
+from prometheus_client import REGISTRY
 
 from broker.alerts.engine import AlertEngine
 from broker.nats.credentials import Role
@@ -131,11 +132,16 @@ async def test_a_rule_is_pending_then_fires_is_acknowledged_and_resolves(
         await engine.round(t0 + 65)  # still firing; the acknowledgement is kept
         [(firing, _)] = (await engine.store.active()).values()
         assert firing.status == "firing" and firing.acked_by == "alice"
+        shown = {"rule": "slow", "severity": "critical", "status": "firing"}
+        assert REGISTRY.get_sample_value("promptbus_alerts", shown) == 1
+        sent = {"webhook": "chat", "outcome": "sent"}
+        assert REGISTRY.get_sample_value("promptbus_alert_notifications_total", sent) == 2
 
         await engine.round(t0 + 130)  # the slow minute is out of the window: resolved
         kinds = [b["kind"] for _, b in await plain.wait_for(3)]
         assert kinds == ["firing", "firing", "resolved"]
         assert not await engine.store.active()
+        assert REGISTRY.get_sample_value("promptbus_alerts", shown) == 0
         history = [e.kind for e in await engine.store.history()]
         assert history == ["pending", "firing", "firing", "acknowledged", "resolved"]
     finally:
