@@ -14,7 +14,7 @@ import msgspec
 import yaml
 from nats.aio.client import Client as NATS
 
-from broker.alerts.rules import budget_rules
+from broker.alerts.rules import sourced
 from broker.alerts.store import AlertStore
 from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
@@ -114,14 +114,11 @@ async def rules(args: argparse.Namespace, config: Config, url: str) -> None:
         stored = await store.rules()
     finally:
         await nc.close()
-    rows = [(r, "builtin") for r in budget_rules(config.alerts)]
-    rows += [(r, "config") for r in config.alerts.rules]
-    by_name = {rule.name: (rule, source) for rule, source in rows}
-    by_name.update((rule.name, (rule, "runtime")) for rule in stored)
+    found = sourced(config.alerts, stored)
     if args.json:
-        print(json.dumps([msgspec.to_builtins(r) | {"source": s} for r, s in by_name.values()]))
+        print(json.dumps([msgspec.to_builtins(r) | {"source": s} for r, s in found]))
         return
-    for rule, source in by_name.values():
+    for rule, source in found:
         print(_rule_line(rule, source))
 
 

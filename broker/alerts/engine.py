@@ -143,8 +143,9 @@ class AlertEngine:
                     and all(labels.get(k) == v for k, v in rule.labels.items())
                 )
                 continue
+            named = {str(k): v for k, v in rule.labels.items()}  # what it watches, and which
             for group, value in measure(rule, self._series, now).items():
-                out.append((rule, dict(group), value))
+                out.append((rule, named | dict(group), value))
         return out
 
     async def _step(

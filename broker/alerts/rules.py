@@ -26,10 +26,16 @@ def budget_rules(config: AlertsConfig) -> list[AlertRule]:
     ]
 
 
-def in_force(config: AlertsConfig, stored: list[AlertRule]) -> list[AlertRule]:
-    by_name = {rule.name: rule for rule in [*budget_rules(config), *config.rules]}
-    by_name.update((rule.name, rule) for rule in stored)
+def sourced(config: AlertsConfig, stored: list[AlertRule]) -> list[tuple[AlertRule, str]]:
+    """The rules in force, each with where it comes from: builtin, config or runtime."""
+    rows = [(r, "builtin") for r in budget_rules(config)] + [(r, "config") for r in config.rules]
+    by_name = {rule.name: (rule, source) for rule, source in rows}
+    by_name.update((rule.name, (rule, "runtime")) for rule in stored)
     return list(by_name.values())
+
+
+def in_force(config: AlertsConfig, stored: list[AlertRule]) -> list[AlertRule]:
+    return [rule for rule, _ in sourced(config, stored)]
 
 
 def measure(rule: AlertRule, series: Series, now: float) -> dict[Group, float | None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 import time
 
 import msgspec
@@ -17,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from broker.nats.subjects import Subjects
 from schemas.alerts import (
+    RULE_NAME,
     Alert,
     AlertEvent,
     AlertEventKind,
@@ -29,6 +31,7 @@ from schemas.alerts import (
 from schemas.errors import NotFound
 
 ACTIVE, RULE = "active.", "rule."
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\.[a-z0-9]{1,16}$")  # what alert_id makes
 
 
 def alert_id(rule: str, labels: dict[str, str]) -> str:
@@ -50,20 +53,27 @@ class AlertStore:
             return []
         return [k for k in keys if k.startswith(prefix)]
 
-    async def active(self) -> dict[str, tuple[Alert, int]]:
-        """Every pending or firing alert and its revision, by id."""
-        out: dict[str, tuple[Alert, int]] = {}
-        for key in await self._keys(ACTIVE):
+    async def _entries(self, prefix: str) -> list[tuple[bytes, int]]:
+        """(value, revision) of every entry under ``prefix`` that has a value."""
+        out = []
+        for key in await self._keys(prefix):
             try:
                 entry = await self._kv.get(key)
             except KeyNotFoundError:
-                continue
+                continue  # deleted meanwhile
             if entry.value:
-                try:
-                    alert = alert_decoder.decode(entry.value)
-                except msgspec.DecodeError:
-                    continue
-                out[alert.id] = (alert, entry.revision or 0)
+                out.append((entry.value, entry.revision or 0))
+        return out
+
+    async def active(self) -> dict[str, tuple[Alert, int]]:
+        """Every pending or firing alert and its revision, by id."""
+        out: dict[str, tuple[Alert, int]] = {}
+        for value, revision in await self._entries(ACTIVE):
+            try:
+                alert = alert_decoder.decode(value)
+            except msgspec.DecodeError:
+                continue
+            out[alert.id] = (alert, revision)
         return out
 
     async def put(self, alert: Alert, revision: int | None) -> int:
@@ -84,6 +94,8 @@ class AlertStore:
     async def ack(self, alert_id: str, by: str) -> Alert:
         """An operator acknowledges a firing (or pending) alert: no more notifications of
         it until it resolves. NotFound when no such alert is active."""
+        if not _ID.match(alert_id):  # nor a KV key to look up
+            raise NotFound(404, f"No active alert `{alert_id[:100]}`.", code="alert_not_found")
         for _ in range(16):
             try:
                 entry = await self._kv.get(ACTIVE + alert_id)
@@ -146,22 +158,19 @@ class AlertStore:
     async def rules(self) -> list[AlertRule]:
         """The rules added through the admin API or CLI."""
         out = []
-        for key in await self._keys(RULE):
+        for value, _ in await self._entries(RULE):
             try:
-                entry = await self._kv.get(key)
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                try:
-                    out.append(rule_decoder.decode(entry.value))
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue
+                out.append(rule_decoder.decode(value))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # another version's rule
         return sorted(out, key=lambda r: r.name)
 
     async def set_rule(self, rule: AlertRule) -> None:
         await self._kv.put(RULE + rule.name, msgspec.json.encode(rule))
 
     async def delete_rule(self, name: str) -> None:
+        if not re.match(RULE_NAME, name):
+            raise NotFound(404, f"No alert rule `{name[:100]}`.", code="rule_not_found")
         try:
             await self._kv.get(RULE + name)
         except KeyNotFoundError:

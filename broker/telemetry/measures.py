@@ -16,19 +16,6 @@ from broker.telemetry.histogram import BUCKETS_MS, percentile
 from broker.telemetry.series import Window
 
 _QUANTILES = {"latency_p50_ms": 0.50, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
-SERIES_METRICS = (
-    "requests_per_s",
-    "error_rate",
-    "5xx_rate",
-    *_QUANTILES,
-    "queue_depth",
-    "queue_wait_p95_ms",
-    "breaker_open",
-    "cost_per_hour_usd",
-    "tokens_per_s",
-    "rate_limited_per_min",
-    "worker_count",
-)
 
 
 def _histogram(counts: Mapping[str, int], prefix: str) -> list[int]:

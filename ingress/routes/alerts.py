@@ -18,7 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.alerts.rules import budget_rules
+from broker.alerts.rules import sourced
 from broker.telemetry.charts import chart
 from ingress.http_io import read_body
 from ingress.routes.admin import ADMIN_MAX_BODY_BYTES, _decode, _json, authorize
@@ -80,11 +80,7 @@ async def acknowledge(request: Request) -> Response:
 async def list_rules(request: Request) -> Response:
     found = authorize(request)
     stored = await _watch(found).alerts.rules()
-    alerts = found.config.alerts
-    rows = [(r, "builtin") for r in budget_rules(alerts)] + [(r, "config") for r in alerts.rules]
-    by_name = {rule.name: (rule, source) for rule, source in rows}
-    by_name.update((rule.name, (rule, "runtime")) for rule in stored)
-    data = [msgspec.to_builtins(r) | {"source": s} for r, s in by_name.values()]
+    data = [msgspec.to_builtins(r) | {"source": s} for r, s in sourced(found.config.alerts, stored)]
     return _json({"object": "list", "data": data})
 
 
