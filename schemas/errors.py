@@ -390,7 +390,7 @@ def upstream_error(
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 
-_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_PATH = re.compile(r" - at (?:`key` in )?`\$(?P<path>[^`]*)`$")  # a dict key: its dict
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 

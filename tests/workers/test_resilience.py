@@ -25,9 +25,10 @@ from tests.procs import PROMPTBUS, Proc, eventually, wait_http, wait_port
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".promptbus" / "artifacts"
 ADMIN_KEY = "admin-test-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-# fires while `retrying` has traffic: an alert for the dashboard to show
+# fires while `retrying` has traffic: an alert for the dashboard to show. Added at run
+# time, so that whichever process evaluates (other test modules' ingresses share the
+# subject prefix, with their own configs) has it.
 DASHBOARD_RULE = {
-    "name": "retrying-busy",
     "metric": "requests_per_s",
     "op": ">",
     "threshold": 0,
@@ -231,7 +232,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
                 "nats": {"url": nats_url, **bus.config_section()},
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
                 "telemetry": {"report_every_s": 1},
-                "alerts": {"evaluate_every_s": 1, "rules": [DASHBOARD_RULE]},
+                "alerts": {"evaluate_every_s": 1},
                 "model_list": models,
             }
         )
@@ -680,6 +681,8 @@ def test_dashboard_in_headless_chromium(env: Env, tmp_path: Path) -> None:
     if command is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     env.reset("retry-dep")
+    added = env.http.put("/admin/alerts/rules/retrying-busy", json=DASHBOARD_RULE, headers=ADMIN)
+    assert added.status_code == 200, added.text
     for i in range(5):
         assert env.chat("retrying", f"dash{i}").status_code == 200
 
@@ -702,6 +705,7 @@ def test_dashboard_in_headless_chromium(env: Env, tmp_path: Path) -> None:
             if a["rule"] == "retrying-busy" and a["status"] == "firing"
         ],
         "the retrying-busy alert fires",
+        timeout=30,
     )
     url = f"{env.ingress}/admin/dashboard#key={ADMIN_KEY}"
     dom = subprocess.run(
@@ -728,6 +732,7 @@ def test_dashboard_in_headless_chromium(env: Env, tmp_path: Path) -> None:
     )
     assert shot.exists() and shot.stat().st_size > 10_000
     print(f"dashboard screenshot: {shot}")
+    env.http.delete("/admin/alerts/rules/retrying-busy", headers=ADMIN)
 
 
 def test_dashboard_without_key_asks_for_it(env: Env) -> None:
