@@ -90,9 +90,14 @@ class AlertEngine:
     async def round(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         if self._reporter is not None:
-            rows = await gauges.sample(self._js, self._config, self._subjects)
-            self._series.add(TelemetryReport(process="gauges", at=now, rows=rows))
-            await self._reporter.report(rows, at=now)
+            try:
+                rows = await gauges.sample(self._js, self._config, self._subjects)
+            except Exception as exc:  # no worker ever started (no buckets yet): rules still run
+                log.debug("alert evaluator: no gauges this round: %s", exc)
+                rows = []
+            if rows:
+                self._series.add(TelemetryReport(process="gauges", at=now, rows=rows))
+                await self._reporter.report(rows, at=now)
         rules = in_force(self._config.alerts, await self.store.rules())
         active = await self.store.active()
         measured: set[str] = set()
