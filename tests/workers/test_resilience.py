@@ -4,6 +4,7 @@ deadlines, circuit breakers shared through NATS, failover and recovery."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import nats
 import pytest
 import yaml
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from broker.nats.embedded import free_port
 from tests import bus
@@ -232,7 +234,6 @@ def env(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Env
                 "nats": {"url": nats_url, **bus.config_section()},
                 "worker": {"heartbeat_s": 0.5, "presence_ttl_s": 3},
                 "telemetry": {"report_every_s": 1},
-                "alerts": {"evaluate_every_s": 1},
                 "model_list": models,
             }
         )
@@ -606,8 +607,15 @@ async def worker_beats(nats_url: str, model: str) -> list[dict[str, Any]]:
     nc = await bus.connect(nats_url)
     try:
         kv = await nc.jetstream().key_value("pb_workers")
-        keys = [k for k in await kv.keys() if k.startswith(f"{model}.")]
-        return [json.loads((await kv.get(k)).value or b"{}") for k in keys]
+        try:
+            keys = [k for k in await kv.keys() if k.startswith(f"{model}.")]
+        except NoKeysError:  # every beat lapsed at once (a loaded machine): none seen now
+            return []
+        beats = []
+        for key in keys:
+            with contextlib.suppress(KeyNotFoundError):  # lapsed since it was listed
+                beats.append(json.loads((await kv.get(key)).value or b"{}"))
+        return beats
     finally:
         await nc.close()
 
