@@ -105,6 +105,11 @@ class AlertRule(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=
     def window_s(self) -> float:
         return seconds(self.window)
 
+    @property
+    def filters(self) -> dict[str, str]:
+        """``labels`` as plain strings: what the rule watches."""
+        return {str(k): v for k, v in self.labels.items()}
+
 
 def holds(value: float, op: str, threshold: float) -> bool:
     if op == ">":

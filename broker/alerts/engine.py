@@ -148,9 +148,8 @@ class AlertEngine:
                     and all(labels.get(k) == v for k, v in rule.labels.items())
                 )
                 continue
-            named = {str(k): v for k, v in rule.labels.items()}  # what it watches, and which
             for group, value in measure(rule, self._series, now).items():
-                out.append((rule, named | dict(group), value))
+                out.append((rule, rule.filters | dict(group), value))
         return out
 
     async def _step(

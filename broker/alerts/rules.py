@@ -42,8 +42,7 @@ def measure(rule: AlertRule, series: Series, now: float) -> dict[Group, float | 
     """The rule's metric over its window, per group of its ``group_by`` labels."""
     span = rule.window_s
     named = {*rule.labels, *rule.group_by}
-    labels = {str(k): v for k, v in rule.labels.items()}
-    windows = series.window(now - span, now, labels, rule.group_by)
+    windows = series.window(now - span, now, rule.filters, rule.group_by)
     return {
         group: measures.value(
             rule.metric,

@@ -138,10 +138,14 @@ async def breakers_view(js: JetStreamContext, config: Config) -> list[BreakerVie
 
 
 async def deployments_view(
-    js: JetStreamContext, config: Config, subjects: Subjects
+    js: JetStreamContext,
+    config: Config,
+    subjects: Subjects,
+    beats: list[WorkerBeat] | None = None,
 ) -> list[DeploymentView]:
+    """Every deployment's view; ``beats``: the live beats, if the caller read them."""
     records = await breaker_records(js, config)
-    beats = await live_beats(js, config)
+    beats = await live_beats(js, config) if beats is None else beats
     stats = _stats_by_deployment(beats)
     as_of: dict[str, float] = {}
     for beat in beats:

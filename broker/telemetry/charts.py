@@ -10,7 +10,6 @@ from collections.abc import Mapping
 import msgspec
 
 from broker.telemetry import measures
-from broker.telemetry.counts import INGRESS, WORKER
 from broker.telemetry.series import SLOT_S, Series
 
 CHARTED = (
@@ -63,10 +62,7 @@ def chart(
                 values[metric][index] = measures.value(
                     metric, window, max(span, 1.0), by_deployment=by_deployment, by_model=True
                 )
-            counts = window.counts.get(WORKER if by_deployment else INGRESS) or (
-                window.counts.get(WORKER, {})
-            )
-            for key, count in counts.items():
+            for key, count in measures.answered(window, by_deployment).items():
                 if key.startswith("c") and key[1:2] in ("4", "5"):
                     errors[key[1:]][index] += count
     return Chart(step_s=step_s, times=times, by=by, groups=dict(groups), errors=dict(errors))

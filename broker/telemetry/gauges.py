@@ -15,8 +15,8 @@ from schemas.telemetry import TelemetryRow
 
 
 async def sample(js: JetStreamContext, config: Config, subjects: Subjects) -> list[TelemetryRow]:
-    views = await deployments_view(js, config, subjects)
     beats = await live_beats(js, config)
+    views = await deployments_view(js, config, subjects, beats)
     by_model: dict[str, set[str]] = {}
     for beat in beats:
         by_model.setdefault(beat.model, set()).add(beat.worker_id)
