@@ -158,6 +158,10 @@ class PoolShared:
     accounting: Accounting | None = None
     answered: AnsweredMemory = field(default_factory=AnsweredMemory)
     telemetry: Telemetry | None = None  # counts for charts and alerts (broker/telemetry/)
+    acker: acks.AckConfirmer = field(init=False)  # the connection's confirmed acks
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "acker", acks.AckConfirmer(self.nc))
 
 
 _USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage
@@ -176,6 +180,7 @@ class DeploymentPool:
         pacer: Pacer | None = None,
     ) -> None:
         self._nc = shared.nc
+        self._acker = shared.acker
         self.slots = PrioritySlots(deployment.max_concurrency)
         self._pacer = pacer
         self._accounting = shared.accounting
@@ -336,7 +341,7 @@ class DeploymentPool:
     async def _ack(self, msg: Msg) -> None:
         """A confirmed ack, retried while ``ack_wait`` lasts: after a cluster node dies,
         an answered request must not be redelivered and answered (and billed) again."""
-        if not await acks.confirmed_ack(self._nc, msg, self._ack_wait):
+        if not await self._acker.ack(msg, self._ack_wait):
             log.warning("ack of %s not confirmed within ack_wait", msg.subject)
 
     def cancel(self, reply_to: str) -> bool:

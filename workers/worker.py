@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from broker.nats.acks import AckConfirmer
 from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
 from broker.nats.provision import (
@@ -109,6 +110,7 @@ class Worker:
         self._owns_connection = False
         self._poison: PoisonGuard | None = None
         self._reporter: TelemetryReporter | None = None
+        self._acker: AckConfirmer | None = None
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
         if nc is None:
@@ -155,6 +157,7 @@ class Worker:
             self._accounting,
             telemetry=telemetry,
         )
+        self._acker = shared.acker
         board.on_change(self._repace)
         for model in self.models:
             routed = model.routing != "least-busy"
@@ -325,6 +328,8 @@ class Worker:
         if self._directory:
             await self._directory.stop()
         await asyncio.gather(*(p.stop() for p in self._pools))
+        if self._acker is not None:
+            await self._acker.close()  # the drained requests' acks are confirmed
         if self._reporter is not None:
             await self._reporter.stop()  # what the drained requests counted
         if self._accounting is not None:

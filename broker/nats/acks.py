@@ -9,11 +9,16 @@ a consumer leader moving to another node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError
+
+from broker.nats.tasks import cancel_and_wait
 
 
 def identity(ack_subject: str | None) -> tuple[str, int, int] | None:
@@ -70,25 +75,119 @@ def stream_sequence(ack_subject: str | None) -> int | None:
         return None
 
 
-async def confirmed_ack(nc: NATS, msg: Msg, within: float, attempt_s: float = 1.0) -> bool:
-    """Ack ``msg`` and wait for JetStream to confirm, sending the ack again until it does.
+SWEEP_S = 0.1  # how often unconfirmed acks are looked at (resent, or given up)
+_NO_RESPONDERS = "503"
+
+
+@dataclass(slots=True)
+class _Unconfirmed:
+    subject: str
+    answered: asyncio.Future[bool]
+    sent: float
+    deadline: float
+
+
+class AckConfirmer:
+    """Acks JetStream confirms, sent again until it does.
 
     A plain ack is fire-and-forget: if the consumer's leader dies (a cluster node
-    restarting) the ack is lost and the answered request is redelivered and answered a
-    second time. Acks are idempotent, so repeating one until the new leader confirms it
-    (within ``ack_wait``) turns a node failure into a pause instead of duplicate work.
-    False if no confirmation came within ``within`` seconds.
+    restarting) or the connection drops, the ack is lost and the answered request is
+    redelivered and answered a second time. Acks are idempotent, so repeating one until
+    the (new) leader confirms it turns a node failure into a pause instead of duplicate
+    work. One inbox subscription receives every confirmation of the connection, and
+    one sweeper resends acks unconfirmed for ``attempt_s`` and gives up those past
+    their ``within``.
+
+    ``nc.request`` per ack paid a random token, two futures, a done callback and a
+    timer each: 7% of a worker's CPU on the batch lane, for a confirmation that comes
+    back within a millisecond nearly every time.
     """
-    if not msg.reply:
-        return False
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while (left := deadline - loop.time()) > 0:
-        try:
-            await nc.request(msg.reply, b"+ACK", timeout=min(attempt_s, left))
-            return True
-        except (NatsTimeoutError, NoRespondersError):
-            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
-        except ConnectionClosedError:
+
+    def __init__(self, nc: NATS, attempt_s: float = 1.0) -> None:
+        self._nc = nc
+        self._attempt_s = attempt_s
+        self._prefix = ""
+        self._tokens = itertools.count()
+        self._pending: dict[str, _Unconfirmed] = {}
+        self._sub: Subscription | None = None
+        self._opening: asyncio.Lock | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Acks sent and not yet confirmed or given up."""
+        return len(self._pending)
+
+    async def ack(self, msg: Msg, within: float) -> bool:
+        """Ack ``msg``; True once JetStream confirmed it, False if no confirmation came
+        within ``within`` seconds (or the connection closed)."""
+        if not msg.reply:
             return False
-    return False
+        if self._sub is None:
+            await self._open()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        token = str(next(self._tokens))
+        waiting = _Unconfirmed(msg.reply, loop.create_future(), now, now + within)
+        self._pending[token] = waiting
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep())
+        try:
+            await self._send(token, waiting)
+            return await waiting.answered
+        finally:
+            self._pending.pop(token, None)
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._sweeper)
+        for waiting in self._pending.values():
+            if not waiting.answered.done():
+                waiting.answered.set_result(False)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _open(self) -> None:
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._sub is None:
+                self._prefix = self._nc.new_inbox()
+                self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def _send(self, token: str, waiting: _Unconfirmed) -> None:
+        try:
+            await self._nc.publish(waiting.subject, b"+ACK", reply=f"{self._prefix}.{token}")
+        except ConnectionClosedError:
+            if not waiting.answered.done():
+                waiting.answered.set_result(False)
+        except Exception:  # disconnected: the sweeper sends it again
+            pass
+
+    async def _on_reply(self, msg: Msg) -> None:
+        waiting = self._pending.get(msg.subject[len(self._prefix) + 1 :])
+        if waiting is None or waiting.answered.done():
+            return
+        headers = msg.headers
+        if headers and headers.get("Status") == _NO_RESPONDERS and not msg.data:
+            # No consumer leader right now (it is moving): try again shortly.
+            waiting.sent = asyncio.get_running_loop().time() - self._attempt_s + 0.05
+            return
+        waiting.answered.set_result(True)
+
+    async def _sweep(self) -> None:
+        """Runs while acks are unconfirmed: resends late ones, gives up expired ones."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            closed = self._nc.is_closed
+            for token, waiting in list(self._pending.items()):
+                if waiting.answered.done():
+                    continue
+                if closed or now >= waiting.deadline:
+                    waiting.answered.set_result(False)
+                elif now - waiting.sent >= self._attempt_s:
+                    waiting.sent = now
+                    await self._send(token, waiting)
