@@ -23,19 +23,17 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker.nats import acks
-from broker.observability import metrics, otel, tracing
+from broker.observability import metrics, otel
 from broker.responses import conversation
-from broker.responses import translation as responses_translation
 from broker.responses.chat_turn import ChatTurn
 from broker.telemetry.counts import WORKER, Telemetry
-from broker.tenancy.admission import Grant
 from schemas.chat import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -73,11 +71,12 @@ from schemas.errors import (
     unknown_field,
     upstream_error,
 )
-from schemas.responses import ResponseRequest, usage_in
+from schemas.responses import ResponseRequest
 from workers import embedding_reply
 from workers.answered import AnsweredMemory
 from workers.breaker import CircuitBreaker
 from workers.failover import Failover
+from workers.jobs import Job, record_spans
 from workers.lanes import Lane, PrioritySlots
 from workers.metering import Accounting
 from workers.pacing import Pacer
@@ -85,13 +84,12 @@ from workers.poison import PoisonGuard
 from workers.providers.base import NativeResponses, Provider
 from workers.replies import publish_reply, reply_error
 from workers.retry import call_with_retries
+from workers.tokens import Conversation, TokenMeter
 from workers.transforms import Transforms
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# what answers in text, or streams
-Conversation = ChatCompletionRequest | CompletionRequest | ResponseRequest
 ModelRequest = Conversation | EmbeddingRequest
 
 
@@ -107,42 +105,6 @@ def is_deployment_fault(error: BrokerError) -> bool:
 def _stamp_json(deployment: str, failed: tuple[str, ...]) -> bytes:
     info = {"deployment": deployment, "failover_from": list(failed)}
     return b'"x_promptbus":' + msgspec.json.encode(info) + b","
-
-
-def _next_hop(meta: RequestMeta) -> str | None:
-    """The trace context for the upstream call: same trace, a span of its own."""
-    return tracing.child(meta.traceparent) if meta.traceparent else None
-
-
-class _UsageOnly(msgspec.Struct):
-    usage: Usage | None = None
-
-
-_usage_decoder = msgspec.json.Decoder(_UsageOnly)
-
-
-@dataclass(slots=True)
-class Job:
-    """One request while a pool holds it, passed from step to step (no ContextVars)."""
-
-    msg: Msg
-    meta: RequestMeta
-    lane: Lane
-    transforms: Transforms | None = None
-    accounted: bool = False  # its usage was recorded, or another pool has it now
-    turn: ChatTurn | None = None  # a Responses request this deployment serves as chat
-    grant: Grant | None = None  # admitted here (queued directly on NATS): its slots
-    started: float = field(default_factory=time.monotonic)
-    spent: bool = False  # its spend-log record is written
-    waited_s: float | None = None  # in the queue, before this worker took it
-    status: int = 0  # of its answer
-    # OpenTelemetry on: the worker's span id and each upstream attempt's
-    # [traceparent, start ns, end ns, error code] (broker/observability/otel.py)
-    span_id: str = ""
-    attempts: list[list[Any]] | None = None
-    picked_ns: int = 0
-    usage: Usage | None = None  # what it used, once accounted
-    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +174,6 @@ class DeploymentPool:
         self.latency_ewma_s: float | None = None
         self.retries = 0
         self.failovers = 0
-        self.cost_usd = 0.0  # from reported usage and the deployment's prices
         name = deployment.name
         # The name callers see: the deployment's, unless a transform renames it.
         shown = (transforms and transforms.response_deployment) or name
@@ -231,12 +192,10 @@ class DeploymentPool:
         }
         self._m_upstream = metrics.UPSTREAM_DURATION.labels(name, "false")
         self._m_upstream_stream = metrics.UPSTREAM_DURATION.labels(name, "true")
-        self._m_tokens_in = metrics.TOKENS.labels(name, "input")
-        self._m_tokens_out = metrics.TOKENS.labels(name, "output")
         self._m_retries = metrics.RETRIES.labels(name)
         self._m_failovers = metrics.FAILOVERS.labels(name)
         self._m_inflight = metrics.WORKER_INFLIGHT.labels(name)
-        self._m_cost = metrics.COST.labels(model_name, name)
+        self._tokens = TokenMeter(deployment, model_name)
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._keep_alive())
@@ -332,7 +291,7 @@ class DeploymentPool:
             if job.grant is not None:
                 job.grant.finish()
             if traced:
-                self._trace(job, stored)
+                record_spans(job, self.model.model_name, self.name, stored)
             if settled:
                 if not job.accounted and self._accounting is not None:
                     self._accounting.release(msg, job.meta)  # answered without usage
@@ -452,13 +411,13 @@ class DeploymentPool:
                 else:
                     body = await call_with_retries(
                         lambda: self._attempt(
-                            self._answer(request, self._hop(job), unknown), attempt_timeout, job=job
+                            self._answer(request, job.next_hop(), unknown), attempt_timeout, job=job
                         ),
                         self.deployment.retry,
                         remaining,
                         self._on_retry,
                     )
-                    usage = self._count_tokens(body, request)
+                    usage = self._tokens.count(body, request)
                     await self._account(job, usage)
                     if job.transforms is not None:
                         body = job.transforms.response(body)
@@ -500,55 +459,6 @@ class DeploymentPool:
         """None when the request's deadline, already enforced, comes first: one timer less."""
         timeout = self.deployment.timeout_s
         return timeout if remaining is None or timeout < remaining else None
-
-    def _trace(self, job: Job, stored_ns: int | None) -> None:
-        """The request's spans in this worker: its wait in the queue, its service here
-        and each upstream attempt (broker/observability/otel.py)."""
-        parent = job.meta.traceparent
-        assert parent is not None
-        mine = f"00-{parent.split('-')[1]}-{job.span_id}-01"
-        model, picked = self.model.model_name, job.picked_ns
-        if stored_ns:
-            otel.record_span(
-                "queue wait", tracing.child(parent), parent, stored_ns, picked, {"model": model}
-            )
-        attributes = {
-            "model": model,
-            "deployment": self.name,
-            "http.response.status_code": job.status,
-            "promptbus.request_id": job.meta.request_id,
-            "promptbus.lane": job.lane.value,
-        }
-        failed = str(job.status) if job.status >= 400 else None
-        otel.record_span(
-            f"worker {self.name}",
-            mine,
-            parent,
-            picked,
-            time.time_ns(),
-            attributes,
-            kind="consumer",
-            error=failed,
-        )
-        for number, (hop, start, end, error) in enumerate(job.attempts or (), 1):
-            otel.record_span(
-                f"upstream {self.name}",
-                hop,
-                mine,
-                start,
-                end or time.time_ns(),
-                {"deployment": self.name, "promptbus.attempt": number},
-                kind="client",
-                error=error or None,
-            )
-
-    def _hop(self, job: Job) -> str | None:
-        """The trace context of the next upstream attempt: same trace, a span of its own
-        (a child of the worker's span, kept for OpenTelemetry when it is on)."""
-        hop = _next_hop(job.meta)
-        if job.attempts is not None and hop is not None:
-            job.attempts.append([hop, time.time_ns(), 0, ""])
-        return hop
 
     async def _attempt(
         self,
@@ -653,7 +563,7 @@ class DeploymentPool:
                 request = msgspec.structs.replace(request, stream_options=upstream_options)
 
         async def open_stream() -> tuple[bytes | None, AsyncIterator[bytes]]:
-            chunks = self._chunks(request, self._hop(job), unknown).__aiter__()
+            chunks = self._chunks(request, job.next_hop(), unknown).__aiter__()
             try:
                 first = await self._attempt(anext(chunks), attempt_timeout, stream=True, job=job)
             except StopAsyncIteration:
@@ -669,7 +579,7 @@ class DeploymentPool:
         turn = job.turn
         if first is not None:
             first = rename(first) if rename else first
-            usage = self._count_tokens(first, request)
+            usage = self._tokens.count(first, request)
             if turn is None:
                 await self._reply(meta, self._stamp(first, meta), headers)
             else:
@@ -678,7 +588,7 @@ class DeploymentPool:
                 await self._replies(meta, opening[1:], headers)
             try:
                 async for chunk in chunks:
-                    counted = self._count_tokens(chunk, request)
+                    counted = self._tokens.count(chunk, request)
                     if counted is not None:
                         usage = counted
                         if not relay_usage and _USAGE_ONLY in chunk:
@@ -701,6 +611,11 @@ class DeploymentPool:
         await self._reply(meta, b"", self._ok_headers(meta, kind=self._end))
         self._served(job)
         return usage
+
+    @property
+    def cost_usd(self) -> float:
+        """What this deployment's answers cost so far, from their usage and its prices."""
+        return self._tokens.cost_usd
 
     def _served(self, job: Job) -> None:
         self._m_ok[job.lane].inc()
@@ -727,7 +642,7 @@ class DeploymentPool:
 
     async def _account(self, job: Job, usage: Usage | None) -> None:
         if usage is not None:
-            job.usage, job.cost_usd = usage, self._cost(usage)
+            job.usage, job.cost_usd = usage, self._tokens.cost(usage)
         if self._accounting is not None and usage is not None:
             job.accounted = True
             cost = job.cost_usd
@@ -743,13 +658,6 @@ class DeploymentPool:
                 cost,
             )
 
-    def _cost(self, usage: Usage) -> float:
-        deployment = self.deployment
-        return (
-            usage.prompt_tokens * (deployment.input_cost_per_mtok or 0.0)
-            + usage.completion_tokens * (deployment.output_cost_per_mtok or 0.0)
-        ) / 1e6
-
     async def _embed(
         self,
         job: Job,
@@ -760,7 +668,7 @@ class DeploymentPool:
         meta = job.meta
         result = await call_with_retries(
             lambda: self._attempt(
-                self.provider.embed(request, self._hop(job)), attempt_timeout, job=job
+                self.provider.embed(request, job.next_hop()), attempt_timeout, job=job
             ),
             self.deployment.retry,
             remaining,
@@ -768,11 +676,7 @@ class DeploymentPool:
         )
         tokens = result.usage.prompt_tokens
         usage = Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens)
-        self._m_tokens_in.inc(tokens)
-        cost = self._cost(usage)
-        if cost:
-            self.cost_usd += cost
-            self._m_cost.inc(cost)
+        self._tokens.add(usage)
         await self._account(job, usage)
         model = job.transforms.response_model if job.transforms is not None else None
         body = self._stamp(embedding_reply.reply_body(result, request, model), meta)
@@ -790,25 +694,6 @@ class DeploymentPool:
             found = Transforms.build(self._profiles, [*self.model.transforms, *names])
             self._key_transforms[names] = found
         return found
-
-    def _count_tokens(self, body: bytes, request: Conversation) -> Usage | None:
-        """Usage from a response or the usage chunk of a stream; most chunks have none.
-        A Responses upstream reports it in its response object (or last event)."""
-        if b'"usage":{' not in body:
-            return None
-        if isinstance(request, ResponseRequest):
-            reported = usage_in(body)
-            usage = responses_translation.chat_usage(reported) if reported else None
-        else:
-            usage = _usage_decoder.decode(body).usage
-        if usage is not None:
-            self._m_tokens_in.inc(usage.prompt_tokens)
-            self._m_tokens_out.inc(usage.completion_tokens)
-            cost = self._cost(usage)
-            if cost:
-                self.cost_usd += cost
-                self._m_cost.inc(cost)
-        return usage
 
     def _on_retry(self, error: BrokerError, wait: float) -> None:
         self.retries += 1
