@@ -31,6 +31,7 @@ from broker.cache.answers import AnswerCache
 from broker.cache.exact import Cacheable, CachePolicy, chunks_from_completion
 from broker.nats.connection import connect
 from broker.nats.credentials import Login, Role, login_for, tenant_login
+from broker.nats.expiry import Expiry
 from broker.nats.provision import (
     ensure_bucket,
     provision,
@@ -216,6 +217,7 @@ class BrokerClient:
         self._reasker: asyncio.Task[None] | None = None
         self.reasked = 0  # requests asked again after a reply was lost in a reconnect
         self._reasks = True  # a tenant's connection may not read the stream to re-ask
+        self._expiry = Expiry()  # the deadlines of publish acks and replies
 
     @classmethod
     async def connect(
@@ -288,6 +290,7 @@ class BrokerClient:
     async def close(self) -> None:
         if self._reasker is not None:
             self._reasker.cancel()
+        await self._expiry.close()
         if self.cache is not None:
             await self.cache.close()
         await self.directory.stop()
@@ -464,8 +467,7 @@ class BrokerClient:
                     await asyncio.sleep(min(0.1, max(0.0, left)))
                     continue
                 try:
-                    async with asyncio.timeout(min(left, PUBLISH_ATTEMPT_S)):
-                        reply = await ack
+                    reply = await self._expiry.wait(ack, min(left, PUBLISH_ATTEMPT_S))
                 except TimeoutError:
                     continue
                 if reply.headers.get("Status") != "503":
@@ -540,7 +542,7 @@ class BrokerClient:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         await self._publish(ask, future, token)
         try:
-            return await asyncio.wait_for(future, ask.timeout + DEADLINE_GRACE_S)
+            return await self._expiry.wait(future, ask.timeout + DEADLINE_GRACE_S)
         except TimeoutError:
             raise deadline_exceeded(ask.timeout, "before a worker replied") from None
         finally:

@@ -164,6 +164,9 @@ class DeploymentPool:
         ack_wait = shared.settings.ack_wait_s
         self._progress_every = max(ack_wait / 3, 0.5)
         self._ack_wait = ack_wait
+        # How long an unstreamed answer can take at most: two attempts' timeouts, the
+        # retry budget, and a margin for accounting and the reply.
+        self._longest_answer_s = 2 * deployment.timeout_s + deployment.retry.max_time_s + 60
         self._max_reply_bytes = shared.settings.max_reply_bytes
         self._poison = shared.poison
         self._answered = shared.answered
@@ -400,7 +403,7 @@ class DeploymentPool:
         usage: Usage | None = None
         charged = False
         try:
-            async with asyncio.timeout(remaining):
+            async with asyncio.timeout(self._deadline_timer(request, remaining)):
                 if self._pacer is not None:
                     await self._pacer.acquire(estimate)
                     charged = True
@@ -454,6 +457,18 @@ class DeploymentPool:
         return True
 
     # ------------------------------------------------------------ provider calls
+
+    def _deadline_timer(self, request: ModelRequest, remaining: float | None) -> float | None:
+        """The request's deadline as a timer, or None when nothing could outlast it: an
+        answer that is not streamed, without a pacer's wait, takes at most two attempts'
+        ``timeout_s`` and the retry budget. A batch line's 24 h deadline needs no timer
+        of its own (5 µs a request)."""
+        if remaining is None or self._pacer is not None:
+            return remaining
+        if isinstance(request, EmbeddingRequest) or not request.stream:
+            if remaining > self._longest_answer_s:
+                return None
+        return remaining
 
     def _attempt_timeout(self, remaining: float | None) -> float | None:
         """None when the request's deadline, already enforced, comes first: one timer less."""
