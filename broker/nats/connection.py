@@ -10,8 +10,10 @@ import weakref
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
+from nats.protocol.command import hpub_cmd
 
 from broker.nats.credentials import Login
+from broker.nats.headers import encode_headers
 from schemas.errors import AuthenticationError
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,24 @@ class GuardedNATS(NATS):
         ):
             raise MaxPayloadError
         await super().publish(subject, payload, reply, headers)
+
+    async def _send_publish(
+        self,
+        subject: str,
+        reply: str,
+        payload: bytes,
+        payload_size: int,
+        headers: dict[str, str] | None,
+    ) -> None:
+        """nats-py's, with the header block built by :func:`encode_headers`."""
+        if not headers or not subject:
+            await super()._send_publish(subject, reply, payload, payload_size, headers)
+            return
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += payload_size
+        await self._send_command(hpub_cmd(subject, reply, encode_headers(headers), payload))
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
 
     async def _process_err(self, err_msg: str) -> None:
         if "maximum payload" in err_msg.lower():

@@ -152,7 +152,7 @@ def test_a_sticky_split_keeps_each_user_on_one_variant_across_ingresses(stack: S
     assert set(split) == {"base-gpt", "trial-gpt"}, split  # 40 users: both variants used
     assert "mix-chat" in {m.id for m in stack.clients[0].models.list()}
 
-    for _ in range(50):  # the other ingress's counts come with its next usage flush
+    for _ in range(100):  # the other ingress's counts come with its next usage flush
         view = stack.admin("/admin/experiments/mix")
         reports = {r["variant"]: r for r in view["report"]}
         if sum(r["requests"] for r in reports.values()) == 80:
@@ -162,8 +162,12 @@ def test_a_sticky_split_keeps_each_user_on_one_variant_across_ingresses(stack: S
     assert {v: r["requests"] for v, r in reports.items()} == {
         v: 2 * n for v, n in split.items()
     }  # every request of both ingresses, under the variant that served it
-    logged = stack.admin("/admin/requests?model=trial-gpt&limit=1000")["data"]
-    mixed = [r for r in logged if r.get("experiment") == "mix"]
+    for _ in range(100):  # spend records are stored with each process's usage flush
+        logged = stack.admin("/admin/requests?model=trial-gpt&limit=1000")["data"]
+        mixed = [r for r in logged if r.get("experiment") == "mix"]
+        if len(mixed) >= 2 * split["trial-gpt"]:
+            break
+        time.sleep(0.1)
     assert len(mixed) == 2 * split["trial-gpt"]  # the spend log names the experiment too
     assert all(r["errors"] == 0 and r["p95_ms"] is not None for r in reports.values())
 
