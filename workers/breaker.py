@@ -121,7 +121,7 @@ class CircuitBreaker:
             self._probe_successes += 1
             if self._probe_successes >= self.config.success_threshold:
                 task = asyncio.ensure_future(
-                    self._transition(BreakerState.CLOSED, "probes succeeded", cas=True)
+                    self._transition(BreakerState.CLOSED, "probes succeeded")
                 )
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
@@ -162,15 +162,15 @@ class CircuitBreaker:
             return
         elapsed = self._clock() - record.since
         if record.state is BreakerState.OPEN and elapsed >= self.config.cooldown_s:
-            await self._transition(BreakerState.HALF_OPEN, "cool-down elapsed", cas=True)
+            await self._transition(BreakerState.HALF_OPEN, "cool-down elapsed")
         elif (
             record.state is BreakerState.HALF_OPEN
             and record.owner != self._owner_id
             and elapsed >= 3 * self.config.cooldown_s
         ):
-            await self._transition(BreakerState.HALF_OPEN, "probe owner went silent", cas=True)
+            await self._transition(BreakerState.HALF_OPEN, "probe owner went silent")
 
-    async def _transition(self, state: BreakerState, reason: str, *, cas: bool = False) -> None:
+    async def _transition(self, state: BreakerState, reason: str) -> None:
         async with self._lock:
             if self.record.forced:
                 return
@@ -183,13 +183,15 @@ class CircuitBreaker:
                 owner=self._owner_id if state is BreakerState.HALF_OPEN else "",
             )
             if self._kv is not None:
+                # Always against the revision we last saw: a plain put could overwrite
+                # an operator's forced open written since (its watch not yet applied).
                 try:
-                    if cas and self._revision is not None:
+                    if self._revision is not None:
                         revision = await self._kv.update(
                             self._key, _encoder.encode(record), last=self._revision
                         )
                     else:
-                        revision = await self._kv.put(self._key, _encoder.encode(record))
+                        revision = await self._kv.create(self._key, _encoder.encode(record))
                 except KeyWrongLastSequenceError:
                     return  # another process moved it first; its record arrives by the watch
                 self._revision = revision

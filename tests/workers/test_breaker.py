@@ -166,6 +166,14 @@ class _EchoingBucket:
         self.breaker.adopt(msgspec.json.decode(value, type=BreakerRecord), self.revision)
         return self.revision
 
+    async def create(self, key: str, value: bytes) -> int:
+        assert self.revision == 0
+        return await self.put(key, value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        assert last == self.revision
+        return await self.put(key, value)
+
 
 async def test_transition_logs_name_the_previous_state(caplog) -> None:  # type: ignore[no-untyped-def]
     bucket = _EchoingBucket()
@@ -196,3 +204,32 @@ async def test_the_error_rate_window_slides_with_the_clock() -> None:
     b.record_success()
     await b.record_failure("x")  # 3 of 5 within the last 10 s
     assert b.state is BreakerState.OPEN and "error rate 60%" in b.record.reason
+
+
+async def test_a_worker_s_transition_never_overwrites_a_forced_open(nats_url: str) -> None:
+    """An operator forces the breaker open while a worker, which has not seen that
+    record yet, opens it on its own: the forced record stays (the write is a
+    compare-and-set against what the worker last saw)."""
+    import uuid
+
+    import msgspec
+    from nats.js.api import KeyValueConfig
+
+    from broker.nats.subjects import breaker_key
+    from tests import bus
+
+    nc = await bus.connect(nats_url)
+    try:
+        kv = await nc.jetstream().create_key_value(
+            KeyValueConfig(bucket=f"breakers_{uuid.uuid4().hex[:8]}")
+        )
+        b = CircuitBreaker("dep", BreakerConfig(failure_threshold=1), owner_id="worker-1", kv=kv)
+        forced = BreakerRecord(
+            deployment="dep", state=BreakerState.OPEN, reason="by an operator", forced=True
+        )
+        await kv.put(breaker_key("dep"), msgspec.json.encode(forced))  # not yet watched
+        await b.record_failure("x")
+        stored = await kv.get(breaker_key("dep"))
+        assert msgspec.json.decode(stored.value or b"", type=BreakerRecord).forced is True
+    finally:
+        await nc.close()

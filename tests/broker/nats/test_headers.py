@@ -6,7 +6,7 @@ import re
 import uuid
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.errors import BadHeaderError
 
@@ -38,6 +38,7 @@ keys = tokens | st.sampled_from(["", " ", " Pb-Kind ", "Pb-Status"])
 values = st.text(max_size=30) | st.sampled_from(["a\r\nInjected: 1", " padded ", "\n", "é✓"])
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)  # a loaded CI box
 @given(st.dictionaries(keys, values, max_size=8))
 def test_the_block_is_nats_py_s(headers: dict[str, str]) -> None:
     assert encode_headers(headers) == nats_py_block(headers)
