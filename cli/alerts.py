@@ -20,7 +20,7 @@ from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
 from broker.nats.provision import StreamKind, ensure_bucket, ensure_stream
 from broker.nats.subjects import ALERTS, Subjects
-from cli.options import connection_options
+from cli.options import leaf_command
 from schemas.alerts import AlertRule
 from schemas.config import Config
 from schemas.errors import BrokerError
@@ -127,20 +127,16 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     parent = add("alerts", None, "alerts pending or firing, their history, rules, acks")
     sub = parent.add_subparsers(dest="alerts_command", required=True)
 
-    def leaf(name: str, action: Any, help: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
-        parser.set_defaults(action=action)
-        connection_options(parser, leaf=True)
-        return parser
-
-    leaf("list", list_alerts, "alerts pending or firing now")
-    past = leaf("history", history, "alert events: pending, firing, acknowledged, resolved")
+    leaf_command(sub, "list", list_alerts, "alerts pending or firing now")
+    past = leaf_command(
+        sub, "history", history, "alert events: pending, firing, acknowledged, resolved"
+    )
     past.add_argument("--hours", type=float, default=None, help="only the last N hours")
     past.add_argument("--limit", type=int, default=200)
-    ack = leaf("ack", acknowledge, "acknowledge an alert: no more reminders of it")
+    ack = leaf_command(sub, "ack", acknowledge, "acknowledge an alert: no more reminders of it")
     ack.add_argument("id")
     ack.add_argument("--by", default="operator", help="who acknowledges it")
-    ruled = leaf("rules", rules, "the rules in force; --set FILE adds or changes some")
+    ruled = leaf_command(sub, "rules", rules, "the rules in force; --set FILE adds or changes some")
     ruled.add_argument("--set", metavar="FILE", help="a YAML or JSON rule, or a list of them")
     ruled.add_argument("--delete", metavar="NAME", help="remove a rule added at run time")
     ruled.add_argument("--json", action="store_true")

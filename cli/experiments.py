@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -16,7 +15,7 @@ from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
 from broker.nats.provision import ensure_bucket
 from broker.nats.subjects import EXPERIMENTS, Subjects
-from cli.options import connection_options
+from cli.options import leaf_command
 from schemas.config import Config, ExperimentConfig
 from schemas.experiments import CanaryState, VariantReport
 
@@ -119,16 +118,10 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     parent = add("experiments", None, "traffic splits and canaries: shares, reports, rollback")
     sub = parent.add_subparsers(dest="experiments_command", required=True)
 
-    def leaf(name: str, action: Any, help: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
-        parser.set_defaults(action=action)
-        connection_options(parser, leaf=True)
-        return parser
-
-    leaf("list", list_experiments, "every experiment and its current shares")
-    shown = leaf("report", report, "each variant's requests, errors, latency and cost")
+    leaf_command(sub, "list", list_experiments, "every experiment and its current shares")
+    shown = leaf_command(sub, "report", report, "each variant's requests, errors, latency and cost")
     shown.add_argument("name")
     shown.add_argument("--hours", type=float, default=None, help="only the last N hours")
-    back = leaf("rollback", roll_back, "send a canary's share to 0% now")
+    back = leaf_command(sub, "rollback", roll_back, "send a canary's share to 0% now")
     back.add_argument("name")
     back.add_argument("--reason", default="rolled back by an operator")

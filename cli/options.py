@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 
 def connection_options(
@@ -21,6 +22,15 @@ def connection_options(
         parser.add_argument(
             "--nats-url", default=default, help="external NATS URL (overrides nats.url)"
         )
+
+
+def leaf_command(subcommands: Any, name: str, action: Any, help: str) -> argparse.ArgumentParser:
+    """A sub-sub-command (``promptbus alerts list``) running ``action``, which also takes
+    the connection options after its name."""
+    parser: argparse.ArgumentParser = subcommands.add_parser(name, help=help, description=help)
+    parser.set_defaults(action=action)
+    connection_options(parser, leaf=True)
+    return parser
 
 
 API_KEY_ENV = "PROMPTBUS_API_KEY"

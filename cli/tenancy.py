@@ -21,7 +21,7 @@ from broker.nats.subjects import Subjects
 from broker.spend import records as spend_records
 from broker.tenancy import views
 from broker.tenancy.admission import Admission
-from cli.options import connection_options
+from cli.options import leaf_command
 from schemas.config import Config
 from schemas.errors import BrokerError
 from schemas.tenancy import (
@@ -330,13 +330,6 @@ def _write_secret(path: Path, secret: str) -> None:
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``keys``, ``tenants`` and ``usage`` on the CLI's sub-command factory."""
 
-    def leaf(parent: Any, name: str, action: Any, help: str) -> argparse.ArgumentParser:
-        """A sub-command that also takes the connection options after its name."""
-        parser: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
-        parser.set_defaults(action=action)
-        connection_options(parser, leaf=True)
-        return parser
-
     def limit_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--rpm", type=int, default=None, help="requests per minute")
         parser.add_argument("--tpm", type=int, default=None, help="tokens per minute")
@@ -350,25 +343,25 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     keys = add("keys", None, "create, list, rotate and revoke virtual API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = leaf(keys_sub, "create", keys_create, "a new key (the secret is printed once)")
+    create = leaf_command(keys_sub, "create", keys_create, "a new key (the secret is printed once)")
     create.add_argument("--tenant", required=True)
     create.add_argument("--team", default=None, help="a team of the tenant (teams set)")
     create.add_argument("--name", default="")
     create.add_argument("--transform", action="append", help="transformation profile (repeatable)")
     limit_options(create)
-    listing = leaf(keys_sub, "list", keys_list, "keys (never their secrets)")
+    listing = leaf_command(keys_sub, "list", keys_list, "keys (never their secrets)")
     listing.add_argument("--tenant", default=None)
     for verb in ("rotate", "revoke"):
-        change = leaf(keys_sub, verb, keys_change, f"{verb} a key by id")
+        change = leaf_command(keys_sub, verb, keys_change, f"{verb} a key by id")
         change.add_argument("key_id")
 
     tenants = add("tenants", None, "set and list tenants' limits, budgets and quotas")
     tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True)
-    setter = leaf(tenants_sub, "set", tenants_set, "create or replace a tenant's settings")
+    setter = leaf_command(tenants_sub, "set", tenants_set, "create or replace a tenant's settings")
     setter.add_argument("name")
     limit_options(setter)
     setter.add_argument("--quota", type=_quota, default=None, help="TOKENS[/period]")
-    leaf(tenants_sub, "list", tenants_list, "tenants and their usage")
+    leaf_command(tenants_sub, "list", tenants_list, "tenants and their usage")
     for option, help in (
         ("--user-rpm", "each end user's requests per minute"),
         ("--user-tpm", "each end user's tokens per minute"),
@@ -382,12 +375,12 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     teams = add("teams", None, "set and list teams: groups of a tenant's keys with limits")
     teams_sub = teams.add_subparsers(dest="teams_command", required=True)
-    team_setter = leaf(teams_sub, "set", teams_set, "create or replace a team's settings")
+    team_setter = leaf_command(teams_sub, "set", teams_set, "create or replace a team's settings")
     team_setter.add_argument("tenant")
     team_setter.add_argument("name")
     limit_options(team_setter)
     team_setter.add_argument("--quota", type=_quota, default=None, help="TOKENS[/period]")
-    team_listing = leaf(teams_sub, "list", teams_list, "teams and their limits")
+    team_listing = leaf_command(teams_sub, "list", teams_list, "teams and their limits")
     team_listing.add_argument("--tenant", default=None)
 
     report = add("usage", None, "tokens and cost per day, tenant, key, model, deployment")
