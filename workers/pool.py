@@ -113,6 +113,7 @@ class PoolShared:
     the process-wide guards (failover, poison detection, metering)."""
 
     nc: NATS
+    acker: acks.AckConfirmer  # the connection's confirmed acks
     failover: Failover
     settings: WorkerConfig
     profiles: Mapping[str, TransformConfig] = field(default_factory=dict)
@@ -120,10 +121,6 @@ class PoolShared:
     accounting: Accounting | None = None
     answered: AnsweredMemory = field(default_factory=AnsweredMemory)
     telemetry: Telemetry | None = None  # counts for charts and alerts (broker/telemetry/)
-    acker: acks.AckConfirmer = field(init=False)  # the connection's confirmed acks
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "acker", acks.AckConfirmer(self.nc))
 
 
 _USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage

@@ -148,8 +148,10 @@ class Worker:
         self._breakers = board
         router = Router(config, subjects, self._directory, board.state)
         failover = Failover(subjects, js, router)
+        self._acker = AckConfirmer(nc)
         shared = PoolShared(
             nc,
+            self._acker,
             failover,
             config.worker,
             config.transforms,
@@ -157,7 +159,6 @@ class Worker:
             self._accounting,
             telemetry=telemetry,
         )
-        self._acker = shared.acker
         board.on_change(self._repace)
         for model in self.models:
             routed = model.routing != "least-busy"
