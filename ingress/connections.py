@@ -18,6 +18,8 @@ import asyncio
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ingress.coalescing import CoalescingTransport
+
 
 def _answer(status: bytes, code: str | None, message: str, kind: str) -> bytes:
     """A whole HTTP/1.1 response with an OpenAI error body, closing the connection."""
@@ -46,11 +48,12 @@ _SLOW = _answer(
 
 
 def bounded_protocol(header_timeout_s: float, max_connections: int) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with the two bounds (uvicorn takes a class)."""
+    """uvicorn's httptools protocol with the two bounds (uvicorn takes a class), writing
+    through a :class:`CoalescingTransport` (one ``send`` per response)."""
 
     class BoundedProtocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(CoalescingTransport(transport, self.loop))
             self._header_timer: asyncio.TimerHandle | None = None
             if len(self.connections) > max_connections:
                 transport.write(_BUSY)
