@@ -6,9 +6,11 @@ httptools and uvloop under it. The request path does no work the NATS client doe
 already do: check Content-Type, read the body within the limit, validate it once with
 msgspec, then hand the raw bytes to ``BrokerClient``.
 
-This module holds only paths and the handlers they map to (tensorzero's rule for its
-route table); each handler lives in ``ingress/routes/`` and reads what the lifespan
-opened through ``request.state.services`` (``ingress/state.py``).
+The model routes' POSTs are dispatched by path before Starlette's layers
+(``ingress/fast_path.py``). This module holds only paths and the handlers they map
+to (tensorzero's rule for its route table); each handler lives in ``ingress/routes/``
+and reads what the lifespan opened through ``request.state.services``
+(``ingress/state.py``).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from broker.client import BrokerClient
 from broker.nats.credentials import Role, login_for
 from ingress.address_limits import AddressLimits
 from ingress.error_handlers import HANDLERS
+from ingress.fast_path import FastPathApp
 from ingress.routes import admin, alerts, batches, experiments, files, health, spend
 from ingress.routes.chat import chat_completions
 from ingress.routes.completions import completions
@@ -93,9 +95,19 @@ ROUTES = [
 ]
 
 
+# The model routes: their POSTs skip Starlette's layers (ingress/fast_path.py).
+HOT = {
+    "/v1/chat/completions": chat_completions,
+    "/v1/completions": completions,
+    "/v1/embeddings": embeddings,
+    "/v1/responses": create_response,
+    "/v1/messages": create_message,
+}
+
+
 def create_app(
     config: Config, client: BrokerClient | None = None, nats_url: str | None = None
-) -> Starlette:
+) -> FastPathApp:
     """The ASGI app; it connects its own ``BrokerClient`` at start-up unless given one."""
 
     @contextlib.asynccontextmanager
@@ -113,10 +125,12 @@ def create_app(
             if client is None:
                 await broker.close()
 
-    limited = config.ingress.per_ip_rpm is not None or config.ingress.global_rpm is not None
-    middleware = [Middleware(AddressLimits, config=config.ingress)] if limited else []
-    app = Starlette(
-        routes=ROUTES, lifespan=lifespan, exception_handlers=HANDLERS, middleware=middleware
+    app = FastPathApp(
+        hot=HOT,
+        handlers=HANDLERS,
+        limits=AddressLimits.configured(config.ingress),
+        routes=ROUTES,
+        lifespan=lifespan,
     )
     # No 307 to the path without its trailing slash: an API client does not follow
     # redirects of a POST or DELETE, and `/v1/files/%2F` is simply not found.
