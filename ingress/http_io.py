@@ -31,8 +31,21 @@ def error_response(error: BrokerError) -> Response:
     )
 
 
+def header(request: Request, name: str) -> str | None:
+    """A request header (the first of that name; ``name`` in lower case), from a dict
+    built once per request: Starlette's ``headers.get`` scans the header list on every
+    call and raises a KeyError inside for each absent one, and a model request asks
+    for a dozen headers, most of them absent."""
+    scope = request.scope
+    found: dict[bytes, bytes] | None = scope.get("promptbus.headers")
+    if found is None:
+        found = scope["promptbus.headers"] = dict(reversed(scope["headers"]))
+    value = found.get(name.encode("latin-1"))
+    return None if value is None else value.decode("latin-1")
+
+
 def require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
+    content_type = header(request, "content-type") or ""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise InvalidRequest(
@@ -45,7 +58,7 @@ def require_json(request: Request) -> None:
 async def read_body(request: Request, limit: int, why: str | None = None) -> bytes:
     """The whole body, refusing early (413) once it exceeds ``limit`` bytes; ``why``
     names the limit when it is not the NATS one."""
-    declared = request.headers.get("content-length")
+    declared = header(request, "content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, why)
     chunks: list[bytes] = []
@@ -67,14 +80,14 @@ MIN_TIMEOUT_S = 0.05
 
 def request_timeout(request: Request) -> float | None:
     """The client's own timeout, if it sent one: ours, or the one the OpenAI SDK sends."""
-    for header in ("x-promptbus-timeout", "x-stainless-timeout"):
-        value = request.headers.get(header)
+    for name in ("x-promptbus-timeout", "x-stainless-timeout"):
+        value = header(request, name)
         if value is None:
             continue
         try:
             seconds = float(value)
         except ValueError:
-            if header == "x-stainless-timeout":
+            if name == "x-stainless-timeout":
                 # the SDKs' own header, not the caller's word: some versions send
                 # `NOT_GIVEN` when no timeout is set; that means none
                 continue
@@ -82,9 +95,9 @@ def request_timeout(request: Request) -> float | None:
         if not seconds >= MIN_TIMEOUT_S or seconds == float("inf"):
             raise InvalidRequest(
                 400,
-                f"Header {header} must be a number of seconds of at least {MIN_TIMEOUT_S} "
+                f"Header {name} must be a number of seconds of at least {MIN_TIMEOUT_S} "
                 f"(the time a request needs to reach a worker and come back), got `{value}`.",
-                param=header,
+                param=name,
                 code="invalid_header",
             )
         return seconds

@@ -18,6 +18,7 @@ from broker.responses.store import ResponseStore
 from broker.tenancy.admission import Admission, bearer
 from broker.tenancy.nats_access import NatsAccess
 from broker.tenancy.usage import UsageRecorder
+from ingress.http_io import header
 from ingress.watch import Watch
 from schemas.config import Config
 
@@ -76,14 +77,15 @@ class Services:
 
 def services(request: Request) -> Services:
     """The lifespan's services, as the request sees them."""
-    found: Services = request.state.services
+    # the scope's dict, not ``request.state``: its property and ``State.__getattr__``
+    # cost more than the lookup, on a path that asks a dozen times a request
+    found: Services = request.scope["state"]["services"]
     return found
 
 
 def api_key(request: Request) -> str | None:
     """The caller's key: ``Authorization: Bearer`` (openai SDK) or ``api-key`` (Azure's)."""
-    headers = request.headers
-    return bearer(headers.get("authorization")) or headers.get("api-key") or None
+    return bearer(header(request, "authorization")) or header(request, "api-key") or None
 
 
 def tenant_of(request: Request) -> str | None:

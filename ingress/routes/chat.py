@@ -22,6 +22,7 @@ from broker.tenancy.admission import Grant
 from ingress.http_io import (
     MIN_TIMEOUT_S,
     error_response,
+    header,
     read_body,
     reply_headers,
     request_timeout,
@@ -106,7 +107,7 @@ async def read_open_request(
 def end_user(request: Request, asked: object) -> str | None:
     """The end user a request names: ``x-promptbus-user``, else its ``user`` field (the
     Messages API's ``metadata.user_id``)."""
-    named = request.headers.get("x-promptbus-user") or getattr(asked, "user", None)
+    named = header(request, "x-promptbus-user") or getattr(asked, "user", None)
     if named is None:
         metadata = getattr(asked, "metadata", None)
         named = getattr(metadata, "user_id", None)
@@ -117,7 +118,7 @@ def sticky_id(request: Request, asked: object, sticky: str) -> str | None:
     """What a sticky split hashes: the end user (else the key), or the key."""
     if sticky == "none":
         return None
-    key = api_key(request) or request.headers.get("x-api-key")
+    key = api_key(request) or header(request, "x-api-key")
     return (end_user(request, asked) if sticky == "user" else None) or key
 
 
@@ -155,7 +156,7 @@ async def admitted(
         "request_id": str(context["request_id"]),
         "traceparent": context.get("hop") or tracing.child(trace),
         "tenancy": admission.vouch(grant),
-        "cache_control": request.headers.get("cache-control"),
+        "cache_control": header(request, "cache-control"),
     }
     if "experiment" in context:
         options["experiment"] = context["experiment"]
@@ -304,7 +305,7 @@ def output_limit(asked: NamedModel) -> int | None:
 
 
 def request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or new_request_id()
+    return header(request, "x-request-id") or new_request_id()
 
 
 Work = Callable[[Request, str, dict[str, Any]], Awaitable[Response]]
@@ -324,7 +325,7 @@ async def observed(
     request (``work(request, traceparent, context)``): chat, responses, messages."""
     config = services(request).config
     started, started_ns = time.perf_counter(), time.time_ns()
-    incoming = request.headers.get("traceparent")
+    incoming = header(request, "traceparent")
     trace = tracing.accept(incoming)
     # the ingress's own span: what it sends on (its id), a child of the caller's
     hop = tracing.child(trace)

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from broker.observability import metrics, tracing
 from broker.tenancy.admission import Grant
-from ingress.http_io import error_response, read_body, reply_headers, require_json
+from ingress.http_io import error_response, header, read_body, reply_headers, require_json
 from ingress.routes.chat import admitted, count_answer, model_named_in, request_id
 from ingress.state import services
 from schemas.chat import embedding_request_decoder
@@ -23,7 +23,7 @@ async def embeddings(request: Request) -> Response:
     found = services(request)
     started = time.perf_counter()
     config, broker = found.config, found.client
-    trace = tracing.accept(request.headers.get("traceparent"))
+    trace = tracing.accept(header(request, "traceparent"))
     rid = request_id(request)
     model = "-"
     body = b""

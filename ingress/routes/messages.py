@@ -15,7 +15,7 @@ from starlette.responses import Response
 from broker.client import Reply, ReplyStream
 from broker.messages import translation
 from broker.routing import capabilities
-from ingress.http_io import reply_headers
+from ingress.http_io import header, reply_headers
 from ingress.routes.chat import admitted, observed, read_model_request
 from ingress.routes.streams import Event, event_stream, first_of, translated
 from ingress.state import services
@@ -40,7 +40,7 @@ async def _create(request: Request, trace: str, context: dict[str, Any]) -> Resp
     found = services(request)
     broker = found.client
     asked, body = await read_model_request(request, messages_request_decoder, context)
-    key = request.headers.get("x-api-key")
+    key = header(request, "x-api-key")
     grant, options = await admitted(request, trace, asked, body, context, key)
     chat = translation.to_chat(asked)
     unable = capabilities.unable_for_chat(found.config.model(asked.model), chat, len(body) // 4)
