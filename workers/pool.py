@@ -30,6 +30,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker.nats import acks
+from broker.nats.expiry import Expiry
 from broker.observability import metrics, otel
 from broker.responses import conversation
 from broker.responses.chat_turn import ChatTurn
@@ -121,6 +122,7 @@ class PoolShared:
     accounting: Accounting | None = None
     answered: AnsweredMemory = field(default_factory=AnsweredMemory)
     telemetry: Telemetry | None = None  # counts for charts and alerts (broker/telemetry/)
+    expiry: Expiry = field(default_factory=Expiry)  # deadlines and attempts' timeouts
 
 
 _USAGE_ONLY = b'"choices":[]'  # the final chunk of a stream that reports usage
@@ -140,6 +142,7 @@ class DeploymentPool:
     ) -> None:
         self._nc = shared.nc
         self._acker = shared.acker
+        self._expiry = shared.expiry
         self.slots = PrioritySlots(deployment.max_concurrency)
         self._pacer = pacer
         self._accounting = shared.accounting
@@ -400,7 +403,7 @@ class DeploymentPool:
         usage: Usage | None = None
         charged = False
         try:
-            async with asyncio.timeout(self._deadline_timer(request, remaining)):
+            async with self._expiry.within(self._deadline_timer(request, remaining)):
                 if self._pacer is not None:
                     await self._pacer.acquire(estimate)
                     charged = True
@@ -499,7 +502,7 @@ class DeploymentPool:
         self.breaker.begin()
         started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
+            async with self._expiry.within(timeout):
                 result = await call
         except TimeoutError:
             error = upstream_error(

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from broker.nats.acks import AckConfirmer
 from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
+from broker.nats.expiry import Expiry
 from broker.nats.provision import (
     StreamKind,
     bulk_consumer_config,
@@ -111,6 +112,7 @@ class Worker:
         self._poison: PoisonGuard | None = None
         self._reporter: TelemetryReporter | None = None
         self._acker: AckConfirmer | None = None
+        self._expiry = Expiry()  # the pools' deadlines and attempt timeouts, one sweeper
 
     async def start(self, url: str | None = None, nc: NATS | None = None) -> None:
         if nc is None:
@@ -158,6 +160,7 @@ class Worker:
             self._poison,
             self._accounting,
             telemetry=telemetry,
+            expiry=self._expiry,
         )
         board.on_change(self._repace)
         for model in self.models:
@@ -331,6 +334,7 @@ class Worker:
         await asyncio.gather(*(p.stop() for p in self._pools))
         if self._acker is not None:
             await self._acker.close()  # the drained requests' acks are confirmed
+        await self._expiry.close()
         if self._reporter is not None:
             await self._reporter.stop()  # what the drained requests counted
         if self._accounting is not None:

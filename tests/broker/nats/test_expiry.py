@@ -58,3 +58,59 @@ async def test_a_cancelled_caller_cancels_the_future() -> None:
         await task
     assert future.cancelled() and len(expiry) == 0
     await expiry.close()
+
+
+async def test_a_block_past_its_deadline_raises_timeout_error() -> None:
+    expiry = Expiry(tick_s=0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with expiry.within(0.05) as scope:
+            await asyncio.sleep(10)
+    assert scope.expired
+    assert 0.05 <= loop.time() - started < 0.05 + 0.01 + 0.2
+    assert len(expiry) == 0
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0  # nothing left pending
+    await asyncio.sleep(0)  # and no stray cancellation arrives later
+    await expiry.close()
+
+
+async def test_a_block_within_its_deadline_is_left_alone() -> None:
+    expiry = Expiry(tick_s=0.01)
+    async with expiry.within(5) as scope:
+        await asyncio.sleep(0.03)
+    async with expiry.within(None):  # no deadline: nothing noted
+        assert len(expiry) == 0
+        await asyncio.sleep(0.02)
+    assert not scope.expired and len(expiry) == 0
+    await expiry.close()
+
+
+async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
+    expiry = Expiry(tick_s=0.01)
+    entered = asyncio.Event()
+
+    async def blocked() -> None:
+        async with expiry.within(10):
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(blocked())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(expiry) == 0
+    await expiry.close()
+
+
+async def test_nested_blocks_time_out_at_the_inner_deadline_only() -> None:
+    expiry = Expiry(tick_s=0.01)
+    async with expiry.within(5) as outer:
+        with pytest.raises(TimeoutError):
+            async with expiry.within(0.03):
+                await asyncio.sleep(10)
+        await asyncio.sleep(0.02)  # the outer block goes on
+    assert not outer.expired
+    await expiry.close()
