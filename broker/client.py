@@ -13,6 +13,7 @@ request: no per-request subscriptions or connection set-up.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import time
@@ -139,15 +140,27 @@ class Reply(NamedTuple):
 
 
 class ReplyStream:
-    """The chunk messages of one streamed request, in order, ending at the end marker."""
+    """The chunk messages of one streamed request, in order, ending at the end marker.
+
+    A deque and one waiter, not an ``asyncio.Queue`` under ``wait_for``: that cost a
+    task and a timer per chunk; a chunk already here is taken without waiting, and a
+    wait ends at the deadline through the client's one sweeper (``Expiry``)."""
 
     def __init__(self, client: BrokerClient, token: str, timeout: float) -> None:
         self._client = client
         self._token = token
         self._timeout = timeout
         self._deadline = time.monotonic() + timeout + DEADLINE_GRACE_S
-        self.queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self._replies: collections.deque[Reply] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._done = False
+
+    def put(self, reply: Reply) -> None:
+        """A reply arrived (called by the client's subscription, or with a cached answer)."""
+        self._replies.append(reply)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def __aiter__(self) -> ReplyStream:
         return self
@@ -155,12 +168,18 @@ class ReplyStream:
     async def __anext__(self) -> Reply:
         if self._done:
             raise StopAsyncIteration
-        remaining = self._deadline - time.monotonic()
-        try:
-            reply = await asyncio.wait_for(self.queue.get(), max(remaining, 0.001))
-        except TimeoutError:
-            self.close()
-            raise deadline_exceeded(self._timeout, "while waiting for the stream") from None
+        replies = self._replies
+        while not replies:
+            remaining = self._deadline - time.monotonic()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._client._expiry.wait(self._waiter, max(remaining, 0.001))
+            except TimeoutError:
+                self.close()
+                raise deadline_exceeded(self._timeout, "while waiting for the stream") from None
+            finally:
+                self._waiter = None
+        reply = replies.popleft()
         if reply.kind is ReplyKind.CHUNK:
             return reply
         self.close()
@@ -375,7 +394,7 @@ class BrokerClient:
         if self._parts and key in self._parts:  # the last piece of a reply sent in parts
             msg.data = b"".join([*self._parts.pop(key), msg.data])
         if isinstance(pending, ReplyStream):
-            pending.queue.put_nowait(Reply.from_msg(msg))
+            pending.put(Reply.from_msg(msg))
         elif not pending.done():
             pending.set_result(Reply.from_msg(msg))
 
@@ -596,8 +615,8 @@ class BrokerClient:
                 options = parsed.stream_options
                 usage = options is not None and bool(options.include_usage)
                 for chunk in chunks_from_completion(hit.body, usage):
-                    stream.queue.put_nowait(Reply(200, ReplyKind.CHUNK, headers, chunk))
-                stream.queue.put_nowait(Reply(200, ReplyKind.END, headers, b""))
+                    stream.put(Reply(200, ReplyKind.CHUNK, headers, chunk))
+                stream.put(Reply(200, ReplyKind.END, headers, b""))
                 return stream
         await self._publish(ask, stream, token)
         return stream

@@ -64,6 +64,19 @@ async def test_deadline(client: BrokerClient) -> None:
     assert err.value.status == 504
 
 
+async def test_a_stream_past_its_deadline_is_a_504(client: BrokerClient) -> None:
+    """The wait for a stream's next chunk ends at the request's deadline."""
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(BrokerError) as err:
+        async for _ in client.chat_stream(
+            {"model": "mock-slow", "messages": [{"role": "user", "content": "x"}]}, timeout=0.2
+        ):
+            pass
+    assert err.value.status == 504
+    assert err.value.detail.code == "deadline_exceeded"
+    assert asyncio.get_running_loop().time() - started < 0.9  # not the 1 s answer
+
+
 async def test_stream_error_mid_request(client: BrokerClient) -> None:
     with pytest.raises(BrokerError) as err:
         async for _ in client.chat_stream(
