@@ -44,7 +44,12 @@ def exported(
                     {
                         "model_name": "otel-gpt",
                         "deployments": [{"provider": "mock", "name": "otel-dep"}],
-                    }
+                    },
+                    {
+                        "model_name": "otel-embed",
+                        "mode": "embeddings",
+                        "deployments": [{"provider": "mock", "name": "otel-embed-dep"}],
+                    },
                 ],
             }
         )
@@ -118,6 +123,39 @@ def test_one_trace_has_a_span_per_hop(exported: tuple[OtlpReceiver, str]) -> Non
         return names if {"promptbus.requests", "promptbus.request.duration"} <= names else None
 
     assert "promptbus.queue.wait" in eventually(counted, "the metrics are exported", timeout=20)
+
+
+EMBED_TRACE_ID = "5cf92f3577b34da6a3ce929d0e0e4737"
+
+
+def test_an_embeddings_request_has_its_ingress_span(exported: tuple[OtlpReceiver, str]) -> None:
+    receiver, base = exported
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+
+    def answered() -> bool:
+        try:
+            client.embeddings.create(
+                model="otel-embed",
+                input="trace me",
+                extra_headers={"traceparent": f"00-{EMBED_TRACE_ID}-{CALLER_SPAN}-01"},
+            )
+        except openai.APIStatusError:
+            return False  # the worker is not serving yet
+        return True
+
+    eventually(answered, "the worker answers", timeout=20)
+
+    def hops() -> dict[str, Any] | None:
+        spans = {s.name: s for s in receiver.spans_of(EMBED_TRACE_ID)}
+        wanted = {"POST /v1/embeddings", "worker otel-embed-dep"}
+        return spans if wanted <= set(spans) else None
+
+    spans = eventually(hops, "the embeddings request's spans are exported", timeout=20)
+    ingress, worker = spans["POST /v1/embeddings"], spans["worker otel-embed-dep"]
+    assert ingress.parent_span_id.hex() == CALLER_SPAN
+    assert worker.parent_span_id == ingress.span_id
+    assert _attributes(ingress)["http.response.status_code"] == 200
+    assert _attributes(ingress)["model"] == "otel-embed"
 
 
 def test_export_is_off_by_default() -> None:
