@@ -41,6 +41,18 @@ def new_session(deployment: DeploymentConfig) -> aiohttp.ClientSession:
     )
 
 
+def answer_timeout(deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
+    """The timeouts of a POST whose answer is read whole. Without a limit between two
+    bytes when the attempt's ``timeout_s`` (the pool's, always set for such a call) ends
+    it as soon: aiohttp re-arms that timer on every read, two timer handles a request."""
+    read = deployment.read_timeout_s
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=deployment.connect_timeout_s,
+        sock_read=read if read < deployment.timeout_s else None,
+    )
+
+
 async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """The ``data:`` payloads of a server-sent event stream, one per event.
 
@@ -92,6 +104,7 @@ class Upstream:
         self._deployment = deployment
         self._read_error = read_error
         self._session: aiohttp.ClientSession | None = None
+        self._answer_timeout = answer_timeout(deployment)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -100,8 +113,11 @@ class Upstream:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
         """The answer's body; an HTTP error or transport failure raises ``BrokerError``."""
+        timeout = self._answer_timeout
         try:
-            async with self._client().post(url, data=body, headers=headers) as response:
+            async with self._client().post(
+                url, data=body, headers=headers, timeout=timeout
+            ) as response:
                 answer = await response.read()
                 if response.status >= 400:
                     raise self._read_error(response.status, answer, response.headers)

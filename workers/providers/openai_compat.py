@@ -28,7 +28,7 @@ from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
 from schemas.responses import ResponseRequest, event_head_decoder, response_shape_decoder
 from workers.providers.errors import classify
-from workers.providers.http import new_session, transport_error
+from workers.providers.http import answer_timeout, new_session, transport_error
 
 
 class OpenAICompatProvider:
@@ -47,6 +47,7 @@ class OpenAICompatProvider:
         self._stream_headers = self._headers | {"Accept": "text/event-stream"}
         self._deployment = deployment
         self._session: aiohttp.ClientSession | None = None
+        self._answer_timeout = answer_timeout(deployment)
 
     def _client(self) -> aiohttp.ClientSession:
         """The pooled session, created on first use inside the running event loop."""
@@ -128,8 +129,11 @@ class OpenAICompatProvider:
         headers = (
             self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
         )
+        timeout = self._answer_timeout
         try:
-            async with self._client().post(url, data=body, headers=headers) as response:
+            async with self._client().post(
+                url, data=body, headers=headers, timeout=timeout
+            ) as response:
                 answer = await response.read()
                 if response.status >= 400:
                     raise classify(self.name, response.status, answer, response.headers)
