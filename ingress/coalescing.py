@@ -2,12 +2,13 @@
 
 uvicorn writes a response's status line and headers with one ``transport.write`` and
 its body with another, and uvloop sends each at once: two system calls per answer.
-On loopback, a ``send`` also delivers the segment to the reader, so it is the
-costliest thing the ingress does for a request (py-spy: a quarter of its CPU inside
-uvicorn's ``send``). This transport holds what is written during one turn of the
-event loop and sends it as one buffer at the end of that turn, so a response leaves
-in one system call (a stream's events still leave as they are produced: each turn's
-writes go out at its end). Everything else is the wrapped transport's.
+On loopback a ``send`` also wakes the reader, so it is among the costliest things the
+ingress does for a request. This transport holds a response's head (a write that
+starts with the status line) and sends it with the next write, the body, as one
+buffer; a head that nothing follows within the event loop's turn (a stream whose first
+event is not there yet, a ``100 Continue``) is sent at the end of that turn. Every
+other write goes out at once, as before: holding body writes for the end of the turn
+would delay each answer behind every other handler that runs in it.
 """
 
 from __future__ import annotations
@@ -26,24 +27,28 @@ class CoalescingTransport(asyncio.Transport):
         super().__init__()
         self._inner = inner
         self._loop = loop
-        self._held: list[bytes] | None = None
+        self._held: bytes | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._held is None:
-            self._held = [bytes(data)]
+        held = self._held
+        if held is not None:  # the body after its head: both in one send
+            self._held = None
+            self._inner.writelines((held, data))
+        elif bytes(data[:5]) == b"HTTP/":
+            self._held = bytes(data)
             self._loop.call_soon(self.flush)
         else:
-            self._held.append(bytes(data))
+            self._inner.write(data)
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
             self.write(data)
 
     def flush(self) -> None:
-        """Send what this turn wrote (called at its end, and before a close)."""
+        """Send a head still held (at the end of the turn that wrote it, and on close)."""
         held, self._held = self._held, None
-        if held and not self._inner.is_closing():
-            self._inner.write(held[0] if len(held) == 1 else b"".join(held))
+        if held is not None and not self._inner.is_closing():
+            self._inner.write(held)
 
     def close(self) -> None:
         self.flush()
@@ -61,7 +66,7 @@ class CoalescingTransport(asyncio.Transport):
         return self._inner.can_write_eof()
 
     def get_write_buffer_size(self) -> int:
-        held = sum(len(data) for data in self._held) if self._held else 0
+        held = len(self._held) if self._held is not None else 0
         return held + self._inner.get_write_buffer_size()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
