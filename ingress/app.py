@@ -41,12 +41,17 @@ from ingress.routes.responses import (
 from ingress.state import Services
 from schemas.config import Config
 
-ROUTES = [
+# The model routes: their POSTs skip Starlette's layers (ingress/fast_path.py, HOT).
+MODEL_ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/v1/responses", create_response, methods=["POST"]),
     Route("/v1/messages", create_message, methods=["POST"]),
+]
+
+ROUTES = [
+    *MODEL_ROUTES,
     Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
     Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
     Route("/v1/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
@@ -95,14 +100,7 @@ ROUTES = [
 ]
 
 
-# The model routes: their POSTs skip Starlette's layers (ingress/fast_path.py).
-HOT = {
-    "/v1/chat/completions": chat_completions,
-    "/v1/completions": completions,
-    "/v1/embeddings": embeddings,
-    "/v1/responses": create_response,
-    "/v1/messages": create_message,
-}
+HOT = {route.path: route.endpoint for route in MODEL_ROUTES}
 
 
 def create_app(

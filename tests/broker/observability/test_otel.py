@@ -5,7 +5,7 @@ worker, upstream attempt), parented as the traceparent headers are; and the metr
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -76,17 +76,21 @@ def _attributes(span: Any) -> dict[str, Any]:
     return out
 
 
-def test_one_trace_has_a_span_per_hop(exported: tuple[OtlpReceiver, str]) -> None:
+def _spans_once_answered(
+    exported: tuple[OtlpReceiver, str],
+    call: Callable[[openai.OpenAI, dict[str, str]], object],
+    trace_id: str,
+    wanted: set[str],
+) -> dict[str, Any]:
+    """Repeat ``call`` (given a client and the caller's ``traceparent`` header) until the
+    worker answers it, then wait for ``wanted`` spans of ``trace_id``, returned by name."""
     receiver, base = exported
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    traceparent = {"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"}
 
     def answered() -> bool:
         try:
-            client.chat.completions.create(
-                model="otel-gpt",
-                messages=[{"role": "user", "content": "trace me"}],
-                extra_headers={"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"},
-            )
+            call(client, traceparent)
         except openai.APIStatusError:
             return False  # the worker is not serving yet
         return True
@@ -94,11 +98,25 @@ def test_one_trace_has_a_span_per_hop(exported: tuple[OtlpReceiver, str]) -> Non
     eventually(answered, "the worker answers", timeout=20)
 
     def hops() -> dict[str, Any] | None:
-        spans = {s.name: s for s in receiver.spans_of(TRACE_ID)}
-        wanted = {"POST /v1/chat/completions", "queue wait", "worker otel-dep", "upstream otel-dep"}
+        spans = {s.name: s for s in receiver.spans_of(trace_id)}
         return spans if wanted <= set(spans) else None
 
-    spans = eventually(hops, "every hop's span is exported", timeout=20)
+    result: dict[str, Any] = eventually(hops, f"the spans {sorted(wanted)}", timeout=20)
+    return result
+
+
+def test_one_trace_has_a_span_per_hop(exported: tuple[OtlpReceiver, str]) -> None:
+    receiver = exported[0]
+    spans = _spans_once_answered(
+        exported,
+        lambda client, traceparent: client.chat.completions.create(
+            model="otel-gpt",
+            messages=[{"role": "user", "content": "trace me"}],
+            extra_headers=traceparent,
+        ),
+        TRACE_ID,
+        {"POST /v1/chat/completions", "queue wait", "worker otel-dep", "upstream otel-dep"},
+    )
     ingress = spans["POST /v1/chat/completions"]
     worker, wait, attempt = (
         spans["worker otel-dep"],
@@ -129,28 +147,14 @@ EMBED_TRACE_ID = "5cf92f3577b34da6a3ce929d0e0e4737"
 
 
 def test_an_embeddings_request_has_its_ingress_span(exported: tuple[OtlpReceiver, str]) -> None:
-    receiver, base = exported
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-
-    def answered() -> bool:
-        try:
-            client.embeddings.create(
-                model="otel-embed",
-                input="trace me",
-                extra_headers={"traceparent": f"00-{EMBED_TRACE_ID}-{CALLER_SPAN}-01"},
-            )
-        except openai.APIStatusError:
-            return False  # the worker is not serving yet
-        return True
-
-    eventually(answered, "the worker answers", timeout=20)
-
-    def hops() -> dict[str, Any] | None:
-        spans = {s.name: s for s in receiver.spans_of(EMBED_TRACE_ID)}
-        wanted = {"POST /v1/embeddings", "worker otel-embed-dep"}
-        return spans if wanted <= set(spans) else None
-
-    spans = eventually(hops, "the embeddings request's spans are exported", timeout=20)
+    spans = _spans_once_answered(
+        exported,
+        lambda client, traceparent: client.embeddings.create(
+            model="otel-embed", input="trace me", extra_headers=traceparent
+        ),
+        EMBED_TRACE_ID,
+        {"POST /v1/embeddings", "worker otel-embed-dep"},
+    )
     ingress, worker = spans["POST /v1/embeddings"], spans["worker otel-embed-dep"]
     assert ingress.parent_span_id.hex() == CALLER_SPAN
     assert worker.parent_span_id == ingress.span_id
