@@ -13,7 +13,8 @@ from nats.errors import MaxPayloadError
 from nats.protocol.command import hpub_cmd
 
 from broker.nats.credentials import Login
-from broker.nats.headers import encode_headers
+from broker.nats.headers import decode_headers, encode_headers
+from broker.nats.parser import WireParser
 from schemas.errors import AuthenticationError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,16 @@ class GuardedNATS(NATS):
       is checked first and refused with :class:`MaxPayloadError`, nothing sent.
     - A server error that still arrives (another client library's bug, a server with a
       lower limit after a failover) makes the client reconnect instead of closing.
+
+    And two of its hot paths, cheaper with the same results: the protocol parser
+    (broker/nats/parser.py) and the reading of header blocks (broker/nats/headers.py).
     """
+
+    _parse_header_lines = staticmethod(decode_headers)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ps = WireParser(self)
 
     async def publish(
         self,

@@ -125,10 +125,16 @@ async def test_concurrency_limit_holds_excess_in_the_queue(nc: Client) -> None:
         asyncio.create_task(ask(nc, "pb.chat.mock-slow", chat("mock-slow", f"r{i}")))
         for i in range(6)
     ]
-    await asyncio.sleep(0.4)
-    info = await js.consumer_info("PB_REQUESTS", consumer.name)
-    assert info.num_ack_pending == 2
-    assert info.num_pending == 4
+    # Each pair takes 1 s: the split is seen within the first (later on a loaded box than
+    # a fixed sleep allows), then holds.
+    split: list[tuple[int, int]] = []
+    for _ in range(40):
+        info = await js.consumer_info("PB_REQUESTS", consumer.name)
+        split.append((info.num_ack_pending, info.num_pending))
+        if split[-2:] == [(2, 4), (2, 4)]:
+            break
+        await asyncio.sleep(0.05)
+    assert split[-2:] == [(2, 4), (2, 4)], split
     await asyncio.sleep(0.6)  # one presence heartbeat (0.5 s in the test config)
     kv = await js.key_value("pb_workers")
     [key] = [k for k in await kv.keys() if k.startswith("mock-slow.")]
