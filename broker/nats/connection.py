@@ -6,8 +6,16 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import (
+    DEFAULT_SUB_PENDING_BYTES_LIMIT,
+    DEFAULT_SUB_PENDING_MSGS_LIMIT,
+    Subscription,
+)
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 from nats.protocol.command import hpub_cmd
@@ -15,6 +23,7 @@ from nats.protocol.command import hpub_cmd
 from broker.nats.credentials import Login
 from broker.nats.headers import decode_headers, encode_headers
 from broker.nats.parser import WireParser
+from broker.nats.subscription import quicken
 from schemas.errors import AuthenticationError
 
 log = logging.getLogger(__name__)
@@ -50,8 +59,9 @@ class GuardedNATS(NATS):
     - A server error that still arrives (another client library's bug, a server with a
       lower limit after a failover) makes the client reconnect instead of closing.
 
-    And two of its hot paths, cheaper with the same results: the protocol parser
-    (broker/nats/parser.py) and the reading of header blocks (broker/nats/headers.py).
+    And three of its hot paths, cheaper with the same results: the protocol parser
+    (broker/nats/parser.py), the reading of header blocks (broker/nats/headers.py) and
+    ``next_msg`` on a message already queued (broker/nats/subscription.py).
     """
 
     _parse_header_lines = staticmethod(decode_headers)
@@ -59,6 +69,21 @@ class GuardedNATS(NATS):
     def __init__(self) -> None:
         super().__init__()
         self._ps = WireParser(self)
+
+    async def subscribe(
+        self,
+        subject: str,
+        queue: str = "",
+        cb: Callable[[Msg], Awaitable[None]] | None = None,
+        future: asyncio.Future[Any] | None = None,
+        max_msgs: int = 0,
+        pending_msgs_limit: int = DEFAULT_SUB_PENDING_MSGS_LIMIT,
+        pending_bytes_limit: int = DEFAULT_SUB_PENDING_BYTES_LIMIT,
+    ) -> Subscription:
+        sub = await super().subscribe(
+            subject, queue, cb, future, max_msgs, pending_msgs_limit, pending_bytes_limit
+        )
+        return quicken(sub)
 
     async def publish(
         self,
