@@ -165,12 +165,16 @@ class Grant:
 
 
 def rate_headers(decisions: list[Decision]) -> dict[str, str]:
+    tightest: dict[str, Decision] = {}  # kind -> fewest left (then: longest to reset)
+    for d in decisions:
+        best = tightest.get(d.bucket.kind)
+        if best is None or (d.remaining, -d.reset_s) < (best.remaining, -best.reset_s):
+            tightest[d.bucket.kind] = d
     headers: dict[str, str] = {}
     for kind in ("requests", "tokens"):
-        mine = [d for d in decisions if d.bucket.kind == kind]
-        if not mine:
+        tight = tightest.get(kind)
+        if tight is None:
             continue
-        tight = min(mine, key=lambda d: (d.remaining, -d.reset_s))
         headers[f"x-ratelimit-limit-{kind}"] = str(tight.bucket.limit)
         headers[f"x-ratelimit-remaining-{kind}"] = str(tight.remaining)
         headers[f"x-ratelimit-reset-{kind}"] = f"{tight.reset_s:.3f}s"

@@ -57,7 +57,7 @@ class Bucket:
         return self.burst * self.interval
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per bucket per admission, and frozen costs 4x
 class Decision:
     bucket: Bucket
     allowed: bool
@@ -79,8 +79,9 @@ class _Held:
     def decide(self, now: float) -> Decision:
         """A take admitted from the lease: the bucket's state as if the lease went back."""
         bucket = self.bucket
-        tat = self.tat - self.lease.units * bucket.interval
-        remaining = max(0, math.floor((bucket.tau - (tat - now)) / bucket.interval))
+        interval = 60.0 / bucket.limit  # bucket.interval and .tau, computed once here
+        tat = self.tat - self.lease.units * interval
+        remaining = max(0, math.floor((bucket.burst * interval - (tat - now)) / interval))
         return Decision(bucket, True, remaining, max(0.0, tat - now), 0.0)
 
 
@@ -285,8 +286,12 @@ class RateLimiter(Leasing):
         helds = []
         for bucket, cost in wanted:
             held = self._held.get(bucket.key)
-            if held is None or held.bucket != bucket or held.lease.units < cost:
+            if held is None or held.lease.units < cost:
                 return None
+            if held.bucket is not bucket:  # the plan is rebuilt every second
+                if held.bucket != bucket:
+                    return None  # its limit changed
+                held.bucket = bucket  # the same limit: compared by identity from now on
             helds.append(held)
         for index, (held, (_, cost)) in enumerate(zip(helds, wanted, strict=True)):
             if not held.lease.spend(cost):  # a bucket named twice, short the second time

@@ -123,6 +123,27 @@ async def test_takes_from_leases_are_all_or_nothing(
     assert one.take_leased([(rpm, leased)]) is None and one.leased(rpm) == leased - 1
 
 
+async def test_a_rebuilt_bucket_keeps_its_lease_and_a_changed_limit_does_not(
+    limiter: tuple[RateLimiter, RateLimiter],
+) -> None:
+    """Admission plans are rebuilt every second: an equal bucket is the same bucket, one
+    with another limit is not served from the old lease."""
+    one, _ = limiter
+    rpm = Bucket("again.rpm", "requests", limit=60, burst=1_000_000)
+    for _ in range(20):
+        assert (await one.take(rpm, 1)).allowed
+        if one.leased(rpm) >= 2:
+            break
+    leased = one.leased(rpm)
+    rebuilt = Bucket("again.rpm", "requests", limit=60, burst=1_000_000)
+    assert rebuilt is not rpm
+    [decision] = one.take_leased([(rebuilt, 1)]) or []
+    assert decision.allowed and one.leased(rpm) == leased - 1
+    changed = Bucket("again.rpm", "requests", limit=30, burst=1_000_000)
+    assert one.take_leased([(changed, 1)]) is None
+    assert one.leased(rpm) == leased - 1
+
+
 async def test_a_request_larger_than_the_burst_passes_only_on_a_full_bucket(
     limiter: tuple[RateLimiter, RateLimiter],
 ) -> None:
