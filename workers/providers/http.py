@@ -18,6 +18,10 @@ import msgspec
 
 from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, upstream_error
+from workers.providers.http1 import ConnectError, Http1Pool, HttpError
+
+ErrorReader = Callable[[int, bytes, Mapping[str, str]], BrokerError]
+T = TypeVar("T")
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # one SSE line holds one chunk, tool arguments included
 
@@ -39,6 +43,40 @@ def new_session(deployment: DeploymentConfig) -> aiohttp.ClientSession:
         max_line_size=MAX_LINE_BYTES,
         max_field_size=64 * 1024,
     )
+
+
+def new_pool(deployment: DeploymentConfig) -> Http1Pool | None:
+    """The deployment's pool for answers read whole (workers/providers/http1.py), or None
+    where aiohttp reads them: a deployment with a limit between two bytes shorter than
+    its attempt's ``timeout_s`` (``read_timeout_s``)."""
+    if deployment.base_url is None or deployment.read_timeout_s < deployment.timeout_s:
+        return None
+    try:
+        return Http1Pool(
+            deployment.base_url, deployment.max_concurrency, deployment.connect_timeout_s
+        )
+    except ValueError:
+        return None
+
+
+async def post_whole(
+    pool: Http1Pool,
+    deployment: str,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    read_error: ErrorReader,
+    base_url: str,
+) -> bytes:
+    """One POST through ``pool``: the answer's body, or its failure as ``BrokerError``
+    (naming ``base_url``, as aiohttp's failures do)."""
+    try:
+        answer = await pool.post(url, body, headers)
+    except (HttpError, TimeoutError) as exc:
+        raise transport_error(deployment, base_url, exc) from None
+    if answer.status >= 400:
+        raise read_error(answer.status, answer.body, answer.headers)
+    return answer.body
 
 
 def answer_timeout(deployment: DeploymentConfig) -> aiohttp.ClientTimeout:
@@ -73,11 +111,12 @@ def transport_error(deployment: str, url: str, exc: BaseException) -> BrokerErro
             f"timed out talking to {url} ({type(exc).__name__})",
             code="upstream_timeout",
         )
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectError):
+        reason = exc.os_error.strerror if exc.os_error is not None else None
         return upstream_error(
             502,
             deployment,
-            f"cannot connect to {url}: {exc.os_error.strerror or exc}",
+            f"cannot connect to {url}: {reason or exc}",
             code="upstream_unreachable",
         )
     return upstream_error(
@@ -86,10 +125,6 @@ def transport_error(deployment: str, url: str, exc: BaseException) -> BrokerErro
         f"transport error with {url}: {type(exc).__name__}: {exc}",
         code="upstream_transport_error",
     )
-
-
-ErrorReader = Callable[[int, bytes, Mapping[str, str]], BrokerError]
-T = TypeVar("T")
 
 
 class Upstream:
@@ -105,6 +140,7 @@ class Upstream:
         self._read_error = read_error
         self._session: aiohttp.ClientSession | None = None
         self._answer_timeout = answer_timeout(deployment)
+        self._pool = new_pool(deployment)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -113,6 +149,10 @@ class Upstream:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> bytes:
         """The answer's body; an HTTP error or transport failure raises ``BrokerError``."""
+        if self._pool is not None:
+            return await post_whole(
+                self._pool, self.name, url, body, headers, self._read_error, self.base_url
+            )
         timeout = self._answer_timeout
         try:
             async with self._client().post(
@@ -141,6 +181,8 @@ class Upstream:
             raise transport_error(self.name, self.base_url, exc) from None
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         if self._session is not None:
             await self._session.close()
 

@@ -6,6 +6,7 @@ Responses are validated against the schema and relayed as the upstream sent them
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +29,13 @@ from schemas.config import DeploymentConfig
 from schemas.errors import BrokerError, error_decoder, upstream_error
 from schemas.responses import ResponseRequest, event_head_decoder, response_shape_decoder
 from workers.providers.errors import classify
-from workers.providers.http import answer_timeout, new_session, transport_error
+from workers.providers.http import (
+    answer_timeout,
+    new_pool,
+    new_session,
+    post_whole,
+    transport_error,
+)
 
 
 class OpenAICompatProvider:
@@ -48,6 +55,8 @@ class OpenAICompatProvider:
         self._deployment = deployment
         self._session: aiohttp.ClientSession | None = None
         self._answer_timeout = answer_timeout(deployment)
+        self._pool = new_pool(deployment)
+        self._read_error = functools.partial(classify, self.name)
 
     def _client(self) -> aiohttp.ClientSession:
         """The pooled session, created on first use inside the running event loop."""
@@ -129,6 +138,10 @@ class OpenAICompatProvider:
         headers = (
             self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
         )
+        if self._pool is not None:
+            return await post_whole(
+                self._pool, self.name, url, body, headers, self._read_error, self._base_url
+            )
         timeout = self._answer_timeout
         try:
             async with self._client().post(
@@ -207,5 +220,7 @@ class OpenAICompatProvider:
         return transport_error(self.name, self._base_url, exc)
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         if self._session is not None:
             await self._session.close()
