@@ -8,7 +8,8 @@ worker, so answers read whole go this way; streamed answers stay on aiohttp.
 
 What it does: one pool per deployment, at most ``limit`` connections (callers past it
 wait their turn in order), each reused while the server keeps it alive and closed after
-``IDLE_S`` unused; ``https`` with the system's certificates, verified; answers in
+``IDLE_S`` unused (60 s, as our aiohttp sessions had it); ``https`` with the system's
+certificates, verified; answers in
 ``Content-Length``, chunked or read-to-close framing, ``gzip``/``deflate`` decoded
 (``identity`` asked for); bodies and header blocks bounded. What it does not: proxies,
 redirects, HTTP/2. A connection whose exchange was interrupted (cancelled, timed out, a
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
-IDLE_S = 15.0  # an idle connection older than this is closed, not reused
+IDLE_S = 60.0  # an idle connection older than this is closed, not reused (as aiohttp's)
 MAX_BODY_BYTES = 64 * 1024 * 1024  # an answer read whole
 MAX_HEADER_BYTES = 64 * 1024
 

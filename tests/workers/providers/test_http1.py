@@ -102,6 +102,21 @@ async def test_one_connection_serves_request_after_request(
     await pool.aclose()
 
 
+async def test_a_connection_idle_too_long_is_not_reused(
+    app_server: tuple[str, Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, served = app_server
+    monkeypatch.setattr(http1, "IDLE_S", 0.1)
+    pool = Http1Pool(base, limit=4, connect_timeout_s=5)
+    await pool.post(f"{base}/v1/chat", b"a", {})
+    await pool.post(f"{base}/v1/chat", b"b", {})
+    assert served.connections == 1
+    await asyncio.sleep(0.2)
+    assert (await pool.post(f"{base}/v1/chat", b"c", {})).body == b"echo:c"
+    assert served.connections == 2
+    await pool.aclose()
+
+
 async def test_callers_past_the_limit_wait_for_a_connection(
     app_server: tuple[str, Served],
 ) -> None:
