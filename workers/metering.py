@@ -107,9 +107,8 @@ class Accounting:
             "user": tenancy.user,
         }
         if tenancy.metered:
-            at = record["at"]
-            released = self.admission.released(tenancy, at)
-            await self.recorder.record_now(released, self.admission.watched(tenancy, at), **record)
+            released = self.admission.released(tenancy, record["at"])
+            await self.recorder.record_now(released, **record)
         else:
             self.recorder.add(**record)
         if tenancy.key_id != ANONYMOUS_KEY and usage.total_tokens != tenancy.estimate:

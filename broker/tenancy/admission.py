@@ -142,7 +142,6 @@ class Plan:
     buckets: list[Bucket]
     spendings: list[Spending]
     caps: list[tuple[str, int, str]]  # (KV entry, max_inflight, owner)
-    watched: frozenset[str] = frozenset()  # the usage aggregates its spendings read
 
 
 @dataclass(slots=True)
@@ -481,14 +480,12 @@ class Admission:
         return found
 
     def _build_plan(self, found: list[Level], now: float) -> Plan:
-        spendings = self._build_spendings(found, now)
         return Plan(
             buckets=[
                 b for level in found for b in _buckets(level.entry, level.owner, level.limits)
             ],
-            spendings=spendings,
+            spendings=self._build_spendings(found, now),
             caps=_caps(found),
-            watched=frozenset(s.pool.spent for s in spendings),
         )
 
     def spendings(
@@ -562,12 +559,6 @@ class Admission:
     def _give_back(self, spendings: list[Spending], cost: int, tokens: int) -> None:
         for s in spendings:
             self.holds.give_back(s.pool, _amount(s, cost, tokens))
-
-    def watched(self, tenancy: Tenancy, now: float) -> frozenset[str]:
-        """The usage aggregates a budget or quota of this tenancy reads now: the counters
-        a settled request must have stored before it is answered (the others may go
-        with the next batch)."""
-        return self.plan(tenancy.key_id, tenancy.tenant, now, tenancy.user).watched
 
     def released(self, tenancy: Tenancy, now: float) -> dict[str, int]:
         """The counter increments that release a settled request's holds."""

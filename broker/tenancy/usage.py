@@ -21,7 +21,6 @@ import contextlib
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -195,35 +194,21 @@ class UsageRecorder:
             details += (s.usage_user_detail(day, tenant, user, m) for m in metrics)
         return tuple(costs), tuple(tokens), tuple(details)
 
-    async def record_now(
-        self,
-        released: dict[str, int] | None = None,
-        watched: Collection[str] | None = None,
-        **usage: Any,
-    ) -> None:
+    async def record_now(self, released: dict[str, int] | None = None, **usage: Any) -> None:
         """Publish before returning: a budget or quota's next admission must see it,
         and the request's holds released (``released``, broker/tenancy/holds.py).
-        Only the counters a budget or quota reads wait (``watched``; None: every
-        aggregate, 9 of 13): for a key with daily budgets on it and its tenant, 2 of 13
-        and the 2 holds. The rest goes with the next batch. Concurrent callers share the
-        publishes (group commit): what arrives while one group is being published goes
-        out, summed per counter, in the next, and each caller returns once its own group
-        is stored."""
+        Only the counters admission reads wait (9 of 13); the per-day detail goes with
+        the next batch. Concurrent callers share the publishes (group commit): what
+        arrives while one group is being published goes out, summed per counter, in the
+        next, and each caller returns once its own group is stored."""
         checked, details = self._increments(**usage)
         pending, urgent = self._pending, self._urgent
         for subject, value in details.items():
             pending[subject] += value
-        waits = bool(released)
         for subject, value in checked.items():
-            if watched is None or subject in watched:
-                urgent[subject] += value
-                waits = True
-            else:
-                pending[subject] += value
+            urgent[subject] += value
         for subject, value in (released or {}).items():
             urgent[subject] += value
-        if not waits:
-            return
         if self._urgent_done is None:
             self._urgent_done = asyncio.get_running_loop().create_future()
         done = self._urgent_done
