@@ -47,13 +47,14 @@ class Bucket:
     limit: int  # per minute
     burst: int
     owner: str = ""  # whose limit, in messages: "key key_...", "team acme/ml"
-    # Derived once here: every admission from a lease reads both.
-    interval: float = field(init=False, compare=False, repr=False)  # seconds per unit
-    tau: float = field(init=False, compare=False, repr=False)  # seconds of credit held
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "interval", 60.0 / self.limit)
-        object.__setattr__(self, "tau", self.burst * self.interval)
+    @property
+    def interval(self) -> float:
+        return 60.0 / self.limit
+
+    @property
+    def tau(self) -> float:
+        return self.burst * self.interval
 
 
 @dataclass(slots=True)  # not frozen: one per bucket per admission, and frozen costs 4x
@@ -78,8 +79,9 @@ class _Held:
     def decide(self, now: float) -> Decision:
         """A take admitted from the lease: the bucket's state as if the lease went back."""
         bucket = self.bucket
-        tat = self.tat - self.lease.units * bucket.interval
-        remaining = max(0, math.floor((bucket.tau - (tat - now)) / bucket.interval))
+        interval = 60.0 / bucket.limit  # bucket.interval and .tau, computed once here
+        tat = self.tat - self.lease.units * interval
+        remaining = max(0, math.floor((bucket.burst * interval - (tat - now)) / interval))
         return Decision(bucket, True, remaining, max(0.0, tat - now), 0.0)
 
 
