@@ -42,6 +42,7 @@ def _start_embedded(config: Config) -> EmbeddedNats:
         port=config.nats.port,
         log_file=store.parent / "nats-server.log",
         memory_limit_mb=config.nats.memory_limit_mb,
+        cores=config.nats.server_cores,
         max_payload=config.nats.max_payload_bytes,
         auth=config.nats.auth,
         credentials_dir=config.nats.credentials_dir,

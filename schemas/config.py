@@ -195,6 +195,9 @@ class NatsConfig(_Config):
     # Embedded server only: its Go runtime's soft memory limit (GOMEMLIMIT, which wins
     # when set in the environment); None lets the heap grow to twice its live size.
     memory_limit_mb: Annotated[int, Meta(ge=64)] | None = NATS_MEMORY_LIMIT_MB
+    # Embedded server only: the processors its Go runtime uses (GOMAXPROCS, which wins
+    # when set in the environment); None: half the machine's cores, at least one.
+    server_cores: Annotated[int, Meta(ge=1)] | None = None
     stream: str = "PB_REQUESTS"
     subject_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "pb"
     replicas: Annotated[int, Meta(ge=1, le=5)] = 1

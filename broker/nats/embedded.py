@@ -34,11 +34,21 @@ from schemas.config import NATS_MAX_PAYLOAD, NATS_MEMORY_LIMIT_MB, NatsTlsConfig
 DEFAULT_MEMORY_LIMIT_MB = NATS_MEMORY_LIMIT_MB
 
 
-def server_environment(memory_limit_mb: int | None) -> dict[str, str]:
-    """The environment of a nats-server child: ours, plus GOMEMLIMIT unless it is set."""
+def default_server_cores() -> int:
+    """Half the machine's cores, at least one: the broker's own processes share it."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def server_environment(memory_limit_mb: int | None, cores: int | None = None) -> dict[str, str]:
+    """The environment of a nats-server child: ours, plus GOMEMLIMIT and GOMAXPROCS
+    unless it sets them. Go's default of one processor per core costs a server beside
+    the broker's processes ~35% more CPU per message on 2 cores (idle processors spin
+    and hand goroutines between threads): docs/performance.md."""
     env = dict(os.environ)
     if memory_limit_mb is not None and "GOMEMLIMIT" not in env:
         env["GOMEMLIMIT"] = f"{memory_limit_mb}MiB"
+    if "GOMAXPROCS" not in env:
+        env["GOMAXPROCS"] = str(cores or default_server_cores())
     return env
 
 
@@ -116,6 +126,7 @@ class EmbeddedNats:
         port: int = 0,
         log_file: str | Path | None = None,
         memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT_MB,
+        cores: int | None = None,
         max_payload: int = NATS_MAX_PAYLOAD,
         auth: bool = True,
         credentials_dir: str | Path | None = None,
@@ -131,6 +142,7 @@ class EmbeddedNats:
         self.port = port or free_port(host)
         self.log_file = Path(log_file) if log_file else None
         self.memory_limit_mb = memory_limit_mb
+        self.cores = cores  # GOMAXPROCS; None: default_server_cores()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -167,7 +179,7 @@ class EmbeddedNats:
                 args,
                 stdout=output,
                 stderr=output,
-                env=server_environment(self.memory_limit_mb),
+                env=server_environment(self.memory_limit_mb, self.cores),
                 preexec_fn=_set_parent_death_signal,
             )
         finally:

@@ -46,6 +46,7 @@ def test_up_serves_and_stops_without_orphans(tmp_path: Path) -> None:
                     "port": nats_port,
                     "store_dir": str(store),
                     "memory_limit_mb": 128,
+                    "server_cores": 1,
                     **bus.config_section(),
                 },
                 "ingress": {"port": port},
@@ -61,6 +62,8 @@ def test_up_serves_and_stops_without_orphans(tmp_path: Path) -> None:
         environ = Path(f"/proc/{nats_pid}/environ").read_bytes().split(b"\0")
         expected = os.environ.get("GOMEMLIMIT", "128MiB")  # the environment's wins
         assert f"GOMEMLIMIT={expected}".encode() in environ  # nats.memory_limit_mb
+        cores = os.environ.get("GOMAXPROCS", "1")
+        assert f"GOMAXPROCS={cores}".encode() in environ  # nats.server_cores
         chat = {"model": "mock-gpt", "messages": [{"role": "user", "content": "up"}]}
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         assert httpx.post(url, json=chat).status_code == 401  # auth.required: keys needed
