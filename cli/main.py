@@ -16,7 +16,7 @@ from broker.nats.embedded import EmbeddedNats
 from broker.nats.subjects import Subjects
 from broker.observability import logs
 from cli.options import api_key_option, connection_options, resolve_api_key
-from cli.serve import http_server, run, serve_until, shared_socket, stop_event
+from cli.serve import collect_less, http_server, run, serve_until, shared_socket, stop_event
 from schemas.config import Config
 from schemas.settings import ConfigError, load_config
 
@@ -477,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    collect_less()
     logs.configure(args.log_level, args.log_format)
     try:
         args.func(args)
