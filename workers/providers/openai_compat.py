@@ -1,16 +1,18 @@
 """OpenAI-compatible upstreams (OpenAI, vLLM, Ollama, Groq, OpenRouter, mock-upstream...).
 
-The pooled aiohttp session and transport errors are in ``workers/providers/http.py``.
+Its HTTP side (the pool for answers read whole, aiohttp's session for streams,
+transport errors) is ``workers/providers/http.py``'s ``Upstream``, as the translating
+adapters' is.
 Responses are validated against the schema and relayed as the upstream sent them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from schemas.chat import (
@@ -26,16 +28,10 @@ from schemas.chat import (
 )
 from schemas.completions import CompletionRequest, text_completion_decoder
 from schemas.config import DeploymentConfig
-from schemas.errors import BrokerError, error_decoder, upstream_error
+from schemas.errors import error_decoder, upstream_error
 from schemas.responses import ResponseRequest, event_head_decoder, response_shape_decoder
 from workers.providers.errors import classify
-from workers.providers.http import (
-    answer_timeout,
-    new_pool,
-    new_session,
-    post_whole,
-    transport_error,
-)
+from workers.providers.http import Upstream
 
 
 class OpenAICompatProvider:
@@ -52,17 +48,9 @@ class OpenAICompatProvider:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._stream_headers = self._headers | {"Accept": "text/event-stream"}
-        self._deployment = deployment
-        self._session: aiohttp.ClientSession | None = None
-        self._answer_timeout = answer_timeout(deployment)
-        self._pool = new_pool(deployment)
-        self._read_error = functools.partial(classify, self.name)
-
-    def _client(self) -> aiohttp.ClientSession:
-        """The pooled session, created on first use inside the running event loop."""
-        if self._session is None:
-            self._session = new_session(self._deployment)
-        return self._session
+        # The HTTP side every adapter shares: the pool for answers read whole, aiohttp's
+        # session for streams, failures as upstream errors.
+        self._upstream = Upstream(deployment, functools.partial(classify, self.name))
 
     forwards_unknown_fields = True  # vLLM's top_k, OpenRouter's provider, Ollama's options
 
@@ -138,21 +126,7 @@ class OpenAICompatProvider:
         headers = (
             self._headers if traceparent is None else self._headers | {"traceparent": traceparent}
         )
-        if self._pool is not None:
-            return await post_whole(
-                self._pool, self.name, url, body, headers, self._read_error, self._base_url
-            )
-        timeout = self._answer_timeout
-        try:
-            async with self._client().post(
-                url, data=body, headers=headers, timeout=timeout
-            ) as response:
-                answer = await response.read()
-                if response.status >= 400:
-                    raise classify(self.name, response.status, answer, response.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._transport_error(exc) from None
-        return answer
+        return await self._upstream.post(url, body, headers)
 
     async def _events(
         self,
@@ -166,20 +140,11 @@ class OpenAICompatProvider:
         headers = self._stream_headers
         if traceparent is not None:
             headers = headers | {"traceparent": traceparent}
-        try:
-            async with self._client().post(url, data=body, headers=headers) as response:
-                if response.status >= 400:
-                    answer = await response.read()
-                    raise classify(self.name, response.status, answer, response.headers)
-                async for line in response.content:
-                    if not line.startswith(b"data:"):
-                        continue  # blank separators, comments, event: lines
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    yield self._checked_chunk(data, decoder)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._transport_error(exc) from None
+        async with contextlib.aclosing(self._upstream.post_events(url, body, headers)) as events:
+            async for data in events:
+                if data == b"[DONE]":
+                    return
+                yield self._checked_chunk(data, decoder)
 
     def _checked(self, body: bytes, decoder: msgspec.json.Decoder[Any], what: str) -> bytes:
         try:
@@ -216,11 +181,5 @@ class OpenAICompatProvider:
             ) from None
         return data
 
-    def _transport_error(self, exc: BaseException) -> BrokerError:
-        return transport_error(self.name, self._base_url, exc)
-
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.aclose()
-        if self._session is not None:
-            await self._session.close()
+        await self._upstream.aclose()
