@@ -30,7 +30,8 @@ H_TENANT = "Pb-Tenant"
 H_TEAM = "Pb-Team"  # the admitted key's team, when it has one
 H_END_USER = "Pb-End-User"  # the end user the request named (its `user`), when it did
 H_TOKEN_ESTIMATE = "Pb-Token-Estimate"  # tokens charged at admission, corrected after
-H_METERED = "Pb-Metered"  # "1": a budget or quota applies, record usage before replying
+H_METERED = "Pb-Metered"  # "1": a budget or quota applies, record usage before replying;
+# "2": one applies, but every one had room: usage goes with the next batch (0.2 s)
 H_HOLD = "Pb-Hold"  # "<nano-USD> <tokens>": held of its budgets and quota, released after
 H_ADMISSION = "Pb-Admission"  # HMAC by the admitting process: "already checked"
 H_CUSTOM_ID = "Pb-Custom-Id"  # the caller's tag for the request, echoed on its replies
@@ -154,6 +155,13 @@ class Tenancy(Struct, frozen=True):
     hold_tokens: int = 0  # tokens held of the tenant's quota
     team: str = ""  # the key's team ("" none)
     user: str = ""  # the end user (schemas.tenancy.end_user_id), "" none
+    # Metered, but every budget and quota had half its limit free at admission: the
+    # worker records its usage and releases its holds with the next batch (0.2 s).
+    settle_later: bool = False
+
+    def metered_value(self) -> str:
+        """``Pb-Metered``: "0" not metered, "1" settled before the reply, "2" later."""
+        return ("2" if self.settle_later else "1") if self.metered else "0"
 
     def signed_part(
         self, request_id: str, reply_to: str | None, deadline_ms: int | None, body: bytes
@@ -163,7 +171,7 @@ class Tenancy(Struct, frozen=True):
         vouch for no other (another body, another reply subject, after its deadline)."""
         digest = hashlib.sha256(body).hexdigest()[:32]
         return (
-            f"{request_id}|{self.key_id}|{self.tenant}|{self.estimate}|{int(self.metered)}"
+            f"{request_id}|{self.key_id}|{self.tenant}|{self.estimate}|{self.metered_value()}"
             f"|{self.hold_cost}|{self.hold_tokens}|{self.team}|{self.user}"
             f"|{reply_to or ''}|{deadline_ms or ''}|{digest}"
         )
@@ -173,7 +181,7 @@ class Tenancy(Struct, frozen=True):
             H_KEY_ID: self.key_id,
             H_TENANT: self.tenant,
             H_TOKEN_ESTIMATE: str(self.estimate),
-            H_METERED: "1" if self.metered else "0",
+            H_METERED: self.metered_value(),
             H_ADMISSION: self.signature,
         }
         if self.hold_cost or self.hold_tokens:
@@ -191,6 +199,7 @@ class Tenancy(Struct, frozen=True):
         except ValueError:
             estimate = 0
         hold_cost = hold_tokens = 0
+        metered = headers.get(H_METERED)
         with contextlib.suppress(ValueError):  # a forged one fails the signature anyway
             cost, _, tokens = (headers.get(H_HOLD) or "0 0").partition(" ")
             hold_cost, hold_tokens = max(0, int(cost)), max(0, int(tokens))
@@ -198,12 +207,13 @@ class Tenancy(Struct, frozen=True):
             key_id=headers.get(H_KEY_ID, ""),
             tenant=headers.get(H_TENANT, ""),
             estimate=estimate,
-            metered=headers.get(H_METERED) == "1",
+            metered=metered in ("1", "2"),
             signature=headers.get(H_ADMISSION, ""),
             hold_cost=hold_cost,
             hold_tokens=hold_tokens,
             team=headers.get(H_TEAM, ""),
             user=headers.get(H_END_USER, ""),
+            settle_later=metered == "2",
         )
 
 

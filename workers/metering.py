@@ -92,7 +92,8 @@ class Accounting:
         self, meta: RequestMeta, model: str, deployment: str, usage: Usage, cost_usd: float
     ) -> None:
         """Record the usage: before the reply leaves when a budget or quota depends on it
-        (the caller's next request must see it), batched otherwise."""
+        and was short of room at admission (the caller's next request must see it),
+        batched otherwise."""
         tenancy = meta.tenancy or _ANONYMOUS
         record: dict[str, Any] = {
             "tenant": tenancy.tenant,
@@ -106,11 +107,15 @@ class Accounting:
             "team": tenancy.team,
             "user": tenancy.user,
         }
-        if tenancy.metered:
+        if tenancy.metered and not tenancy.settle_later:
             released = self.admission.released(tenancy, record["at"])
             await self.recorder.record_now(released, **record)
         else:
+            # Unmetered, or every budget had room at admission: with the next batch, the
+            # cost before the holds' release (broker/tenancy/holds.py: never under-counts).
             self.recorder.add(**record)
+            if tenancy.metered:
+                self.recorder.release(self.admission.released(tenancy, record["at"]))
         if tenancy.key_id != ANONYMOUS_KEY and usage.total_tokens != tenancy.estimate:
             self.admission.settle(tenancy, usage.total_tokens)
 

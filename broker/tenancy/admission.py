@@ -428,21 +428,26 @@ class Admission:
             return Grant(Tenancy(key.id, tenant.name, estimate, team=team, user=user), decisions)
         tokens = estimate + (OUTPUT_HOLD if output is None else output)
         cost = self._cost_hold(model, estimate, tokens - estimate)
-        tenancy = Tenancy(
-            key.id,
-            tenant.name,
-            estimate,
-            True,
-            hold_cost=cost,
-            hold_tokens=tokens,
-            team=team,
-            user=user,
-        )
+        holds = self.holds
+
+        def metered() -> Tenancy:
+            return Tenancy(
+                key.id,
+                tenant.name,
+                estimate,
+                True,
+                hold_cost=cost,
+                hold_tokens=tokens,
+                team=team,
+                user=user,
+                settle_later=all(holds.roomy(s.pool) for s in spendings),
+            )
+
         # Most requests are decided from this process's leases alone, synchronously.
-        if self.holds.reserve_leased([(s.pool, _amount(s, cost, tokens)) for s in spendings]):
+        if holds.reserve_leased([(s.pool, _amount(s, cost, tokens)) for s in spendings]):
             leased = self.limiter.take_leased(wanted)
             if leased is not None:
-                return Grant(tenancy, leased)
+                return Grant(metered(), leased)
             self._give_back(spendings, cost, tokens)
         # Holds and rate-limit takes run concurrently (from memory, or one round trip
         # in all); either is given back if the other refuses the request.
@@ -458,7 +463,7 @@ class Admission:
         if isinstance(taken, BaseException):
             self._give_back(spendings, cost, tokens)
             raise taken
-        return Grant(tenancy, taken)
+        return Grant(metered(), taken)
 
     def levels(self, key_id: str, tenant_name: str, user: str = "") -> list[Level]:
         key = self.keys.key(key_id)

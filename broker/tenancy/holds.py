@@ -6,8 +6,11 @@ workers) and what is held (``usage.h...``): reserved by admissions whose request
 not been settled yet, and leased by processes. A request is admitted while spent + held,
 without its own hold, is below the limit, as a budget always was ("not spent yet"); its
 hold is its estimate (prompt tokens plus its output limit, at the model's dearest price).
-The worker that answers it records the real cost and releases the hold in one publish,
-before the reply leaves, so the caller's next request sees both.
+The worker that answers it records the real cost and releases the hold in one group of
+publishes, the cost first: before the reply leaves, so the caller's next request sees
+both, or, when every pool the request counts against had half its limit free at
+admission (``roomy``, signed into its tenancy), with the next usage batch (0.2 s): the
+hold then errs by refusing for that long, and only where half the limit is still free.
 
 Counters add atomically on the server (``Nats-Incr`` answers with the new total), so
 reservations of any number of processes never conflict and never over-admit: 200
@@ -63,6 +66,12 @@ class Holds(Leasing):
         self._leases: dict[str, Lease] = {}  # held subject -> this process's lease
         self._room: dict[str, int] = {}  # held subject -> room left at the last renewal
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def roomy(self, pool: Pool) -> bool:
+        """Did the pool have half its limit free at this process's last renewal? Then a
+        request's holds may stay a batch interval longer (usage settled later) without
+        refusing anyone: what is left is at least as much as was already free."""
+        return 2 * self._room.get(pool.held, 0) >= pool.limit
 
     def leased(self, pool: Pool) -> int:
         lease = self._leases.get(pool.held)

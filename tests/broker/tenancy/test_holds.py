@@ -104,3 +104,23 @@ async def test_a_leased_reservation_is_all_or_nothing(
     assert one.leased(roomy) == leased - 10
     assert not one.reserve_leased([(roomy, leased)])  # more than is left
     assert one.leased(roomy) == leased - 10
+
+
+async def test_a_pool_is_roomy_while_half_its_limit_was_free_at_the_last_renewal(
+    shared: tuple[NATS, str, Holds, Holds],
+) -> None:
+    """What decides whether a worker may settle a request with the next usage batch:
+    unknown pools and pools past half their limit are not roomy; a pool with plenty
+    left is, and stops being so once another process takes most of it."""
+    _, stream, one, two = shared
+    pool = Pool(f"{stream}.spent", f"{stream}.held", limit=10_000, unit="cost")
+    assert not one.roomy(pool)  # never renewed here: nothing is known
+    assert (await one.reserve(pool, 100)).allowed
+    assert one.roomy(pool)
+    assert (await two.reserve(pool, 6_000)).allowed  # the other process takes most
+    await one.flush(everything=True)  # one's lease goes back; its next take renews
+    assert (await one.reserve(pool, 100)).allowed
+    assert not one.roomy(pool)
+    tight = Pool(f"{stream}.spent2", f"{stream}.held2", limit=1_000, unit="cost")
+    assert (await one.reserve(tight, 600)).allowed  # one request takes most of it
+    assert not one.roomy(tight)

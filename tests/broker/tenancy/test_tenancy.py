@@ -365,10 +365,33 @@ async def test_a_hot_metered_key_is_never_refused_below_its_limits(tenancy: Tena
     assert [r.status_code for r in responses] == [200] * 300, {r.text for r in responses}
 
 
-def key_id(tenancy: Tenancy, secret: str) -> str:
-    keys = tenancy.admin("GET", "/admin/keys", params={"tenant": "crowd"}).json()["data"]
+def key_id(tenancy: Tenancy, secret: str, tenant: str = "crowd") -> str:
+    keys = tenancy.admin("GET", "/admin/keys", params={"tenant": tenant}).json()["data"]
     (record,) = keys
     return str(record["id"])
+
+
+async def test_a_budget_with_room_is_settled_with_the_next_batch_and_still_exact(
+    tenancy: Tenancy,
+) -> None:
+    """A budget with far more room than a request holds: its requests are settled with
+    the usage batch (the reply does not wait for the counters). Each is still billed
+    once, and every hold is released afterwards."""
+    key = tenancy.create_key(tenant="roomy", budgets=[{"max_usd": 100_000, "period": "daily"}])
+    answers = [tenancy.chat(key) for _ in range(12)]  # the first renews; the rest leased
+    assert [r.status_code for r in answers] == [200] * 12, answers[-1].text
+    for _ in range(50):
+        report = tenancy.admin("GET", "/admin/usage", params={"tenant": "roomy"}).json()
+        if report["cost_usd"] >= 7.0 * 12:
+            break
+        await asyncio.sleep(0.1)
+    assert report["cost_usd"] == pytest.approx(7.0 * 12)  # each one $7, once
+    ident = key_id(tenancy, key, tenant="roomy")
+    for _ in range(30):  # released with the usage batch; the idle lease within 0.5 s
+        if await _held(tenancy, "key", ident) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await _held(tenancy, "key", ident) == 0
 
 
 def test_streams_are_metered_even_when_the_caller_skips_usage(tenancy: Tenancy) -> None:
