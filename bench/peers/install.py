@@ -60,6 +60,21 @@ def portkey() -> Path | str:
     return script
 
 
+ECHO_MODULE = Path("/usr/share/nginx/modules/ngx_http_echo_module.so")
+
+
+def nginx_echo_module() -> Path | None:
+    """nginx's echo module (``echo_sleep``: an upstream that answers after a delay),
+    installed from Debian's packages if missing and this user may; None otherwise."""
+    if ECHO_MODULE.exists():
+        return ECHO_MODULE
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    ROOT.mkdir(parents=True, exist_ok=True)
+    _run(["apt-get", "install", "-y", "-q", "libnginx-mod-http-echo"], ROOT / "apt.log")
+    return ECHO_MODULE if ECHO_MODULE.exists() else None
+
+
 def debian_tool(name: str) -> str | None:
     """``name`` (wrk, nginx) on the PATH, installed from Debian's packages if missing and
     this user may; None when it cannot be had."""

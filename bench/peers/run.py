@@ -127,16 +127,23 @@ def _pid(proc: Proc) -> int:
 
 
 @contextlib.contextmanager
-def upstream(work: Path) -> Iterator[tuple[str, list[int], str]]:
-    """The fixed-response upstream's base URL (``.../v1``), its pids, and what it is."""
+def upstream(work: Path, latency_ms: int = 0) -> Iterator[tuple[str, list[int], str]]:
+    """The fixed-response upstream's base URL (``.../v1``), its pids, and what it is.
+    With ``latency_ms``, it answers after that long (nginx's ``echo_sleep``, a timer: a
+    provider-bound load that costs the upstream no CPU while it waits)."""
     port = free_port()
     nginx = install.debian_tool("nginx")
+    echo = install.nginx_echo_module() if nginx is not None and latency_ms else None
     with _procs() as procs:
-        if nginx is not None:
+        if nginx is not None and (echo is not None or not latency_ms):
             conf = work / "nginx.conf"
             quoted = ANSWER.replace("'", "\\'")
+            answer = f"return 200 '{quoted}';"
+            if echo is not None:
+                answer = f"echo_sleep {latency_ms / 1000}; echo '{quoted}';"
             conf.write_text(
-                f"""worker_processes 1;
+                f"""{f"load_module {echo};" if echo is not None else ""}
+worker_processes 1;
 daemon off;
 error_log {work}/nginx-error.log;
 pid {work}/nginx.pid;
@@ -147,7 +154,7 @@ http {{
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
-    location / {{ default_type application/json; return 200 '{quoted}'; }}
+    location / {{ default_type application/json; {answer} }}
   }}
 }}
 """
@@ -155,8 +162,13 @@ http {{
             proc = Proc([nginx, "-c", str(conf), "-p", str(work)], work / "nginx.log")
             what = "nginx (1 worker, fixed chat.completion)"
         else:
-            proc = Proc([*PROMPTBUS, "mock-upstream", "--port", str(port)], work / "up.log")
-            what = "promptbus mock-upstream (nginx not installable here)"
+            latency = ["--latency-ms", str(latency_ms)]
+            proc = Proc(
+                [*PROMPTBUS, "mock-upstream", "--port", str(port), *latency], work / "up.log"
+            )
+            what = "promptbus mock-upstream (nginx or its echo module not installable here)"
+        if latency_ms:
+            what += f", answering after {latency_ms} ms"
         procs.append(proc)
         wait_port("127.0.0.1", port, proc)
         yield f"http://127.0.0.1:{port}/v1", [_pid(proc)], what
@@ -166,8 +178,8 @@ http {{
 
 
 @contextlib.contextmanager
-def promptbus(work: Path, upstream_url: str, metered: bool) -> Iterator[Target]:
-    """nats-server, one worker and one ingress, as separate processes."""
+def promptbus(work: Path, upstream_url: str, metered: bool, workers: int = 1) -> Iterator[Target]:
+    """nats-server, ``workers`` worker processes and one ingress, as separate processes."""
     with EmbeddedNats(work / "nats", log_file=work / "nats.log") as nats, _procs() as procs:
         port = free_port()
         config = work / "promptbus.yaml"
@@ -186,8 +198,11 @@ def promptbus(work: Path, upstream_url: str, metered: bool) -> Iterator[Target]:
                 }
             )
         )
-        worker = Proc([*PROMPTBUS, "worker", "-c", str(config)], work / "worker.log")
-        procs.append(worker)
+        started = [
+            Proc([*PROMPTBUS, "worker", "-c", str(config)], work / f"worker-{index}.log")
+            for index in range(workers)
+        ]
+        procs.extend(started)
         ingress = Proc(
             [*PROMPTBUS, "ingress", "-c", str(config), "--port", str(port)], work / "ingress.log"
         )
@@ -200,7 +215,7 @@ def promptbus(work: Path, upstream_url: str, metered: bool) -> Iterator[Target]:
             key = serve.run(_bench_key(load_config(config), nats.url))
             headers["authorization"] = f"Bearer {key}"
         server = nats.process
-        pids = [_pid(worker), _pid(ingress)] + ([server.pid] if server is not None else [])
+        pids = [*map(_pid, started), _pid(ingress)] + ([server.pid] if server is not None else [])
         yield Target(f"{base}/v1/chat/completions", pids, headers)
 
 
@@ -365,8 +380,8 @@ def _spread_ms(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def table(results: dict[str, list[Figures]], rates: list[float]) -> str:
-    head = ["system", "req/s c=64", "CPU µs/req", "non-2xx"]
+def table(results: dict[str, list[Figures]], rates: list[float], concurrency: int = 64) -> str:
+    head = ["system", f"req/s c={concurrency}", "CPU µs/req", "non-2xx"]
     head += [f"p50 / p99 ms @{rate:.0f}/s" for rate in rates]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, figures in results.items():
@@ -395,6 +410,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 400.0])
     parser.add_argument("--only", nargs="*", help="systems to run (default: all)")
+    parser.add_argument("--workers", type=int, default=1, help="promptbus worker processes")
+    parser.add_argument(
+        "--upstream-latency-ms",
+        type=int,
+        default=0,
+        help="the upstream answers after this long (50 with --concurrency 256: provider-bound)",
+    )
     args = parser.parse_args()
 
     litellm_command = install.litellm()
@@ -410,8 +432,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="promptbus-peers-"))
     systems: dict[str, Callable[[Path, str], contextlib.AbstractContextManager[Target]]] = {
         "upstream direct": lambda w, u: contextlib.nullcontext(Target(f"{u}/chat/completions", [])),
-        "promptbus": lambda w, u: promptbus(w, u, metered=False),
-        "promptbus, metered": lambda w, u: promptbus(w, u, metered=True),
+        "promptbus": lambda w, u: promptbus(w, u, metered=False, workers=args.workers),
+        "promptbus, metered": lambda w, u: promptbus(w, u, metered=True, workers=args.workers),
     }
     if not isinstance(litellm_command, str):
         systems[f"LiteLLM proxy {install.LITELLM_VERSION}"] = lambda w, u: litellm(
@@ -424,7 +446,7 @@ def main() -> None:
     if args.only:
         systems = {k: v for k, v in systems.items() if any(o in k for o in args.only)}
     results: dict[str, list[Figures]] = {name: [] for name in systems}
-    with upstream(work) as (upstream_url, upstream_pids, what):
+    with upstream(work, args.upstream_latency_ms) as (upstream_url, upstream_pids, what):
         for round_ in range(args.rounds):
             for name, start in systems.items():
                 slug = re.sub(r"\W+", "-", name)
@@ -453,7 +475,7 @@ def main() -> None:
         f"{'wrk' if install.debian_tool('wrk') else 'aiohttp'} at c={args.concurrency}, "
         "aiohttp paced (open loop) at the fixed rates; median (min-max)\n"
     )
-    print(table(results, args.rates))
+    print(table(results, args.rates, args.concurrency))
     for name, reason in skipped.items():
         print(f"\nskipped {name}: {reason}")
 
