@@ -30,6 +30,7 @@ from nats.js.errors import NotFoundError
 
 from broker.cache.answers import AnswerCache
 from broker.cache.exact import Cacheable, CachePolicy, chunks_from_completion
+from broker.nats.connection import close as close_connection
 from broker.nats.connection import connect
 from broker.nats.credentials import Login, Role, login_for, tenant_login
 from broker.nats.expiry import Expiry
@@ -322,7 +323,7 @@ class BrokerClient:
                 pending.cancel()
         self._pending.clear()
         if self._owns_connection:
-            await self.nc.drain()
+            await close_connection(self.nc)
 
     async def _reask_after_reconnects(self) -> None:
         """Replies are core NATS: one sent while our connection was being re-established

@@ -17,6 +17,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from broker.nats.acks import AckConfirmer
+from broker.nats.connection import close as close_connection
 from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
 from broker.nats.expiry import Expiry
@@ -342,4 +343,4 @@ class Worker:
             await self._accounting.admission.close()
         otel.shutdown()
         if self._nc is not None and self._owns_connection:
-            await self._nc.drain()
+            await close_connection(self._nc)

@@ -45,6 +45,7 @@ from broker.batches.store import (
     result_subject,
 )
 from broker.nats.block_publish import BlockPublisher, Message, PublishError
+from broker.nats.connection import close as close_connection
 from broker.nats.connection import connect
 from broker.nats.credentials import Role, login_for
 from broker.nats.lease import KVLease, new_owner
@@ -212,7 +213,7 @@ class Batcher:
             await self.admission.close()
         if self._nc is not None and self._owns_connection:
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await close_connection(self._nc)
 
 
 class BatchRun:

@@ -229,3 +229,15 @@ async def connect(url: str | list[str], name: str, login: Login | None = None) -
         **login.nats_options(),
     )
     return nc
+
+
+async def close(nc: NATS) -> None:
+    """Drain a connection, or close it when it cannot drain: nats-py refuses to drain one
+    that is reconnecting (``ConnectionReconnectingError``), which a process stopping
+    while its server is away must not turn into a crash. Closed already: nothing to do."""
+    if nc.is_closed or nc.is_draining:
+        return
+    if nc.is_connecting or nc.is_reconnecting:
+        await nc.close()
+        return
+    await nc.drain()
