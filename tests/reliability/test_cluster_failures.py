@@ -78,16 +78,19 @@ async def test_nats_node_kill_mid_batch(
 
     try:
         result = await run_batch(caller, n, "upstream-gpt", disrupt=kill)
+        calls = _upstream_calls(cluster) - calls_before
     finally:
-        await caller.close()
-    calls = _upstream_calls(cluster) - calls_before
+        try:
+            await caller.close()
+        finally:  # whatever failed, the next test gets its three nodes back
+            if cluster.nats.processes[leader] is None:  # killed
+                await asyncio.to_thread(cluster.nats.start_node, leader)
+            await asyncio.to_thread(cluster.nats.wait_ready)
     print(
         "\n"
         + result.line(f"nats-server n{leader} (stream leader, the caller's node) kill -9")
         + f", upstream calls {calls}"
     )
-    await asyncio.to_thread(cluster.nats.start_node, leader)
-    await asyncio.to_thread(cluster.nats.wait_ready)
     await wait_replicas_current(cluster_client.js)
     assert_all_answered_once(result, n)
     # Provider calls beyond one per request are the requests whose reply was lost while
