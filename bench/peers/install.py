@@ -66,12 +66,8 @@ ECHO_MODULE = Path("/usr/share/nginx/modules/ngx_http_echo_module.so")
 def nginx_echo_module() -> Path | None:
     """nginx's echo module (``echo_sleep``: an upstream that answers after a delay),
     installed from Debian's packages if missing and this user may; None otherwise."""
-    if ECHO_MODULE.exists():
-        return ECHO_MODULE
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None
-    ROOT.mkdir(parents=True, exist_ok=True)
-    _run(["apt-get", "install", "-y", "-q", "libnginx-mod-http-echo"], ROOT / "apt.log")
+    if not ECHO_MODULE.exists():
+        _apt_install("libnginx-mod-http-echo")
     return ECHO_MODULE if ECHO_MODULE.exists() else None
 
 
@@ -81,14 +77,19 @@ def debian_tool(name: str) -> str | None:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if found:
         return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None
-    ROOT.mkdir(parents=True, exist_ok=True)
-    log = ROOT / "apt.log"
-    env_ok = _run(["apt-get", "install", "-y", "-q", name], log) or (
-        _run(["apt-get", "update", "-q"], log)
-        and _run(["apt-get", "install", "-y", "-q", name], log)
-    )
-    if not env_ok:
+    if not _apt_install(name):
         return None
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+
+
+def _apt_install(package: str) -> bool:
+    """Install a Debian package (updating the lists once if the first try fails), when
+    this user may; False when it cannot."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+    ROOT.mkdir(parents=True, exist_ok=True)
+    log = ROOT / "apt.log"
+    return _run(["apt-get", "install", "-y", "-q", package], log) or (
+        _run(["apt-get", "update", "-q"], log)
+        and _run(["apt-get", "install", "-y", "-q", package], log)
+    )
