@@ -428,29 +428,48 @@ class Admission:
             return Grant(Tenancy(key.id, tenant.name, estimate, team=team, user=user), decisions)
         tokens = estimate + (OUTPUT_HOLD if output is None else output)
         cost = self._cost_hold(model, estimate, tokens - estimate)
-        holds = self.holds
-
-        def metered() -> Tenancy:
-            return Tenancy(
-                key.id,
-                tenant.name,
-                estimate,
-                True,
-                hold_cost=cost,
-                hold_tokens=tokens,
-                team=team,
-                user=user,
-                settle_later=all(holds.roomy(s.pool) for s in spendings),
-            )
-
         # Most requests are decided from this process's leases alone, synchronously.
-        if holds.reserve_leased([(s.pool, _amount(s, cost, tokens)) for s in spendings]):
-            leased = self.limiter.take_leased(wanted)
-            if leased is not None:
-                return Grant(metered(), leased)
+        taken = self._from_leases(spendings, wanted, cost, tokens)
+        if taken is None:
+            taken = await self._hold_and_take(spendings, wanted, cost, tokens, estimate)
+        tenancy = Tenancy(
+            key.id,
+            tenant.name,
+            estimate,
+            True,
+            hold_cost=cost,
+            hold_tokens=tokens,
+            team=team,
+            user=user,
+            settle_later=all(self.holds.roomy(s.pool) for s in spendings),
+        )
+        return Grant(tenancy, taken)
+
+    def _from_leases(
+        self,
+        spendings: list[Spending],
+        wanted: list[tuple[Bucket, int]],
+        cost: int,
+        tokens: int,
+    ) -> list[Decision] | None:
+        """Holds and rate-limit takes from this process's leases, or none of them (None)."""
+        if not self.holds.reserve_leased([(s.pool, _amount(s, cost, tokens)) for s in spendings]):
+            return None
+        leased = self.limiter.take_leased(wanted)
+        if leased is None:
             self._give_back(spendings, cost, tokens)
-        # Holds and rate-limit takes run concurrently (from memory, or one round trip
-        # in all); either is given back if the other refuses the request.
+        return leased
+
+    async def _hold_and_take(
+        self,
+        spendings: list[Spending],
+        wanted: list[tuple[Bucket, int]],
+        cost: int,
+        tokens: int,
+        estimate: int,
+    ) -> list[Decision]:
+        """Holds and rate-limit takes run concurrently (from memory, or one round trip
+        in all); either is given back if the other refuses the request."""
         held, taken = await asyncio.gather(
             self._reserve(spendings, cost, tokens),
             self._take(wanted),
@@ -463,7 +482,7 @@ class Admission:
         if isinstance(taken, BaseException):
             self._give_back(spendings, cost, tokens)
             raise taken
-        return Grant(metered(), taken)
+        return taken
 
     def levels(self, key_id: str, tenant_name: str, user: str = "") -> list[Level]:
         key = self.keys.key(key_id)
