@@ -14,6 +14,8 @@ Run: .venv/bin/python bench/core_vs_jetstream.py [--duration 5]
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +35,7 @@ from schemas.settings import load_config
 from tests.procs import Proc
 
 _ADMIN: dict[str, Any] = {}  # nats.connect keywords: the bench server's admin login
+_LOGIN_ENV = "PROMPTBUS_BENCH_LOGIN"  # the same, as JSON, for the responder process
 
 CORE_SUBJECT = "bench.core.mock"
 PAYLOAD = msgspec.json.encode(
@@ -47,7 +50,8 @@ async def responder(url: str) -> None:
     from schemas.chat import encoder, request_decoder
     from workers.mock import content as mock_content
 
-    nc = await nats.connect(url, **_ADMIN)
+    # The parent's admin login, handed over in the environment (this is another process).
+    nc = await nats.connect(url, **json.loads(os.environ[_LOGIN_ENV]))
 
     async def handle(msg: nats.aio.msg.Msg) -> None:
         request = request_decoder.decode(msg.data)
@@ -129,7 +133,9 @@ def main() -> None:
         )
         procs = [
             Proc(
-                [sys.executable, __file__, "--responder", nats_server.url], work / "responder.log"
+                [sys.executable, __file__, "--responder", nats_server.url],
+                work / "responder.log",
+                env={_LOGIN_ENV: json.dumps(_ADMIN)},
             ),
             Proc(
                 [
