@@ -46,6 +46,7 @@ PAYLOAD = msgspec.json.encode(
 async def responder(url: str) -> None:
     """A core NATS responder doing the worker's work: decode, mock answer, encode, reply."""
     import nats
+    from nats.aio.msg import Msg
 
     from schemas.chat import encoder, request_decoder
     from workers.mock import content as mock_content
@@ -53,7 +54,7 @@ async def responder(url: str) -> None:
     # The parent's admin login, handed over in the environment (this is another process).
     nc = await nats.connect(url, **json.loads(os.environ[_LOGIN_ENV]))
 
-    async def handle(msg: nats.aio.msg.Msg) -> None:
+    async def handle(msg: Msg) -> None:
         request = request_decoder.decode(msg.data)
         await msg.respond(encoder.encode(mock_content.completion(request, "bench-mock")))
 
