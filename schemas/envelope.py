@@ -8,7 +8,6 @@ headers so that a client in any language can speak the contract (see docs/subjec
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import time
@@ -166,14 +165,14 @@ class Tenancy(Struct, frozen=True):
     def signed_part(
         self, request_id: str, reply_to: str | None, deadline_ms: int | None, body: bytes
     ) -> str:
-        """What the admission signature covers: who, and this very request (its body, where
-        its replies go, until when it may run), so that headers sniffed from one request
+        """What the admission signature covers besides the body, which follows it into the
+        MAC (``KeyStore.sign``): who, and this very request (its body's length, where its
+        replies go, until when it may run), so that headers sniffed from one request
         vouch for no other (another body, another reply subject, after its deadline)."""
-        digest = hashlib.sha256(body).hexdigest()[:32]
         return (
             f"{request_id}|{self.key_id}|{self.tenant}|{self.estimate}|{self.metered_value()}"
             f"|{self.hold_cost}|{self.hold_tokens}|{self.team}|{self.user}"
-            f"|{reply_to or ''}|{deadline_ms or ''}|{digest}"
+            f"|{reply_to or ''}|{deadline_ms or ''}|{len(body)}|"
         )
 
     def to_headers(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ Every check runs from memory on the request path: rate limits from leases of the
 buckets (ratelimit.py), budgets and quotas from leased holds (holds.py); each goes to
 NATS only to renew its lease, once per many requests.
 
-An admitted request carries a ``Tenancy`` signed with an HMAC whose key every broker
+An admitted request carries a ``Tenancy`` signed with a MAC whose key every broker
 process reads from the keys bucket, so a worker does not check it twice.
 """
 

@@ -75,7 +75,7 @@ class KeyStore:
         await self._follower.stop()
 
     async def _shared_secret(self) -> bytes:
-        """The HMAC key with which ingresses vouch for requests they admitted: made once
+        """The MAC key with which ingresses vouch for requests they admitted: made once
         by whichever process comes first, then read by all."""
         try:
             await self._kv.create(_SECRET_ENTRY, secrets.token_bytes(32))
@@ -143,18 +143,24 @@ class KeyStore:
     def key(self, key_id: str) -> KeyRecord | None:
         return self._by_id.get(key_id)
 
-    def sign(self, message: str) -> str:
-        return hmac.new(self.admission_secret, message.encode(), hashlib.sha256).hexdigest()[:32]
+    def sign(self, part: str, body: bytes) -> str:
+        """The admission MAC over a request: keyed BLAKE2b (RFC 7693's keyed mode is a
+        MAC by design) over its signed part and then its body, 128 bits in hex. One
+        pass in C; HMAC-SHA256 over a SHA-256 of the body cost ~14 µs a metered
+        request on each side, the ingress signing and the worker verifying."""
+        mac = hashlib.blake2b(part.encode(), key=self.admission_secret, digest_size=16)
+        mac.update(body)
+        return mac.hexdigest()
 
-    def verify(self, message: str, signature: str) -> bool:
-        return hmac.compare_digest(self.sign(message), signature)
+    def verify(self, part: str, body: bytes, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(part, body), signature)
 
     def sign_tenancy(
         self, request_id: str, tenancy: Tenancy, reply_to: str | None, deadline_ms: int, body: bytes
     ) -> Tenancy:
         """The tenancy with its signature over this request: what a worker verifies
         instead of admitting the request again (``verify_tenancy``)."""
-        signature = self.sign(tenancy.signed_part(request_id, reply_to, deadline_ms, body))
+        signature = self.sign(tenancy.signed_part(request_id, reply_to, deadline_ms, body), body)
         return msgspec.structs.replace(tenancy, signature=signature)
 
     def verify_tenancy(self, meta: RequestMeta, body: bytes) -> bool:
@@ -164,7 +170,7 @@ class KeyStore:
         if tenancy is None or meta.deadline_ms is None:
             return False
         signed = tenancy.signed_part(meta.request_id, meta.reply_to, meta.deadline_ms, body)
-        return self.verify(signed, tenancy.signature)
+        return self.verify(signed, body, tenancy.signature)
 
     def vouch(self, meta: RequestMeta, body: bytes) -> RequestMeta:
         """The meta with its tenancy signed for this body (``BrokerClient.vouch``)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -222,7 +221,9 @@ async def test_sniffed_admission_vouches_for_no_other_request(
     def signed(request_id: str, reply: str, deadline_ms: int, body: bytes) -> dict[str, str]:
         owner = Tenancy_(key_id="key_000000000000", tenant="svc-a")
         part = owner.signed_part(request_id, reply, deadline_ms, body)
-        signature = hmac.new(secret, part.encode(), hashlib.sha256).hexdigest()[:32]
+        mac = hashlib.blake2b(part.encode(), key=secret, digest_size=16)
+        mac.update(body)
+        signature = mac.hexdigest()
         return msgspec.structs.replace(owner, signature=signature).to_headers()
 
     async def send(body: bytes, deadline_ms: int, signed_body: bytes) -> str:
@@ -246,4 +247,7 @@ async def test_sniffed_admission_vouches_for_no_other_request(
     assert await send(body, later, body) == "200"  # as signed: vouched for
     other = json.dumps({**REQUEST, "model": "other-model", "max_tokens": 999}).encode()
     assert await send(other, later, body) == "401"  # another body
+    same_size = body.replace(b"on the bus", b"on the BUS")
+    assert len(same_size) == len(body)
+    assert await send(same_size, later, body) == "401"  # another body of the same length
     assert await send(body, int(time.time() * 1000) - 1, body) in ("401", "504")  # expired
