@@ -170,7 +170,25 @@ class KeyStore:
         if tenancy is None or meta.deadline_ms is None:
             return False
         signed = tenancy.signed_part(meta.request_id, meta.reply_to, meta.deadline_ms, body)
-        return self.verify(signed, body, tenancy.signature)
+        if self.verify(signed, body, tenancy.signature):
+            return True
+        return self._verify_hmac(meta, body)
+
+    def _verify_hmac(self, meta: RequestMeta, body: bytes) -> bool:
+        """The signature of the release before keyed BLAKE2b (HMAC-SHA256 over a SHA-256
+        of the body), so that workers upgraded first still take what older ingresses
+        admitted (docs/operations.md, "Upgrading"). Only a request that failed the
+        current MAC pays it. Drop it one release on."""
+        tenancy, deadline_ms = meta.tenancy, meta.deadline_ms
+        assert tenancy is not None and deadline_ms is not None
+        part = (
+            f"{meta.request_id}|{tenancy.key_id}|{tenancy.tenant}|{tenancy.estimate}"
+            f"|{tenancy.metered_value()}|{tenancy.hold_cost}|{tenancy.hold_tokens}"
+            f"|{tenancy.team}|{tenancy.user}|{meta.reply_to or ''}|{deadline_ms}"
+            f"|{hashlib.sha256(body).hexdigest()[:32]}"
+        )
+        expected = hmac.new(self.admission_secret, part.encode(), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected[:32], tenancy.signature)
 
     def vouch(self, meta: RequestMeta, body: bytes) -> RequestMeta:
         """The meta with its tenancy signed for this body (``BrokerClient.vouch``)."""
