@@ -264,9 +264,8 @@ class DeploymentPool:
         key = id(msg)
         self._working[key] = (msg, time.monotonic())
         self._answered.start(identity)
-        task = asyncio.current_task()
         cancellable = lane is Lane.INTERACTIVE  # batch lines share one reply subject
-        if cancellable and task is not None:
+        if cancellable and (task := asyncio.current_task()) is not None:
             self._by_reply[meta.reply_to] = task
         self._m_inflight.inc()
         settled = True
