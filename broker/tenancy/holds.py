@@ -27,6 +27,7 @@ lease stays held until the period ends: that errs by refusing, never by admittin
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ from nats.js import JetStreamContext
 
 from broker.tenancy.leases import Lease, Leasing
 from broker.tenancy.usage import counter_value, read_counter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class Holds(Leasing):
         self._leases: dict[str, Lease] = {}  # held subject -> this process's lease
         self._room: dict[str, int] = {}  # held subject -> room left at the last renewal
         self._locks: dict[str, asyncio.Lock] = {}
+        self._topping: dict[str, asyncio.Future[None]] = {}  # held subject -> top-up
 
     def roomy(self, pool: Pool) -> bool:
         """Did the pool have half its limit free at this process's last renewal? Then a
@@ -79,18 +83,55 @@ class Holds(Leasing):
 
     def reserve_leased(self, wanted: list[tuple[Pool, int]]) -> bool:
         """Hold every amount from this process's leases, or none (False): the common case
-        decided without a task or a lock."""
+        decided without a task or a lock. A lease down to half of what it was last
+        given is topped up in the background (``_top_up``), so that under load the
+        requests that follow do not find it empty and queue behind its renewal."""
         leases = self._leases
         for pool, amount in wanted:
             lease = leases.get(pool.held)
             if lease is None or lease.units < amount:
                 return False
         for index, (pool, amount) in enumerate(wanted):
-            if not leases[pool.held].spend(amount):  # a pool named twice
+            lease = leases[pool.held]
+            if not lease.spend(amount):  # a pool named twice
                 for earlier, spent in wanted[:index]:
                     self.give_back(earlier, spent)
                 return False
+            if 2 * lease.units < lease.granted and pool.held not in self._topping:
+                self._topping[pool.held] = asyncio.ensure_future(self._top_up(pool, amount))
         return True
+
+    async def _top_up(self, pool: Pool, amount: int) -> None:
+        """Add a slice to a lease still in use, while it still admits: one increment,
+        of which only what fits under the limit is kept (the rest goes back at once).
+        Near the limit a lease gets no slice, and requests are decided exactly."""
+        try:
+            lock = self._locks.setdefault(pool.held, asyncio.Lock())
+            async with lock:
+                lease = self._leases[pool.held]
+                if 2 * lease.units >= lease.granted:
+                    return  # renewed meanwhile
+                lease.renew()
+                extra = lease.slice(amount, self._room.get(pool.held, 0))
+                if extra <= 0:
+                    return
+                held, spent = await asyncio.gather(self._add(pool.held, extra), self._spent(pool))
+                room = pool.limit - (spent + held - extra)  # what was left before the slice
+                kept = max(0, min(extra, room))
+                if kept < extra:
+                    await self._add(pool.held, kept - extra)
+                lease.units += kept
+                lease.granted = lease.units
+                self._room[pool.held] = max(0, room - kept)
+        except Exception as exc:  # NATS away: the next request renews the lease itself
+            log.debug("hold lease %s not topped up: %s", pool.held, exc)
+        finally:
+            self._topping.pop(pool.held, None)
+
+    async def stop(self) -> None:
+        """Let top-ups under way land in their leases first, then give everything back."""
+        await asyncio.gather(*self._topping.values(), return_exceptions=True)
+        await super().stop()
 
     async def reserve(self, pool: Pool, amount: int) -> Reserved:
         """Hold ``amount`` of the pool for one request, if spent + held is below the
@@ -126,7 +167,7 @@ class Holds(Leasing):
         kept = max(0, min(extra, room))
         if kept < extra:  # someone took the room meanwhile: keep only what fits
             await self._add(pool.held, kept - extra)
-        lease.units = kept
+        lease.units = lease.granted = kept
         self._room[pool.held] = max(0, room - kept)
         return Reserved(True, spent, before - spent)
 

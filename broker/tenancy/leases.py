@@ -44,6 +44,7 @@ class Lease:
 
     units: int = 0
     size: int = 0  # what the next renewal asks for beyond the requests at hand
+    granted: int = 0  # units at the last renewal (a lease at half of it is topped up)
     renewed_at: float = 0.0  # monotonic
     used_at: float = 0.0  # monotonic
 

@@ -124,3 +124,53 @@ async def test_a_pool_is_roomy_while_half_its_limit_was_free_at_the_last_renewal
     tight = Pool(f"{stream}.spent2", f"{stream}.held2", limit=1_000, unit="cost")
     assert (await one.reserve(tight, 600)).allowed  # one request takes most of it
     assert not one.roomy(tight)
+
+
+async def _admit(holds: Holds, pool: Pool, amount: int) -> tuple[bool, bool]:
+    """As admission does: from the lease if it can, else the renewal. (admitted, missed)"""
+    if holds.reserve_leased([(pool, amount)]):
+        return True, False
+    return (await holds.reserve(pool, amount)).allowed, True
+
+
+async def test_a_lease_in_use_is_topped_up_before_it_runs_out(
+    shared: tuple[NATS, str, Holds, Holds],
+) -> None:
+    """A lease spent down to half is topped up in the background while it still admits,
+    so a steady stream of requests finds it empty only while it first grows."""
+    nc, stream, one, _ = shared
+    pool = Pool(f"{stream}.spent5", f"{stream}.held5", limit=10**12, unit="cost")
+    missed = []
+    for _ in range(2000):
+        admitted, miss = await _admit(one, pool, 10)
+        assert admitted
+        missed.append(miss)
+        await asyncio.sleep(0.0005)
+    assert sum(missed[1000:]) == 0, sum(missed)  # none once it has grown
+    await asyncio.gather(*one._topping.values())
+    assert await _counter(nc, stream, pool.held) == 2000 * 10 + one.leased(pool)
+    await one.flush(everything=True)
+    assert await _counter(nc, stream, pool.held) == 2000 * 10
+
+
+async def test_top_ups_never_hold_more_than_the_limit(
+    shared: tuple[NATS, str, Holds, Holds],
+) -> None:
+    """Two processes admitting from topped-up leases until the pool is spent: what they
+    admitted and what their leases still hold add up to the counter, never above it."""
+    nc, stream, one, two = shared
+    pool = Pool(f"{stream}.spent6", f"{stream}.held6", limit=200_000, unit="cost")
+
+    async def run(holds: Holds) -> int:
+        admitted = 0
+        while (await _admit(holds, pool, 10))[0]:
+            admitted += 1
+            await asyncio.sleep(0)
+        return admitted
+
+    counts = await asyncio.gather(run(one), run(two))
+    await asyncio.gather(*one._topping.values(), *two._topping.values())
+    held = await _counter(nc, stream, pool.held)
+    assert held <= pool.limit
+    assert sum(counts) * 10 + one.leased(pool) + two.leased(pool) == held
+    assert sum(counts) * 10 > pool.limit - 2 * 640 * 10  # near the limit only exact writes
