@@ -23,6 +23,7 @@ Three things keep a hot key off the shared entry (broker/tenancy/leases.py):
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import struct
@@ -34,6 +35,8 @@ from nats.js.kv import KeyValue
 
 from broker.tenancy.leases import Lease, Leasing
 from schemas.errors import BrokerError, Unavailable
+
+log = logging.getLogger(__name__)
 
 _TRIES = 64  # conflicting writes before giving up (each loser re-reads; someone won)
 
@@ -107,6 +110,7 @@ class RateLimiter(Leasing):
         self._locks: dict[str, asyncio.Lock] = {}  # key -> one write in flight at a time
         self._waiting: dict[str, list[tuple[int, asyncio.Future[Decision]]]] = {}
         self._held: dict[str, _Held] = {}
+        self._topping: dict[str, asyncio.Future[None]] = {}  # key -> top-up under way
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -189,7 +193,7 @@ class RateLimiter(Leasing):
             raise
 
     async def _decide_and_write(
-        self, held: _Held, costs: list[int], carried: int
+        self, held: _Held, costs: list[int], carried: int, typical: int = 1
     ) -> list[Decision]:
         bucket, lease = held.bucket, held.lease
         key, interval = bucket.key, bucket.interval
@@ -197,7 +201,7 @@ class RateLimiter(Leasing):
         fresh = state is None
         if state is None:
             state = await self._read(key)
-        typical = max(costs)
+        typical = max(costs, default=typical)
         lease.renew()
         for attempt in range(_TRIES):
             tat, revision = state
@@ -225,6 +229,7 @@ class RateLimiter(Leasing):
                     new_tat = max(new_tat, now) + extra * interval
                 if new_tat == tat or await self._write(key, new_tat, revision):
                     lease.units += extra
+                    lease.granted = max(lease.units, 0)
                     held.tat, held.leasing = new_tat, extra > 0
                     return decisions
             if attempt >= 8:  # many processes on one entry: spread the retries out
@@ -299,7 +304,30 @@ class RateLimiter(Leasing):
                     earlier.lease.units += spent
                 return None
         now = time.time()
+        for held, (bucket, cost) in zip(helds, wanted, strict=True):
+            lease = held.lease
+            if 2 * lease.units < lease.granted and bucket.key not in self._topping:
+                self._topping[bucket.key] = asyncio.ensure_future(self._top_up(held, cost))
         return [held.decide(now) for held in helds]
+
+    async def _top_up(self, held: _Held, typical: int) -> None:
+        """Add a slice to a lease still in use (spent down to half of what it was given,
+        or in debt), while it still admits: one write, like a take of nothing. A debt is
+        paid from the slice. Near the limit there is no slice (exact writes)."""
+        key = held.bucket.key
+        try:
+            async with self._lock(key):
+                if self._held.get(key) is held and 2 * held.lease.units < held.lease.granted:
+                    await self._decide_and_write(held, [], 0, typical)
+        except Exception as exc:  # NATS away, or contention: the next take writes itself
+            log.debug("rate-limit lease %s not topped up: %s", key, exc)
+        finally:
+            self._topping.pop(key, None)
+
+    async def stop(self) -> None:
+        """Let top-ups under way land in their leases first, then give everything back."""
+        await asyncio.gather(*self._topping.values(), return_exceptions=True)
+        await super().stop()
 
     async def take_all(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
         """Take from every bucket or from none: on a refusal the others are refunded.

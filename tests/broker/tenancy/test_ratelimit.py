@@ -93,7 +93,8 @@ async def test_a_hot_key_is_admitted_from_its_lease_without_io(
     monkeypatch.setattr(one, "_write", counted)
     for _ in range(2000):
         assert (await one.take(bucket, 1)).allowed
-    assert writes <= 12  # 1 + 1 + 2 + 4 ... : log2(2000) renewals
+    await asyncio.gather(*one._topping.values())
+    assert writes <= 15  # 1 + 1 + 2 + 4 ... : log2(2000) renewals, some topped up at half
     await one.flush(everything=True)  # the unused rest goes back
     assert one.leased(bucket) == 0
     remaining = (await two.take(bucket, 1)).remaining
@@ -166,3 +167,25 @@ def test_periods_and_their_ends() -> None:
     assert period_end("monthly", at) == new_year
     assert period_end("weekly", at) == datetime(2027, 1, 4, tzinfo=UTC).timestamp()  # Monday
     assert period_end("never", at) is None
+
+
+async def test_a_lease_in_use_is_topped_up_before_it_runs_out(
+    limiter: tuple[RateLimiter, RateLimiter],
+) -> None:
+    """A lease spent down to half is topped up in the background while it still admits:
+    a steady stream of takes finds it empty only while it first grows, and the shared
+    bucket still sees every unit."""
+    one, two = limiter
+    bucket = Bucket("steady.rpm", "requests", limit=60, burst=1_000_000)
+    missed = []
+    for _ in range(2000):
+        leased = one.take_leased([(bucket, 1)])
+        missed.append(leased is None)
+        if leased is None:
+            assert (await one.take(bucket, 1)).allowed
+        await asyncio.sleep(0.0005)
+    assert sum(missed[1000:]) == 0, sum(missed)  # none once it has grown
+    await asyncio.gather(*one._topping.values())
+    await one.flush(everything=True)
+    remaining = (await two.take(bucket, 1)).remaining
+    assert 1_000_000 - 2001 <= remaining <= 1_000_000 - 2001 + 5  # + what refilled
