@@ -426,7 +426,7 @@ class DeploymentPool:
                     if job.turn is not None:
                         body = job.turn.body(body)
                     body = self._stamp(body, meta)
-                    await self._last_reply(job, body, self._ok_headers(meta))
+                    await self._reply(meta, body, self._ok_headers(meta))
                     self._served(job)
         except BrokerError as exc:
             context = isinstance(exc, ContextLengthExceeded)
@@ -622,7 +622,7 @@ class DeploymentPool:
                 await self._error(job, exc)
                 return usage
         await self._account(job, usage)
-        await self._last_reply(job, b"", self._ok_headers(meta, kind=self._end))
+        await self._reply(meta, b"", self._ok_headers(meta, kind=self._end))
         self._served(job)
         return usage
 
@@ -694,7 +694,7 @@ class DeploymentPool:
         await self._account(job, usage)
         model = job.transforms.response_model if job.transforms is not None else None
         body = self._stamp(embedding_reply.reply_body(result, request, model), meta)
-        await self._last_reply(job, body, self._ok_headers(meta))
+        await self._reply(meta, body, self._ok_headers(meta))
         self._served(job)
         return usage
 
@@ -737,19 +737,6 @@ class DeploymentPool:
     async def _reply(self, meta: RequestMeta, body: bytes, headers: dict[str, str]) -> None:
         await publish_reply(self._nc, meta, body, headers, self._max_reply_bytes)
 
-    async def _last_reply(self, job: Job, body: bytes, headers: dict[str, str]) -> None:
-        """The reply that ends a request, on the wire before the bookkeeping after it.
-
-        nats-py writes what was published when the publishing task next yields, and a
-        served request's task first ran its metrics, usage and the ack it then waits
-        on: ~0.2 ms of the caller's latency at 400 req/s (bench/overhead.py). Yielding
-        once lets the flusher send the reply now; under load it still carries every
-        other reply published in the same turn. A batch line's result has nobody
-        waiting on it and goes out with its ack, as before."""
-        await self._reply(job.meta, body, headers)
-        if job.lane is Lane.INTERACTIVE:
-            await asyncio.sleep(0)
-
     async def _replies(
         self, meta: RequestMeta, bodies: list[bytes], headers: dict[str, str]
     ) -> None:
@@ -769,8 +756,6 @@ class DeploymentPool:
         metrics.WORKER_REQUESTS.labels(model, self.name, str(error.status), lane).inc()
         self._observe(job, error.status)
         await reply_error(self._nc, job.meta, error, self._shown)
-        if job.lane is Lane.INTERACTIVE:
-            await asyncio.sleep(0)  # on the wire before the bookkeeping (_last_reply)
         if self._accounting is not None and not job.spent:
             job.spent = True
             self._accounting.spend(
