@@ -27,6 +27,7 @@ lease stays held until the period ends: that errs by refusing, never by admittin
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -63,13 +64,13 @@ class Reserved:
 
 class Holds(Leasing):
     def __init__(self, nc: NATS, js: JetStreamContext, stream: str) -> None:
+        super().__init__()
         self._nc = nc
         self._js = js
         self._stream = stream
         self._leases: dict[str, Lease] = {}  # held subject -> this process's lease
         self._room: dict[str, int] = {}  # held subject -> room left at the last renewal
         self._locks: dict[str, asyncio.Lock] = {}
-        self._topping: dict[str, asyncio.Future[None]] = {}  # held subject -> top-up
 
     def roomy(self, pool: Pool) -> bool:
         """Did the pool have half its limit free at this process's last renewal? Then a
@@ -97,8 +98,8 @@ class Holds(Leasing):
                 for earlier, spent in wanted[:index]:
                     self.give_back(earlier, spent)
                 return False
-            if 2 * lease.units < lease.granted and pool.held not in self._topping:
-                self._topping[pool.held] = asyncio.ensure_future(self._top_up(pool, amount))
+            if lease.low():
+                self.top_up_soon(pool.held, functools.partial(self._top_up, pool, amount))
         return True
 
     async def _top_up(self, pool: Pool, amount: int) -> None:
@@ -109,7 +110,7 @@ class Holds(Leasing):
             lock = self._locks.setdefault(pool.held, asyncio.Lock())
             async with lock:
                 lease = self._leases[pool.held]
-                if 2 * lease.units >= lease.granted:
+                if not lease.low():
                     return  # renewed meanwhile
                 lease.renew()
                 extra = lease.slice(amount, self._room.get(pool.held, 0))
@@ -125,13 +126,6 @@ class Holds(Leasing):
                 self._room[pool.held] = max(0, room - kept)
         except Exception as exc:  # NATS away: the next request renews the lease itself
             log.debug("hold lease %s not topped up: %s", pool.held, exc)
-        finally:
-            self._topping.pop(pool.held, None)
-
-    async def stop(self) -> None:
-        """Let top-ups under way land in their leases first, then give everything back."""
-        await asyncio.gather(*self._topping.values(), return_exceptions=True)
-        await super().stop()
 
     async def reserve(self, pool: Pool, amount: int) -> Reserved:
         """Hold ``amount`` of the pool for one request, if spent + held is below the

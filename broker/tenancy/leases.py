@@ -26,7 +26,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from broker.nats.tasks import cancel_and_wait
 
@@ -71,6 +73,10 @@ class Lease:
             return 0
         return min(self.size * max(1, cost), room // SHARE)
 
+    def low(self) -> bool:
+        """Spent down to below half of what it was last given: time to top it up."""
+        return 2 * self.units < self.granted
+
     def idle(self, now: float) -> bool:
         """Should the slice go back (unused for ``IDLE_S``), or is a debt to pay?"""
         if self.units < 0:
@@ -93,6 +99,15 @@ class Leasing:
 
     _sweeper: asyncio.Task[None] | None = None
 
+    def __init__(self) -> None:
+        self._topping: dict[str, asyncio.Future[None]] = {}  # key -> top-up under way
+
+    def top_up_soon(self, key: str, top_up: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``top_up()`` in the background, unless one for ``key`` is under way."""
+        if key not in self._topping:
+            future = self._topping[key] = asyncio.ensure_future(top_up())
+            future.add_done_callback(lambda _: self._topping.pop(key, None))
+
     async def flush(self, everything: bool = False) -> None:
         """Write back idle leases and debts (``everything``: all of them, now)."""
         raise NotImplementedError
@@ -101,6 +116,8 @@ class Leasing:
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:
+        """Let top-ups under way land in their leases, then give everything back."""
+        await asyncio.gather(*self._topping.values(), return_exceptions=True)
         await cancel_and_wait(self._sweeper)
         with contextlib.suppress(Exception):  # NATS gone: the leases lapse with it
             await self.flush(everything=True)

@@ -23,6 +23,7 @@ Three things keep a hot key off the shared entry (broker/tenancy/leases.py):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -105,12 +106,12 @@ def _carry(tat: float, units: int, interval: float, now: float) -> float:
 
 class RateLimiter(Leasing):
     def __init__(self, kv: KeyValue) -> None:
+        super().__init__()
         self._kv = kv
         self._seen: dict[str, tuple[float, int | None]] = {}  # key -> (tat, revision)
         self._locks: dict[str, asyncio.Lock] = {}  # key -> one write in flight at a time
         self._waiting: dict[str, list[tuple[int, asyncio.Future[Decision]]]] = {}
         self._held: dict[str, _Held] = {}
-        self._topping: dict[str, asyncio.Future[None]] = {}  # key -> top-up under way
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -305,9 +306,8 @@ class RateLimiter(Leasing):
                 return None
         now = time.time()
         for held, (bucket, cost) in zip(helds, wanted, strict=True):
-            lease = held.lease
-            if 2 * lease.units < lease.granted and bucket.key not in self._topping:
-                self._topping[bucket.key] = asyncio.ensure_future(self._top_up(held, cost))
+            if held.lease.low():
+                self.top_up_soon(bucket.key, functools.partial(self._top_up, held, cost))
         return [held.decide(now) for held in helds]
 
     async def _top_up(self, held: _Held, typical: int) -> None:
@@ -317,17 +317,10 @@ class RateLimiter(Leasing):
         key = held.bucket.key
         try:
             async with self._lock(key):
-                if self._held.get(key) is held and 2 * held.lease.units < held.lease.granted:
+                if self._held.get(key) is held and held.lease.low():
                     await self._decide_and_write(held, [], 0, typical)
         except Exception as exc:  # NATS away, or contention: the next take writes itself
             log.debug("rate-limit lease %s not topped up: %s", key, exc)
-        finally:
-            self._topping.pop(key, None)
-
-    async def stop(self) -> None:
-        """Let top-ups under way land in their leases first, then give everything back."""
-        await asyncio.gather(*self._topping.values(), return_exceptions=True)
-        await super().stop()
 
     async def take_all(self, wanted: list[tuple[Bucket, int]]) -> list[Decision]:
         """Take from every bucket or from none: on a refusal the others are refunded.
