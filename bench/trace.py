@@ -30,7 +30,8 @@ STEPS = [
     ("reply published -> the ingress has it", lambda i, w: i["reply"] - w["reply"]),
     ("ingress: reply -> handler done", lambda i, w: i["handled"] - i["reply"]),
     ("ingress: handler done -> response sent", lambda i, w: i["end"] - i["handled"]),
-    ("worker: reply -> request finished (ack)", lambda i, w: w["end"] - w["reply"]),
+    ("worker: reply -> ack sent", lambda i, w: w["ack"] - w["reply"]),
+    ("worker: ack sent -> confirmed, handler done", lambda i, w: w["end"] - w["ack"]),
     ("total in the ingress", lambda i, w: i["end"] - i["in"]),
 ]
 
@@ -47,7 +48,9 @@ def _read(directory: Path, role: str, fields: list[str]) -> dict[str, dict[str, 
 
 def report(directory: Path, rate: float) -> list[str]:
     ingress = _read(directory, "ingress", ["in", "publish", "reply", "handled", "end"])
-    worker = _read(directory, "worker", ["stored", "start", "upstream", "answer", "reply", "end"])
+    worker = _read(
+        directory, "worker", ["stored", "start", "upstream", "answer", "reply", "ack", "end"]
+    )
     # The paced phase of path (b): the longest run of seconds in which the ingress saw
     # about `rate` (a second where a closed loop began or ended may count as many).
     per_second = collections.Counter(row["in"] // 10**9 for row in ingress.values())
@@ -72,7 +75,7 @@ def report(directory: Path, rate: float) -> list[str]:
         values = sorted(step(i, w) for i, w in joined)
         if values:
             p50, p90 = values[len(values) // 2], values[int(len(values) * 0.9)]
-            lines.append(f"{name:<42} p50 {p50 / 1000:6.0f} µs   p90 {p90 / 1000:6.0f} µs")
+            lines.append(f"{name:<44} p50 {p50 / 1000:6.0f} µs   p90 {p90 / 1000:6.0f} µs")
     return lines
 
 

@@ -89,7 +89,7 @@ def _worker(out: Any) -> None:
             _row.reset(token)
             identity = acks.identity(msg.reply)
             stored = identity[2] if identity is not None else 0
-            steps = ("start", "upstream", "answer", "reply")
+            steps = ("start", "upstream", "answer", "reply", "ack")
             times = "\t".join(str(row.get(s, 0)) for s in steps)
             request_id = (msg.headers or {}).get("Pb-Request-Id", "")
             out.write(f"{request_id}\t{stored}\t{times}\t{time.time_ns()}\n")
@@ -109,6 +109,13 @@ def _worker(out: Any) -> None:
         _mark("reply")
         await publish_reply(*a, **k)
 
+    send_ack = acks.AckConfirmer._send
+
+    async def traced_send_ack(self: Any, *a: Any, **k: Any) -> None:
+        _mark("ack")
+        await send_ack(self, *a, **k)
+
+    acks.AckConfirmer._send = traced_send_ack  # type: ignore[method-assign]
     pool.DeploymentPool._handle = traced_handle  # type: ignore[method-assign]
     openai_compat.OpenAICompatProvider.complete = traced_complete  # type: ignore[method-assign]
     pool.publish_reply = traced_reply

@@ -87,6 +87,30 @@ class _Unconfirmed:
     deadline: float
 
 
+class Confirmation:
+    """An ack sent by ``AckConfirmer.send``, its confirmation still to be awaited."""
+
+    __slots__ = ("_answered", "_pending", "_token")
+
+    def __init__(
+        self,
+        pending: dict[str, _Unconfirmed],
+        token: str = "",
+        answered: asyncio.Future[bool] | None = None,
+    ) -> None:
+        self._pending, self._token, self._answered = pending, token, answered
+
+    async def confirmed(self) -> bool:
+        """True once JetStream confirmed the ack; False if it did not in time (or the
+        message had no ack subject)."""
+        if self._answered is None:
+            return False
+        try:
+            return await self._answered
+        finally:
+            self._pending.pop(self._token, None)
+
+
 class AckConfirmer:
     """Acks JetStream confirms, sent again until it does.
 
@@ -121,8 +145,13 @@ class AckConfirmer:
     async def ack(self, msg: Msg, within: float) -> bool:
         """Ack ``msg``; True once JetStream confirmed it, False if no confirmation came
         within ``within`` seconds (or the connection closed)."""
+        return await (await self.send(msg, within)).confirmed()
+
+    async def send(self, msg: Msg, within: float) -> Confirmation:
+        """Ack ``msg`` now (it leaves with whatever the connection writes next, a reply
+        published just before it included) and wait for its confirmation later."""
         if not msg.reply:
-            return False
+            return Confirmation(self._pending)
         if self._sub is None:
             await self._open()
         loop = asyncio.get_running_loop()
@@ -134,9 +163,10 @@ class AckConfirmer:
             self._sweeper = asyncio.create_task(self._sweep())
         try:
             await self._send(token, waiting)
-            return await waiting.answered
-        finally:
+        except BaseException:
             self._pending.pop(token, None)
+            raise
+        return Confirmation(self._pending, token, waiting.answered)
 
     async def close(self) -> None:
         await cancel_and_wait(self._sweeper)
@@ -185,6 +215,8 @@ class AckConfirmer:
             closed = self._nc.is_closed
             for token, waiting in list(self._pending.items()):
                 if waiting.answered.done():
+                    if now >= waiting.deadline:  # sent, and its confirmation never awaited
+                        del self._pending[token]
                     continue
                 if closed or now >= waiting.deadline:
                     waiting.answered.set_result(False)

@@ -96,3 +96,46 @@ async def test_closing_releases_acks_still_waiting(nc: Client) -> None:
     await acker.close()
     assert await asyncio.wait_for(waiting, 2) is False
     await sub.unsubscribe()
+
+
+async def test_an_ack_sent_now_leaves_with_the_reply_before_it(nc: Client) -> None:
+    """``send`` publishes at once, in order after what was published before it, and its
+    confirmation is awaited later (the worker does its bookkeeping in between)."""
+    order: list[str] = []
+    leader, reply_to = nc.new_inbox(), nc.new_inbox()
+
+    async def seen(msg: Msg) -> None:
+        order.append(msg.data.decode())
+        if msg.reply:
+            await msg.respond(b"")
+
+    subs = [await nc.subscribe(leader, cb=seen), await nc.subscribe(reply_to, cb=seen)]
+    acker = AckConfirmer(nc)
+    try:
+        await nc.publish(reply_to, b"reply")
+        confirmation = await acker.send(Msg(nc, subject="x", reply=leader), within=5)
+        assert acker.pending == 1
+        assert await confirmation.confirmed()
+        assert order == ["reply", "+ACK"] and acker.pending == 0
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+        await acker.close()
+
+
+async def test_a_confirmation_never_awaited_is_forgotten_at_its_deadline(nc: Client) -> None:
+    """A handler cancelled between sending its ack and awaiting it leaves no entry."""
+    subject = nc.new_inbox()
+    sub = await nc.subscribe(subject)  # receives, never answers
+    acker = AckConfirmer(nc, attempt_s=0.1)
+    try:
+        await acker.send(Msg(nc, subject="x", reply=subject), within=0.3)
+        assert acker.pending == 1
+        for _ in range(40):
+            if acker.pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert acker.pending == 0
+    finally:
+        await sub.unsubscribe()
+        await acker.close()
