@@ -291,8 +291,8 @@ class DeploymentPool:
             try:
                 if settled:
                     # The ack leaves in the same write as the reply (never before it),
-                    # and both leave before the bookkeeping below: the caller has its
-                    # answer ~70 µs sooner. Its confirmation is awaited last.
+                    # and both leave before the bookkeeping below, which no longer holds
+                    # the reply in the connection's buffer. Its confirmation is awaited last.
                     confirmation = await self._acker.send(msg, self._ack_wait)
                     await asyncio.sleep(0)
             finally:
@@ -305,13 +305,16 @@ class DeploymentPool:
                     record_spans(job, self.model.model_name, self.name, stored)
                 if settled and not job.accounted and self._accounting is not None:
                     self._accounting.release(msg, job.meta)  # answered without usage
-            if confirmation is not None and not await confirmation.confirmed():
-                log.warning("ack of %s not confirmed within ack_wait", msg.subject)
+            if confirmation is not None:
+                await self._confirmed(msg, confirmation)
 
     async def _ack(self, msg: Msg) -> None:
         """A confirmed ack, retried while ``ack_wait`` lasts: after a cluster node dies,
         an answered request must not be redelivered and answered (and billed) again."""
-        if not await self._acker.ack(msg, self._ack_wait):
+        await self._confirmed(msg, await self._acker.send(msg, self._ack_wait))
+
+    async def _confirmed(self, msg: Msg, confirmation: acks.Confirmation) -> None:
+        if not await confirmation.confirmed():
             log.warning("ack of %s not confirmed within ack_wait", msg.subject)
 
     def cancel(self, reply_to: str) -> bool:
