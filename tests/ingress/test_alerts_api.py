@@ -6,6 +6,7 @@ what is wrong."""
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,20 @@ def test_a_rule_added_at_run_time_fires_is_acknowledged_and_resolves(env: Env) -
         and alert["value"] > 0
         and alert["severity"] == "warning"
     )
-    assert alert["id"] in env.cli("list")
-    assert "acknowledged by bob" in env.cli("ack", alert["id"], "--by", "bob")
-    [acked] = [a for a in env.http.get("/admin/alerts").json()["data"] if a["id"] == alert["id"]]
-    assert acked["acked_by"] == "bob" and acked["status"] == "firing"
-
-    assert env.http.delete("/admin/alerts/rules/busy").status_code == 200
+    # Traffic goes on until the rule is deleted, so nothing but the deletion resolves it.
+    stop = threading.Event()
+    traffic = threading.Thread(target=lambda: [firing() for _ in iter(stop.is_set, True)])
+    traffic.start()
+    try:
+        assert alert["id"] in env.cli("list")
+        assert "acknowledged by bob" in env.cli("ack", alert["id"], "--by", "bob")
+        listed = env.http.get("/admin/alerts").json()["data"]
+        [acked] = [a for a in listed if a["id"] == alert["id"]]
+        assert acked["acked_by"] == "bob" and acked["status"] == "firing"
+        assert env.http.delete("/admin/alerts/rules/busy").status_code == 200
+    finally:
+        stop.set()
+        traffic.join()
 
     def resolved() -> list[str]:
         events = env.http.get("/admin/alerts/history").json()["data"]
