@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -77,6 +78,39 @@ class PeakWatcher:
         self._thread.join()
 
 
+class Milestones:
+    """When the CLI's stderr first showed each stage: upload done, each batch status in
+    its progress line, the first line done, the output written."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.text: list[str] = []
+        self.seen: dict[str, float] = {}
+
+    def _note(self, stage: str) -> None:
+        self.seen.setdefault(stage, time.perf_counter() - self.started)
+
+    def read(self, stream: IO[str]) -> None:
+        line = ""
+        while chunk := stream.read(1):
+            self.text.append(chunk)
+            if chunk not in "\r\n":
+                line += chunk
+                continue
+            if line.startswith("uploaded"):
+                self._note("uploaded")
+            elif line.startswith("["):
+                self._note(line.rstrip().rsplit(" ", 1)[-1])
+                if not line.split("] ", 1)[1].startswith("0/"):
+                    self._note("first done")
+            elif line.startswith("wrote"):
+                self._note("written")
+            line = ""
+
+    def summary(self) -> str:
+        return ", ".join(f"{stage} {at:.2f}" for stage, at in self.seen.items())
+
+
 def write_prompts(path: Path, lines: int) -> None:
     with path.open("w") as out:
         for i in range(lines):
@@ -102,8 +136,16 @@ def run_once(work: Path, config: Path, lines: int, watcher: PeakWatcher) -> tupl
         text=True,
     )  # fmt: skip
     watcher.pids["submit (CLI)"] = submit.pid
-    out, err = submit.communicate()
+    assert submit.stderr is not None
+    milestones = Milestones(started)
+    reader = threading.Thread(target=milestones.read, args=(submit.stderr,), daemon=True)
+    reader.start()
+    out = submit.stdout.read() if submit.stdout else ""
+    submit.wait()
     elapsed = time.perf_counter() - started
+    reader.join()
+    err = "".join(milestones.text)
+    print("timeline (s from submit):", milestones.summary())
     if submit.returncode != 0:
         raise SystemExit(f"submit failed:\n{out}\n{err}")
     with output.open("rb") as results:

@@ -297,6 +297,9 @@ class BatchConfig(_Config):
     """Bulk batches (broker/batches/batcher.py)."""
 
     max_outstanding: Annotated[int, Meta(ge=1)] = 20_000  # lines queued per batch at once
+    # Lines carried by one batch-lane message, at most (and at most an eighth of the
+    # model's concurrency): schemas/line_block.py. 1 publishes a message per line.
+    lines_per_message: Annotated[int, Meta(ge=1, le=256)] = 32
     max_file_bytes: Annotated[int, Meta(ge=1024)] = 512 * 1024 * 1024
     results_max_age_s: PositiveFloat = 7 * 24 * 3600.0  # uncollected results expire
     # The batch lane's de-duplication window. nats-server holds about 250 bytes per line

@@ -16,6 +16,7 @@ from broker.nats.subjects import Subjects
 from broker.routing.router import Router
 from schemas.config import ModelConfig
 from schemas.envelope import H_MSG_ID, RequestMeta
+from workers.blocks import LineMsg
 
 
 class Failover:
@@ -47,7 +48,9 @@ class Failover:
         """
         # Accepted once already: no enqueue-by limit on the copy (it is stored late).
         headers = msgspec.structs.replace(meta, failed=failed, enqueue_by_ms=None).to_headers()
-        origin = acks.stream_sequence(msg.reply)
+        origin: int | str | None = acks.stream_sequence(msg.reply)
+        if isinstance(msg, LineMsg):  # lines of one block share its sequence
+            origin = msg.key
         headers[H_MSG_ID] = f"fwd:{self._subjects.stream}:{origin}:{subject}"
         if origin is None:  # not from JetStream (cannot happen for pulled requests)
             del headers[H_MSG_ID]

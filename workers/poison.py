@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 from broker.nats import acks
 from broker.nats.subjects import Subjects
 from broker.observability import metrics
+from workers.blocks import LineMsg
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class PoisonGuard:
         the guard never stops a request from being served."""
         if acks.delivery_count(msg.reply) <= 1:
             return 1
-        key = f"{acks.stream_name(msg.reply)}.{acks.stream_sequence(msg.reply)}"
+        place = msg.key if isinstance(msg, LineMsg) else acks.stream_sequence(msg.reply)
+        key = f"{acks.stream_name(msg.reply)}.{place}"
         try:
             try:
                 entry = await self._attempts.get(key)

@@ -72,9 +72,11 @@ from schemas.errors import (
     unknown_field,
     upstream_error,
 )
+from schemas.line_block import H_LINES
 from schemas.responses import ResponseRequest
 from workers import embedding_reply
 from workers.answered import AnsweredMemory
+from workers.blocks import LineMsg, lines_of
 from workers.breaker import CircuitBreaker
 from workers.failover import Failover
 from workers.jobs import Job, record_spans
@@ -224,8 +226,39 @@ class DeploymentPool:
         await self._handle(msg, Lane.INTERACTIVE)
 
     async def handle_batch(self, msg: Msg) -> None:
-        """A batch-lane request: runs in a slot no interactive request wants."""
-        await self._handle(msg, Lane.BATCH)
+        """A batch-lane request, or a block of them: runs in slots no interactive request
+        wants."""
+        if msg.headers and H_LINES in msg.headers:
+            await self._handle_block(msg)
+        else:
+            await self._handle(msg, Lane.BATCH)
+
+    async def _handle_block(self, msg: Msg) -> None:
+        """Every line of a block message at once (each waits for its slot), then one ack
+        for the block: held, with in-progress acks, until every line is settled."""
+        try:
+            lines = lines_of(self._nc, msg)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("a block on %s is not a block of lines; dropped", msg.subject)
+            await msg.term()
+            return
+        key = id(msg)
+        self._working[key] = (msg, time.monotonic())
+        try:
+            await asyncio.gather(*map(self._handle_line, lines))
+        finally:
+            del self._working[key]
+        if not any(line.elsewhere for line in lines):  # else that copy's ack settles it
+            await self._ack(msg)
+
+    async def _handle_line(self, line: LineMsg) -> None:
+        """A line handed back (nak) waits here as long as the queue would have kept it."""
+        while True:
+            await self._handle(line, Lane.BATCH)
+            if line.handed_back is None:
+                return
+            delay, line.handed_back = line.handed_back, None
+            await asyncio.sleep(delay)
 
     async def _handle(self, msg: Msg, lane: Lane) -> None:
         meta = RequestMeta.from_headers(msg.headers)
@@ -233,10 +266,11 @@ class DeploymentPool:
             log.warning("request %s has no Pb-Reply-To header; dropped", meta.request_id)
             await msg.term()
             return
-        if self.name in meta.failed:
+        line = msg if isinstance(msg, LineMsg) else None
+        if self.name in meta.failed and line is None:
             await msg.nak(delay=HAND_BACK_DELAY_S)  # for another deployment of the alias
             return
-        identity = acks.identity(msg.reply)
+        identity = acks.identity(msg.reply) if line is None else line.identity
         seen = self._answered.seen(identity)
         if seen is not None:
             # Delivered again after a restarted server lost the ack (answered here
@@ -245,6 +279,8 @@ class DeploymentPool:
             metrics.REDELIVERED_ANSWERED.labels(self.model.model_name).inc()
             if seen == "answered":
                 await self._ack(msg)
+            elif line is not None:
+                line.elsewhere = True
             return
         stored = identity[2] if identity is not None else None  # stored ns
         waited = None
@@ -289,7 +325,7 @@ class DeploymentPool:
                 self._by_reply.pop(meta.reply_to, None)
             confirmation = None
             try:
-                if settled:
+                if settled and line is None:  # a line is settled with its block
                     # The ack leaves in the same write as the reply (never before it),
                     # and both leave before the bookkeeping below, which no longer holds
                     # the reply in the connection's buffer. Its confirmation is awaited last.
@@ -310,8 +346,10 @@ class DeploymentPool:
 
     async def _ack(self, msg: Msg) -> None:
         """A confirmed ack, retried while ``ack_wait`` lasts: after a cluster node dies,
-        an answered request must not be redelivered and answered (and billed) again."""
-        await self._confirmed(msg, await self._acker.send(msg, self._ack_wait))
+        an answered request must not be redelivered and answered (and billed) again.
+        A line of a block is settled with its block."""
+        if not isinstance(msg, LineMsg):
+            await self._confirmed(msg, await self._acker.send(msg, self._ack_wait))
 
     async def _confirmed(self, msg: Msg, confirmation: acks.Confirmation) -> None:
         if not await confirmation.confirmed():

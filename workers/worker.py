@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from broker.batches.blocks import lines_per_block
 from broker.nats.acks import AckConfirmer
 from broker.nats.connection import close as close_connection
 from broker.nats.connection import connect
@@ -43,6 +44,7 @@ from broker.tenancy.admission import Admission
 from broker.tenancy.usage import UsageRecorder
 from schemas.config import Config, DeploymentConfig, ModelConfig
 from schemas.envelope import H_REPLY_TO
+from schemas.line_block import declared_lines
 from schemas.state import BreakerState, DeploymentStats
 from workers.breaker import BreakerBoard
 from workers.failover import Failover
@@ -266,7 +268,14 @@ class Worker:
             return min(idle, pace()) if pace is not None else idle
 
         batch = PullConsumer(
-            nc, subjects.bulk_stream, batch_queue, capacity, pool.handle_batch, gate=idle_slots
+            nc,
+            subjects.bulk_stream,
+            batch_queue,
+            capacity,
+            pool.handle_batch,
+            gate=idle_slots,
+            weigh=lambda msg: declared_lines(msg.headers),  # a block counts its lines
+            unit=lines_per_block(model, self.config.batch.lines_per_message),
         )
         if pacer is not None:
             self._pacers.append((pacer, interactive, batch))

@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from broker.batches.blocks import lines_per_block, pack
 from broker.batches.results import H_LINE_ERROR, Results
 from broker.batches.store import (
     BatchStore,
@@ -250,6 +251,7 @@ class BatchRun:
         self._endpoint = BATCH_ENDPOINT  # what every line calls: the batch's endpoint
         # A line whose request NATS could not carry fails alone, in the error file.
         self._max_line_bytes = nc.max_payload - HEADER_ROOM
+        self._block_lines: dict[str, int] = {}  # lane subject -> lines per block message
 
     # ------------------------------------------------------------ the whole run
 
@@ -424,10 +426,7 @@ class BatchRun:
             return False
         queued = self.results.queued
 
-        async def gone(index: int) -> bool:
-            seq = queued.get(index)
-            if seq is None:
-                return stalled >= UNKNOWN_STALL_S
+        async def gone(seq: int) -> bool:
             try:
                 await self.js.get_msg(self.subjects.bulk_stream, seq)
             except NotFoundError:
@@ -437,11 +436,13 @@ class BatchRun:
             return False
 
         candidates = [int(i) for i in missing]
+        seqs = sorted({queued[i] for i in candidates if i in queued})  # a block: one lookup
         verdicts: list[bool] = []
-        for start in range(0, len(candidates), REPAIR_CHECKS):
-            chunk = candidates[start : start + REPAIR_CHECKS]
-            verdicts += await asyncio.gather(*map(gone, chunk))
-        lost = {i for i, g in zip(candidates, verdicts, strict=True) if g}
+        for start in range(0, len(seqs), REPAIR_CHECKS):
+            verdicts += await asyncio.gather(*map(gone, seqs[start : start + REPAIR_CHECKS]))
+        vanished = {seq for seq, g in zip(seqs, verdicts, strict=True) if g}
+        unknown_lost = stalled >= UNKNOWN_STALL_S
+        lost = {i for i in candidates if (queued[i] in vanished if i in queued else unknown_lost)}
         if not lost:
             return False
         self._repairs += 1
@@ -538,7 +539,15 @@ class BatchRun:
                 headers[H_REQUEST_ID], owner, reply, self._deadline_ms, body
             )
             headers |= signed.to_headers()
-        return index, (lane_subject(self.subjects, model), body, headers)
+        subject = lane_subject(self.subjects, model)
+        if subject not in self._block_lines:
+            found = self.config.model(model)
+            most = self.config.batch.lines_per_message
+            self._block_lines[subject] = lines_per_block(found, most) if found else 1
+        return index, (subject, body, headers)
+
+    def _lines_per_block(self, subject: str) -> int:
+        return self._block_lines.get(subject, 1)
 
     def _check_line(self, method: str, url: str, body: bytes) -> str:
         """The line's model if it can be queued, else the error its error-file line gets."""
@@ -597,7 +606,8 @@ class BatchRun:
     ) -> None:
         """Publish a block until JetStream has stored all of it (again after a timeout or
         an error: duplicates are dropped by ``Nats-Msg-Id``), then move the checkpoint."""
-        messages = [message for _, message in block]
+        packed = pack(block, self._lines_per_block, self._max_line_bytes)
+        messages = [message for _, message in packed]
         while True:
             try:
                 seqs = await publisher.publish(messages, PUBLISH_TIMEOUT_S)
@@ -605,10 +615,11 @@ class BatchRun:
             except (PublishError, TimeoutError) as exc:
                 log.warning("batch %s: publishing a block again (%s)", self.batch_id, exc)
                 await asyncio.sleep(0.5)
-        done = self.results.done
-        for (index, _), seq in zip(block, seqs, strict=True):
-            if index >= 0 and not done[index]:
-                self.results.queued[index] = seq
+        done, queued = self.results.done, self.results.queued
+        for (indices, _), seq in zip(packed, seqs, strict=True):
+            for index in indices:
+                if index >= 0 and not done[index]:
+                    queued[index] = seq
         while handled is not None:
             try:
                 await self.store.set_checkpoint(self.batch_id, handled)
@@ -725,7 +736,7 @@ class BatchRun:
     async def _withdraw(self) -> None:
         """Take the batch's still-queued lines out of the work queue (pipelined deletes);
         the ones a worker holds already finish, and their results are waited for briefly."""
-        seqs = list(self.results.queued.values())
+        seqs = sorted(set(self.results.queued.values()))  # a block's lines share one
 
         async def delete(seq: int) -> bool:
             try:
@@ -738,7 +749,7 @@ class BatchRun:
             deleted = await asyncio.gather(*(delete(s) for s in seqs[start : start + BLOCK]))
             withdrawn += sum(deleted)
         log.info(
-            "batch %s %s: %d queued lines withdrawn", self.batch_id, self.stop_reason, withdrawn
+            "batch %s %s: %d queued messages withdrawn", self.batch_id, self.stop_reason, withdrawn
         )
         quiet_since = time.monotonic()
         seen = self.results.done_count

@@ -53,11 +53,19 @@ class PullConsumer:
         expires: float = 5.0,
         gate: Callable[[], int] | None = None,
         on_done: Callable[[], None] | None = None,
+        weigh: Callable[[Msg], int] | None = None,
+        unit: int = 1,
     ) -> None:
         """``gate``, when given, caps the credit further: it returns how many more
         messages this consumer may take right now (e.g. slots a higher-priority lane
         leaves idle, or what a provider's rate ceiling allows). ``on_done`` runs after
-        each handled message, e.g. to let a lower-priority consumer take the slot."""
+        each handled message, e.g. to let a lower-priority consumer take the slot.
+
+        ``weigh`` counts a message as that many requests (a block of batch lines), and
+        ``unit`` is what a message is expected to weigh: ``capacity``, ``inflight`` and
+        the gate are then in requests, and credit is asked for in messages of ``unit``
+        (rounded up, so a pool may hold up to ``unit - 1`` requests over its capacity;
+        they wait for a slot in memory)."""
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
         self._nc = nc
@@ -66,6 +74,8 @@ class PullConsumer:
         self._handler = handler
         self._gate = gate
         self._on_done = on_done
+        self._weigh = weigh
+        self._unit = max(1, unit)
         self._expires = expires
         self._min_refill = max(1, capacity // 4)
         self._inflight = 0
@@ -134,9 +144,10 @@ class PullConsumer:
         self._outstanding = max(0, self._outstanding - 1)
         if not self._running:
             return  # unsubscribed; JetStream redelivers it after ack_wait
-        self._inflight += 1
+        weight = self._weigh(msg) if self._weigh is not None else 1
+        self._inflight += weight
         self._idle.clear()
-        task = asyncio.create_task(self._run(msg))
+        task = asyncio.create_task(self._run(msg, weight))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -152,13 +163,13 @@ class PullConsumer:
         if status not in {"404", "408"}:
             log.warning("pull %s: status %s %s", self._api, status, headers.get("Description"))
 
-    async def _run(self, msg: Msg) -> None:
+    async def _run(self, msg: Msg, weight: int) -> None:
         try:
             await self._handler(msg)
         except Exception:
             log.exception("pull handler failed on %s", msg.subject)
         finally:
-            self._inflight -= 1
+            self._inflight -= weight
             if self._inflight == 0:
                 self._idle.set()
             if self._on_done is not None:
@@ -166,13 +177,16 @@ class PullConsumer:
             await self._refill()
 
     def _wanted(self) -> int:
-        """Credit worth asking for now: 0 while a small top-up would only add chatter."""
-        free = self._capacity - self._inflight - self._outstanding
+        """Credit worth asking for now, in messages: 0 while a small top-up would only
+        add chatter."""
+        unit = self._unit
+        asked = self._outstanding * unit
+        free = self._capacity - self._inflight - asked
         if self._gate is not None:
-            free = min(free, self._gate() - self._outstanding)
+            free = min(free, self._gate() - asked)
         if free <= 0 or (free < self._min_refill and self._outstanding > 0):
             return 0
-        return free
+        return free if unit == 1 else -(-free // unit)
 
     async def _refill(self) -> None:
         if not self._running or self._nc.is_closed or not self._nc.is_connected:
